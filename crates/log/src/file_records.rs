@@ -1,0 +1,257 @@
+//! A segment's `.log` file: batches back to back, exactly as they came off the wire.
+//!
+//! Appends go through the page cache, either with `pwrite(2)` ([`AppendMode::Write`]) or
+//! by copying into a shared memory map of the preallocated file ([`AppendMode::Mmap`]).
+//! Reads never copy: they hand out [`FileRegion`]s for `sendfile(2)`.
+//!
+//! Invariant: bytes `[0, size)` are whole, validated batches; in mmap mode the file may be
+//! longer than `size` (preallocated zeros) until it is sealed.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use memmap2::MmapMut;
+use sluice_record::{BatchHeader, BATCH_HEADER_BYTES};
+
+use crate::config::AppendMode;
+use crate::{LogError, Result};
+
+/// A byte range of a segment file: what a fetch sends with `sendfile(2)`. It holds the file
+/// open, so a segment deleted by retention after the read still serves its bytes.
+#[derive(Debug, Clone)]
+pub struct FileRegion {
+    file: Arc<File>,
+    pub position: u64,
+    pub length: u64,
+}
+
+impl FileRegion {
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Copies the region into memory (tests, tools, and the non-sendfile fallback).
+    pub fn read_to_vec(&self) -> std::io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; self.length as usize];
+        self.file.read_exact_at(&mut buf, self.position)?;
+        Ok(buf)
+    }
+}
+
+pub(crate) struct FileRecords {
+    path: PathBuf,
+    file: Arc<File>,
+    size: u64,
+    mode: AppendMode,
+    /// Mmap mode while writable: the map of the preallocated file.
+    map: Option<MmapMut>,
+    /// Mmap mode: bytes to preallocate (the segment size).
+    preallocate_bytes: u64,
+    writable: bool,
+}
+
+/// Headers read from a file by a short forward scan, buffered to avoid a syscall per batch.
+pub(crate) struct HeaderScan<'a> {
+    records: &'a FileRecords,
+    pub position: u64,
+    end: u64,
+    buf: Vec<u8>,
+    buf_start: u64,
+}
+
+const SCAN_BUFFER_BYTES: usize = 16 * 1024;
+
+impl HeaderScan<'_> {
+    /// The header of the batch at the current position, or None at the end.
+    pub fn peek(&mut self) -> Result<Option<BatchHeader>> {
+        if self.position >= self.end {
+            return Ok(None);
+        }
+        let have = self.buf_start <= self.position
+            && self.position + BATCH_HEADER_BYTES as u64 <= self.buf_start + self.buf.len() as u64;
+        if !have {
+            let len = (self.end - self.position).min(SCAN_BUFFER_BYTES as u64) as usize;
+            if len < BATCH_HEADER_BYTES {
+                return Err(self.corrupt("a batch header runs past the end"));
+            }
+            self.buf.resize(len, 0);
+            self.records
+                .file
+                .read_exact_at(&mut self.buf, self.position)
+                .map_err(LogError::io(&self.records.path))?;
+            self.buf_start = self.position;
+        }
+        let at = (self.position - self.buf_start) as usize;
+        let header =
+            BatchHeader::parse(&self.buf[at..]).map_err(|e| self.corrupt(&e.to_string()))?;
+        if self.position + header.total_size() as u64 > self.end {
+            return Err(self.corrupt("a batch runs past the end"));
+        }
+        Ok(Some(header))
+    }
+
+    /// Moves past the batch `peek` returned.
+    pub fn advance(&mut self, header: &BatchHeader) {
+        self.position += header.total_size() as u64;
+    }
+
+    fn corrupt(&self, reason: &str) -> LogError {
+        LogError::CorruptLog {
+            path: self.records.path.clone(),
+            reason: format!("at position {}: {reason}", self.position),
+        }
+    }
+}
+
+impl FileRecords {
+    pub fn open(
+        path: &Path,
+        mode: AppendMode,
+        preallocate_bytes: u64,
+        writable: bool,
+    ) -> Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(LogError::io(path))?;
+        let size = file.metadata().map_err(LogError::io(path))?.len();
+        Ok(FileRecords {
+            path: path.to_path_buf(),
+            file: Arc::new(file),
+            size,
+            mode,
+            map: None,
+            preallocate_bytes,
+            writable,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Appends `bytes` (whole, validated batches) in one write; returns their position.
+    pub fn append(&mut self, bytes: &[u8]) -> Result<u64> {
+        assert!(
+            self.writable,
+            "append to a sealed segment {}",
+            self.path.display()
+        );
+        let position = self.size;
+        let end = position + bytes.len() as u64;
+        match self.mode {
+            AppendMode::Write => self
+                .file
+                .write_all_at(bytes, position)
+                .map_err(LogError::io(&self.path))?,
+            AppendMode::Mmap => {
+                if self.map.as_ref().is_none_or(|m| (m.len() as u64) < end) {
+                    self.remap(end.max(self.preallocate_bytes))?;
+                }
+                let map = self.map.as_mut().expect("remapped above");
+                map[position as usize..end as usize].copy_from_slice(bytes);
+            }
+        }
+        self.size = end;
+        Ok(position)
+    }
+
+    fn remap(&mut self, len: u64) -> Result<()> {
+        self.map = None;
+        self.file.set_len(len).map_err(LogError::io(&self.path))?;
+        // SAFETY: the file belongs to this segment; it is resized only here and in
+        // `truncate_to`/`seal`, which drop the map first. Readers use pread/sendfile.
+        let map = unsafe { MmapMut::map_mut(&*self.file) }.map_err(LogError::io(&self.path))?;
+        self.map = Some(map);
+        Ok(())
+    }
+
+    /// A scan over batch headers in `[position, min(end, size))`.
+    pub fn scan(&self, position: u64, end: u64) -> HeaderScan<'_> {
+        HeaderScan {
+            records: self,
+            position,
+            end: end.min(self.size),
+            buf: Vec::new(),
+            buf_start: 0,
+        }
+    }
+
+    pub fn region(&self, position: u64, length: u64) -> FileRegion {
+        debug_assert!(position + length <= self.size);
+        FileRegion {
+            file: Arc::clone(&self.file),
+            position,
+            length,
+        }
+    }
+
+    /// Maps the whole file read-only for a recovery scan (None when empty).
+    pub fn map_for_recovery(&self) -> Result<Option<memmap2::Mmap>> {
+        if self.file_len()? == 0 {
+            return Ok(None);
+        }
+        // SAFETY: recovery runs before the log serves anything; nothing resizes the file
+        // while this map lives.
+        let map = unsafe { memmap2::Mmap::map(&*self.file) }.map_err(LogError::io(&self.path))?;
+        Ok(Some(map))
+    }
+
+    /// The on-disk length, which in mmap mode may exceed the logical size.
+    pub fn file_len(&self) -> Result<u64> {
+        Ok(self
+            .file
+            .metadata()
+            .map_err(LogError::io(&self.path))?
+            .len())
+    }
+
+    /// Cuts the logical size (and the file) to `size`.
+    pub fn truncate_to(&mut self, size: u64) -> Result<()> {
+        assert!(size <= self.file_len()?, "truncate beyond the file end");
+        self.map = None;
+        self.file.set_len(size).map_err(LogError::io(&self.path))?;
+        self.size = size;
+        Ok(())
+    }
+
+    /// Sets the logical size after recovery found the valid end (file already cut).
+    pub fn set_size(&mut self, size: u64) {
+        self.size = size;
+    }
+
+    pub fn flush(&self) -> Result<()> {
+        if let Some(map) = &self.map {
+            map.flush().map_err(LogError::io(&self.path))?;
+        }
+        self.file.sync_data().map_err(LogError::io(&self.path))
+    }
+
+    /// No more appends: drops the map and trims preallocated space.
+    pub fn seal(&mut self) -> Result<()> {
+        if self.map.take().is_some() || self.file_len()? != self.size {
+            self.file
+                .set_len(self.size)
+                .map_err(LogError::io(&self.path))?;
+        }
+        self.writable = false;
+        Ok(())
+    }
+
+    pub fn make_writable(&mut self) {
+        self.writable = true;
+    }
+
+    pub fn delete(self) -> Result<()> {
+        std::fs::remove_file(&self.path).map_err(LogError::io(&self.path))
+    }
+}

@@ -1,0 +1,135 @@
+//! A memory-mapped file of fixed-size entries: the storage under the offset and time
+//! indexes. While its segment is active the file is preallocated to
+//! `log.index.size.max.bytes`; when the segment rolls or closes it is trimmed to the entries
+//! it holds, so on disk a sealed index is exactly `entries * N` bytes.
+//!
+//! Invariant: `entries * N <= mapped length`; entries past `entries` are garbage.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+
+use memmap2::MmapMut;
+
+use crate::{LogError, Result};
+
+pub(crate) struct IndexFile<const N: usize> {
+    path: PathBuf,
+    file: File,
+    mmap: Option<MmapMut>,
+    entries: usize,
+}
+
+impl<const N: usize> IndexFile<N> {
+    /// Opens (or creates) the file. The entry count is the file length / N, so it must
+    /// have been trimmed when closed; a file that was not (after a crash) is rebuilt by
+    /// recovery. `writable_max_bytes` preallocates room for appends.
+    pub fn open(path: &Path, writable_max_bytes: Option<usize>) -> Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(LogError::io(path))?;
+        let len = file.metadata().map_err(LogError::io(path))?.len() as usize;
+        let mut index = IndexFile {
+            path: path.to_path_buf(),
+            file,
+            mmap: None,
+            entries: len / N,
+        };
+        index.remap(writable_max_bytes.map_or(len, |max| (max / N * N).max(index.entries * N)))?;
+        Ok(index)
+    }
+
+    fn remap(&mut self, len: usize) -> Result<()> {
+        self.mmap = None;
+        self.file
+            .set_len(len as u64)
+            .map_err(LogError::io(&self.path))?;
+        if len > 0 {
+            // SAFETY: the file is owned by this index and not resized while mapped; the
+            // only resizes go through this function after dropping the old mapping.
+            let map = unsafe { MmapMut::map_mut(&self.file) }.map_err(LogError::io(&self.path))?;
+            self.mmap = Some(map);
+        }
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.mmap.as_ref().map_or(0, |m| m.len() / N)
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.entries >= self.capacity()
+    }
+
+    pub fn entry(&self, i: usize) -> [u8; N] {
+        assert!(i < self.entries, "index entry {i} out of {}", self.entries);
+        let map = self.mmap.as_ref().expect("an index with entries is mapped");
+        let mut out = [0u8; N];
+        out.copy_from_slice(&map[i * N..(i + 1) * N]);
+        out
+    }
+
+    /// Appends an entry; the caller checks [`IndexFile::is_full`] first.
+    pub fn push(&mut self, entry: [u8; N]) {
+        assert!(
+            !self.is_full(),
+            "append to a full index {}",
+            self.path.display()
+        );
+        let at = self.entries * N;
+        let map = self.mmap.as_mut().expect("a non-full index is mapped");
+        map[at..at + N].copy_from_slice(&entry);
+        self.entries += 1;
+    }
+
+    pub fn truncate_entries(&mut self, entries: usize) {
+        self.entries = self.entries.min(entries);
+    }
+
+    /// The largest `i` with `key(entry(i)) <= target`, if any. Keys must be ascending.
+    pub fn search(&self, target: i64, key: impl Fn([u8; N]) -> i64) -> Option<usize> {
+        let (mut lo, mut hi) = (0usize, self.entries);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if key(self.entry(mid)) <= target {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo.checked_sub(1)
+    }
+
+    /// Shrinks the file to the entries it holds (segment rolled or closed).
+    pub fn trim(&mut self) -> Result<()> {
+        self.remap(self.entries * N)
+    }
+
+    /// Grows the file back to `max_bytes` so that appends can resume.
+    pub fn make_writable(&mut self, max_bytes: usize) -> Result<()> {
+        self.remap((max_bytes / N * N).max(self.entries * N))
+    }
+
+    pub fn flush(&self) -> Result<()> {
+        if let Some(map) = &self.mmap {
+            map.flush().map_err(LogError::io(&self.path))?;
+        }
+        Ok(())
+    }
+
+    pub fn delete(mut self) -> Result<()> {
+        self.mmap = None;
+        std::fs::remove_file(&self.path).map_err(LogError::io(&self.path))
+    }
+}

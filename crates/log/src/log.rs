@@ -1,0 +1,675 @@
+//! One partition's log (Kafka's `UnifiedLog` + `LocalLog`): an ordered set of segments, the
+//! log start and end offsets, the leader-epoch cache, the recovery point and the flush
+//! policy. Appends go to the last (active) segment; reads find a segment by binary search.
+//!
+//! Invariants: segments are never empty as a set and their offset ranges ascend without
+//! overlap; `log_start_offset <= recovery_point <= log_end_offset`; the log end offset only
+//! moves backwards through `truncate_to`; offsets are dense (no compaction), so every
+//! appended batch starts exactly at the log end offset.
+//!
+//! The log knows nothing of replication: high watermarks and leadership belong to the
+//! broker, which passes bounds in (`max_offset` on reads, `deletable_below` on retention).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use sluice_record::{
+    stamp_base_offset, stamp_partition_leader_epoch, LeaderEpoch, Offset, RecordBatches,
+    TopicPartition,
+};
+
+use crate::config::LogConfig;
+use crate::file_records::FileRegion;
+use crate::leader_epoch::LeaderEpochCache;
+use crate::segment::{
+    segment_file, BatchInfo, LogSegment, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX,
+};
+use crate::{LogError, Result};
+
+/// What an append wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: Offset,
+    pub last_offset: Offset,
+    /// File position of the first batch in its segment.
+    pub position: u64,
+    pub max_timestamp: i64,
+    pub record_count: u64,
+    pub size_bytes: usize,
+}
+
+/// What a read found. `region` is None when no whole batch fits the limits.
+#[derive(Debug, Clone)]
+pub struct LogReadInfo {
+    pub region: Option<FileRegion>,
+    /// Where the next read should start.
+    pub next_offset: Offset,
+    pub log_start_offset: Offset,
+    pub log_end_offset: Offset,
+}
+
+/// What loading the log found and repaired.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadReport {
+    pub segments: usize,
+    pub recovered_segments: usize,
+    pub truncated_bytes: u64,
+    pub deleted_segments: usize,
+}
+
+pub struct Log {
+    dir: PathBuf,
+    topic_partition: TopicPartition,
+    config: LogConfig,
+    segments: BTreeMap<Offset, LogSegment>,
+    log_start_offset: Offset,
+    log_end_offset: Offset,
+    recovery_point: Offset,
+    leader_epochs: LeaderEpochCache,
+    unflushed_messages: u64,
+    last_flush_ms: i64,
+    load_report: LoadReport,
+    closed: bool,
+}
+
+fn parse_base_offset(name: &str, suffix: &str) -> Option<Offset> {
+    let stem = name.strip_suffix(suffix)?.strip_suffix('.')?;
+    (stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| stem.parse().ok().map(Offset))
+        .flatten()
+}
+
+impl Log {
+    /// Opens (or creates) the log in `dir`. After an unclean shutdown every segment from
+    /// the one holding `recovery_point` on is checked batch by batch and cut at the first
+    /// damage; the segments after a damaged one are deleted, so nothing past the damage is
+    /// ever served. Indexes that fail their sanity check are rebuilt.
+    pub fn open(
+        dir: &Path,
+        topic_partition: TopicPartition,
+        config: LogConfig,
+        recovery_point: Offset,
+        clean_shutdown: bool,
+        now_ms: i64,
+    ) -> Result<Log> {
+        config.validate()?;
+        std::fs::create_dir_all(dir).map_err(LogError::io(dir))?;
+        let mut bases = Vec::new();
+        let mut index_files = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(LogError::io(dir))? {
+            let entry = entry.map_err(LogError::io(dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".tmp") {
+                std::fs::remove_file(entry.path()).map_err(LogError::io(entry.path()))?;
+            } else if let Some(base) = parse_base_offset(&name, LOG_SUFFIX) {
+                bases.push(base);
+            } else if let Some(base) = parse_base_offset(&name, INDEX_SUFFIX)
+                .or_else(|| parse_base_offset(&name, TIME_INDEX_SUFFIX))
+            {
+                index_files.push((base, entry.path()));
+            }
+        }
+        bases.sort();
+        for (base, path) in index_files {
+            if bases.binary_search(&base).is_err() {
+                tracing::info!(path = %path.display(), "removing orphan index");
+                std::fs::remove_file(&path).map_err(LogError::io(&path))?;
+            }
+        }
+        if bases.is_empty() {
+            bases.push(Offset::ZERO);
+        }
+
+        let mut report = LoadReport::default();
+        let mut segments = BTreeMap::new();
+        let last_base = *bases.last().expect("at least one segment");
+        let mut damaged = false;
+        for (i, &base) in bases.iter().enumerate() {
+            if damaged {
+                for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+                    let path = segment_file(dir, base, suffix);
+                    if path.exists() {
+                        std::fs::remove_file(&path).map_err(LogError::io(&path))?;
+                    }
+                }
+                report.deleted_segments += 1;
+                continue;
+            }
+            let writable = base == last_base;
+            let next_base = bases.get(i + 1).copied();
+            let needs_recovery = !clean_shutdown && next_base.is_none_or(|n| n > recovery_point);
+            let mut segment = LogSegment::open_files(dir, base, &config, writable, now_ms)?;
+            let must_rebuild = needs_recovery
+                || match segment.load_state() {
+                    Ok(()) => false,
+                    Err(e @ LogError::Io { .. }) => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(dir = %dir.display(), base = base.0, error = %e, "segment failed its load check; rebuilding");
+                        true
+                    }
+                };
+            if must_rebuild {
+                let truncated = segment.recover()?;
+                report.recovered_segments += 1;
+                report.truncated_bytes += truncated;
+                if truncated > 0 {
+                    tracing::warn!(dir = %dir.display(), base = base.0, truncated, "recovery cut the segment");
+                }
+                let overflows = next_base.is_some_and(|n| segment.next_offset() > n);
+                if (truncated > 0 && next_base.is_some()) || overflows {
+                    damaged = true;
+                }
+                segment.flush()?;
+            }
+            if let Some((_, prev)) = segments.last_key_value() {
+                let prev: &LogSegment = prev;
+                if prev.next_offset() > base {
+                    return Err(LogError::CorruptLog {
+                        path: segment.log_path().to_path_buf(),
+                        reason: format!(
+                            "segment overlaps the previous one (ends at {})",
+                            prev.next_offset()
+                        ),
+                    });
+                }
+            }
+            segments.insert(base, segment);
+        }
+        // The segment that took appends may have changed if later ones were deleted.
+        let last = segments
+            .values_mut()
+            .next_back()
+            .expect("at least one segment");
+        last.make_writable()?;
+        let sealed: Vec<Offset> = segments.keys().copied().collect();
+        for base in &sealed[..sealed.len() - 1] {
+            if let Some(s) = segments.get_mut(base) {
+                s.seal()?;
+            }
+        }
+        report.segments = segments.len();
+
+        let log_start_offset = *segments.keys().next().expect("at least one segment");
+        let log_end_offset = segments
+            .values()
+            .next_back()
+            .expect("at least one")
+            .next_offset();
+        let mut leader_epochs = LeaderEpochCache::open(dir)?;
+        leader_epochs.truncate_from_end(log_end_offset)?;
+        leader_epochs.truncate_from_start(log_start_offset)?;
+        let recovery_point = if report.recovered_segments > 0 {
+            log_end_offset
+        } else {
+            recovery_point.clamp(log_start_offset, log_end_offset)
+        };
+        Ok(Log {
+            dir: dir.to_path_buf(),
+            topic_partition,
+            config,
+            segments,
+            log_start_offset,
+            log_end_offset,
+            recovery_point,
+            leader_epochs,
+            unflushed_messages: 0,
+            last_flush_ms: now_ms,
+            load_report: report,
+            closed: false,
+        })
+    }
+
+    /// Validates, stamps (base offsets from the log end, `leader_epoch`) and appends a record
+    /// set from a producer. Batches must be dense (`last_offset_delta == count - 1`). On any
+    /// error nothing is written.
+    pub fn append_as_leader(
+        &mut self,
+        records: &mut [u8],
+        leader_epoch: LeaderEpoch,
+        now_ms: i64,
+    ) -> Result<AppendInfo> {
+        if let Some(latest) = self.leader_epochs.latest_epoch() {
+            if leader_epoch < latest {
+                return Err(LogError::EpochRegression {
+                    epoch: leader_epoch,
+                    latest,
+                });
+            }
+        }
+        let mut infos = self.validate(records, true)?;
+        let mut next = self.log_end_offset;
+        let mut at = 0usize;
+        for info in &mut infos {
+            let batch = &mut records[at..at + info.size_bytes];
+            stamp_base_offset(batch, next)?;
+            stamp_partition_leader_epoch(batch, leader_epoch)?;
+            let delta = info.last_offset.0 - info.base_offset.0;
+            info.base_offset = next;
+            info.last_offset = Offset(next.0 + delta);
+            next = info.last_offset.next();
+            at += info.size_bytes;
+        }
+        let epochs = [(leader_epoch, self.log_end_offset)];
+        self.append_validated(records, &infos, &epochs, now_ms)
+    }
+
+    /// Appends batches replicated from the leader, as they are: offsets already assigned
+    /// (the first must be the log end offset, the rest contiguous), leader epochs never
+    /// decreasing. On any error nothing is written.
+    pub fn append_as_follower(&mut self, records: &[u8], now_ms: i64) -> Result<AppendInfo> {
+        let infos = self.validate(records, false)?;
+        let mut expected = self.log_end_offset;
+        let mut epochs: Vec<(LeaderEpoch, Offset)> = Vec::new();
+        let mut latest = self
+            .leader_epochs
+            .latest_epoch()
+            .unwrap_or(LeaderEpoch::NONE);
+        for (info, batch) in infos.iter().zip(RecordBatches::new(records, usize::MAX)) {
+            if info.base_offset != expected {
+                return Err(LogError::UnexpectedAppendOffset {
+                    base_offset: info.base_offset,
+                    expected,
+                });
+            }
+            expected = info.last_offset.next();
+            let epoch = batch?.header().partition_leader_epoch;
+            if epoch.0 >= 0 {
+                if epoch < latest {
+                    return Err(LogError::EpochRegression { epoch, latest });
+                }
+                if epoch > latest {
+                    epochs.push((epoch, info.base_offset));
+                    latest = epoch;
+                }
+            }
+        }
+        self.append_validated(records, &infos, &epochs, now_ms)
+    }
+
+    fn validate(&self, records: &[u8], dense: bool) -> Result<Vec<BatchInfo>> {
+        if records.is_empty() {
+            return Err(LogError::EmptyRecordSet);
+        }
+        if records.len() as u64 > self.config.segment_bytes {
+            return Err(LogError::RecordSetTooLarge {
+                size: records.len(),
+                segment_bytes: self.config.segment_bytes,
+            });
+        }
+        let mut infos = Vec::new();
+        for batch in RecordBatches::new(records, self.config.max_message_bytes) {
+            let batch = batch?;
+            if dense {
+                batch.validate_dense()?;
+            }
+            infos.push(BatchInfo::of(batch.header()));
+        }
+        Ok(infos)
+    }
+
+    fn append_validated(
+        &mut self,
+        records: &[u8],
+        infos: &[BatchInfo],
+        epochs: &[(LeaderEpoch, Offset)],
+        now_ms: i64,
+    ) -> Result<AppendInfo> {
+        if self.closed {
+            return Err(LogError::Closed);
+        }
+        let first = infos.first().ok_or(LogError::EmptyRecordSet)?;
+        let last = infos.last().ok_or(LogError::EmptyRecordSet)?;
+        assert_eq!(
+            first.base_offset, self.log_end_offset,
+            "appends start at the log end"
+        );
+        let max_timestamp = infos.iter().map(|b| b.max_timestamp).max().unwrap_or(-1);
+        if self.active().should_roll(
+            &self.config,
+            records.len(),
+            max_timestamp,
+            last.last_offset,
+            now_ms,
+        ) {
+            self.roll(now_ms)?;
+        }
+        let position = self.active_mut().append(records, infos)?;
+        for &(epoch, start) in epochs {
+            self.leader_epochs.assign(epoch, start)?;
+        }
+        let old_end = self.log_end_offset;
+        self.log_end_offset = last.last_offset.next();
+        assert!(self.log_end_offset > old_end, "log end offset must grow");
+        let record_count = (last.last_offset.0 - first.base_offset.0 + 1) as u64;
+        self.unflushed_messages += record_count;
+        if self
+            .config
+            .flush_interval_messages
+            .is_some_and(|n| self.unflushed_messages >= n)
+        {
+            self.flush()?;
+            self.last_flush_ms = now_ms;
+        }
+        Ok(AppendInfo {
+            base_offset: first.base_offset,
+            last_offset: last.last_offset,
+            position,
+            max_timestamp,
+            record_count,
+            size_bytes: records.len(),
+        })
+    }
+
+    /// Seals the active segment and starts a new one at the log end offset. The sealed
+    /// segment is flushed by the next [`Log::tick`] (or [`Log::flush`]), not here, so
+    /// appends never wait for an fsync of a whole segment.
+    pub fn roll(&mut self, now_ms: i64) -> Result<()> {
+        let base = self.log_end_offset;
+        if self.active().base_offset() == base {
+            return Ok(());
+        }
+        self.active_mut().seal()?;
+        let segment = LogSegment::open(&self.dir, base, &self.config, true, now_ms)?;
+        self.segments.insert(base, segment);
+        tracing::debug!(partition = %self.topic_partition, base = base.0, "rolled segment");
+        Ok(())
+    }
+
+    /// Reads whole batches from `from_offset`: a region inside one segment starting at the
+    /// batch that holds `from_offset` (a fetch inside a batch gets the whole batch), at most
+    /// `max_bytes` unless `min_one_batch` lets a larger first batch through, and only
+    /// batches whose last offset is below `max_offset` (the broker passes the high
+    /// watermark for consumers, the log end offset for followers).
+    pub fn read(
+        &self,
+        from_offset: Offset,
+        max_bytes: usize,
+        max_offset: Offset,
+        min_one_batch: bool,
+    ) -> Result<LogReadInfo> {
+        if from_offset < self.log_start_offset || from_offset > self.log_end_offset {
+            return Err(LogError::OffsetOutOfRange {
+                offset: from_offset,
+                log_start_offset: self.log_start_offset,
+                log_end_offset: self.log_end_offset,
+            });
+        }
+        let mut info = LogReadInfo {
+            region: None,
+            next_offset: from_offset,
+            log_start_offset: self.log_start_offset,
+            log_end_offset: self.log_end_offset,
+        };
+        let max_offset = max_offset.min(self.log_end_offset);
+        if from_offset >= max_offset {
+            return Ok(info);
+        }
+        let start_base = self
+            .segments
+            .range(..=from_offset)
+            .next_back()
+            .map_or(self.log_start_offset, |(b, _)| *b);
+        for segment in self.segments.range(start_base..).map(|(_, s)| s) {
+            let start = from_offset.max(segment.base_offset());
+            if start >= max_offset {
+                break;
+            }
+            if let Some(read) = segment.read(start, max_bytes, max_offset, min_one_batch)? {
+                info.next_offset = read.next_offset;
+                info.region = (read.region.length > 0).then_some(read.region);
+                return Ok(info);
+            }
+        }
+        Ok(info)
+    }
+
+    /// ListOffsets by timestamp: the first record whose timestamp is at least `timestamp`,
+    /// as (its timestamp, its offset); None when every record is older.
+    pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<(i64, Offset)>> {
+        for segment in self.segments.values() {
+            if segment.largest_timestamp() < timestamp || segment.is_empty() {
+                continue;
+            }
+            if let Some(found) =
+                segment.find_offset_by_timestamp(timestamp, self.log_start_offset)?
+            {
+                return Ok(Some(found));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Removes everything at or after `offset` (followers, on divergence). A batch is never
+    /// split: if `offset` falls inside one, that whole batch goes and the log end offset
+    /// ends up below `offset`.
+    pub fn truncate_to(&mut self, offset: Offset) -> Result<()> {
+        if offset >= self.log_end_offset {
+            return Ok(());
+        }
+        if offset <= self.log_start_offset {
+            return self.truncate_fully_and_start_at(offset);
+        }
+        let doomed: Vec<Offset> = self.segments.range(offset..).map(|(b, _)| *b).collect();
+        for base in doomed {
+            if let Some(segment) = self.segments.remove(&base) {
+                segment.delete()?;
+            }
+        }
+        let active = self.active_mut();
+        active.truncate_to(offset)?;
+        active.make_writable()?;
+        self.log_end_offset = self.active().next_offset();
+        assert!(self.log_end_offset <= offset);
+        self.leader_epochs.truncate_from_end(self.log_end_offset)?;
+        self.recovery_point = self.recovery_point.min(self.log_end_offset);
+        tracing::info!(partition = %self.topic_partition, offset = offset.0, log_end_offset = self.log_end_offset.0, "truncated log");
+        Ok(())
+    }
+
+    /// Deletes every segment and starts an empty log at `offset` (a follower whose fetch
+    /// offset fell outside the leader's log).
+    pub fn truncate_fully_and_start_at(&mut self, offset: Offset) -> Result<()> {
+        for (_, segment) in std::mem::take(&mut self.segments) {
+            segment.delete()?;
+        }
+        let segment = LogSegment::open(&self.dir, offset, &self.config, true, self.last_flush_ms)?;
+        self.segments.insert(offset, segment);
+        self.log_start_offset = offset;
+        self.log_end_offset = offset;
+        self.recovery_point = offset;
+        self.leader_epochs.clear()?;
+        Ok(())
+    }
+
+    /// Retention: deletes the oldest segments while they are older than `log.retention.ms`
+    /// or the log is larger than `log.retention.bytes`, never a segment holding offsets at or
+    /// past `deletable_below` (the broker passes its high watermark). If every segment has
+    /// expired, the active one is rolled first so the log keeps its end offset. Returns the
+    /// number of segments deleted.
+    pub fn delete_retained_segments(
+        &mut self,
+        now_ms: i64,
+        deletable_below: Offset,
+    ) -> Result<usize> {
+        let retention_ms = self.config.retention_ms;
+        let expired =
+            |s: &LogSegment| retention_ms >= 0 && now_ms - s.largest_timestamp() > retention_ms;
+        let all_expired = self.segments.values().all(|s| s.is_empty() || expired(s));
+        if all_expired && !self.active().is_empty() && self.log_end_offset <= deletable_below {
+            self.roll(now_ms)?;
+        }
+        let mut excess = if self.config.retention_bytes >= 0 {
+            self.size_bytes() as i64 - self.config.retention_bytes
+        } else {
+            0
+        };
+        let mut doomed = Vec::new();
+        let newest = *self
+            .segments
+            .keys()
+            .next_back()
+            .expect("at least one segment");
+        for (base, s) in &self.segments {
+            if *base == newest || s.next_offset() > deletable_below {
+                break;
+            }
+            let by_size = excess - s.size_bytes() as i64 >= 0;
+            if !(expired(s) || by_size) {
+                break;
+            }
+            excess -= s.size_bytes() as i64;
+            doomed.push(*base);
+        }
+        for base in &doomed {
+            if let Some(segment) = self.segments.remove(base) {
+                tracing::info!(partition = %self.topic_partition, base = base.0, "retention deletes segment");
+                segment.delete()?;
+            }
+        }
+        if !doomed.is_empty() {
+            self.log_start_offset = *self
+                .segments
+                .keys()
+                .next()
+                .expect("the active segment stays");
+            self.leader_epochs
+                .truncate_from_start(self.log_start_offset)?;
+            self.recovery_point = self.recovery_point.max(self.log_start_offset);
+        }
+        Ok(doomed.len())
+    }
+
+    /// fsyncs every segment not yet known durable and moves the recovery point to the log
+    /// end offset.
+    pub fn flush(&mut self) -> Result<()> {
+        self.flush_up_to(self.log_end_offset)
+    }
+
+    /// fsyncs the segments holding offsets in `[recovery_point, offset)`.
+    pub fn flush_up_to(&mut self, offset: Offset) -> Result<()> {
+        let offset = offset.min(self.log_end_offset);
+        if offset <= self.recovery_point {
+            return Ok(());
+        }
+        let from = self
+            .segments
+            .range(..=self.recovery_point)
+            .next_back()
+            .map_or(self.log_start_offset, |(b, _)| *b);
+        for (_, segment) in self.segments.range(from..offset) {
+            segment.flush()?;
+        }
+        self.recovery_point = offset;
+        self.unflushed_messages = 0;
+        Ok(())
+    }
+
+    /// Periodic work: flushes sealed segments (so recovery after a crash starts at the
+    /// active segment) and applies `log.flush.interval.ms`.
+    pub fn tick(&mut self, now_ms: i64) -> Result<()> {
+        let active_base = self.active().base_offset();
+        if self.recovery_point < active_base {
+            self.flush_up_to(active_base)?;
+        }
+        if let Some(interval) = self.config.flush_interval_ms {
+            if now_ms - self.last_flush_ms >= interval && self.recovery_point < self.log_end_offset
+            {
+                self.flush()?;
+                self.last_flush_ms = now_ms;
+            }
+        }
+        Ok(())
+    }
+
+    /// Flushes and trims the active segment; the log is then ready for a clean restart and
+    /// refuses further appends.
+    pub fn close(&mut self) -> Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        self.flush()?;
+        self.active_mut().seal()?;
+        self.active().flush()?;
+        self.closed = true;
+        Ok(())
+    }
+
+    /// Replaces the settings (a topic config change). Takes effect from the next append,
+    /// roll or retention pass.
+    pub fn update_config(&mut self, config: LogConfig) -> Result<()> {
+        config.validate()?;
+        self.config = config;
+        Ok(())
+    }
+
+    /// Deletes the log's directory with everything in it (topic deletion).
+    pub fn delete(self) -> Result<()> {
+        let dir = self.dir.clone();
+        drop(self);
+        std::fs::remove_dir_all(&dir).map_err(LogError::io(&dir))
+    }
+
+    fn active(&self) -> &LogSegment {
+        self.segments
+            .values()
+            .next_back()
+            .expect("a log always has a segment")
+    }
+
+    fn active_mut(&mut self) -> &mut LogSegment {
+        self.segments
+            .values_mut()
+            .next_back()
+            .expect("a log always has a segment")
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn topic_partition(&self) -> &TopicPartition {
+        &self.topic_partition
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    pub fn log_start_offset(&self) -> Offset {
+        self.log_start_offset
+    }
+
+    pub fn log_end_offset(&self) -> Offset {
+        self.log_end_offset
+    }
+
+    pub fn recovery_point(&self) -> Offset {
+        self.recovery_point
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.values().map(LogSegment::size_bytes).sum()
+    }
+
+    pub fn segments(&self) -> impl Iterator<Item = &LogSegment> {
+        self.segments.values()
+    }
+
+    pub fn leader_epochs(&self) -> &LeaderEpochCache {
+        &self.leader_epochs
+    }
+
+    pub fn latest_epoch(&self) -> Option<LeaderEpoch> {
+        self.leader_epochs.latest_epoch()
+    }
+
+    /// OffsetForLeaderEpoch for this log (see [`LeaderEpochCache::end_offset_for`]).
+    pub fn end_offset_for_epoch(&self, epoch: LeaderEpoch) -> (LeaderEpoch, Offset) {
+        self.leader_epochs
+            .end_offset_for(epoch, self.log_end_offset)
+    }
+
+    pub fn load_report(&self) -> LoadReport {
+        self.load_report
+    }
+}
