@@ -12,7 +12,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use memmap2::MmapMut;
+use memmap2::{MmapMut, MmapOptions};
 use sluice_record::{BatchHeader, BATCH_HEADER_BYTES};
 
 use crate::config::AppendMode;
@@ -47,8 +47,10 @@ pub(crate) struct FileRecords {
     mode: AppendMode,
     /// Mmap mode while writable: the map of the preallocated file.
     map: Option<MmapMut>,
-    /// Mmap mode: bytes to preallocate (the segment size).
+    /// Mmap mode: length of the map (the segment size).
     preallocate_bytes: u64,
+    /// Mmap mode: the file's length on disk (logical size + allocated-ahead space).
+    allocated_bytes: u64,
     writable: bool,
 }
 
@@ -62,6 +64,8 @@ pub(crate) struct HeaderScan<'a> {
 }
 
 const SCAN_BUFFER_BYTES: usize = 16 * 1024;
+/// Mmap mode: how far ahead of the writes the file is allocated.
+const MMAP_ALLOCATE_CHUNK_BYTES: u64 = 16 * 1024 * 1024;
 
 impl HeaderScan<'_> {
     /// The header of the batch at the current position, or None at the end.
@@ -127,6 +131,7 @@ impl FileRecords {
             mode,
             map: None,
             preallocate_bytes,
+            allocated_bytes: size,
             writable,
         })
     }
@@ -154,10 +159,8 @@ impl FileRecords {
                 .write_all_at(bytes, position)
                 .map_err(LogError::io(&self.path))?,
             AppendMode::Mmap => {
-                if self.map.as_ref().is_none_or(|m| (m.len() as u64) < end) {
-                    self.remap(end.max(self.preallocate_bytes))?;
-                }
-                let map = self.map.as_mut().expect("remapped above");
+                self.ensure_mapped(end)?;
+                let map = self.map.as_mut().expect("mapped above");
                 map[position as usize..end as usize].copy_from_slice(bytes);
             }
         }
@@ -165,13 +168,29 @@ impl FileRecords {
         Ok(position)
     }
 
-    fn remap(&mut self, len: u64) -> Result<()> {
-        self.map = None;
-        self.file.set_len(len).map_err(LogError::io(&self.path))?;
-        // SAFETY: the file belongs to this segment; it is resized only here and in
-        // `truncate_to`/`seal`, which drop the map first. Readers use pread/sendfile.
-        let map = unsafe { MmapMut::map_mut(&*self.file) }.map_err(LogError::io(&self.path))?;
-        self.map = Some(map);
+    /// Mmap mode: makes `[0, end)` writable through the map. The map spans the whole
+    /// segment (virtual memory only); the file itself is extended with `posix_fallocate`
+    /// in chunks just ahead of the writes, so a full disk is an `ENOSPC` error here rather
+    /// than a `SIGBUS` on a page fault, and at most one chunk of disk is reserved ahead.
+    fn ensure_mapped(&mut self, end: u64) -> Result<()> {
+        if self.map.as_ref().is_none_or(|m| (m.len() as u64) < end) {
+            self.map = None;
+            let map_len = end.max(self.preallocate_bytes).max(self.allocated_bytes);
+            // SAFETY: the file belongs to this segment. Only `[0, allocated_bytes)` of the
+            // map is ever touched, and the file is never shrunk below that while mapped
+            // (`truncate_to` and `seal` drop the map first). Readers use pread/sendfile.
+            let map = unsafe { MmapOptions::new().len(map_len as usize).map_mut(&*self.file) }
+                .map_err(LogError::io(&self.path))?;
+            self.map = Some(map);
+        }
+        if end > self.allocated_bytes {
+            let map_len = self.map.as_ref().map_or(end, |m| m.len() as u64);
+            let target = (self.allocated_bytes + MMAP_ALLOCATE_CHUNK_BYTES).max(end).min(map_len);
+            let len = (target - self.allocated_bytes) as i64;
+            nix::fcntl::posix_fallocate(&*self.file, self.allocated_bytes as i64, len)
+                .map_err(|errno| LogError::io(&self.path)(std::io::Error::from(errno)))?;
+            self.allocated_bytes = target;
+        }
         Ok(())
     }
 
@@ -221,17 +240,20 @@ impl FileRecords {
         self.map = None;
         self.file.set_len(size).map_err(LogError::io(&self.path))?;
         self.size = size;
+        self.allocated_bytes = size;
         Ok(())
     }
 
     /// Sets the logical size after recovery found the valid end (file already cut).
     pub fn set_size(&mut self, size: u64) {
         self.size = size;
+        self.allocated_bytes = self.allocated_bytes.max(size);
     }
 
     pub fn flush(&self) -> Result<()> {
         if let Some(map) = &self.map {
-            map.flush().map_err(LogError::io(&self.path))?;
+            map.flush_range(0, self.size as usize)
+                .map_err(LogError::io(&self.path))?;
         }
         self.file.sync_data().map_err(LogError::io(&self.path))
     }

@@ -1,1 +1,153 @@
-fn main() {}
+//! The one Sluice binary. Today it carries the storage tools; `broker`, `topic`, `produce`,
+//! `consume`, `cluster`, `bench` and `demo` arrive with their issues.
+//!
+//! This is the only crate that parses command lines and configuration.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use sluice_log::{AppendMode, LogConfig, LogManager};
+use sluice_record::{BatchBuilder, Compression, LeaderEpoch, TopicPartition};
+
+mod dump_log;
+
+#[derive(Parser)]
+#[command(name = "sluice", version, about = "A replicated, Kafka-compatible commit log")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the batches (and with --print-data-log, the records) of segment files, like
+    /// Kafka's kafka-dump-log.sh. Accepts .log files or partition directories.
+    DumpLog {
+        /// Segment files (.log) or partition directories.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Also decode and print every record (decompressing if needed).
+        #[arg(long)]
+        print_data_log: bool,
+    },
+    /// Append lines from stdin as records to a partition log in a local data directory
+    /// (no broker involved: a way to try the storage engine by hand).
+    AppendLog {
+        /// The data directory (`log.dirs`).
+        #[arg(long)]
+        dir: PathBuf,
+        /// The partition, as `topic-N` (its directory name).
+        partition: String,
+        /// Records per batch.
+        #[arg(long, default_value_t = 100)]
+        batch_records: usize,
+        /// Batch codec: none, gzip, snappy, lz4, zstd.
+        #[arg(long, default_value = "none")]
+        compression: String,
+        /// `log.segment.bytes`.
+        #[arg(long, default_value_t = 1024 * 1024 * 1024)]
+        segment_bytes: u64,
+        /// Active segment append mode: write or mmap.
+        #[arg(long, default_value = "mmap")]
+        append_mode: String,
+    },
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::DumpLog {
+            files,
+            print_data_log,
+        } => dump_log::run(&files, print_data_log, &mut std::io::stdout().lock()),
+        Command::AppendLog {
+            dir,
+            partition,
+            batch_records,
+            compression,
+            segment_bytes,
+            append_mode,
+        } => append_log(
+            dir,
+            &partition,
+            batch_records,
+            &compression,
+            segment_bytes,
+            &append_mode,
+        ),
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn append_log(
+    dir: PathBuf,
+    partition: &str,
+    batch_records: usize,
+    compression: &str,
+    segment_bytes: u64,
+    append_mode: &str,
+) -> Result<()> {
+    let tp = TopicPartition::parse_dir_name(partition)
+        .with_context(|| format!("partition {partition:?} is not of the form topic-N"))?;
+    let Some(codec) = Compression::from_name(compression) else {
+        bail!("unknown compression {compression:?} (none, gzip, snappy, lz4, zstd)");
+    };
+    let Some(append_mode) = AppendMode::from_name(append_mode) else {
+        bail!("unknown append mode {append_mode:?} (write, mmap)");
+    };
+    if batch_records == 0 {
+        bail!("--batch-records must be at least 1");
+    }
+    let config = LogConfig {
+        segment_bytes,
+        append_mode,
+        ..LogConfig::default()
+    };
+    let mut manager = LogManager::open(&dir, config.clone(), now_ms())
+        .with_context(|| format!("opening data directory {}", dir.display()))?;
+    let log = manager.get_or_create(&tp, Some(config), now_ms())?;
+    let mut appended = 0u64;
+    let mut builder = BatchBuilder::new(codec);
+    let flush = |builder: &mut BatchBuilder, appended: &mut u64| -> Result<()> {
+        if builder.record_count() == 0 {
+            return Ok(());
+        }
+        let mut batch = builder.build()?;
+        let info = sluice_log::lock(&log).append_as_leader(&mut batch, LeaderEpoch(0), now_ms())?;
+        *appended += info.record_count;
+        *builder = BatchBuilder::new(codec);
+        Ok(())
+    };
+    for line in std::io::stdin().lock().lines() {
+        let line = line.context("reading stdin")?;
+        builder.append(now_ms(), None, Some(line.as_bytes()), &[]);
+        if builder.record_count() as usize >= batch_records {
+            flush(&mut builder, &mut appended)?;
+        }
+    }
+    flush(&mut builder, &mut appended)?;
+    let end = sluice_log::lock(&log).log_end_offset();
+    manager.shutdown().context("closing the data directory")?;
+    println!("appended {appended} records to {tp}; log end offset {end}");
+    Ok(())
+}
