@@ -25,23 +25,29 @@ fn bench_append(c: &mut Criterion) {
     for (label, size) in [("1KiB", 1024), ("16KiB", 16 * 1024), ("256KiB", 256 * 1024)] {
         let batch = common::batch_of_about(size);
         let batches_per_iteration = BYTES_PER_ITERATION / batch.len();
-        group.throughput(Throughput::Bytes((batches_per_iteration * batch.len()) as u64));
+        group.throughput(Throughput::Bytes(
+            (batches_per_iteration * batch.len()) as u64,
+        ));
 
-        group.bench_with_input(BenchmarkId::new("baseline_write", label), &batch, |b, batch| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let dir = tempfile::tempdir().expect("temp dir");
-                    let mut file = File::create(dir.path().join("plain.log")).expect("create");
-                    let start = Instant::now();
-                    for _ in 0..batches_per_iteration {
-                        file.write_all(batch).expect("write");
+        group.bench_with_input(
+            BenchmarkId::new("baseline_write", label),
+            &batch,
+            |b, batch| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let dir = tempfile::tempdir().expect("temp dir");
+                        let mut file = File::create(dir.path().join("plain.log")).expect("create");
+                        let start = Instant::now();
+                        for _ in 0..batches_per_iteration {
+                            file.write_all(batch).expect("write");
+                        }
+                        total += start.elapsed();
                     }
-                    total += start.elapsed();
-                }
-                total
-            })
-        });
+                    total
+                })
+            },
+        );
 
         for mode in [AppendMode::Write, AppendMode::Mmap] {
             let id = BenchmarkId::new(format!("log_{}", mode.name()), label);
@@ -51,12 +57,23 @@ fn bench_append(c: &mut Criterion) {
                     let mut total = Duration::ZERO;
                     for _ in 0..iters {
                         let dir = tempfile::tempdir().expect("temp dir");
-                        let config = LogConfig { append_mode: mode, ..LogConfig::default() };
-                        let mut log = Log::open(dir.path(), TopicPartition::new("bench", 0), config, Offset::ZERO, true, 0)
-                            .expect("open log");
+                        let config = LogConfig {
+                            append_mode: mode,
+                            ..LogConfig::default()
+                        };
+                        let mut log = Log::open(
+                            dir.path(),
+                            TopicPartition::new("bench", 0),
+                            config,
+                            Offset::ZERO,
+                            true,
+                            0,
+                        )
+                        .expect("open log");
                         let start = Instant::now();
                         for _ in 0..batches_per_iteration {
-                            log.append_as_leader(&mut scratch, LeaderEpoch(1), 0).expect("append");
+                            log.append_as_leader(&mut scratch, LeaderEpoch(1), 0)
+                                .expect("append");
                         }
                         total += start.elapsed();
                     }

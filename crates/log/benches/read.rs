@@ -22,7 +22,12 @@ fn sendfile_all(socket: &TcpStream, file: &std::fs::File, mut position: i64, len
     let end = position + length as i64;
     while position < end {
         let count = (end - position) as usize;
-        match nix::sys::sendfile::sendfile64(socket.as_fd(), file.as_fd(), Some(&mut position), count) {
+        match nix::sys::sendfile::sendfile64(
+            socket.as_fd(),
+            file.as_fd(),
+            Some(&mut position),
+            count,
+        ) {
             Ok(0) => panic!("sendfile made no progress"),
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) | Err(nix::errno::Errno::EAGAIN) => {}
@@ -50,11 +55,19 @@ fn loopback_sink() -> TcpStream {
 
 fn bench_read(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut log = Log::open(dir.path(), TopicPartition::new("bench", 0), LogConfig::default(), Offset::ZERO, true, 0)
-        .expect("open log");
+    let mut log = Log::open(
+        dir.path(),
+        TopicPartition::new("bench", 0),
+        LogConfig::default(),
+        Offset::ZERO,
+        true,
+        0,
+    )
+    .expect("open log");
     let mut batch = common::batch_of_about(16 * 1024);
     while (log.size_bytes() as usize) < LOG_BYTES {
-        log.append_as_leader(&mut batch, LeaderEpoch(1), 0).expect("append");
+        log.append_as_leader(&mut batch, LeaderEpoch(1), 0)
+            .expect("append");
     }
     let total_bytes = log.size_bytes();
     let socket = loopback_sink();

@@ -179,13 +179,19 @@ impl FileRecords {
             // SAFETY: the file belongs to this segment. Only `[0, allocated_bytes)` of the
             // map is ever touched, and the file is never shrunk below that while mapped
             // (`truncate_to` and `seal` drop the map first). Readers use pread/sendfile.
-            let map = unsafe { MmapOptions::new().len(map_len as usize).map_mut(&*self.file) }
-                .map_err(LogError::io(&self.path))?;
+            let map = unsafe {
+                MmapOptions::new()
+                    .len(map_len as usize)
+                    .map_mut(&*self.file)
+            }
+            .map_err(LogError::io(&self.path))?;
             self.map = Some(map);
         }
         if end > self.allocated_bytes {
             let map_len = self.map.as_ref().map_or(end, |m| m.len() as u64);
-            let target = (self.allocated_bytes + MMAP_ALLOCATE_CHUNK_BYTES).max(end).min(map_len);
+            let target = (self.allocated_bytes + MMAP_ALLOCATE_CHUNK_BYTES)
+                .max(end)
+                .min(map_len);
             let len = (target - self.allocated_bytes) as i64;
             nix::fcntl::posix_fallocate(&*self.file, self.allocated_bytes as i64, len)
                 .map_err(|errno| LogError::io(&self.path)(std::io::Error::from(errno)))?;

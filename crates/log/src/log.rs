@@ -264,7 +264,7 @@ impl Log {
             .leader_epochs
             .latest_epoch()
             .unwrap_or(LeaderEpoch::NONE);
-        for (info, batch) in infos.iter().zip(RecordBatches::new(records, usize::MAX)) {
+        for info in &infos {
             if info.base_offset != expected {
                 return Err(LogError::UnexpectedAppendOffset {
                     base_offset: info.base_offset,
@@ -272,7 +272,7 @@ impl Log {
                 });
             }
             expected = info.last_offset.next();
-            let epoch = batch?.header().partition_leader_epoch;
+            let epoch = info.partition_leader_epoch;
             if epoch.0 >= 0 {
                 if epoch < latest {
                     return Err(LogError::EpochRegression { epoch, latest });

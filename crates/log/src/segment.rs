@@ -10,7 +10,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use sluice_record::limits::MAX_BATCH_SIZE_BYTES;
-use sluice_record::{BatchHeader, Offset, RecordBatch};
+use sluice_record::{BatchHeader, LeaderEpoch, Offset, RecordBatch};
 
 use crate::config::LogConfig;
 use crate::file_records::{FileRecords, FileRegion};
@@ -29,6 +29,7 @@ pub(crate) struct BatchInfo {
     pub base_offset: Offset,
     pub last_offset: Offset,
     pub max_timestamp: i64,
+    pub partition_leader_epoch: LeaderEpoch,
 }
 
 impl BatchInfo {
@@ -38,6 +39,7 @@ impl BatchInfo {
             base_offset: h.base_offset,
             last_offset: h.last_offset(),
             max_timestamp: h.max_timestamp,
+            partition_leader_epoch: h.partition_leader_epoch,
         }
     }
 }

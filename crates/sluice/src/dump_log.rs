@@ -41,7 +41,11 @@ fn dump_file(path: &Path, print_data_log: bool, out: &mut impl Write) -> Result<
     while position < data.len() {
         let rest = &data[position..];
         if rest.iter().all(|&b| b == 0) {
-            writeln!(out, "Found {} zero bytes (preallocated space) at position {position}", rest.len())?;
+            writeln!(
+                out,
+                "Found {} zero bytes (preallocated space) at position {position}",
+                rest.len()
+            )?;
             break;
         }
         let batch = match RecordBatch::parse_prefix(rest, MAX_BATCH_SIZE_BYTES) {

@@ -14,7 +14,11 @@ use sluice_record::{BatchBuilder, Compression, LeaderEpoch, TopicPartition};
 mod dump_log;
 
 #[derive(Parser)]
-#[command(name = "sluice", version, about = "A replicated, Kafka-compatible commit log")]
+#[command(
+    name = "sluice",
+    version,
+    about = "A replicated, Kafka-compatible commit log"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
