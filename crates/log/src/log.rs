@@ -138,8 +138,15 @@ impl Log {
             let writable = base == last_base;
             let next_base = bases.get(i + 1).copied();
             let needs_recovery = !clean_shutdown && next_base.is_none_or(|n| n > recovery_point);
+            let index_missing = [INDEX_SUFFIX, TIME_INDEX_SUFFIX]
+                .iter()
+                .any(|suffix| !segment_file(dir, base, suffix).exists());
             let mut segment = LogSegment::open_files(dir, base, &config, writable, now_ms)?;
+            if index_missing && !segment.is_empty() {
+                tracing::warn!(dir = %dir.display(), base = base.0, "index file missing; rebuilding");
+            }
             let must_rebuild = needs_recovery
+                || (index_missing && !segment.is_empty())
                 || match segment.load_state() {
                     Ok(()) => false,
                     Err(e @ LogError::Io { .. }) => return Err(e),
