@@ -264,8 +264,9 @@ impl LogSegment {
             Some(first) if first >= 0 => max_timestamp.saturating_sub(first),
             _ => now_ms.saturating_sub(self.created_ms),
         };
-        (size > 0 && size + set_bytes as u64 > config.segment_bytes)
-            || (size > 0 && waited_ms > config.roll_ms)
+        let has_data = size > 0;
+        let full = size + set_bytes as u64 > config.segment_bytes;
+        (has_data && (full || waited_ms > config.roll_ms))
             || self.offset_index.is_full()
             || self.time_index.is_full()
             || last_offset.0 - self.base_offset.0 > i64::from(i32::MAX)

@@ -32,7 +32,7 @@ fn segments_roll_at_segment_bytes_and_are_named_by_base_offset() {
                 assert_eq!(file_len(&index), s.offset_index().len() as u64 * 8);
                 assert_eq!(file_len(&time_index), s.time_index().len() as u64 * 12);
                 assert!(
-                    s.time_index().len() >= 1,
+                    !s.time_index().is_empty(),
                     "sealing writes the final time entry"
                 );
             } else {

@@ -272,10 +272,10 @@ proptest! {
     #[test]
     fn no_panic_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
         let _ = BatchHeader::parse(&bytes).map(|h| h.validate());
-        for batch in RecordBatches::new(&bytes, usize::MAX) {
-            if let Ok(b) = batch {
-                if let Ok(records) = b.records() {
-                    for r in records.iter() { let _ = r; }
+        for b in RecordBatches::new(&bytes, usize::MAX).flatten() {
+            if let Ok(records) = b.records() {
+                for r in records.iter() {
+                    let _ = r;
                 }
             }
         }
