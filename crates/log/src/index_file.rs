@@ -51,6 +51,10 @@ impl<const N: usize> IndexFile<N> {
             // SAFETY: the file is owned by this index and not resized while mapped; the
             // only resizes go through this function after dropping the old mapping.
             let map = unsafe { MmapMut::map_mut(&self.file) }.map_err(LogError::io(&self.path))?;
+            // Index pages are touched one at a time (appends) or by binary search: readahead
+            // would fault in megabytes of a mostly empty, preallocated file per append.
+            map.advise(memmap2::Advice::Random)
+                .map_err(LogError::io(&self.path))?;
             self.mmap = Some(map);
         }
         Ok(())

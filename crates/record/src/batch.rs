@@ -206,7 +206,7 @@ impl<'a> RecordBatch<'a> {
         let header = BatchHeader::parse(buf)?;
         header.validate()?;
         let bytes = &buf[..size];
-        let computed = crc32c::crc32c(&bytes[ATTRIBUTES_POS..]);
+        let computed = crc32c(&bytes[ATTRIBUTES_POS..]);
         if computed != header.crc {
             return Err(RecordError::CrcMismatch {
                 stored: header.crc,
@@ -331,6 +331,12 @@ pub fn stamp_partition_leader_epoch(buf: &mut [u8], epoch: LeaderEpoch) -> Resul
 
 /// Writes the CRC32C of bytes 21..end into the batch at the start of `buf` (builders).
 pub(crate) fn write_crc(batch: &mut [u8]) {
-    let crc = crc32c::crc32c(&batch[ATTRIBUTES_POS..]);
+    let crc = crc32c(&batch[ATTRIBUTES_POS..]);
     batch[CRC_POS..CRC_POS + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// CRC32C (Castagnoli) of `data`, as the batch CRC field holds it. `crc-fast` picks the
+/// widest carry-less-multiply path the CPU has (about twice the plain SSE4.2 speed here).
+pub fn crc32c(data: &[u8]) -> u32 {
+    crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, data) as u32
 }
