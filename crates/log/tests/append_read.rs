@@ -794,3 +794,39 @@ fn offset_for_timestamp_on_the_live_log_and_inside_compressed_batches() {
         );
     }
 }
+
+#[test]
+fn extreme_header_values_never_panic() {
+    for mode in MODES {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path(), &small_config(mode));
+        let mut model = Model::default();
+        model.append_leader(&mut log, batch(2, T0, 10, Compression::None), 1);
+        // base offsets and epochs lie outside the CRC: a producer may send anything there,
+        // and the leader overwrites them
+        for base in [i64::MAX, i64::MAX - 1, i64::MIN, -1] {
+            for epoch in [i32::MAX, i32::MIN, -1] {
+                let b = stamped(batch(3, T0, 10, Compression::None), Offset(base), epoch);
+                let leo = log.log_end_offset();
+                assert!(
+                    log.append_as_follower(&b, T0).is_err(),
+                    "{mode:?} follower base {base}"
+                );
+                assert_eq!(log.log_end_offset(), leo);
+                model.append_leader(&mut log, b, 1);
+            }
+        }
+        // extreme timestamps are stored as they are
+        for ts in [i64::MIN, -1, 0, i64::MAX] {
+            model.append_leader(
+                &mut log,
+                batch_with_timestamps(&[ts], 5, Compression::None),
+                1,
+            );
+        }
+        assert_log_matches(&log, &model);
+        drop(log);
+        let log = reopen_unclean(dir.path(), &small_config(mode));
+        assert_log_matches(&log, &model);
+    }
+}

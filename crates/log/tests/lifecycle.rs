@@ -123,13 +123,13 @@ fn retention_by_time_deletes_old_segments_and_moves_the_start() {
         let start = log.log_start_offset();
         assert_eq!(start, segments[deleted].0);
         // every deleted segment's newest record was older than the retention
-        let last_deleted_batch = model.batches.iter().rfind(|b| b.1 < start).unwrap();
+        let last_deleted_batch = model.batches.iter().rfind(|b| b.last < start).unwrap();
         let ts = T0
             + 100
                 * (model
                     .batches
                     .iter()
-                    .position(|b| b.0 == last_deleted_batch.0)
+                    .position(|b| b.base == last_deleted_batch.base)
                     .unwrap() as i64)
             + 1;
         assert!(now - ts > 10_000);
@@ -144,8 +144,8 @@ fn retention_by_time_deletes_old_segments_and_moves_the_start() {
         let kept: Vec<u8> = model
             .batches
             .iter()
-            .filter(|b| b.0 >= start)
-            .flat_map(|b| b.2.clone())
+            .filter(|b| b.base >= start)
+            .flat_map(|b| b.bytes.clone())
             .collect();
         assert_eq!(read_all(&log, 1 << 20), kept);
         assert_eq!(log.leader_epochs().entries()[0].start_offset, start);
@@ -176,9 +176,9 @@ fn retention_honours_the_deletable_bound_and_keeps_the_log_end() {
     assert_eq!(log.log_end_offset(), end);
     assert_eq!(log.segments().count(), 1);
     assert_eq!(log.size_bytes(), 0);
-    model.batches.clear();
+    model.drop_below(end);
     model.append_leader(&mut log, batch(1, far_future, 5, Compression::None), 0);
-    assert_eq!(model.batches[0].0, end);
+    assert_eq!(model.batches[0].base, end);
     assert_eq!(read_all(&log, 1 << 20), model.bytes());
 }
 
@@ -225,9 +225,9 @@ fn truncate_to_removes_the_suffix_and_appends_continue() {
         }
         let segments_before = log.segments().count();
         // at a batch boundary in an early segment
-        let target = model.batches[20].0;
+        let target = model.batches[20].base;
         log.truncate_to(target).unwrap();
-        model.truncate_before_batch(20);
+        model.keep_batches(20);
         assert_eq!(log.log_end_offset(), target);
         assert!(log.segments().count() < segments_before);
         for base in log.segments().map(|s| s.base_offset()) {
@@ -240,14 +240,14 @@ fn truncate_to_removes_the_suffix_and_appends_continue() {
             "epoch 2 entries removed"
         );
         // inside a batch: the whole batch goes
-        let inside = Offset(model.batches[10].0 .0 + 1);
+        let inside = Offset(model.batches[10].base.0 + 1);
         log.truncate_to(inside).unwrap();
-        model.truncate_before_batch(10);
-        assert_eq!(log.log_end_offset(), model.end());
+        model.keep_batches(10);
+        assert_eq!(log.log_end_offset(), model.end);
         assert!(log.log_end_offset() < inside);
         // appends continue at the new end, in a new epoch
         model.append_leader(&mut log, batch(2, T0, 5, Compression::None), 3);
-        assert_eq!(model.batches.last().unwrap().0, Offset(30));
+        assert_eq!(model.batches.last().unwrap().base, Offset(30));
         assert_eq!(read_all(&log, 1 << 20), model.bytes());
         assert_eq!(
             log.end_offset_for_epoch(LeaderEpoch(1)),
@@ -281,9 +281,13 @@ fn truncate_below_the_start_empties_the_log_at_that_offset() {
     assert_eq!(log.log_end_offset(), Offset(1000));
     assert_eq!(log.segments().count(), 1);
     assert!(log.leader_epochs().entries().is_empty());
-    let mut model = Model::default();
+    let mut model = Model {
+        start: Offset(1000),
+        end: Offset(1000),
+        ..Model::default()
+    };
     model.append_leader(&mut log, batch(2, T0, 5, Compression::None), 4);
-    assert_eq!(model.batches[0].0, Offset(1000));
+    assert_eq!(model.batches[0].base, Offset(1000));
     assert_eq!(read_all(&log, 1 << 20), model.bytes());
     // truncate_to below the start does the same
     log.truncate_to(Offset(500)).unwrap();

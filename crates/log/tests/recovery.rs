@@ -18,9 +18,12 @@ fn last_segment_log(log: &sluice_log::Log) -> PathBuf {
 /// After recovery the log holds exactly `model`'s batches and takes new appends.
 fn assert_holds_exactly(dir: &std::path::Path, config: &LogConfig, model: &Model) {
     let mut log = reopen_unclean(dir, config);
-    assert_eq!(log.log_end_offset(), model.end());
+    assert_eq!(log.log_end_offset(), model.end);
     assert_eq!(read_all(&log, 1 << 20), model.bytes());
-    for (base, last, bytes) in &model.batches {
+    for Entry {
+        base, last, bytes, ..
+    } in &model.batches
+    {
         let info = log
             .read(*last, 1 << 20, log.log_end_offset(), true)
             .unwrap();
@@ -29,7 +32,7 @@ fn assert_holds_exactly(dir: &std::path::Path, config: &LogConfig, model: &Model
     }
     let mut more = model.clone();
     more.append_leader(&mut log, batch(2, T0, 5, Compression::None), 0);
-    assert_eq!(log.log_end_offset(), Offset(model.end().0 + 2));
+    assert_eq!(log.log_end_offset(), Offset(model.end.0 + 2));
     assert_eq!(read_all(&log, 1 << 20), more.bytes());
 }
 
@@ -53,10 +56,10 @@ fn a_tail_cut_at_every_byte_of_the_last_batch_loses_only_that_batch() {
         drop(log);
         let original = std::fs::read(&path).unwrap();
         assert_eq!(original.len() as u64, segment_size);
-        let last_len = model.batches.last().unwrap().2.len();
+        let last_len = model.batches.last().unwrap().bytes.len();
         let last_start = original.len() - last_len;
         let mut survivors = model.clone();
-        survivors.truncate_before_batch(model.batches.len() - 1);
+        survivors.keep_batches(model.batches.len() - 1);
         for cut in last_start..original.len() {
             std::fs::write(&path, &original[..cut]).unwrap();
             assert_holds_exactly(dir.path(), &config, &survivors);
@@ -85,7 +88,7 @@ fn flipped_bits_cut_the_log_at_the_damaged_batch() {
     let original = std::fs::read(&path).unwrap();
     // batches of this segment, with their positions
     let in_segment: Vec<usize> = (0..model.batches.len())
-        .filter(|&i| model.batches[i].0 >= segment_base)
+        .filter(|&i| model.batches[i].base >= segment_base)
         .collect();
     assert!(
         in_segment.len() >= 3,
@@ -95,12 +98,12 @@ fn flipped_bits_cut_the_log_at_the_damaged_batch() {
     let mut targets = Vec::new();
     for &i in &in_segment {
         targets.push((i, position));
-        position += model.batches[i].2.len();
+        position += model.batches[i].bytes.len();
     }
     assert_eq!(position, original.len());
     let damaged_batches = [targets[targets.len() / 2], *targets.last().unwrap()];
     for (index, start) in damaged_batches {
-        let len = model.batches[index].2.len();
+        let len = model.batches[index].bytes.len();
         for byte in (start + 8..start + len).step_by(5) {
             if (12..16).contains(&(byte - start)) || (0..8).contains(&(byte - start)) {
                 continue; // base offset and leader epoch are outside the CRC
@@ -110,7 +113,7 @@ fn flipped_bits_cut_the_log_at_the_damaged_batch() {
                 damaged[byte] ^= 1 << bit;
                 std::fs::write(&path, &damaged).unwrap();
                 let mut survivors = model.clone();
-                survivors.truncate_before_batch(index);
+                survivors.keep_batches(index);
                 assert_holds_exactly(dir.path(), &config, &survivors);
             }
         }
@@ -134,10 +137,10 @@ fn damage_in_a_sealed_segment_deletes_every_later_segment() {
         drop(log); // unclean
                    // flip a byte in the third batch of segment 1
         let data = std::fs::read(&victim_path).unwrap();
-        let first_in_victim = model.batches.iter().position(|b| b.0 == victim).unwrap();
+        let first_in_victim = model.batches.iter().position(|b| b.base == victim).unwrap();
         let offset_in_file: usize = model.batches[first_in_victim..first_in_victim + 2]
             .iter()
-            .map(|b| b.2.len())
+            .map(|b| b.bytes.len())
             .sum();
         let mut damaged = data.clone();
         damaged[offset_in_file + 30] ^= 0xff;
@@ -147,8 +150,8 @@ fn damage_in_a_sealed_segment_deletes_every_later_segment() {
         assert_eq!(report.deleted_segments, bases.len() - 2, "{mode:?}");
         assert!(report.truncated_bytes > 0);
         let mut survivors = model.clone();
-        survivors.truncate_before_batch(first_in_victim + 2);
-        assert_eq!(log.log_end_offset(), survivors.end());
+        survivors.keep_batches(first_in_victim + 2);
+        assert_eq!(log.log_end_offset(), survivors.end);
         assert_eq!(read_all(&log, 1 << 20), survivors.bytes());
         for base in &bases[2..] {
             for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
@@ -181,7 +184,7 @@ fn missing_or_corrupt_indexes_are_rebuilt_on_a_clean_open() {
     let log = open(dir.path(), &config);
     assert!(log.load_report().recovered_segments >= 1);
     assert_eq!(read_all(&log, 1 << 20), model.bytes());
-    for (_, last, bytes) in &model.batches {
+    for Entry { last, bytes, .. } in &model.batches {
         let got = log
             .read(*last, 1, log.log_end_offset(), true)
             .unwrap()
@@ -290,10 +293,13 @@ fn recovery_checks_offsets_ascend() {
     let path = last_segment_log(&log);
     drop(log);
     let file = OpenOptions::new().write(true).open(&path).unwrap();
-    let position: u64 = model.batches[..3].iter().map(|b| b.2.len() as u64).sum();
+    let position: u64 = model.batches[..3]
+        .iter()
+        .map(|b| b.bytes.len() as u64)
+        .sum();
     file.write_all_at(&1i64.to_be_bytes(), position).unwrap(); // base offset of batch 3 := 1
     drop(file);
     let mut survivors = model.clone();
-    survivors.truncate_before_batch(3);
+    survivors.keep_batches(3);
     assert_holds_exactly(dir.path(), &config, &survivors);
 }
