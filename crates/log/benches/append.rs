@@ -1,4 +1,4 @@
-//! Append throughput of the log (write and mmap modes) against a plain sequential
+//! Append throughput of the log (write, mmap and hybrid modes) against a plain sequential
 //! `write(2)` of the same bytes to a file, for 1 KiB, 16 KiB and 256 KiB batches.
 //!
 //! Each iteration writes 64 MiB into a fresh file/log in a temp dir (creation and deletion
@@ -49,7 +49,7 @@ fn bench_append(c: &mut Criterion) {
             },
         );
 
-        for mode in [AppendMode::Write, AppendMode::Mmap] {
+        for mode in [AppendMode::Write, AppendMode::Mmap, AppendMode::Hybrid] {
             let id = BenchmarkId::new(format!("log_{}", mode.name()), label);
             group.bench_with_input(id, &batch, |b, batch| {
                 let mut scratch = batch.clone();

@@ -6,18 +6,27 @@ use crate::LogError;
 /// How the active segment's `.log` file is written. Sealed segments are always plain files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AppendMode {
-    /// `pwrite(2)` of each batch into the page cache (the default: see docs/benchmarks.md).
+    /// `pwrite(2)` of each batch into the page cache.
     Write,
     /// `memcpy` into a shared memory map of the preallocated file, as the seed articles
     /// describe; the file is trimmed to its logical size when the segment rolls or closes.
     Mmap,
+    /// The default, chosen by docs/benchmarks.md: appends smaller than
+    /// [`HYBRID_MMAP_MAX_APPEND_BYTES`] are copied into the map (no syscall per batch),
+    /// larger ones are written with `pwrite(2)` (no page fault per 4 KiB). Both land in
+    /// the same page cache, so readers see one file.
+    Hybrid,
 }
+
+/// Hybrid mode: the largest append copied through the memory map; larger ones use `pwrite`.
+pub const HYBRID_MMAP_MAX_APPEND_BYTES: usize = 32 * 1024;
 
 impl AppendMode {
     pub fn name(self) -> &'static str {
         match self {
             AppendMode::Write => "write",
             AppendMode::Mmap => "mmap",
+            AppendMode::Hybrid => "hybrid",
         }
     }
 
@@ -25,6 +34,7 @@ impl AppendMode {
         match name {
             "write" => Some(AppendMode::Write),
             "mmap" => Some(AppendMode::Mmap),
+            "hybrid" => Some(AppendMode::Hybrid),
             _ => None,
         }
     }
@@ -66,7 +76,7 @@ impl Default for LogConfig {
             flush_interval_messages: None,
             flush_interval_ms: None,
             max_message_bytes: sluice_record::limits::DEFAULT_MESSAGE_MAX_BYTES,
-            append_mode: AppendMode::Write,
+            append_mode: AppendMode::Hybrid,
         }
     }
 }

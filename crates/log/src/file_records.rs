@@ -1,11 +1,13 @@
 //! A segment's `.log` file: batches back to back, exactly as they came off the wire.
 //!
-//! Appends go through the page cache, either with `pwrite(2)` ([`AppendMode::Write`]) or
-//! by copying into a shared memory map of the preallocated file ([`AppendMode::Mmap`]).
+//! Appends go through the page cache, with `pwrite(2)` ([`AppendMode::Write`]), by copying
+//! into a shared memory map of the preallocated file ([`AppendMode::Mmap`]), or by size,
+//! one or the other ([`AppendMode::Hybrid`]).
 //! Reads never copy: they hand out [`FileRegion`]s for `sendfile(2)`.
 //!
 //! Invariant: bytes `[0, size)` are whole, validated batches; in mmap mode the file may be
-//! longer than `size` (preallocated zeros) until it is sealed.
+//! longer than `size` (preallocated zeros) until it is sealed; `allocated_bytes` is at
+//! least the file's length while the file is writable.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -15,7 +17,7 @@ use std::sync::Arc;
 use memmap2::{MmapMut, MmapOptions};
 use sluice_record::{BatchHeader, BATCH_HEADER_BYTES};
 
-use crate::config::AppendMode;
+use crate::config::{AppendMode, HYBRID_MMAP_MAX_APPEND_BYTES};
 use crate::{LogError, Result};
 
 /// A byte range of a segment file: what a fetch sends with `sendfile(2)`. It holds the file
@@ -153,12 +155,19 @@ impl FileRecords {
         );
         let position = self.size;
         let end = position + bytes.len() as u64;
-        match self.mode {
-            AppendMode::Write => self
-                .file
-                .write_all_at(bytes, position)
-                .map_err(LogError::io(&self.path))?,
-            AppendMode::Mmap => {
+        let through_map = match self.mode {
+            AppendMode::Write => false,
+            AppendMode::Mmap => true,
+            AppendMode::Hybrid => bytes.len() <= HYBRID_MMAP_MAX_APPEND_BYTES,
+        };
+        match through_map {
+            false => {
+                self.file
+                    .write_all_at(bytes, position)
+                    .map_err(LogError::io(&self.path))?;
+                self.allocated_bytes = self.allocated_bytes.max(end);
+            }
+            true => {
                 self.ensure_mapped(end)?;
                 let map = self.map.as_mut().expect("mapped above");
                 map[position as usize..end as usize].copy_from_slice(bytes);

@@ -30,7 +30,7 @@ mod segment;
 mod time_index;
 
 pub use checkpoint::{sync_dir, write_atomically, OffsetCheckpointFile};
-pub use config::{AppendMode, LogConfig};
+pub use config::{AppendMode, LogConfig, HYBRID_MMAP_MAX_APPEND_BYTES};
 pub use error::{LogError, Result};
 pub use file_records::FileRegion;
 pub use leader_epoch::{EpochEntry, LeaderEpochCache, LEADER_EPOCH_CHECKPOINT};

@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use proptest::prelude::*;
-use sluice_log::{AppendMode, LogConfig, LogError};
+use sluice_log::{AppendMode, LogConfig, LogError, HYBRID_MMAP_MAX_APPEND_BYTES};
 use sluice_record::{Compression, LeaderEpoch, Offset, RecordBatch, RecordError};
 
 /// ~300 batches of 1..7 records, 20..220-byte values, every fifth one compressed.
@@ -611,10 +611,10 @@ proptest! {
     fn random_reads_match_the_model(
         sizes in proptest::collection::vec((1usize..12, 0usize..300, 0u8..3), 1..120),
         reads in proptest::collection::vec((any::<u16>(), 1usize..6000, any::<u16>(), any::<bool>()), 1..60),
-        mmap in any::<bool>(),
+        mode in 0usize..3,
     ) {
         let dir = tempfile::tempdir().unwrap();
-        let mode = if mmap { AppendMode::Mmap } else { AppendMode::Write };
+        let mode = MODES[mode];
         let config = LogConfig { segment_bytes: 4096, index_interval_bytes: 128, ..small_config(mode) };
         let mut log = open(dir.path(), &config);
         let mut model = Model::default();
@@ -636,10 +636,10 @@ proptest! {
         edits in proptest::collection::vec((any::<u16>(), any::<u8>()), 1..5),
         fix_crc in any::<bool>(),
         stamp in any::<bool>(),
-        mmap in any::<bool>(),
+        mode in 0usize..3,
     ) {
         let dir = tempfile::tempdir().unwrap();
-        let mode = if mmap { AppendMode::Mmap } else { AppendMode::Write };
+        let mode = MODES[mode];
         let mut log = open(dir.path(), &small_config(mode));
         let mut model = Model::default();
         model.append_leader(&mut log, batch(2, T0, 10, Compression::None), 1);
@@ -829,4 +829,49 @@ fn extreme_header_values_never_panic() {
         let log = reopen_unclean(dir.path(), &small_config(mode));
         assert_log_matches(&log, &model);
     }
+}
+
+#[test]
+fn hybrid_mode_mixes_mapped_and_written_appends_in_one_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        segment_bytes: 4 * 1024 * 1024,
+        ..small_config(AppendMode::Hybrid)
+    };
+    let mut log = open(dir.path(), &config);
+    let mut model = Model::default();
+    let mut rng = Rng(7);
+    let mut large = 0;
+    for i in 0..60 {
+        // about a third of the batches are above the threshold and go through pwrite
+        let value_bytes = if rng.below(3) == 0 { 40_000 } else { 300 };
+        let b = batch(2, T0 + i, value_bytes, Compression::None);
+        if b.len() > HYBRID_MMAP_MAX_APPEND_BYTES {
+            large += 1;
+        }
+        model.append_leader(&mut log, b, 1);
+    }
+    assert!(
+        large > 5 && large < 55,
+        "both paths used: {large} large batches"
+    );
+    assert_eq!(log.segments().count(), 1);
+    assert_log_matches(&log, &model);
+    // a crash leaves the preallocated tail; recovery finds exactly the appended batches
+    drop(log);
+    let log = reopen_unclean(dir.path(), &config);
+    assert_log_matches(&log, &model);
+    drop(log);
+    let mut log = open(dir.path(), &config);
+    model.append_leader(&mut log, batch(1, T0, 50_000, Compression::None), 2);
+    model.append_leader(&mut log, batch(1, T0, 10, Compression::None), 2);
+    log.close().unwrap();
+    let log = open(dir.path(), &config);
+    assert_log_matches(&log, &model);
+    let file = segment_path(dir.path(), Offset::ZERO, "log");
+    assert_eq!(
+        file_len(&file),
+        model.bytes().len() as u64,
+        "closed segment is trimmed"
+    );
 }

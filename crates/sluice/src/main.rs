@@ -53,8 +53,8 @@ enum Command {
         /// `log.segment.bytes`.
         #[arg(long, default_value_t = 1024 * 1024 * 1024)]
         segment_bytes: u64,
-        /// Active segment append mode: write or mmap.
-        #[arg(long, default_value = "mmap")]
+        /// Active segment append mode: hybrid, write or mmap.
+        #[arg(long, default_value = "hybrid")]
         append_mode: String,
     },
 }
@@ -117,7 +117,7 @@ fn append_log(
         bail!("unknown compression {compression:?} (none, gzip, snappy, lz4, zstd)");
     };
     let Some(append_mode) = AppendMode::from_name(append_mode) else {
-        bail!("unknown append mode {append_mode:?} (write, mmap)");
+        bail!("unknown append mode {append_mode:?} (hybrid, write, mmap)");
     };
     if batch_records == 0 {
         bail!("--batch-records must be at least 1");

@@ -11,7 +11,7 @@ use sluice_record::{
     BatchBuilder, Compression, LeaderEpoch, Offset, RecordBatch, RecordBatches, TopicPartition,
 };
 
-pub const MODES: [AppendMode; 2] = [AppendMode::Write, AppendMode::Mmap];
+pub const MODES: [AppendMode; 3] = [AppendMode::Write, AppendMode::Mmap, AppendMode::Hybrid];
 pub const T0: i64 = 1_700_000_000_000;
 
 /// A batch of `records` records with timestamps `ts, ts+1, ...` and `value_bytes`-byte values.
