@@ -1,0 +1,1 @@
+//! Controller quorum (work in progress): see docs/architecture.md.

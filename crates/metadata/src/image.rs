@@ -1,0 +1,369 @@
+//! `MetadataImage`: brokers, topics and their partitions, committed group offsets — the
+//! state the metadata log builds, one record at a time.
+//!
+//! Invariants kept by `apply` (a record that would break one is rejected with a Kafka error
+//! code and changes nothing):
+//! - a partition's `leader_epoch` and `partition_epoch` never decrease; every accepted
+//!   `PartitionChange` raises `partition_epoch` by exactly one (compare-and-set);
+//! - `isr ⊆ replicas`, the ISR is never empty, the leader is in the ISR or -1;
+//! - a broker's `broker_epoch` is the metadata index of its latest registration;
+//! - `applied_index` only grows.
+
+use std::collections::BTreeMap;
+
+use crate::error_code as ec;
+use crate::proto::metadata as pb;
+use crate::{Broker, CommittedOffset, MetadataBatch, Partition, Record, Topic, NO_LEADER};
+
+/// The result of applying one record: `error_code` 0 when it took effect.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ApplyOutcome {
+    pub error_code: i16,
+    pub message: String,
+}
+
+impl ApplyOutcome {
+    pub fn ok() -> Self {
+        ApplyOutcome {
+            error_code: ec::NONE,
+            message: String::new(),
+        }
+    }
+
+    fn err(error_code: i16, message: impl Into<String>) -> Self {
+        ApplyOutcome {
+            error_code,
+            message: message.into(),
+        }
+    }
+
+    pub fn is_ok(&self) -> bool {
+        self.error_code == ec::NONE
+    }
+}
+
+type OffsetKey = (String, String, i32);
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MetadataImage {
+    cluster_id: String,
+    applied_index: u64,
+    brokers: BTreeMap<i32, Broker>,
+    topics: BTreeMap<String, Topic>,
+    offsets: BTreeMap<OffsetKey, CommittedOffset>,
+}
+
+impl MetadataImage {
+    pub fn new(cluster_id: impl Into<String>) -> Self {
+        MetadataImage {
+            cluster_id: cluster_id.into(),
+            ..MetadataImage::default()
+        }
+    }
+
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
+    }
+
+    /// The metadata log index of the last entry applied (0: none).
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    pub fn brokers(&self) -> impl Iterator<Item = &Broker> {
+        self.brokers.values()
+    }
+
+    pub fn broker(&self, broker_id: i32) -> Option<&Broker> {
+        self.brokers.get(&broker_id)
+    }
+
+    /// Registered, unfenced brokers, by id.
+    pub fn live_broker_ids(&self) -> Vec<i32> {
+        self.brokers
+            .values()
+            .filter(|b| !b.fenced)
+            .map(|b| b.broker_id)
+            .collect()
+    }
+
+    pub fn topics(&self) -> impl Iterator<Item = &Topic> {
+        self.topics.values()
+    }
+
+    pub fn topic(&self, name: &str) -> Option<&Topic> {
+        self.topics.get(name)
+    }
+
+    pub fn partition(&self, topic: &str, partition: i32) -> Option<&Partition> {
+        let index = usize::try_from(partition).ok()?;
+        self.topics.get(topic)?.partitions.get(index)
+    }
+
+    pub fn committed_offset(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: i32,
+    ) -> Option<&CommittedOffset> {
+        self.offsets
+            .get(&(group.to_string(), topic.to_string(), partition))
+    }
+
+    /// Every offset `group` committed, for `topics` (all topics when empty).
+    pub fn committed_offsets(&self, group: &str, topics: &[String]) -> Vec<CommittedOffset> {
+        self.offsets
+            .range((group.to_string(), String::new(), i32::MIN)..)
+            .take_while(|((g, _, _), _)| g == group)
+            .filter(|((_, t, _), _)| topics.is_empty() || topics.contains(t))
+            .map(|(_, o)| o.clone())
+            .collect()
+    }
+
+    /// Applies one committed entry; returns one outcome per record. Records are applied in
+    /// order, each against the image its predecessors left; a rejected record changes
+    /// nothing and does not stop the others.
+    pub fn apply(&mut self, index: u64, batch: &MetadataBatch) -> Vec<ApplyOutcome> {
+        assert!(
+            index > self.applied_index,
+            "metadata index went backwards: {index} after {}",
+            self.applied_index
+        );
+        self.applied_index = index;
+        batch
+            .records
+            .iter()
+            .map(|r| match &r.record {
+                None => ApplyOutcome::err(ec::INVALID_REQUEST, "empty record"),
+                Some(record) => self.apply_record(index, record),
+            })
+            .collect()
+    }
+
+    /// Moves `applied_index` over an entry that holds no records (a Raft leader's blank or
+    /// membership entry).
+    pub fn advance_to(&mut self, index: u64) {
+        assert!(index >= self.applied_index, "metadata index went backwards");
+        self.applied_index = index;
+    }
+
+    fn apply_record(&mut self, index: u64, record: &Record) -> ApplyOutcome {
+        match record {
+            Record::RegisterBroker(r) => {
+                let broker = self.brokers.entry(r.broker_id).or_default();
+                if broker.broker_id == r.broker_id
+                    && broker.incarnation_id == r.incarnation_id
+                    && broker.broker_epoch > 0
+                {
+                    // the same process registering again (a retried call): keep its epoch
+                    broker.endpoints = r.endpoints.clone();
+                    broker.rack = r.rack.clone();
+                    return ApplyOutcome::ok();
+                }
+                *broker = Broker {
+                    broker_id: r.broker_id,
+                    incarnation_id: r.incarnation_id.clone(),
+                    endpoints: r.endpoints.clone(),
+                    rack: r.rack.clone(),
+                    broker_epoch: index as i64,
+                    fenced: true,
+                };
+                ApplyOutcome::ok()
+            }
+            Record::FenceBroker(r) => self.set_fenced(r.broker_id, r.broker_epoch, true),
+            Record::UnfenceBroker(r) => self.set_fenced(r.broker_id, r.broker_epoch, false),
+            Record::CreateTopic(r) => {
+                let Some(topic) = &r.topic else {
+                    return ApplyOutcome::err(ec::INVALID_REQUEST, "CreateTopic without a topic");
+                };
+                if self.topics.contains_key(&topic.name) {
+                    return ApplyOutcome::err(
+                        ec::TOPIC_ALREADY_EXISTS,
+                        format!("Topic '{}' already exists.", topic.name),
+                    );
+                }
+                if topic.topic_id.len() != 16 {
+                    return ApplyOutcome::err(ec::INVALID_REQUEST, "topic id must be 16 bytes");
+                }
+                if topic.partitions.is_empty() {
+                    return ApplyOutcome::err(ec::INVALID_PARTITIONS, "a topic needs a partition");
+                }
+                for (i, p) in topic.partitions.iter().enumerate() {
+                    if p.partition as usize != i {
+                        return ApplyOutcome::err(ec::INVALID_REQUEST, "partitions out of order");
+                    }
+                    if let Err(e) = check_partition_state(p) {
+                        return e;
+                    }
+                }
+                self.topics.insert(topic.name.clone(), topic.clone());
+                ApplyOutcome::ok()
+            }
+            Record::DeleteTopic(r) => match self.topics.get(&r.name) {
+                Some(t) if t.topic_id == r.topic_id => {
+                    self.topics.remove(&r.name);
+                    self.offsets.retain(|(_, topic, _), _| *topic != r.name);
+                    ApplyOutcome::ok()
+                }
+                _ => unknown_topic(&r.name),
+            },
+            Record::PartitionChange(r) => self.apply_partition_change(r),
+            Record::CommitOffsets(r) => {
+                for o in &r.offsets {
+                    self.offsets
+                        .insert((o.group.clone(), o.topic.clone(), o.partition), o.clone());
+                }
+                ApplyOutcome::ok()
+            }
+        }
+    }
+
+    fn set_fenced(&mut self, broker_id: i32, broker_epoch: i64, fenced: bool) -> ApplyOutcome {
+        match self.brokers.get_mut(&broker_id) {
+            None => ApplyOutcome::err(
+                ec::BROKER_ID_NOT_REGISTERED,
+                format!("broker {broker_id} is not registered"),
+            ),
+            Some(b) if b.broker_epoch != broker_epoch => ApplyOutcome::err(
+                ec::STALE_BROKER_EPOCH,
+                format!(
+                    "broker {broker_id} epoch is {}, not {broker_epoch}",
+                    b.broker_epoch
+                ),
+            ),
+            Some(b) => {
+                b.fenced = fenced;
+                ApplyOutcome::ok()
+            }
+        }
+    }
+
+    fn apply_partition_change(&mut self, r: &pb::PartitionChange) -> ApplyOutcome {
+        let Some(new) = &r.partition else {
+            return ApplyOutcome::err(ec::INVALID_REQUEST, "PartitionChange without a state");
+        };
+        let Some(topic) = self.topics.get_mut(&r.topic) else {
+            return unknown_topic(&r.topic);
+        };
+        if topic.topic_id != r.topic_id {
+            return unknown_topic(&r.topic);
+        }
+        if let Err(e) = check_partition_state(new) {
+            return e;
+        }
+        let Ok(index) = usize::try_from(new.partition) else {
+            return ApplyOutcome::err(ec::UNKNOWN_TOPIC_OR_PARTITION, "negative partition");
+        };
+        let count = topic.partitions.len();
+        match topic.partitions.get_mut(index) {
+            Some(current) => {
+                if current.partition_epoch != r.expected_partition_epoch {
+                    return ApplyOutcome::err(
+                        ec::INVALID_UPDATE_VERSION,
+                        format!(
+                            "{}-{}: partition epoch is {}, the change expected {}",
+                            r.topic,
+                            new.partition,
+                            current.partition_epoch,
+                            r.expected_partition_epoch
+                        ),
+                    );
+                }
+                if new.partition_epoch != current.partition_epoch + 1
+                    || new.leader_epoch < current.leader_epoch
+                    || (new.leader != current.leader && new.leader_epoch == current.leader_epoch)
+                {
+                    return ApplyOutcome::err(
+                        ec::INVALID_REQUEST,
+                        format!(
+                            "{}-{}: epochs must advance (partition epoch +1, leader epoch +1 on a leader change)",
+                            r.topic, new.partition
+                        ),
+                    );
+                }
+                *current = new.clone();
+                ApplyOutcome::ok()
+            }
+            None if index == count && r.expected_partition_epoch == -1 => {
+                topic.partitions.push(new.clone());
+                ApplyOutcome::ok()
+            }
+            None => ApplyOutcome::err(
+                ec::UNKNOWN_TOPIC_OR_PARTITION,
+                format!("{}-{} does not exist", r.topic, new.partition),
+            ),
+        }
+    }
+
+    /// The whole image, for snapshots and for watchers that start behind the log's start.
+    pub fn to_proto(&self) -> pb::MetadataImage {
+        pb::MetadataImage {
+            cluster_id: self.cluster_id.clone(),
+            applied_index: self.applied_index,
+            brokers: self.brokers.values().cloned().collect(),
+            topics: self.topics.values().cloned().collect(),
+            offsets: self.offsets.values().cloned().collect(),
+        }
+    }
+
+    pub fn from_proto(image: pb::MetadataImage) -> Self {
+        MetadataImage {
+            cluster_id: image.cluster_id,
+            applied_index: image.applied_index,
+            brokers: image
+                .brokers
+                .into_iter()
+                .map(|b| (b.broker_id, b))
+                .collect(),
+            topics: image
+                .topics
+                .into_iter()
+                .map(|t| (t.name.clone(), t))
+                .collect(),
+            offsets: image
+                .offsets
+                .into_iter()
+                .map(|o| ((o.group.clone(), o.topic.clone(), o.partition), o))
+                .collect(),
+        }
+    }
+}
+
+fn unknown_topic(name: &str) -> ApplyOutcome {
+    ApplyOutcome::err(
+        ec::UNKNOWN_TOPIC_OR_PARTITION,
+        format!("topic '{name}' does not exist"),
+    )
+}
+
+/// Structural checks every stored partition state passes.
+fn check_partition_state(p: &Partition) -> Result<(), ApplyOutcome> {
+    let bad = |why: &str| {
+        Err(ApplyOutcome::err(
+            ec::INVALID_REQUEST,
+            format!("partition {}: {why}", p.partition),
+        ))
+    };
+    if p.replicas.is_empty() {
+        return bad("no replicas");
+    }
+    let mut sorted = p.replicas.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    if sorted.len() != p.replicas.len() {
+        return bad("duplicate replicas");
+    }
+    if p.isr.is_empty() {
+        return bad("empty ISR");
+    }
+    if p.isr.iter().any(|b| !p.replicas.contains(b)) {
+        return bad("ISR member that is not a replica");
+    }
+    if p.leader != NO_LEADER && !p.isr.contains(&p.leader) {
+        return bad("leader outside the ISR");
+    }
+    if p.leader_epoch < 0 || p.partition_epoch < 0 {
+        return bad("negative epoch");
+    }
+    Ok(())
+}
