@@ -1,1 +1,10 @@
-//! Controller quorum (work in progress): see docs/architecture.md.
+//! The controller quorum: a three-voter Raft group (openraft 0.9) whose state machine is
+//! the cluster's [`sluice_metadata::MetadataImage`], the gRPC services brokers and tools
+//! call, the failure detector that fences brokers whose session expired, and replica
+//! placement. openraft's types stay inside this crate.
+
+pub mod error;
+pub mod partition_election;
+pub mod placement;
+
+pub use error::{ControllerError, Result};

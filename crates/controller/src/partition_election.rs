@@ -1,0 +1,273 @@
+//! Partition leadership when brokers come and go: the `PartitionChange` records the
+//! controller commits after fencing or unfencing a broker. Pure functions of the image.
+//!
+//! Rules (Kafka's): a fenced broker leaves every ISR, except that an ISR never drops below
+//! one member; a partition it led gets the first live ISR member (in replica order) as
+//! leader, with `leader_epoch + 1`; with no live ISR member the partition goes offline
+//! (leader -1) unless `unclean.leader.election.enable`, which takes the first live replica
+//! and makes it the whole ISR. An unfenced broker leads the offline partitions whose ISR
+//! holds it. Every change raises `partition_epoch` by one and names the epoch it expects.
+
+use sluice_metadata::proto::metadata as pb;
+use sluice_metadata::{MetadataImage, Partition, Record, Topic, NO_LEADER};
+
+pub const UNCLEAN_LEADER_ELECTION_ENABLE: &str = "unclean.leader.election.enable";
+
+fn unclean_allowed(topic: &Topic, cluster_default: bool) -> bool {
+    topic
+        .configs
+        .get(UNCLEAN_LEADER_ELECTION_ENABLE)
+        .map_or(cluster_default, |v| v == "true")
+}
+
+fn change(topic: &Topic, current: &Partition, mut next: Partition) -> Record {
+    if next.leader != current.leader {
+        next.leader_epoch = current.leader_epoch + 1;
+    }
+    next.partition_epoch = current.partition_epoch + 1;
+    Record::PartitionChange(pb::PartitionChange {
+        topic: topic.name.clone(),
+        topic_id: topic.topic_id.clone(),
+        expected_partition_epoch: current.partition_epoch,
+        partition: Some(next),
+    })
+}
+
+/// The records that take `broker_id` out of every ISR and move its leaderships away.
+/// `live` is the set of brokers that may lead (unfenced, not `broker_id`).
+pub fn on_broker_fenced(
+    image: &MetadataImage,
+    broker_id: i32,
+    unclean_default: bool,
+) -> Vec<Record> {
+    let live: Vec<i32> = image
+        .live_broker_ids()
+        .into_iter()
+        .filter(|b| *b != broker_id)
+        .collect();
+    let mut records = Vec::new();
+    for topic in image.topics() {
+        for p in &topic.partitions {
+            if p.leader != broker_id && !p.isr.contains(&broker_id) {
+                continue;
+            }
+            let mut next = p.clone();
+            if next.isr.len() > 1 {
+                next.isr.retain(|b| *b != broker_id);
+            }
+            if next.leader == broker_id || next.leader == NO_LEADER {
+                next.leader = elect(&next, &live, unclean_allowed(topic, unclean_default));
+                if next.leader != NO_LEADER && !next.isr.contains(&next.leader) {
+                    next.isr = vec![next.leader];
+                }
+            }
+            if next != *p {
+                records.push(change(topic, p, next));
+            }
+        }
+    }
+    records
+}
+
+/// The records that give offline partitions a leader now that `broker_id` is back (or
+/// whose leader is no longer live, after an earlier change was refused).
+pub fn on_broker_unfenced(image: &MetadataImage, unclean_default: bool) -> Vec<Record> {
+    let live = image.live_broker_ids();
+    let mut records = Vec::new();
+    for topic in image.topics() {
+        for p in &topic.partitions {
+            if p.leader != NO_LEADER && live.contains(&p.leader) {
+                continue;
+            }
+            let mut next = p.clone();
+            next.leader = elect(p, &live, unclean_allowed(topic, unclean_default));
+            if next.leader != NO_LEADER && !next.isr.contains(&next.leader) {
+                next.isr = vec![next.leader];
+            }
+            if next != *p {
+                records.push(change(topic, p, next));
+            }
+        }
+    }
+    records
+}
+
+/// First live ISR member in replica order; else, if allowed, the first live replica.
+fn elect(p: &Partition, live: &[i32], unclean: bool) -> i32 {
+    let clean = p
+        .replicas
+        .iter()
+        .find(|r| p.isr.contains(r) && live.contains(r));
+    match clean {
+        Some(r) => *r,
+        None if unclean => p
+            .replicas
+            .iter()
+            .find(|r| live.contains(r))
+            .copied()
+            .unwrap_or(NO_LEADER),
+        None => NO_LEADER,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_metadata::{MetadataBatch, MetadataRecord};
+
+    fn apply(image: &mut MetadataImage, records: Vec<Record>) {
+        let index = image.applied_index() + 1;
+        let out = image.apply(
+            index,
+            &MetadataBatch {
+                records: records
+                    .into_iter()
+                    .map(|r| MetadataRecord { record: Some(r) })
+                    .collect(),
+            },
+        );
+        assert!(out.iter().all(|o| o.is_ok()), "{out:?}");
+    }
+
+    fn cluster(unclean: bool) -> MetadataImage {
+        let mut image = MetadataImage::new("c");
+        for id in 1..=3 {
+            apply(
+                &mut image,
+                vec![Record::RegisterBroker(pb::RegisterBroker {
+                    broker_id: id,
+                    incarnation_id: format!("i{id}"),
+                    ..Default::default()
+                })],
+            );
+            let epoch = image.broker(id).unwrap().broker_epoch;
+            apply(
+                &mut image,
+                vec![Record::UnfenceBroker(pb::UnfenceBroker {
+                    broker_id: id,
+                    broker_epoch: epoch,
+                })],
+            );
+        }
+        let partitions = [[1, 2, 3], [2, 3, 1], [3, 1, 2]]
+            .iter()
+            .enumerate()
+            .map(|(i, r)| Partition {
+                partition: i as i32,
+                replicas: r.to_vec(),
+                isr: r.to_vec(),
+                leader: r[0],
+                leader_epoch: 0,
+                partition_epoch: 0,
+            })
+            .collect();
+        let mut configs = std::collections::BTreeMap::new();
+        if unclean {
+            configs.insert(
+                UNCLEAN_LEADER_ELECTION_ENABLE.to_string(),
+                "true".to_string(),
+            );
+        }
+        apply(
+            &mut image,
+            vec![Record::CreateTopic(pb::CreateTopic {
+                topic: Some(Topic {
+                    name: "t".into(),
+                    topic_id: vec![1; 16],
+                    configs,
+                    partitions,
+                }),
+            })],
+        );
+        image
+    }
+
+    fn fence(image: &mut MetadataImage, id: i32) {
+        let epoch = image.broker(id).unwrap().broker_epoch;
+        let mut records = vec![Record::FenceBroker(pb::FenceBroker {
+            broker_id: id,
+            broker_epoch: epoch,
+        })];
+        records.extend(on_broker_fenced(image, id, false));
+        apply(image, records);
+    }
+
+    #[test]
+    fn fencing_moves_leadership_to_the_next_isr_member() {
+        let mut image = cluster(false);
+        fence(&mut image, 1);
+        let p0 = image.partition("t", 0).unwrap();
+        assert_eq!((p0.leader, p0.leader_epoch, p0.partition_epoch), (2, 1, 1));
+        assert_eq!(p0.isr, vec![2, 3]);
+        // partitions 1 and 2 keep their leader, lose broker 1 from the ISR
+        let p1 = image.partition("t", 1).unwrap();
+        assert_eq!((p1.leader, p1.leader_epoch, p1.partition_epoch), (2, 0, 1));
+        assert_eq!(p1.isr, vec![2, 3]);
+        fence(&mut image, 2);
+        fence(&mut image, 3);
+        // nobody left: offline, the last ISR member stays
+        for p in &image.topic("t").unwrap().partitions {
+            assert_eq!(p.leader, NO_LEADER, "{p:?}");
+            assert_eq!(p.isr.len(), 1);
+        }
+        let last_isr = image.partition("t", 0).unwrap().isr[0];
+        assert_eq!(last_isr, 3);
+        // broker 1 returns, but is not in the ISR: still offline (clean election)
+        unfence(&mut image, 1);
+        assert_eq!(image.partition("t", 0).unwrap().leader, NO_LEADER);
+        // broker 3 (the last ISR member) returns: it leads
+        unfence(&mut image, 3);
+        for p in &image.topic("t").unwrap().partitions {
+            assert_eq!(p.leader, 3, "{p:?}");
+        }
+    }
+
+    fn unfence(image: &mut MetadataImage, id: i32) {
+        let epoch = image.broker(id).unwrap().broker_epoch;
+        apply(
+            image,
+            vec![Record::UnfenceBroker(pb::UnfenceBroker {
+                broker_id: id,
+                broker_epoch: epoch,
+            })],
+        );
+        let records = on_broker_unfenced(image, false);
+        if !records.is_empty() {
+            apply(image, records);
+        }
+    }
+
+    #[test]
+    fn unclean_election_takes_a_live_replica_outside_the_isr() {
+        let mut image = cluster(true);
+        fence(&mut image, 1);
+        fence(&mut image, 2);
+        // broker 3 is alive and in every ISR: it leads everything
+        for p in &image.topic("t").unwrap().partitions {
+            assert_eq!((p.leader, p.isr.clone()), (3, vec![3]));
+        }
+        unfence(&mut image, 1);
+        fence(&mut image, 3);
+        // ISR is [3] and 3 is gone: unclean election picks broker 1, ISR [1]
+        for p in &image.topic("t").unwrap().partitions {
+            assert_eq!((p.leader, p.isr.clone()), (1, vec![1]), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn leader_epochs_only_grow() {
+        let mut image = cluster(false);
+        let mut last: Vec<(i32, i32)> = vec![(0, 0); 3];
+        for id in [1, 2, 1, 3, 2, 1] {
+            if image.broker(id).unwrap().fenced {
+                unfence(&mut image, id);
+            } else {
+                fence(&mut image, id);
+            }
+            for (i, p) in image.topic("t").unwrap().partitions.iter().enumerate() {
+                assert!(p.leader_epoch >= last[i].0 && p.partition_epoch >= last[i].1);
+                last[i] = (p.leader_epoch, p.partition_epoch);
+            }
+        }
+    }
+}
