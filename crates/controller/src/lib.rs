@@ -4,7 +4,11 @@
 //! placement. openraft's types stay inside this crate.
 
 pub mod error;
+pub mod failure_detector;
 pub mod partition_election;
 pub mod placement;
+pub mod raft_log_store;
+pub mod raft_types;
+pub mod state_machine;
 
 pub use error::{ControllerError, Result};

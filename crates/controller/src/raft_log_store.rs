@@ -1,0 +1,406 @@
+//! The Raft log on disk, for openraft's `RaftLogStorage`.
+//!
+//! Files in the controller's metadata directory:
+//! - `raft-log`: entries back to back, each framed as `[length u32 BE][crc32c u32 BE][JSON]`
+//!   (the CRC covers the JSON). Appends are one write plus `fdatasync` before openraft hears
+//!   they are durable. Opening reads every frame and cuts a torn or corrupt tail.
+//! - `raft-vote`, `raft-committed`, `raft-purged`: JSON, replaced atomically (temp file,
+//!   fsync, rename, fsync dir) before the call returns.
+//!
+//! Invariants: entry indexes and file positions grow together, after `last_purged`;
+//! the file holds the same entries (and possibly a purged prefix, dropped when it grows
+//! past half the file); an entry is readable only once it is in the file.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::ops::RangeBounds;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{OptionalSend, RaftLogReader, StorageIOError};
+
+use crate::raft_types::{Entry, LogId, StorageError, TypeConfig, Vote};
+
+const LOG_FILE: &str = "raft-log";
+const VOTE_FILE: &str = "raft-vote";
+const COMMITTED_FILE: &str = "raft-committed";
+const PURGED_FILE: &str = "raft-purged";
+const FRAME_HEADER_BYTES: usize = 8;
+/// A frame longer than this is corruption, not an entry (metadata batches are small).
+const MAX_ENTRY_BYTES: usize = 64 * 1024 * 1024;
+
+/// A cheap handle: clones share the same log (openraft asks for readers per replication
+/// stream).
+#[derive(Clone)]
+pub struct RaftLogStore {
+    inner: Arc<Mutex<LogInner>>,
+}
+
+struct StoredEntry {
+    entry: Entry,
+    position: u64,
+}
+
+struct LogInner {
+    dir: PathBuf,
+    file: File,
+    file_len: u64,
+    /// Bytes at the start of the file that belong to purged entries.
+    purged_prefix_bytes: u64,
+    entries: BTreeMap<u64, StoredEntry>,
+    last_purged: Option<LogId>,
+    vote: Option<Vote>,
+    committed: Option<LogId>,
+}
+
+fn io_err(e: &std::io::Error) -> StorageError {
+    StorageIOError::write_logs(e).into()
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> std::io::Result<Option<T>> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec(value)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    sluice_log::write_atomically(path, &bytes).map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+fn frame(entry: &Entry, out: &mut Vec<u8>) -> std::io::Result<()> {
+    let json = serde_json::to_vec(entry)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    out.extend_from_slice(&(json.len() as u32).to_be_bytes());
+    out.extend_from_slice(&sluice_record::crc32c(&json).to_be_bytes());
+    out.extend_from_slice(&json);
+    Ok(())
+}
+
+/// Parses frames from `bytes`; returns the entries with their positions and the length of
+/// the valid prefix (a torn or corrupt frame ends it).
+fn parse_frames(bytes: &[u8]) -> (Vec<StoredEntry>, u64) {
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    while bytes.len() - at >= FRAME_HEADER_BYTES {
+        let len =
+            u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize;
+        let crc = u32::from_be_bytes([bytes[at + 4], bytes[at + 5], bytes[at + 6], bytes[at + 7]]);
+        let start = at + FRAME_HEADER_BYTES;
+        if len > MAX_ENTRY_BYTES || bytes.len() - start < len {
+            break;
+        }
+        let json = &bytes[start..start + len];
+        if sluice_record::crc32c(json) != crc {
+            break;
+        }
+        let Ok(entry) = serde_json::from_slice::<Entry>(json) else {
+            break;
+        };
+        out.push(StoredEntry {
+            entry,
+            position: at as u64,
+        });
+        at = start + len;
+    }
+    (out, at as u64)
+}
+
+impl RaftLogStore {
+    /// Opens (or creates) the log in `dir`, cutting a torn tail.
+    pub fn open(dir: &Path) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(LOG_FILE);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)?;
+        let bytes = std::fs::read(&path)?;
+        let (stored, valid_len) = parse_frames(&bytes);
+        if valid_len < bytes.len() as u64 {
+            tracing::warn!(
+                path = %path.display(),
+                valid_len,
+                file_len = bytes.len(),
+                "cutting a torn or corrupt tail off the raft log"
+            );
+            file.set_len(valid_len)?;
+            file.sync_all()?;
+        }
+        let last_purged: Option<LogId> = read_json(&dir.join(PURGED_FILE))?;
+        let purged_index = last_purged.map(|l| l.index);
+        let mut entries = BTreeMap::new();
+        for s in stored {
+            let index = s.entry.log_id.index;
+            if purged_index.is_some_and(|p| index <= p) {
+                continue;
+            }
+            if entries
+                .last_key_value()
+                .is_some_and(|(last, _)| index <= *last)
+            {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("raft log entry {index} is out of order"),
+                ));
+            }
+            entries.insert(index, s);
+        }
+        let purged_prefix_bytes = entries.values().next().map_or(valid_len, |s| s.position);
+        Ok(RaftLogStore {
+            inner: Arc::new(Mutex::new(LogInner {
+                dir: dir.to_path_buf(),
+                file,
+                file_len: valid_len,
+                purged_prefix_bytes,
+                entries,
+                last_purged,
+                vote: read_json(&dir.join(VOTE_FILE))?,
+                committed: read_json(&dir.join(COMMITTED_FILE))?,
+            })),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, LogInner> {
+        // a panic while holding the lock leaves the log as the last completed step left it
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Committed entries in `[from, to]` that are still in the log (for metadata watchers).
+    pub fn entries_between(&self, from: u64, to: u64) -> Vec<Entry> {
+        if from > to {
+            return Vec::new();
+        }
+        self.lock()
+            .entries
+            .range(from..=to)
+            .map(|(_, s)| s.entry.clone())
+            .collect()
+    }
+
+    /// The index of the first entry still in the log.
+    pub fn first_index(&self) -> u64 {
+        let inner = self.lock();
+        inner
+            .entries
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or_else(|| inner.last_purged.map_or(0, |l| l.index) + 1)
+    }
+}
+
+impl LogInner {
+    /// Removes entries at `index` and after, from memory and from the file.
+    fn truncate_from(&mut self, index: u64) -> std::io::Result<()> {
+        let removed = self.entries.split_off(&index);
+        if let Some(first) = removed.values().next() {
+            let cut = first.position;
+            self.file.set_len(cut)?;
+            self.file.sync_data()?;
+            self.file_len = cut;
+        }
+        Ok(())
+    }
+
+    fn last_log_id(&self) -> Option<LogId> {
+        self.entries
+            .values()
+            .next_back()
+            .map(|s| s.entry.log_id)
+            .or(self.last_purged)
+    }
+
+    /// Rewrites the file without the purged prefix once that prefix is half of it.
+    fn compact_if_worthwhile(&mut self) -> std::io::Result<()> {
+        if self.purged_prefix_bytes == 0 || self.purged_prefix_bytes * 2 < self.file_len {
+            return Ok(());
+        }
+        let mut bytes = Vec::new();
+        let mut positions = Vec::new();
+        for s in self.entries.values() {
+            positions.push(bytes.len() as u64);
+            frame(&s.entry, &mut bytes)?;
+        }
+        let path = self.dir.join(LOG_FILE);
+        let tmp = self.dir.join(format!("{LOG_FILE}.tmp"));
+        {
+            let mut f = File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, &path)?;
+        sluice_log::sync_dir(&self.dir).map_err(|e| std::io::Error::other(e.to_string()))?;
+        self.file = OpenOptions::new().read(true).write(true).open(&path)?;
+        for (s, p) in self.entries.values_mut().zip(positions) {
+            s.position = p;
+        }
+        self.file_len = bytes.len() as u64;
+        self.purged_prefix_bytes = 0;
+        Ok(())
+    }
+}
+
+impl RaftLogReader<TypeConfig> for RaftLogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        Ok(self
+            .lock()
+            .entries
+            .range(range)
+            .map(|(_, s)| s.entry.clone())
+            .collect())
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for RaftLogStore {
+    type LogReader = RaftLogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let inner = self.lock();
+        Ok(LogState {
+            last_purged_log_id: inner.last_purged,
+            last_log_id: inner.last_log_id(),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        let mut inner = self.lock();
+        write_json(&inner.dir.join(VOTE_FILE), vote)
+            .map_err(|e| StorageError::from(StorageIOError::write_vote(&e)))?;
+        inner.vote = Some(*vote);
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        Ok(self.lock().vote)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        let mut inner = self.lock();
+        write_json(&inner.dir.join(COMMITTED_FILE), &committed).map_err(|e| io_err(&e))?;
+        inner.committed = committed;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.lock().committed)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut inner = self.lock();
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        // an entry at an index already present replaces it and everything after it (Raft's
+        // rule; openraft truncates first, but the storage contract allows either)
+        if let Some(first) = entries.first() {
+            inner
+                .truncate_from(first.log_id.index)
+                .map_err(|e| io_err(&e))?;
+        }
+        let mut bytes = Vec::new();
+        let mut new = Vec::new();
+        for entry in entries {
+            let position = inner.file_len + bytes.len() as u64;
+            frame(&entry, &mut bytes).map_err(|e| io_err(&e))?;
+            new.push(StoredEntry { entry, position });
+        }
+        let written = inner
+            .file
+            .write_all_at(&bytes, inner.file_len)
+            .and_then(|()| inner.file.sync_data());
+        if let Err(e) = written {
+            // nothing became visible; cut whatever part of the write landed
+            let _ = inner.file.set_len(inner.file_len);
+            let err = io_err(&e);
+            callback.log_io_completed(Err(e));
+            return Err(err);
+        }
+        inner.file_len += bytes.len() as u64;
+        for s in new {
+            // after truncate_from above, every index here is above those in memory
+            inner.entries.insert(s.entry.log_id.index, s);
+        }
+        drop(inner);
+        callback.log_io_completed(Ok(()));
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.lock()
+            .truncate_from(log_id.index)
+            .map_err(|e| io_err(&e))
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut inner = self.lock();
+        assert!(
+            inner.last_purged.is_none_or(|p| p.index <= log_id.index),
+            "purge went backwards"
+        );
+        write_json(&inner.dir.join(PURGED_FILE), &log_id).map_err(|e| io_err(&e))?;
+        inner.last_purged = Some(log_id);
+        let kept = inner.entries.split_off(&(log_id.index + 1));
+        inner.entries = kept;
+        inner.purged_prefix_bytes = inner
+            .entries
+            .values()
+            .next()
+            .map_or(inner.file_len, |s| s.position);
+        inner.compact_if_worthwhile().map_err(|e| io_err(&e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_stop_at_a_torn_or_corrupt_tail() {
+        let mut bytes = Vec::new();
+        let mut ends = Vec::new();
+        for i in 1..=3u64 {
+            let entry = Entry {
+                log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), i),
+                payload: openraft::EntryPayload::Blank,
+            };
+            frame(&entry, &mut bytes).unwrap();
+            ends.push(bytes.len() as u64);
+        }
+        let (all, len) = parse_frames(&bytes);
+        assert_eq!((all.len(), len), (3, ends[2]));
+        for cut in ends[1]..ends[2] {
+            let (some, len) = parse_frames(&bytes[..cut as usize]);
+            assert_eq!((some.len(), len), (2, ends[1]));
+        }
+        let mut flipped = bytes.clone();
+        flipped[ends[0] as usize + 10] ^= 1;
+        let (some, len) = parse_frames(&flipped);
+        assert_eq!((some.len(), len), (1, ends[0]));
+    }
+}

@@ -1,0 +1,236 @@
+//! The Raft state machine: committed entries applied to the [`MetadataImage`].
+//!
+//! Snapshots are the whole image (JSON) with openraft's metadata, kept in memory and in the
+//! `metadata-snapshot` file (replaced atomically), so a restarted controller starts from its
+//! latest snapshot and replays only the log after it.
+//!
+//! Invariants: `last_applied` only grows; the image's `applied_index` equals
+//! `last_applied`'s index; every entry yields exactly one response.
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
+use sluice_metadata::proto::metadata as pb;
+use sluice_metadata::MetadataImage;
+use tokio::sync::watch;
+
+use crate::raft_types::{
+    ApplyResponse, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
+
+const SNAPSHOT_FILE: &str = "metadata-snapshot";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta,
+    image: pb::MetadataImage,
+}
+
+struct SmState {
+    image: MetadataImage,
+    last_applied: Option<LogId>,
+    last_membership: StoredMembership,
+    snapshot: Option<(SnapshotMeta, Vec<u8>)>,
+    snapshots_built: u64,
+}
+
+/// A cheap handle: openraft owns one, the controller services keep clones to read the image.
+#[derive(Clone)]
+pub struct MetadataStateMachine {
+    state: Arc<RwLock<SmState>>,
+    dir: PathBuf,
+    applied_tx: Arc<watch::Sender<u64>>,
+}
+
+fn snapshot_err(e: &(impl std::error::Error + 'static)) -> StorageError {
+    StorageIOError::write_snapshot(None, e).into()
+}
+
+impl MetadataStateMachine {
+    /// Loads the latest snapshot from `dir`, if any.
+    pub fn open(dir: &Path, cluster_id: &str) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let mut state = SmState {
+            image: MetadataImage::new(cluster_id),
+            last_applied: None,
+            last_membership: StoredMembership::default(),
+            snapshot: None,
+            snapshots_built: 0,
+        };
+        match std::fs::read(dir.join(SNAPSHOT_FILE)) {
+            Ok(bytes) => {
+                let stored: StoredSnapshot = serde_json::from_slice(&bytes)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+                state.image = MetadataImage::from_proto(stored.image);
+                state.last_applied = stored.meta.last_log_id;
+                state.last_membership = stored.meta.last_membership.clone();
+                state.snapshot = Some((stored.meta, bytes));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let applied = state.image.applied_index();
+        Ok(MetadataStateMachine {
+            state: Arc::new(RwLock::new(state)),
+            dir: dir.to_path_buf(),
+            applied_tx: Arc::new(watch::channel(applied).0),
+        })
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, SmState> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on the current image.
+    pub fn with_image<T>(&self, f: impl FnOnce(&MetadataImage) -> T) -> T {
+        f(&self.read().image)
+    }
+
+    pub fn image(&self) -> MetadataImage {
+        self.read().image.clone()
+    }
+
+    /// The index of the last applied entry; changes wake watchers.
+    pub fn subscribe_applied(&self) -> watch::Receiver<u64> {
+        self.applied_tx.subscribe()
+    }
+
+    fn save(&self, stored: &StoredSnapshot) -> Result<Vec<u8>, StorageError> {
+        let bytes = serde_json::to_vec(stored).map_err(|e| snapshot_err(&e))?;
+        sluice_log::write_atomically(&self.dir.join(SNAPSHOT_FILE), &bytes)
+            .map_err(|e| snapshot_err(&e))?;
+        Ok(bytes)
+    }
+
+    fn snapshot_of(meta: SnapshotMeta, bytes: Vec<u8>) -> Snapshot {
+        Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        }
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for MetadataStateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let (stored, n) = {
+            let mut s = self.state.write().unwrap_or_else(|p| p.into_inner());
+            s.snapshots_built += 1;
+            let id = match s.last_applied {
+                Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, s.snapshots_built),
+                None => format!("0-0-{}", s.snapshots_built),
+            };
+            let meta = SnapshotMeta {
+                last_log_id: s.last_applied,
+                last_membership: s.last_membership.clone(),
+                snapshot_id: id,
+            };
+            (
+                StoredSnapshot {
+                    meta,
+                    image: s.image.to_proto(),
+                },
+                s.snapshots_built,
+            )
+        };
+        let bytes = self.save(&stored)?;
+        tracing::debug!(snapshot = n, last = ?stored.meta.last_log_id, "built metadata snapshot");
+        let mut s = self.state.write().unwrap_or_else(|p| p.into_inner());
+        s.snapshot = Some((stored.meta.clone(), bytes.clone()));
+        Ok(Self::snapshot_of(stored.meta, bytes))
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for MetadataStateMachine {
+    type SnapshotBuilder = MetadataStateMachine;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let s = self.read();
+        Ok((s.last_applied, s.last_membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<ApplyResponse>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut responses = Vec::new();
+        let applied = {
+            let mut s = self.state.write().unwrap_or_else(|p| p.into_inner());
+            for entry in entries {
+                let index = entry.log_id.index;
+                assert!(
+                    s.last_applied.is_none_or(|l| l.index < index),
+                    "applied index must grow"
+                );
+                let response = match entry.payload {
+                    EntryPayload::Normal(batch) => ApplyResponse {
+                        outcomes: s.image.apply(index, &batch),
+                    },
+                    EntryPayload::Blank => {
+                        s.image.advance_to(index);
+                        ApplyResponse::default()
+                    }
+                    EntryPayload::Membership(m) => {
+                        s.image.advance_to(index);
+                        s.last_membership = StoredMembership::new(Some(entry.log_id), m);
+                        ApplyResponse::default()
+                    }
+                };
+                s.last_applied = Some(entry.log_id);
+                responses.push(response);
+            }
+            s.image.applied_index()
+        };
+        self.applied_tx.send_replace(applied);
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let bytes = snapshot.into_inner();
+        let stored: StoredSnapshot =
+            serde_json::from_slice(&bytes).map_err(|e| snapshot_err(&e))?;
+        // the meta openraft hands us is authoritative; keep the image that came with it
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            image: stored.image,
+        };
+        let bytes = self.save(&stored)?;
+        let applied = {
+            let mut s = self.state.write().unwrap_or_else(|p| p.into_inner());
+            let mut image = MetadataImage::from_proto(stored.image);
+            if let Some(l) = meta.last_log_id {
+                image.advance_to(l.index);
+            }
+            s.image = image;
+            s.last_applied = meta.last_log_id;
+            s.last_membership = meta.last_membership.clone();
+            s.snapshot = Some((meta.clone(), bytes));
+            s.image.applied_index()
+        };
+        self.applied_tx.send_replace(applied);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        Ok(self
+            .read()
+            .snapshot
+            .clone()
+            .map(|(meta, bytes)| Self::snapshot_of(meta, bytes)))
+    }
+}
