@@ -98,10 +98,11 @@ impl MetadataStateMachine {
         self.applied_tx.subscribe()
     }
 
-    fn save(&self, stored: &StoredSnapshot) -> Result<Vec<u8>, StorageError> {
-        let bytes = serde_json::to_vec(stored).map_err(|e| snapshot_err(&e))?;
+    fn save(&self, stored: &StoredSnapshot) -> std::io::Result<Vec<u8>> {
+        let bytes = serde_json::to_vec(stored)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
         sluice_log::write_atomically(&self.dir.join(SNAPSHOT_FILE), &bytes)
-            .map_err(|e| snapshot_err(&e))?;
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
         Ok(bytes)
     }
 
@@ -135,7 +136,7 @@ impl RaftSnapshotBuilder<TypeConfig> for MetadataStateMachine {
                 s.snapshots_built,
             )
         };
-        let bytes = self.save(&stored)?;
+        let bytes = self.save(&stored).map_err(|e| snapshot_err(&e))?;
         tracing::debug!(snapshot = n, last = ?stored.meta.last_log_id, "built metadata snapshot");
         let mut s = self.state.write().unwrap_or_else(|p| p.into_inner());
         s.snapshot = Some((stored.meta.clone(), bytes.clone()));
@@ -209,7 +210,7 @@ impl RaftStateMachine<TypeConfig> for MetadataStateMachine {
             meta: meta.clone(),
             image: stored.image,
         };
-        let bytes = self.save(&stored)?;
+        let bytes = self.save(&stored).map_err(|e| snapshot_err(&e))?;
         let applied = {
             let mut s = self.state.write().unwrap_or_else(|p| p.into_inner());
             let mut image = MetadataImage::from_proto(stored.image);
