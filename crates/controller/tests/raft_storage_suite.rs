@@ -22,6 +22,8 @@ impl StoreBuilder<TypeConfig, RaftLogStore, MetadataStateMachine, tempfile::Temp
 }
 
 #[test]
-fn openraft_storage_suite() -> Result<(), StorageError> {
-    Suite::test_all(Builder)
+fn openraft_storage_suite() {
+    if let Err(e) = Suite::test_all(Builder) {
+        panic!("storage suite: {e}");
+    }
 }
