@@ -1,0 +1,363 @@
+//! One controller: the Raft node, its gRPC listener (Raft RPCs and the Controller API on
+//! the same port), and, while it is the Raft leader, the failure detector loop.
+//!
+//! The quorum initialises itself once from `controller.quorum.voters` (every voter calls
+//! `initialize` with the same membership; all but the first are refused, harmlessly);
+//! restarts reuse the stored vote, log and snapshot.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::{BasicNode, Config, ServerState, SnapshotPolicy};
+use sluice_metadata::proto::controller::controller_server::ControllerServer;
+use sluice_metadata::proto::metadata as pb;
+use sluice_metadata::{ApplyOutcome, MetadataBatch, MetadataImage, MetadataRecord, Record};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::error::{ControllerError, Result};
+use crate::failure_detector::FailureDetector;
+use crate::partition_election;
+use crate::raft_log_store::RaftLogStore;
+use crate::raft_network::{pb::raft_server::RaftServer, GrpcNetworkFactory, RaftService};
+use crate::raft_types::{NodeId, Raft};
+use crate::state_machine::MetadataStateMachine;
+
+/// Settings of one controller, named after Kafka's where Kafka has them.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// `node.id`.
+    pub node_id: NodeId,
+    /// `controller.quorum.voters`: node id → `host:port` of its controller listener.
+    pub voters: BTreeMap<NodeId, String>,
+    /// Where the Raft log, vote and metadata snapshot live (`metadata.log.dir`).
+    pub metadata_dir: PathBuf,
+    /// `cluster.id`.
+    pub cluster_id: String,
+    /// `broker.session.timeout.ms` (Kafka: 9000).
+    pub broker_session_timeout_ms: u64,
+    /// `broker.heartbeat.interval.ms` (Kafka: 2000); the failure detector checks this often.
+    pub broker_heartbeat_interval_ms: u64,
+    /// Raft election timeout, lower bound (`controller.quorum.election.timeout.ms` is 1000 in
+    /// Kafka; the upper bound is twice this).
+    pub election_timeout_ms: u64,
+    /// Raft heartbeat (`controller.quorum.fetch.timeout.ms`-like).
+    pub raft_heartbeat_interval_ms: u64,
+    /// `unclean.leader.election.enable` cluster default.
+    pub unclean_leader_election_enable: bool,
+    /// `num.partitions`.
+    pub num_partitions: i32,
+    /// `default.replication.factor`.
+    pub default_replication_factor: i32,
+    /// Committed entries between metadata snapshots.
+    pub metadata_snapshot_entries: u64,
+}
+
+impl ControllerConfig {
+    pub fn new(node_id: NodeId, voters: BTreeMap<NodeId, String>, metadata_dir: PathBuf) -> Self {
+        ControllerConfig {
+            node_id,
+            voters,
+            metadata_dir,
+            cluster_id: "sluice-cluster".to_string(),
+            broker_session_timeout_ms: 9000,
+            broker_heartbeat_interval_ms: 2000,
+            election_timeout_ms: 1000,
+            raft_heartbeat_interval_ms: 100,
+            unclean_leader_election_enable: false,
+            num_partitions: 1,
+            default_replication_factor: 1,
+            metadata_snapshot_entries: 10_000,
+        }
+    }
+
+    /// Parses `1@host:port,2@host:port,...`.
+    pub fn parse_voters(voters: &str) -> Result<BTreeMap<NodeId, String>> {
+        let bad = || {
+            ControllerError::InvalidConfig(format!(
+                "controller.quorum.voters must look like 1@host:port,2@host:port, got {voters:?}"
+            ))
+        };
+        let mut out = BTreeMap::new();
+        for voter in voters.split(',').map(str::trim).filter(|v| !v.is_empty()) {
+            let (id, address) = voter.split_once('@').ok_or_else(bad)?;
+            let id: NodeId = id.parse().map_err(|_| bad())?;
+            if !address.contains(':') || out.insert(id, address.to_string()).is_some() {
+                return Err(bad());
+            }
+        }
+        if out.is_empty() {
+            return Err(bad());
+        }
+        Ok(out)
+    }
+}
+
+/// What the services share.
+pub(crate) struct Core {
+    pub config: ControllerConfig,
+    pub raft: Raft,
+    pub state_machine: MetadataStateMachine,
+    pub log_store: RaftLogStore,
+    pub failure_detector: Mutex<FailureDetector>,
+}
+
+impl Core {
+    pub fn is_leader(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        m.state == ServerState::Leader && m.current_leader == Some(self.config.node_id)
+    }
+
+    pub fn current_leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// Commits `records` as one entry (this node must be the leader) and returns each
+    /// record's outcome.
+    pub async fn propose(&self, records: Vec<Record>) -> Result<Vec<ApplyOutcome>> {
+        let batch = MetadataBatch {
+            records: records
+                .into_iter()
+                .map(|r| MetadataRecord { record: Some(r) })
+                .collect(),
+        };
+        match self.raft.client_write(batch).await {
+            Ok(response) => Ok(response.data.outcomes),
+            Err(e) if e.forward_to_leader().is_some() => Err(ControllerError::NotController),
+            Err(e) => Err(ControllerError::Raft(e.to_string())),
+        }
+    }
+
+    pub fn image(&self) -> MetadataImage {
+        self.state_machine.image()
+    }
+}
+
+/// A running controller. Dropping it does not stop it; call [`ControllerNode::shutdown`].
+pub struct ControllerNode {
+    core: Arc<Core>,
+    tasks: Vec<JoinHandle<()>>,
+    stop: watch::Sender<bool>,
+    address: std::net::SocketAddr,
+}
+
+impl ControllerNode {
+    /// Starts a controller serving on `listener` (already bound, so tests can use port 0).
+    pub async fn start(
+        config: ControllerConfig,
+        listener: tokio::net::TcpListener,
+    ) -> Result<Self> {
+        let storage = |e: std::io::Error| ControllerError::Storage(e.to_string());
+        let address = listener.local_addr().map_err(storage)?;
+        let log_store = RaftLogStore::open(&config.metadata_dir).map_err(storage)?;
+        let state_machine = MetadataStateMachine::open(&config.metadata_dir, &config.cluster_id)
+            .map_err(storage)?;
+        let raft_config = Config {
+            cluster_name: config.cluster_id.clone(),
+            heartbeat_interval: config.raft_heartbeat_interval_ms,
+            election_timeout_min: config.election_timeout_ms,
+            election_timeout_max: config.election_timeout_ms * 2,
+            install_snapshot_timeout: config.election_timeout_ms.max(1000),
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.metadata_snapshot_entries),
+            max_in_snapshot_log_to_keep: config.metadata_snapshot_entries / 2,
+            purge_batch_size: 256,
+            ..Config::default()
+        }
+        .validate()
+        .map_err(|e| ControllerError::InvalidConfig(e.to_string()))?;
+        let raft = Raft::new(
+            config.node_id,
+            Arc::new(raft_config),
+            GrpcNetworkFactory,
+            log_store.clone(),
+            state_machine.clone(),
+        )
+        .await
+        .map_err(|e| ControllerError::Raft(e.to_string()))?;
+
+        let core = Arc::new(Core {
+            failure_detector: Mutex::new(FailureDetector::new(config.broker_session_timeout_ms)),
+            config,
+            raft: raft.clone(),
+            state_machine,
+            log_store,
+        });
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+
+        let server = tonic::transport::Server::builder()
+            .add_service(RaftServer::new(RaftService::new(raft.clone())))
+            .add_service(ControllerServer::new(
+                crate::controller_service::ControllerService::new(Arc::clone(&core)),
+            ));
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let mut server_stop = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = server_stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = server
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+            {
+                tracing::error!(error = %e, "controller listener failed");
+            }
+        }));
+
+        if !raft
+            .is_initialized()
+            .await
+            .map_err(|e| ControllerError::Raft(e.to_string()))?
+        {
+            let members: BTreeMap<NodeId, BasicNode> = core
+                .config
+                .voters
+                .iter()
+                .map(|(id, addr)| (*id, BasicNode::new(addr)))
+                .collect();
+            if let Err(e) = raft.initialize(members).await {
+                tracing::info!(error = %e, "quorum already initialising elsewhere");
+            }
+        }
+
+        tasks.push(tokio::spawn(leader_loop(Arc::clone(&core), stop_rx)));
+        Ok(ControllerNode {
+            core,
+            tasks,
+            stop,
+            address,
+        })
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.core.config.node_id
+    }
+
+    pub fn address(&self) -> std::net::SocketAddr {
+        self.address
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.core.is_leader()
+    }
+
+    pub fn current_leader(&self) -> Option<NodeId> {
+        self.core.current_leader()
+    }
+
+    /// A copy of this node's metadata image.
+    pub fn image(&self) -> MetadataImage {
+        self.core.image()
+    }
+
+    /// Waits until this node has applied at least `index`.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<()> {
+        let mut rx = self.core.state_machine.subscribe_applied();
+        tokio::time::timeout(timeout, rx.wait_for(|i| *i >= index))
+            .await
+            .map_err(|_| ControllerError::Timeout(format!("applied index {index}")))?
+            .map_err(|_| ControllerError::Timeout("state machine closed".into()))?;
+        Ok(())
+    }
+
+    /// Stops the listener, the loops and the Raft node.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.core.raft.shutdown().await;
+        for t in self.tasks {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}
+
+/// While this node leads: fences brokers whose session expired, and gives offline
+/// partitions a leader when one of their ISR is live.
+async fn leader_loop(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
+    let tick = Duration::from_millis((core.config.broker_heartbeat_interval_ms / 4).clamp(10, 500));
+    let mut was_leader = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = stop.changed() => return,
+        }
+        if !core.is_leader() {
+            was_leader = false;
+            continue;
+        }
+        if !was_leader {
+            // the image must include everything committed before we took over
+            if core.raft.ensure_linearizable().await.is_err() {
+                continue;
+            }
+            let now = Instant::now();
+            let mut fd = core
+                .failure_detector
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            fd.reset();
+            core.state_machine.with_image(|image| {
+                for b in image.brokers() {
+                    fd.heartbeat(b.broker_id, now);
+                }
+            });
+            was_leader = true;
+            tracing::info!(
+                node = core.config.node_id,
+                "controller leader: failure detector started"
+            );
+        }
+        if let Err(e) = fence_expired_brokers(&core).await {
+            tracing::warn!(error = %e, "fencing expired brokers");
+        }
+    }
+}
+
+async fn fence_expired_brokers(core: &Core) -> Result<()> {
+    let image = core.image();
+    let unfenced = image.live_broker_ids();
+    let expired = {
+        let fd = core
+            .failure_detector
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        fd.expired(&unfenced, Instant::now())
+    };
+    let unclean = core.config.unclean_leader_election_enable;
+    for broker_id in expired {
+        let Some(broker) = core.image().broker(broker_id).cloned() else {
+            continue;
+        };
+        tracing::warn!(broker_id, "broker session expired: fencing");
+        let fence = Record::FenceBroker(pb::FenceBroker {
+            broker_id,
+            broker_epoch: broker.broker_epoch,
+        });
+        let mut simulated = core.image();
+        simulated.apply(
+            simulated.applied_index() + 1,
+            &batch_of(vec![fence.clone()]),
+        );
+        let mut records = vec![fence];
+        records.extend(partition_election::on_broker_fenced(
+            &simulated, broker_id, unclean,
+        ));
+        core.propose(records).await?;
+    }
+    let pending = partition_election::on_broker_unfenced(&core.image(), unclean);
+    if !pending.is_empty() {
+        core.propose(pending).await?;
+    }
+    Ok(())
+}
+
+pub(crate) fn batch_of(records: Vec<Record>) -> MetadataBatch {
+    MetadataBatch {
+        records: records
+            .into_iter()
+            .map(|r| MetadataRecord { record: Some(r) })
+            .collect(),
+    }
+}

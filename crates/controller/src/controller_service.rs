@@ -1,0 +1,709 @@
+//! The Controller gRPC API (`proto/controller.proto`). Any controller accepts any call:
+//! writes, heartbeats and offset reads are forwarded whole to the Raft leader, which
+//! validates them against its image and commits records; `DescribeCluster` and
+//! `WatchMetadata` are served from the local image and log.
+//!
+//! Validation here is a first check; the authoritative one happens when the record is
+//! applied (`MetadataImage::apply`), so a request racing another still cannot, say, create a
+//! topic twice or overwrite a newer partition state.
+
+use std::collections::BTreeSet;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::Stream;
+use sluice_metadata::error_code as ec;
+use sluice_metadata::proto::controller as api;
+use sluice_metadata::proto::controller::controller_client::ControllerClient;
+use sluice_metadata::proto::metadata as pb;
+use sluice_metadata::{ApplyOutcome, MetadataImage, Partition, Record, Topic, NO_LEADER};
+use tonic::{Request, Response, Status};
+
+use crate::controller_node::{batch_of, Core};
+use crate::error::ControllerError;
+use crate::placement::assign_replicas;
+use crate::raft_network::channel;
+
+pub struct ControllerService {
+    core: Arc<Core>,
+}
+
+impl ControllerService {
+    pub(crate) fn new(core: Arc<Core>) -> Self {
+        ControllerService { core }
+    }
+
+    /// `None` when this node leads; otherwise a client for the leader. Waits up to two
+    /// election timeouts for a leader to be known.
+    async fn leader_client(
+        &self,
+    ) -> Result<Option<ControllerClient<tonic::transport::Channel>>, Status> {
+        let deadline =
+            Instant::now() + Duration::from_millis(self.core.config.election_timeout_ms * 4);
+        loop {
+            if self.core.is_leader() {
+                return Ok(None);
+            }
+            let leader = self.core.current_leader();
+            if let Some(id) = leader.filter(|id| *id != self.core.config.node_id) {
+                let Some(address) = self.core.config.voters.get(&id) else {
+                    return Err(Status::unavailable(format!(
+                        "leader {id} is not a known voter"
+                    )));
+                };
+                let channel = channel(address).map_err(|e| Status::unavailable(e.to_string()))?;
+                return Ok(Some(ControllerClient::new(channel)));
+            }
+            if Instant::now() >= deadline {
+                return Err(Status::unavailable("no controller leader is known; retry"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Maps a failed proposal to a gRPC status the caller retries on.
+fn status(e: ControllerError) -> Status {
+    match e {
+        ControllerError::NotController => Status::unavailable("leadership moved; retry"),
+        ControllerError::Timeout(m) => Status::deadline_exceeded(m),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+/// Forwards the call to the leader when this node does not lead.
+macro_rules! forward {
+    ($self:ident, $method:ident, $request:ident) => {
+        if let Some(mut leader) = $self.leader_client().await? {
+            return leader.$method($request.into_inner()).await;
+        }
+    };
+}
+
+const MAX_TOPIC_NAME_CHARS: usize = 249;
+
+/// Kafka's topic name rules.
+fn validate_topic_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("Topic name is illegal, it can't be empty".into());
+    }
+    if name == "." || name == ".." {
+        return Err("Topic name cannot be \".\" or \"..\"".into());
+    }
+    if name.len() > MAX_TOPIC_NAME_CHARS {
+        return Err(format!(
+            "Topic name is illegal, it can't be longer than {MAX_TOPIC_NAME_CHARS} characters, topic name: {name}"
+        ));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-')
+    {
+        return Err(format!(
+            "Topic name \"{name}\" is illegal, it contains a character other than ASCII alphanumerics, '.', '_' and '-'"
+        ));
+    }
+    Ok(())
+}
+
+fn topic_result(name: &str, code: i16, message: impl Into<String>) -> api::TopicResult {
+    api::TopicResult {
+        name: name.to_string(),
+        error_code: i32::from(code),
+        error_message: message.into(),
+        ..Default::default()
+    }
+}
+
+fn new_topic_id() -> Vec<u8> {
+    uuid::Uuid::new_v4().as_bytes().to_vec()
+}
+
+fn fill_outcomes(results: &mut [api::TopicResult], slots: &[usize], outcomes: &[ApplyOutcome]) {
+    for (slot, outcome) in slots.iter().zip(outcomes) {
+        if !outcome.is_ok() {
+            results[*slot].error_code = i32::from(outcome.error_code);
+            results[*slot].error_message = outcome.message.clone();
+        }
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<api::MetadataEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl api::controller_server::Controller for ControllerService {
+    async fn register_broker(
+        &self,
+        request: Request<api::RegisterBrokerRequest>,
+    ) -> Result<Response<api::RegisterBrokerResponse>, Status> {
+        forward!(self, register_broker, request);
+        let r = request.into_inner();
+        if r.broker_id < 0 {
+            return Ok(Response::new(api::RegisterBrokerResponse {
+                error_code: i32::from(ec::INVALID_REQUEST),
+                error_message: format!("broker id {} must not be negative", r.broker_id),
+                broker_epoch: -1,
+            }));
+        }
+        let record = Record::RegisterBroker(pb::RegisterBroker {
+            broker_id: r.broker_id,
+            incarnation_id: r.incarnation_id,
+            endpoints: r.endpoints,
+            rack: r.rack,
+        });
+        let outcomes = self.core.propose(vec![record]).await.map_err(status)?;
+        let epoch = self
+            .core
+            .image()
+            .broker(r.broker_id)
+            .map_or(-1, |b| b.broker_epoch);
+        self.core
+            .failure_detector
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .heartbeat(r.broker_id, Instant::now());
+        let outcome = outcomes.into_iter().next().unwrap_or_else(ApplyOutcome::ok);
+        Ok(Response::new(api::RegisterBrokerResponse {
+            error_code: i32::from(outcome.error_code),
+            error_message: outcome.message,
+            broker_epoch: epoch,
+        }))
+    }
+
+    async fn broker_heartbeat(
+        &self,
+        request: Request<api::BrokerHeartbeatRequest>,
+    ) -> Result<Response<api::BrokerHeartbeatResponse>, Status> {
+        forward!(self, broker_heartbeat, request);
+        let r = request.into_inner();
+        let reply = |code: i16, message: String, fenced: bool| {
+            Ok(Response::new(api::BrokerHeartbeatResponse {
+                error_code: i32::from(code),
+                error_message: message,
+                fenced,
+            }))
+        };
+        let image = self.core.image();
+        let Some(broker) = image.broker(r.broker_id).cloned() else {
+            return reply(
+                ec::BROKER_ID_NOT_REGISTERED,
+                format!("broker {} is not registered", r.broker_id),
+                true,
+            );
+        };
+        if broker.broker_epoch != r.broker_epoch {
+            return reply(
+                ec::STALE_BROKER_EPOCH,
+                format!(
+                    "broker {} epoch is {}, not {}",
+                    r.broker_id, broker.broker_epoch, r.broker_epoch
+                ),
+                true,
+            );
+        }
+        self.core
+            .failure_detector
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .heartbeat(r.broker_id, Instant::now());
+        // a fenced broker is unfenced once it has caught up with its own registration
+        if broker.fenced && r.metadata_index >= broker.broker_epoch as u64 {
+            let unfence = Record::UnfenceBroker(pb::UnfenceBroker {
+                broker_id: r.broker_id,
+                broker_epoch: r.broker_epoch,
+            });
+            let mut simulated = image.clone();
+            simulated.apply(
+                simulated.applied_index() + 1,
+                &batch_of(vec![unfence.clone()]),
+            );
+            let mut records = vec![unfence];
+            records.extend(crate::partition_election::on_broker_unfenced(
+                &simulated,
+                self.core.config.unclean_leader_election_enable,
+            ));
+            let outcomes = self.core.propose(records).await.map_err(status)?;
+            if let Some(o) = outcomes.first().filter(|o| !o.is_ok()) {
+                return reply(o.error_code, o.message.clone(), true);
+            }
+            return reply(ec::NONE, String::new(), false);
+        }
+        reply(ec::NONE, String::new(), broker.fenced)
+    }
+
+    async fn create_topics(
+        &self,
+        request: Request<api::CreateTopicsRequest>,
+    ) -> Result<Response<api::CreateTopicsResponse>, Status> {
+        forward!(self, create_topics, request);
+        let r = request.into_inner();
+        let image = self.core.image();
+        let live = image.live_broker_ids();
+        let mut results = Vec::new();
+        let mut records = Vec::new();
+        let mut slots = Vec::new();
+        let mut seen = BTreeSet::new();
+        for (i, spec) in r.topics.iter().enumerate() {
+            let name = spec.name.as_str();
+            if let Err(m) = validate_topic_name(name) {
+                results.push(topic_result(name, ec::INVALID_TOPIC_EXCEPTION, m));
+                continue;
+            }
+            if !seen.insert(name) {
+                results.push(topic_result(
+                    name,
+                    ec::INVALID_REQUEST,
+                    "Duplicate topic in request.",
+                ));
+                continue;
+            }
+            if image.topic(name).is_some() {
+                results.push(topic_result(
+                    name,
+                    ec::TOPIC_ALREADY_EXISTS,
+                    format!("Topic '{name}' already exists."),
+                ));
+                continue;
+            }
+            let partitions = if spec.num_partitions == -1 {
+                self.core.config.num_partitions
+            } else {
+                spec.num_partitions
+            };
+            let replication_factor = if spec.replication_factor == -1 {
+                self.core.config.default_replication_factor
+            } else {
+                spec.replication_factor
+            };
+            let assignment = match assign_replicas(
+                &live,
+                partitions,
+                replication_factor,
+                0,
+                image.topics().count() + i,
+            ) {
+                Ok(a) => a,
+                Err(e) => {
+                    results.push(topic_result(name, e.error_code(), e.to_string()));
+                    continue;
+                }
+            };
+            let topic = Topic {
+                name: name.to_string(),
+                topic_id: new_topic_id(),
+                configs: spec.configs.clone(),
+                partitions: assignment
+                    .into_iter()
+                    .enumerate()
+                    .map(|(p, replicas)| Partition {
+                        partition: p as i32,
+                        leader: replicas[0],
+                        isr: replicas.clone(),
+                        replicas,
+                        leader_epoch: 0,
+                        partition_epoch: 0,
+                    })
+                    .collect(),
+            };
+            results.push(api::TopicResult {
+                name: name.to_string(),
+                error_code: 0,
+                error_message: String::new(),
+                topic_id: topic.topic_id.clone(),
+                num_partitions: partitions,
+                replication_factor,
+            });
+            slots.push(results.len() - 1);
+            records.push(Record::CreateTopic(pb::CreateTopic { topic: Some(topic) }));
+        }
+        if !r.validate_only && !records.is_empty() {
+            let outcomes = self.core.propose(records).await.map_err(status)?;
+            fill_outcomes(&mut results, &slots, &outcomes);
+        }
+        Ok(Response::new(api::CreateTopicsResponse { topics: results }))
+    }
+
+    async fn delete_topics(
+        &self,
+        request: Request<api::DeleteTopicsRequest>,
+    ) -> Result<Response<api::DeleteTopicsResponse>, Status> {
+        forward!(self, delete_topics, request);
+        let r = request.into_inner();
+        let image = self.core.image();
+        let mut results = Vec::new();
+        let mut records = Vec::new();
+        let mut slots = Vec::new();
+        for name in &r.names {
+            match image.topic(name) {
+                None => results.push(topic_result(
+                    name,
+                    ec::UNKNOWN_TOPIC_OR_PARTITION,
+                    "This server does not host this topic-partition.",
+                )),
+                Some(t) => {
+                    results.push(api::TopicResult {
+                        topic_id: t.topic_id.clone(),
+                        ..topic_result(name, ec::NONE, "")
+                    });
+                    slots.push(results.len() - 1);
+                    records.push(Record::DeleteTopic(pb::DeleteTopic {
+                        name: name.clone(),
+                        topic_id: t.topic_id.clone(),
+                    }));
+                }
+            }
+        }
+        if !records.is_empty() {
+            let outcomes = self.core.propose(records).await.map_err(status)?;
+            fill_outcomes(&mut results, &slots, &outcomes);
+        }
+        Ok(Response::new(api::DeleteTopicsResponse { topics: results }))
+    }
+
+    async fn create_partitions(
+        &self,
+        request: Request<api::CreatePartitionsRequest>,
+    ) -> Result<Response<api::CreatePartitionsResponse>, Status> {
+        forward!(self, create_partitions, request);
+        let r = request.into_inner();
+        let image = self.core.image();
+        let live = image.live_broker_ids();
+        let mut results = Vec::new();
+        let mut records = Vec::new();
+        let mut slots = Vec::new();
+        for (i, spec) in r.topics.iter().enumerate() {
+            let Some(topic) = image.topic(&spec.name) else {
+                results.push(topic_result(
+                    &spec.name,
+                    ec::UNKNOWN_TOPIC_OR_PARTITION,
+                    "This server does not host this topic-partition.",
+                ));
+                continue;
+            };
+            let current = topic.partitions.len() as i32;
+            if spec.count <= current {
+                results.push(topic_result(
+                    &spec.name,
+                    ec::INVALID_PARTITIONS,
+                    format!(
+                        "Topic currently has {current} partitions, which is higher than the requested {}.",
+                        spec.count
+                    ),
+                ));
+                continue;
+            }
+            let rf = topic.partitions[0].replicas.len() as i32;
+            let assignment = match assign_replicas(
+                &live,
+                spec.count - current,
+                rf,
+                current,
+                image.topics().count() + i,
+            ) {
+                Ok(a) => a,
+                Err(e) => {
+                    results.push(topic_result(&spec.name, e.error_code(), e.to_string()));
+                    continue;
+                }
+            };
+            results.push(api::TopicResult {
+                topic_id: topic.topic_id.clone(),
+                num_partitions: spec.count,
+                replication_factor: rf,
+                ..topic_result(&spec.name, ec::NONE, "")
+            });
+            slots.push(results.len() - 1);
+            let mut batch = Vec::new();
+            for (k, replicas) in assignment.into_iter().enumerate() {
+                batch.push(Record::PartitionChange(pb::PartitionChange {
+                    topic: spec.name.clone(),
+                    topic_id: topic.topic_id.clone(),
+                    expected_partition_epoch: -1,
+                    partition: Some(Partition {
+                        partition: current + k as i32,
+                        leader: replicas[0],
+                        isr: replicas.clone(),
+                        replicas,
+                        leader_epoch: 0,
+                        partition_epoch: 0,
+                    }),
+                }));
+            }
+            records.push(batch);
+        }
+        if !r.validate_only {
+            for (slot, batch) in slots.iter().zip(records) {
+                let outcomes = self.core.propose(batch).await.map_err(status)?;
+                if let Some(bad) = outcomes.iter().find(|o| !o.is_ok()) {
+                    results[*slot].error_code = i32::from(bad.error_code);
+                    results[*slot].error_message = bad.message.clone();
+                }
+            }
+        }
+        Ok(Response::new(api::CreatePartitionsResponse {
+            topics: results,
+        }))
+    }
+
+    async fn alter_partition(
+        &self,
+        request: Request<api::AlterPartitionRequest>,
+    ) -> Result<Response<api::AlterPartitionResponse>, Status> {
+        forward!(self, alter_partition, request);
+        let r = request.into_inner();
+        let image = self.core.image();
+        match image.broker(r.broker_id) {
+            None => {
+                return Ok(Response::new(api::AlterPartitionResponse {
+                    error_code: i32::from(ec::BROKER_ID_NOT_REGISTERED),
+                    partitions: Vec::new(),
+                }))
+            }
+            Some(b) if b.broker_epoch != r.broker_epoch => {
+                return Ok(Response::new(api::AlterPartitionResponse {
+                    error_code: i32::from(ec::STALE_BROKER_EPOCH),
+                    partitions: Vec::new(),
+                }))
+            }
+            Some(_) => {}
+        }
+        let live = image.live_broker_ids();
+        let mut results = Vec::new();
+        let mut records = Vec::new();
+        let mut slots = Vec::new();
+        for item in &r.partitions {
+            let (code, message, state) = check_alter(&image, &live, r.broker_id, item);
+            let mut result = api::AlterPartitionResult {
+                topic: item.topic.clone(),
+                partition: item.partition,
+                error_code: i32::from(code),
+                error_message: message,
+                state: state.clone(),
+            };
+            if let (ec::NONE, Some(next)) = (code, state) {
+                let topic_id = image
+                    .topic(&item.topic)
+                    .map(|t| t.topic_id.clone())
+                    .unwrap_or_default();
+                result.state = Some(next.clone());
+                slots.push(results.len());
+                records.push(Record::PartitionChange(pb::PartitionChange {
+                    topic: item.topic.clone(),
+                    topic_id,
+                    expected_partition_epoch: item.partition_epoch,
+                    partition: Some(next),
+                }));
+            }
+            results.push(result);
+        }
+        if !records.is_empty() {
+            let outcomes = self.core.propose(records).await.map_err(status)?;
+            let after = self.core.image();
+            for (slot, outcome) in slots.iter().zip(outcomes) {
+                let res = &mut results[*slot];
+                if !outcome.is_ok() {
+                    res.error_code = i32::from(outcome.error_code);
+                    res.error_message = outcome.message;
+                    res.state = after.partition(&res.topic, res.partition).cloned();
+                }
+            }
+        }
+        Ok(Response::new(api::AlterPartitionResponse {
+            error_code: 0,
+            partitions: results,
+        }))
+    }
+
+    async fn commit_offsets(
+        &self,
+        request: Request<api::CommitOffsetsRequest>,
+    ) -> Result<Response<api::CommitOffsetsResponse>, Status> {
+        forward!(self, commit_offsets, request);
+        let mut r = request.into_inner();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        for o in &mut r.offsets {
+            if o.commit_timestamp_ms <= 0 {
+                o.commit_timestamp_ms = now_ms;
+            }
+        }
+        let outcomes = self
+            .core
+            .propose(vec![Record::CommitOffsets(pb::CommitOffsets {
+                offsets: r.offsets,
+            })])
+            .await
+            .map_err(status)?;
+        let o = outcomes.into_iter().next().unwrap_or_else(ApplyOutcome::ok);
+        Ok(Response::new(api::CommitOffsetsResponse {
+            error_code: i32::from(o.error_code),
+            error_message: o.message,
+        }))
+    }
+
+    async fn fetch_offsets(
+        &self,
+        request: Request<api::FetchOffsetsRequest>,
+    ) -> Result<Response<api::FetchOffsetsResponse>, Status> {
+        forward!(self, fetch_offsets, request);
+        let r = request.into_inner();
+        // read-your-writes: the leader confirms it still leads and has applied everything
+        self.core
+            .raft
+            .ensure_linearizable()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let offsets = self
+            .core
+            .state_machine
+            .with_image(|image| image.committed_offsets(&r.group, &r.topics));
+        Ok(Response::new(api::FetchOffsetsResponse { offsets }))
+    }
+
+    async fn describe_cluster(
+        &self,
+        _request: Request<api::DescribeClusterRequest>,
+    ) -> Result<Response<api::DescribeClusterResponse>, Status> {
+        let image = self.core.image();
+        Ok(Response::new(api::DescribeClusterResponse {
+            cluster_id: image.cluster_id().to_string(),
+            controller_id: self.core.current_leader().map_or(-1, |id| id as i32),
+            metadata_index: image.applied_index(),
+            brokers: image.brokers().cloned().collect(),
+            topics: image.topics().cloned().collect(),
+        }))
+    }
+
+    type WatchMetadataStream = EventStream;
+
+    async fn watch_metadata(
+        &self,
+        request: Request<api::WatchMetadataRequest>,
+    ) -> Result<Response<Self::WatchMetadataStream>, Status> {
+        let mut next = request.into_inner().from_index + 1;
+        let core = Arc::clone(&self.core);
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut applied = core.state_machine.subscribe_applied();
+            loop {
+                let upto = *applied.borrow_and_update();
+                if next <= upto {
+                    let events = if next < core.log_store.first_index() {
+                        // the entries were purged: start the watcher from the whole image
+                        let image = core.image();
+                        let index = image.applied_index();
+                        next = index + 1;
+                        vec![image_event(&image)]
+                    } else {
+                        let entries = core.log_store.entries_between(next, upto);
+                        next = upto + 1;
+                        entries
+                            .into_iter()
+                            .filter_map(|e| match e.payload {
+                                openraft::EntryPayload::Normal(batch) => Some(api::MetadataEvent {
+                                    index: e.log_id.index,
+                                    event: Some(api::metadata_event::Event::Batch(batch)),
+                                }),
+                                _ => None,
+                            })
+                            .collect()
+                    };
+                    for event in events {
+                        if tx.send(Ok(event)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                tokio::select! {
+                    changed = applied.changed() => if changed.is_err() { return },
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+fn image_event(image: &MetadataImage) -> api::MetadataEvent {
+    api::MetadataEvent {
+        index: image.applied_index(),
+        event: Some(api::metadata_event::Event::Image(image.to_proto())),
+    }
+}
+
+/// Checks an ISR change from `leader` against the image; on success returns the new state.
+fn check_alter(
+    image: &MetadataImage,
+    live: &[i32],
+    leader: i32,
+    item: &api::AlterPartitionItem,
+) -> (i16, String, Option<Partition>) {
+    let Some(current) = image.partition(&item.topic, item.partition) else {
+        return (
+            ec::UNKNOWN_TOPIC_OR_PARTITION,
+            format!("{}-{} does not exist", item.topic, item.partition),
+            None,
+        );
+    };
+    let fail = |code: i16, message: String| (code, message, Some(current.clone()));
+    if current.leader != leader {
+        return fail(
+            ec::NOT_LEADER_OR_FOLLOWER,
+            format!(
+                "broker {leader} does not lead {}-{}",
+                item.topic, item.partition
+            ),
+        );
+    }
+    if current.leader_epoch != item.leader_epoch {
+        return fail(
+            ec::FENCED_LEADER_EPOCH,
+            format!(
+                "leader epoch is {}, not {}",
+                current.leader_epoch, item.leader_epoch
+            ),
+        );
+    }
+    if current.partition_epoch != item.partition_epoch {
+        return fail(
+            ec::INVALID_UPDATE_VERSION,
+            format!(
+                "partition epoch is {}, not {}",
+                current.partition_epoch, item.partition_epoch
+            ),
+        );
+    }
+    let mut isr = item.new_isr.clone();
+    isr.sort_unstable();
+    isr.dedup();
+    if !isr.contains(&leader)
+        || isr.iter().any(|b| !current.replicas.contains(b))
+        || isr.iter().any(|b| *b != leader && !live.contains(b))
+    {
+        return fail(
+            ec::INELIGIBLE_REPLICA,
+            format!(
+                "ISR {:?} must hold the leader and only live replicas",
+                item.new_isr
+            ),
+        );
+    }
+    // keep the ISR in replica order, as Kafka shows it
+    let isr: Vec<i32> = current
+        .replicas
+        .iter()
+        .copied()
+        .filter(|r| isr.contains(r))
+        .collect();
+    debug_assert!(current.leader != NO_LEADER);
+    let next = Partition {
+        isr,
+        partition_epoch: current.partition_epoch + 1,
+        ..current.clone()
+    };
+    (ec::NONE, String::new(), Some(next))
+}

@@ -1,0 +1,451 @@
+//! Three controller nodes in one process, on real loopback sockets (ports from the OS):
+//! election, replicated metadata, leader failover, restart from disk, AlterPartition's
+//! compare-and-set, and the failure detector fencing a silent broker.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use sluice_controller::{ControllerConfig, ControllerNode};
+use sluice_metadata::error_code as ec;
+use sluice_metadata::proto::controller as api;
+use sluice_metadata::proto::controller::controller_client::ControllerClient;
+use sluice_metadata::proto::metadata as pb;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Cluster {
+    dirs: Vec<tempfile::TempDir>,
+    addresses: BTreeMap<u64, SocketAddr>,
+    nodes: BTreeMap<u64, ControllerNode>,
+    session_timeout_ms: u64,
+}
+
+fn config(id: u64, cluster: &Cluster) -> ControllerConfig {
+    let voters = cluster
+        .addresses
+        .iter()
+        .map(|(id, a)| (*id, a.to_string()))
+        .collect();
+    let mut c = ControllerConfig::new(
+        id,
+        voters,
+        cluster.dirs[id as usize - 1].path().to_path_buf(),
+    );
+    c.election_timeout_ms = 300;
+    c.raft_heartbeat_interval_ms = 50;
+    c.broker_session_timeout_ms = cluster.session_timeout_ms;
+    c.broker_heartbeat_interval_ms = 100;
+    c.metadata_snapshot_entries = 5;
+    c
+}
+
+impl Cluster {
+    async fn start(session_timeout_ms: u64) -> Cluster {
+        let mut listeners = BTreeMap::new();
+        for id in 1..=3u64 {
+            listeners.insert(
+                id,
+                tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            );
+        }
+        let mut cluster = Cluster {
+            dirs: (0..3).map(|_| tempfile::tempdir().unwrap()).collect(),
+            addresses: listeners
+                .iter()
+                .map(|(id, l)| (*id, l.local_addr().unwrap()))
+                .collect(),
+            nodes: BTreeMap::new(),
+            session_timeout_ms,
+        };
+        for (id, listener) in listeners {
+            let node = ControllerNode::start(config(id, &cluster), listener)
+                .await
+                .unwrap();
+            cluster.nodes.insert(id, node);
+        }
+        cluster
+    }
+
+    async fn restart(&mut self, id: u64) {
+        let listener = tokio::net::TcpListener::bind(self.addresses[&id])
+            .await
+            .unwrap();
+        let node = ControllerNode::start(config(id, self), listener)
+            .await
+            .unwrap();
+        self.nodes.insert(id, node);
+    }
+
+    async fn stop(&mut self, id: u64) {
+        if let Some(node) = self.nodes.remove(&id) {
+            node.shutdown().await;
+        }
+    }
+
+    /// The leader all running nodes agree on.
+    async fn leader(&self) -> u64 {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let leaders: Vec<Option<u64>> =
+                self.nodes.values().map(|n| n.current_leader()).collect();
+            if let Some(Some(l)) = leaders.first() {
+                if leaders.iter().all(|x| *x == Some(*l))
+                    && self.nodes.get(l).is_some_and(|n| n.is_leader())
+                {
+                    return *l;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no agreed leader: {leaders:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn client(&self, id: u64) -> ControllerClient<Channel> {
+        ControllerClient::connect(format!("http://{}", self.addresses[&id]))
+            .await
+            .unwrap()
+    }
+
+    /// Waits until every running node has applied what `id` has applied, and returns the
+    /// images (all equal).
+    async fn converged_images(&self, id: u64) -> Vec<sluice_metadata::MetadataImage> {
+        let index = self.nodes[&id].image().applied_index();
+        for n in self.nodes.values() {
+            n.wait_applied(index, WAIT).await.unwrap();
+        }
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let images: Vec<_> = self.nodes.values().map(|n| n.image()).collect();
+            let strip = |i: &sluice_metadata::MetadataImage| {
+                let mut p = i.to_proto();
+                p.applied_index = 0;
+                p
+            };
+            if images.windows(2).all(|w| strip(&w[0]) == strip(&w[1])) {
+                return images;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "images differ");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn shutdown(mut self) {
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.stop(id).await;
+        }
+    }
+}
+
+/// Registers a broker and keeps it heartbeating (through controller `via`) until aborted.
+async fn broker(cluster: &Cluster, via: u64, broker_id: i32) -> (i64, JoinHandle<()>) {
+    let mut client = cluster.client(via).await;
+    let reg = client
+        .register_broker(api::RegisterBrokerRequest {
+            broker_id,
+            incarnation_id: format!("incarnation-{broker_id}"),
+            endpoints: vec![pb::Endpoint {
+                name: "PLAINTEXT".into(),
+                host: "127.0.0.1".into(),
+                port: 9092,
+                security_protocol: "PLAINTEXT".into(),
+            }],
+            rack: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reg.error_code, 0, "{}", reg.error_message);
+    let epoch = reg.broker_epoch;
+    let task = tokio::spawn(async move {
+        loop {
+            let _ = client
+                .broker_heartbeat(api::BrokerHeartbeatRequest {
+                    broker_id,
+                    broker_epoch: epoch,
+                    metadata_index: u64::MAX,
+                })
+                .await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    (epoch, task)
+}
+
+async fn wait_until<F: Fn() -> bool>(what: &str, f: F) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !f() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn create_topic(
+    client: &mut ControllerClient<Channel>,
+    name: &str,
+    partitions: i32,
+    rf: i32,
+) -> api::TopicResult {
+    client
+        .create_topics(api::CreateTopicsRequest {
+            topics: vec![api::TopicSpec {
+                name: name.into(),
+                num_partitions: partitions,
+                replication_factor: rf,
+                configs: BTreeMap::new(),
+            }],
+            validate_only: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .topics
+        .remove(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elect_replicate_fail_over_and_restart() {
+    let mut cluster = Cluster::start(60_000).await;
+    let leader = cluster.leader().await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let mut brokers = Vec::new();
+    for b in 1..=3 {
+        brokers.push(broker(&cluster, follower, b).await);
+    }
+    wait_until("brokers unfenced", || {
+        cluster.nodes[&leader].image().live_broker_ids() == vec![1, 2, 3]
+    })
+    .await;
+
+    // a write sent to a follower is forwarded to the leader and seen everywhere
+    let mut client = cluster.client(follower).await;
+    let created = create_topic(&mut client, "orders", 6, 3).await;
+    assert_eq!(created.error_code, 0, "{}", created.error_message);
+    assert_eq!(created.topic_id.len(), 16);
+    let again = create_topic(&mut client, "orders", 1, 1).await;
+    assert_eq!(again.error_code, i32::from(ec::TOPIC_ALREADY_EXISTS));
+    let bad = create_topic(&mut client, "bad name!", 1, 1).await;
+    assert_eq!(bad.error_code, i32::from(ec::INVALID_TOPIC_EXCEPTION));
+    let too_wide = create_topic(&mut client, "wide", 1, 4).await;
+    assert_eq!(
+        too_wide.error_code,
+        i32::from(ec::INVALID_REPLICATION_FACTOR)
+    );
+    let images = cluster.converged_images(leader).await;
+    let orders = images[0].topic("orders").unwrap();
+    assert_eq!(orders.partitions.len(), 6);
+    let leaders: Vec<i32> = orders.partitions.iter().map(|p| p.leader).collect();
+    for b in 1..=3 {
+        assert_eq!(
+            leaders.iter().filter(|l| **l == b).count(),
+            2,
+            "{leaders:?}"
+        );
+    }
+
+    // AlterPartition: a current partition epoch shrinks the ISR, a stale one is refused
+    let p0 = orders.partitions[0].clone();
+    let epoch_of_leader = brokers[(p0.leader - 1) as usize].0;
+    let shrink = |partition_epoch: i32| api::AlterPartitionRequest {
+        broker_id: p0.leader,
+        broker_epoch: epoch_of_leader,
+        partitions: vec![api::AlterPartitionItem {
+            topic: "orders".into(),
+            partition: 0,
+            leader_epoch: p0.leader_epoch,
+            new_isr: vec![p0.leader],
+            partition_epoch,
+        }],
+    };
+    let ok = client
+        .alter_partition(shrink(p0.partition_epoch))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        ok.partitions[0].error_code, 0,
+        "{}",
+        ok.partitions[0].error_message
+    );
+    assert_eq!(
+        ok.partitions[0].state.as_ref().unwrap().isr,
+        vec![p0.leader]
+    );
+    let stale = client
+        .alter_partition(shrink(p0.partition_epoch))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        stale.partitions[0].error_code,
+        i32::from(ec::INVALID_UPDATE_VERSION)
+    );
+    assert_eq!(
+        stale.partitions[0].state.as_ref().unwrap().partition_epoch,
+        p0.partition_epoch + 1
+    );
+
+    // offsets commit and read back through any node
+    client
+        .commit_offsets(api::CommitOffsetsRequest {
+            offsets: vec![pb::CommittedOffset {
+                group: "g".into(),
+                topic: "orders".into(),
+                partition: 2,
+                offset: 1234,
+                leader_epoch: 0,
+                metadata: "m".into(),
+                commit_timestamp_ms: 0,
+            }],
+        })
+        .await
+        .unwrap();
+    let mut other = cluster.client(leader).await;
+    let fetched = other
+        .fetch_offsets(api::FetchOffsetsRequest {
+            group: "g".into(),
+            topics: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(fetched.offsets.len(), 1);
+    assert_eq!(fetched.offsets[0].offset, 1234);
+    assert!(fetched.offsets[0].commit_timestamp_ms > 0);
+
+    // kill the leader: the other two elect a new one and keep committing
+    for (_, task) in &brokers {
+        task.abort();
+    }
+    cluster.stop(leader).await;
+    let new_leader = cluster.leader().await;
+    assert_ne!(new_leader, leader);
+    let survivor = *cluster.nodes.keys().next().unwrap();
+    let mut client = cluster.client(survivor).await;
+    let created = create_topic(&mut client, "after-failover", 2, 2).await;
+    assert_eq!(created.error_code, 0, "{}", created.error_message);
+    cluster.converged_images(new_leader).await;
+
+    // restart everything from disk: the metadata is intact on all three
+    let before = cluster.nodes[&new_leader].image();
+    let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
+    for id in ids {
+        cluster.stop(id).await;
+    }
+    for id in 1..=3 {
+        cluster.restart(id).await;
+    }
+    let leader = cluster.leader().await;
+    let images = cluster.converged_images(leader).await;
+    for image in &images {
+        for name in ["orders", "after-failover"] {
+            assert_eq!(image.topic(name), before.topic(name), "{name}");
+        }
+        assert_eq!(
+            image.committed_offset("g", "orders", 2).unwrap().offset,
+            1234
+        );
+        assert_eq!(image.brokers().count(), 3);
+    }
+    // snapshots were taken (5 entries apart) and the log still replays on top of them
+    assert!(cluster
+        .dirs
+        .iter()
+        .any(|d| d.path().join("metadata-snapshot").exists()));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_brokers_are_fenced_and_their_partitions_move_or_go_offline() {
+    let cluster = Cluster::start(1000).await;
+    let leader = cluster.leader().await;
+    let mut brokers = BTreeMap::new();
+    for b in 1..=3 {
+        brokers.insert(b, broker(&cluster, leader, b).await);
+    }
+    let node = &cluster.nodes[&leader];
+    wait_until("brokers unfenced", || {
+        node.image().live_broker_ids() == vec![1, 2, 3]
+    })
+    .await;
+    let mut client = cluster.client(leader).await;
+    assert_eq!(
+        create_topic(&mut client, "replicated", 3, 2)
+            .await
+            .error_code,
+        0
+    );
+    assert_eq!(
+        create_topic(&mut client, "single", 3, 1).await.error_code,
+        0
+    );
+
+    // broker 1 goes silent
+    brokers.remove(&1).unwrap().1.abort();
+    wait_until("broker 1 fenced", || {
+        node.image().broker(1).is_some_and(|b| b.fenced)
+    })
+    .await;
+    wait_until("leadership moved off broker 1", || {
+        let image = node.image();
+        image
+            .topic("replicated")
+            .unwrap()
+            .partitions
+            .iter()
+            .all(|p| p.leader != 1 && p.leader != -1 && !p.isr.contains(&1))
+    })
+    .await;
+    let image = node.image();
+    for p in &image.topic("replicated").unwrap().partitions {
+        if p.replicas[0] == 1 {
+            assert!(p.leader_epoch >= 1, "{p:?}");
+        }
+    }
+    // single-replica partitions on broker 1 have nobody else: offline, ISR kept
+    for p in &image.topic("single").unwrap().partitions {
+        if p.replicas == vec![1] {
+            assert_eq!((p.leader, p.isr.clone()), (-1, vec![1]));
+        } else {
+            assert_ne!(p.leader, -1);
+        }
+    }
+
+    // broker 1 comes back (same incarnation, same epoch): unfenced, leads its offline partitions
+    let (_, task) = broker(&cluster, leader, 1).await;
+    wait_until("broker 1 back", || {
+        let image = node.image();
+        !image.broker(1).unwrap().fenced
+            && image
+                .topic("single")
+                .unwrap()
+                .partitions
+                .iter()
+                .all(|p| p.leader != -1)
+    })
+    .await;
+    task.abort();
+    for (_, (_, t)) in brokers {
+        t.abort();
+    }
+    cluster.shutdown().await;
+}
+
+#[test]
+fn voters_parse_like_kafka() {
+    let v = ControllerConfig::parse_voters("1@a:1,2@b:2, 3@c:3").unwrap();
+    assert_eq!(v.len(), 3);
+    assert_eq!(v[&2], "b:2");
+    for bad in ["", "1@a", "x@a:1", "1@a:1,1@b:2", "1:a:1"] {
+        assert!(ControllerConfig::parse_voters(bad).is_err(), "{bad}");
+    }
+}
