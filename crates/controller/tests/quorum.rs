@@ -449,3 +449,84 @@ fn voters_parse_like_kafka() {
         assert!(ControllerConfig::parse_voters(bad).is_err(), "{bad}");
     }
 }
+
+/// Follows WatchMetadata the way a broker will, applying events to its own image.
+async fn follow(
+    client: &mut ControllerClient<Channel>,
+    from_index: u64,
+    until: impl Fn(&sluice_metadata::MetadataImage) -> bool,
+) -> (sluice_metadata::MetadataImage, Vec<u64>) {
+    let mut stream = client
+        .watch_metadata(api::WatchMetadataRequest { from_index })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut image = sluice_metadata::MetadataImage::new("sluice-cluster");
+    let mut indexes = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !until(&image) {
+        let event = tokio::time::timeout_at(deadline, stream.message())
+            .await
+            .expect("watch timed out")
+            .unwrap()
+            .expect("stream ended");
+        indexes.push(event.index);
+        match event.event.unwrap() {
+            api::metadata_event::Event::Image(i) => {
+                image = sluice_metadata::MetadataImage::from_proto(i)
+            }
+            api::metadata_event::Event::Batch(b) => {
+                image.apply(event.index, &b);
+            }
+        }
+    }
+    (image, indexes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_rebuild_the_same_image_from_the_stream() {
+    let cluster = Cluster::start(60_000).await;
+    let leader = cluster.leader().await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let (_, task) = broker(&cluster, leader, 1).await;
+    let node = &cluster.nodes[&follower];
+    wait_until("broker unfenced", || {
+        node.image().live_broker_ids() == vec![1]
+    })
+    .await;
+    let mut client = cluster.client(follower).await;
+    // a watcher from the start; with snapshots every 5 entries the early log is purged,
+    // so it first receives the whole image
+    for i in 0..12 {
+        assert_eq!(
+            create_topic(&mut client, &format!("w{i}"), 1, 1)
+                .await
+                .error_code,
+            0
+        );
+    }
+    cluster.converged_images(leader).await;
+    let (image, indexes) = follow(&mut client, 0, |i| i.topic("w11").is_some()).await;
+    assert!(indexes.windows(2).all(|w| w[0] < w[1]), "{indexes:?}");
+    let expected = node.image();
+    let got = image;
+    assert_eq!(got.to_proto().topics, expected.to_proto().topics);
+    assert_eq!(got.to_proto().brokers, expected.to_proto().brokers);
+
+    // a watcher from the current index sees only what comes next, live
+    let from = node.image().applied_index();
+    let mut watch_client = cluster.client(follower).await;
+    let watcher = tokio::spawn(async move {
+        follow(&mut watch_client, from, |i| i.topic("late").is_some()).await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(create_topic(&mut client, "late", 1, 1).await.error_code, 0);
+    let (image, indexes) = watcher.await.unwrap();
+    assert!(
+        indexes.iter().all(|i| *i > from),
+        "{indexes:?} after {from}"
+    );
+    assert_eq!(image.topics().count(), 1, "only the new topic");
+    task.abort();
+    cluster.shutdown().await;
+}
