@@ -1,5 +1,6 @@
-//! The one Sluice binary. Today it carries the storage tools; `broker`, `topic`, `produce`,
-//! `consume`, `cluster`, `bench` and `demo` arrive with their issues.
+//! The one Sluice binary. Today it carries the storage tools and `sluice broker` with the
+//! controller role; the broker role, `topic`, `produce`, `consume`, `cluster`, `bench` and
+//! `demo` arrive with their issues.
 //!
 //! This is the only crate that parses command lines and configuration.
 
@@ -12,6 +13,7 @@ use sluice_log::{AppendMode, LogConfig, LogManager};
 use sluice_record::{BatchBuilder, Compression, LeaderEpoch, TopicPartition};
 
 mod dump_log;
+mod node_config;
 
 #[derive(Parser)]
 #[command(
@@ -26,6 +28,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a node: its roles come from `process.roles` (Kafka's KRaft names). Stops on
+    /// SIGTERM or SIGINT.
+    Broker {
+        /// TOML file with Kafka-named settings (`node.id`, `controller.quorum.voters`, ...).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// `key=value`, overriding the file and `SLUICE_*` environment variables.
+        #[arg(long = "override", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
     /// Print the batches (and with --print-data-log, the records) of segment files, like
     /// Kafka's kafka-dump-log.sh. Accepts .log files or partition directories.
     DumpLog {
@@ -75,6 +87,7 @@ fn run() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
+        Command::Broker { config, overrides } => run_node(config.as_deref(), &overrides),
         Command::DumpLog {
             files,
             print_data_log,
@@ -154,4 +167,40 @@ fn append_log(
     manager.shutdown().context("closing the data directory")?;
     println!("appended {appended} records to {tp}; log end offset {end}");
     Ok(())
+}
+
+fn run_node(config: Option<&std::path::Path>, overrides: &[String]) -> Result<()> {
+    let config = node_config::NodeConfig::load(config, |k| std::env::var(k).ok(), overrides)?;
+    let controller = config.controller_config()?;
+    let bind = config.controller_bind_address()?;
+    let roles = config.roles()?;
+    if roles.contains(&node_config::Role::Broker) {
+        bail!(
+            "process.roles includes broker, which this build does not have yet; \
+             run the controller role alone with process.roles=controller"
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&bind)
+            .await
+            .with_context(|| format!("binding the controller listener {bind}"))?;
+        let node_id = controller.node_id;
+        let node = sluice_controller::ControllerNode::start(controller, listener)
+            .await
+            .context("starting the controller")?;
+        tracing::warn!(node_id, address = %node.address(), "controller started");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::warn!(node_id, "stopping");
+        node.shutdown().await;
+        Ok(())
+    })
 }
