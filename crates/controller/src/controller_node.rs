@@ -192,7 +192,9 @@ impl ControllerNode {
             .add_service(ControllerServer::new(
                 crate::controller_service::ControllerService::new(Arc::clone(&core)),
             ));
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // small RPCs: without TCP_NODELAY every reply waits on Nagle + delayed ACK
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let mut server_stop = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
             let shutdown = async move {
