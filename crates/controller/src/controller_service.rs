@@ -27,11 +27,26 @@ use crate::raft_network::channel;
 
 pub struct ControllerService {
     core: Arc<Core>,
+    /// One lazily connected channel per peer, reused by every forwarded call.
+    peers: std::sync::Mutex<std::collections::BTreeMap<u64, tonic::transport::Channel>>,
 }
 
 impl ControllerService {
     pub(crate) fn new(core: Arc<Core>) -> Self {
-        ControllerService { core }
+        ControllerService {
+            core,
+            peers: Default::default(),
+        }
+    }
+
+    fn peer_channel(&self, id: u64, address: &str) -> Result<tonic::transport::Channel, Status> {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = peers.get(&id) {
+            return Ok(c.clone());
+        }
+        let c = channel(address).map_err(|e| Status::unavailable(e.to_string()))?;
+        peers.insert(id, c.clone());
+        Ok(c)
     }
 
     /// `None` when this node leads; otherwise a client for the leader. Waits up to two
@@ -52,8 +67,7 @@ impl ControllerService {
                         "leader {id} is not a known voter"
                     )));
                 };
-                let channel = channel(address).map_err(|e| Status::unavailable(e.to_string()))?;
-                return Ok(Some(ControllerClient::new(channel)));
+                return Ok(Some(ControllerClient::new(self.peer_channel(id, address)?)));
             }
             if Instant::now() >= deadline {
                 return Err(Status::unavailable("no controller leader is known; retry"));

@@ -404,3 +404,95 @@ mod tests {
         assert_eq!((some.len(), len), (1, ends[0]));
     }
 }
+
+#[cfg(test)]
+mod reopen_tests {
+    use super::*;
+    use openraft::storage::RaftLogStorageExt;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn entry(term: u64, index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    fn indexes(store: &RaftLogStore) -> Vec<u64> {
+        store.lock().entries.keys().copied().collect()
+    }
+
+    #[tokio::test]
+    async fn state_survives_reopen_and_a_torn_tail_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = RaftLogStore::open(dir.path()).unwrap();
+        store
+            .blocking_append((1..=10).map(|i| entry(1, i)))
+            .await
+            .unwrap();
+        store.save_vote(&Vote::new(3, 2)).await.unwrap();
+        store
+            .save_committed(Some(LogId::new(CommittedLeaderId::new(1, 1), 6)))
+            .await
+            .unwrap();
+        store
+            .truncate(LogId::new(CommittedLeaderId::new(1, 1), 9))
+            .await
+            .unwrap();
+        store
+            .purge(LogId::new(CommittedLeaderId::new(1, 1), 3))
+            .await
+            .unwrap();
+        store.blocking_append([entry(2, 9)]).await.unwrap();
+        drop(store);
+
+        let mut store = RaftLogStore::open(dir.path()).unwrap();
+        assert_eq!(indexes(&store), (4..=9).collect::<Vec<_>>());
+        assert_eq!(store.read_vote().await.unwrap(), Some(Vote::new(3, 2)));
+        assert_eq!(
+            store.read_committed().await.unwrap().map(|l| l.index),
+            Some(6)
+        );
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(3));
+        assert_eq!(
+            state.last_log_id,
+            Some(LogId::new(CommittedLeaderId::new(2, 1), 9))
+        );
+        drop(store);
+
+        // a crash in the middle of the last append: the partial frame goes, the rest stays
+        let path = dir.path().join(LOG_FILE);
+        let len = std::fs::metadata(&path).unwrap().len();
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(len - 3).unwrap();
+        drop(file);
+        let mut store = RaftLogStore::open(dir.path()).unwrap();
+        assert_eq!(indexes(&store), (4..=8).collect::<Vec<_>>());
+        store.blocking_append([entry(2, 9)]).await.unwrap();
+        drop(store);
+        let store = RaftLogStore::open(dir.path()).unwrap();
+        assert_eq!(indexes(&store), (4..=9).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn purging_most_of_the_log_compacts_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = RaftLogStore::open(dir.path()).unwrap();
+        store
+            .blocking_append((1..=100).map(|i| entry(1, i)))
+            .await
+            .unwrap();
+        let before = std::fs::metadata(dir.path().join(LOG_FILE)).unwrap().len();
+        store
+            .purge(LogId::new(CommittedLeaderId::new(1, 1), 90))
+            .await
+            .unwrap();
+        let after = std::fs::metadata(dir.path().join(LOG_FILE)).unwrap().len();
+        assert!(after * 5 < before, "{after} of {before} bytes left");
+        store.blocking_append([entry(1, 101)]).await.unwrap();
+        drop(store);
+        let store = RaftLogStore::open(dir.path()).unwrap();
+        assert_eq!(indexes(&store), (91..=101).collect::<Vec<_>>());
+    }
+}
