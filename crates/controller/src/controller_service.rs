@@ -604,14 +604,14 @@ impl api::controller_server::Controller for ControllerService {
             loop {
                 let upto = *applied.borrow_and_update();
                 if next <= upto {
-                    let events = if next < core.log_store.first_index() {
-                        // the entries were purged: start the watcher from the whole image
+                    let entries = core.log_store.entries_between(next, upto);
+                    let events = if entries.first().map(|e| e.log_id.index) != Some(next) {
+                        // the entries were purged (a snapshot replaced them): start the
+                        // watcher from the whole image, then go on after it
                         let image = core.image();
-                        let index = image.applied_index();
-                        next = index + 1;
+                        next = image.applied_index() + 1;
                         vec![image_event(&image)]
                     } else {
-                        let entries = core.log_store.entries_between(next, upto);
                         next = upto + 1;
                         entries
                             .into_iter()

@@ -188,17 +188,6 @@ impl RaftLogStore {
             .map(|(_, s)| s.entry.clone())
             .collect()
     }
-
-    /// The index of the first entry still in the log.
-    pub fn first_index(&self) -> u64 {
-        let inner = self.lock();
-        inner
-            .entries
-            .keys()
-            .next()
-            .copied()
-            .unwrap_or_else(|| inner.last_purged.map_or(0, |l| l.index) + 1)
-    }
 }
 
 impl LogInner {
