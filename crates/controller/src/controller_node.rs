@@ -21,7 +21,9 @@ use crate::error::{ControllerError, Result};
 use crate::failure_detector::FailureDetector;
 use crate::partition_election;
 use crate::raft_log_store::RaftLogStore;
-use crate::raft_network::{pb::raft_server::RaftServer, GrpcNetworkFactory, RaftService};
+use crate::raft_network::{
+    pb::raft_server::RaftServer, GrpcNetworkFactory, RaftService, MAX_MESSAGE_BYTES,
+};
 use crate::raft_types::{NodeId, Raft};
 use crate::state_machine::MetadataStateMachine;
 
@@ -95,6 +97,9 @@ impl ControllerConfig {
     }
 }
 
+/// Largest metadata batch one request may commit.
+pub const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+
 /// What the services share.
 pub(crate) struct Core {
     pub config: ControllerConfig,
@@ -123,10 +128,19 @@ impl Core {
                 .map(|r| MetadataRecord { record: Some(r) })
                 .collect(),
         };
-        match self.raft.client_write(batch).await {
-            Ok(response) => Ok(response.data.outcomes),
-            Err(e) if e.forward_to_leader().is_some() => Err(ControllerError::NotController),
-            Err(e) => Err(ControllerError::Raft(e.to_string())),
+        let size = prost::Message::encoded_len(&batch);
+        if size > MAX_BATCH_BYTES {
+            return Err(ControllerError::InvalidRequest(format!(
+                "metadata change of {size} bytes exceeds the {MAX_BATCH_BYTES}-byte limit"
+            )));
+        }
+        // a leader cut off from the quorum never commits: give up rather than hang
+        let timeout = Duration::from_millis(self.config.election_timeout_ms * 4);
+        match tokio::time::timeout(timeout, self.raft.client_write(batch)).await {
+            Err(_) => Err(ControllerError::Timeout("metadata commit".into())),
+            Ok(Ok(response)) => Ok(response.data.outcomes),
+            Ok(Err(e)) if e.forward_to_leader().is_some() => Err(ControllerError::NotController),
+            Ok(Err(e)) => Err(ControllerError::Raft(e.to_string())),
         }
     }
 
@@ -161,6 +175,8 @@ impl ControllerNode {
             election_timeout_max: config.election_timeout_ms * 2,
             install_snapshot_timeout: config.election_timeout_ms.max(1000),
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.metadata_snapshot_entries),
+            // snapshot bytes travel as a JSON array (~3.5 bytes per byte): keep chunks small
+            snapshot_max_chunk_size: 1024 * 1024,
             max_in_snapshot_log_to_keep: config.metadata_snapshot_entries / 2,
             purge_batch_size: 256,
             ..Config::default()
@@ -188,10 +204,18 @@ impl ControllerNode {
         let mut tasks = Vec::new();
 
         let server = tonic::transport::Server::builder()
-            .add_service(RaftServer::new(RaftService::new(raft.clone())))
-            .add_service(ControllerServer::new(
-                crate::controller_service::ControllerService::new(Arc::clone(&core)),
-            ));
+            .add_service(
+                RaftServer::new(RaftService::new(raft.clone()))
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .add_service(
+                ControllerServer::new(crate::controller_service::ControllerService::new(
+                    Arc::clone(&core),
+                ))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            );
         // small RPCs: without TCP_NODELAY every reply waits on Nagle + delayed ACK
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -279,17 +303,20 @@ impl ControllerNode {
 /// partitions a leader when one of their ISR is live.
 async fn leader_loop(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
     let tick = Duration::from_millis((core.config.broker_heartbeat_interval_ms / 4).clamp(10, 500));
-    let mut was_leader = false;
+    // the term this node last started leading in: leading again in a later term (even
+    // after a brief loss) restarts every session, as heartbeats went elsewhere meanwhile
+    let mut led_term: Option<u64> = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(tick) => {}
             _ = stop.changed() => return,
         }
         if !core.is_leader() {
-            was_leader = false;
+            led_term = None;
             continue;
         }
-        if !was_leader {
+        let term = core.raft.metrics().borrow().current_term;
+        if led_term != Some(term) {
             // the image must include everything committed before we took over
             if core.raft.ensure_linearizable().await.is_err() {
                 continue;
@@ -305,9 +332,10 @@ async fn leader_loop(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
                     fd.heartbeat(b.broker_id, now);
                 }
             });
-            was_leader = true;
+            led_term = Some(term);
             tracing::info!(
                 node = core.config.node_id,
+                term,
                 "controller leader: failure detector started"
             );
         }
@@ -348,7 +376,18 @@ async fn fence_expired_brokers(core: &Core) -> Result<()> {
         ));
         core.propose(records).await?;
     }
-    let pending = partition_election::on_broker_unfenced(&core.image(), unclean);
+    // repairs, for changes an earlier batch lost to a concurrent one: fenced brokers
+    // still leading or in an ISR they can leave, and offline partitions a live ISR member
+    // could lead
+    let image = core.image();
+    for broker in image.brokers().filter(|b| b.fenced) {
+        let pending = partition_election::on_broker_fenced(&image, broker.broker_id, unclean);
+        if !pending.is_empty() {
+            core.propose(pending).await?;
+            return Ok(());
+        }
+    }
+    let pending = partition_election::on_broker_unfenced(&image, unclean);
     if !pending.is_empty() {
         core.propose(pending).await?;
     }

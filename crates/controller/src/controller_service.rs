@@ -162,11 +162,27 @@ impl api::controller_server::Controller for ControllerService {
         }
         let record = Record::RegisterBroker(pb::RegisterBroker {
             broker_id: r.broker_id,
-            incarnation_id: r.incarnation_id,
+            incarnation_id: r.incarnation_id.clone(),
             endpoints: r.endpoints,
             rack: r.rack,
         });
-        let outcomes = self.core.propose(vec![record]).await.map_err(status)?;
+        // a new incarnation (a restarted process, which may have lost unflushed data)
+        // starts fenced: in the same entry it leaves every ISR and its leaderships move
+        let image = self.core.image();
+        let mut records = vec![record.clone()];
+        if image
+            .broker(r.broker_id)
+            .is_some_and(|b| b.incarnation_id != r.incarnation_id)
+        {
+            let mut simulated = image.clone();
+            simulated.apply(simulated.applied_index() + 1, &batch_of(vec![record]));
+            records.extend(crate::partition_election::on_broker_fenced(
+                &simulated,
+                r.broker_id,
+                self.core.config.unclean_leader_election_enable,
+            ));
+        }
+        let outcomes = self.core.propose(records).await.map_err(status)?;
         let epoch = self
             .core
             .image()
@@ -243,7 +259,15 @@ impl api::controller_server::Controller for ControllerService {
             }
             return reply(ec::NONE, String::new(), false);
         }
-        reply(ec::NONE, String::new(), broker.fenced)
+        // answering "you are not fenced" is only true if this node still leads: a leader
+        // cut off from the quorum cannot know the others fenced the broker meanwhile
+        let timeout = Duration::from_millis(self.core.config.election_timeout_ms * 2);
+        match tokio::time::timeout(timeout, self.core.raft.ensure_linearizable()).await {
+            Ok(Ok(_)) => reply(ec::NONE, String::new(), broker.fenced),
+            _ => Err(Status::unavailable(
+                "this controller cannot confirm its leadership; retry",
+            )),
+        }
     }
 
     async fn create_topics(
@@ -596,7 +620,7 @@ impl api::controller_server::Controller for ControllerService {
         &self,
         request: Request<api::WatchMetadataRequest>,
     ) -> Result<Response<Self::WatchMetadataStream>, Status> {
-        let mut next = request.into_inner().from_index + 1;
+        let mut next = request.into_inner().from_index.saturating_add(1);
         let core = Arc::clone(&self.core);
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
@@ -605,7 +629,12 @@ impl api::controller_server::Controller for ControllerService {
                 let upto = *applied.borrow_and_update();
                 if next <= upto {
                     let entries = core.log_store.entries_between(next, upto);
-                    let events = if entries.first().map(|e| e.log_id.index) != Some(next) {
+                    // only a complete run next..=upto may be streamed: after a snapshot
+                    // install the log can hold a stale prefix of that range
+                    let complete = entries.len() as u64 == upto - next + 1
+                        && entries.first().map(|e| e.log_id.index) == Some(next)
+                        && entries.last().map(|e| e.log_id.index) == Some(upto);
+                    let events = if !complete {
                         // the entries were purged (a snapshot replaced them): start the
                         // watcher from the whole image, then go on after it
                         let image = core.image();

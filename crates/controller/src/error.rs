@@ -12,6 +12,8 @@ pub enum ControllerError {
     InvalidTopic(String),
     #[error("{0}")]
     InvalidConfig(String),
+    #[error("{0}")]
+    InvalidRequest(String),
     #[error("no controller leader is known")]
     NotController,
     #[error("timed out: {0}")]
@@ -29,6 +31,7 @@ impl ControllerError {
             ControllerError::InvalidReplicationFactor(_) => ec::INVALID_REPLICATION_FACTOR,
             ControllerError::InvalidTopic(_) => ec::INVALID_TOPIC_EXCEPTION,
             ControllerError::InvalidConfig(_) => ec::INVALID_CONFIG,
+            ControllerError::InvalidRequest(_) => ec::INVALID_REQUEST,
             ControllerError::NotController | ControllerError::Raft(_) => ec::NOT_CONTROLLER,
             ControllerError::Timeout(_) => ec::REQUEST_TIMED_OUT,
             ControllerError::Storage(_) => ec::NOT_CONTROLLER,

@@ -8,6 +8,9 @@
 
 use crate::error::{ControllerError, Result};
 
+/// Most partitions one request may create (KRaft caps one operation at 10,000 records).
+pub const MAX_PARTITIONS_PER_REQUEST: i32 = 10_000;
+
 /// Assigns `partitions` partitions numbered from `first_partition` over `brokers` (sorted,
 /// live), starting at `start_index` (the caller rotates it so topics do not all start on
 /// the same broker).
@@ -21,6 +24,11 @@ pub fn assign_replicas(
     if partitions < 1 {
         return Err(ControllerError::InvalidPartitions(format!(
             "Number of partitions must be larger than 0, got {partitions}"
+        )));
+    }
+    if partitions > MAX_PARTITIONS_PER_REQUEST {
+        return Err(ControllerError::InvalidPartitions(format!(
+            "Creating {partitions} partitions in one request exceeds the limit of {MAX_PARTITIONS_PER_REQUEST}"
         )));
     }
     if replication_factor < 1 {
@@ -111,6 +119,10 @@ mod tests {
         ));
         assert!(matches!(
             assign_replicas(&[1, 2], 0, 1, 0, 0),
+            Err(ControllerError::InvalidPartitions(_))
+        ));
+        assert!(matches!(
+            assign_replicas(&[1], i32::MAX, 1, 0, 0),
             Err(ControllerError::InvalidPartitions(_))
         ));
         assert!(matches!(

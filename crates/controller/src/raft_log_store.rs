@@ -80,6 +80,16 @@ fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> std::io::Result<()
 fn frame(entry: &Entry, out: &mut Vec<u8>) -> std::io::Result<()> {
     let json = serde_json::to_vec(entry)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    if json.len() > MAX_ENTRY_BYTES {
+        // open() would take such a frame for corruption: never write one
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "raft entry of {} bytes exceeds {MAX_ENTRY_BYTES}",
+                json.len()
+            ),
+        ));
+    }
     out.extend_from_slice(&(json.len() as u32).to_be_bytes());
     out.extend_from_slice(&sluice_record::crc32c(&json).to_be_bytes());
     out.extend_from_slice(&json);
@@ -126,6 +136,8 @@ impl RaftLogStore {
             .create(true)
             .truncate(false)
             .open(&path)?;
+        // the file's name must survive a crash as surely as its first entries
+        sluice_log::sync_dir(dir).map_err(|e| std::io::Error::other(e.to_string()))?;
         let bytes = std::fs::read(&path)?;
         let (stored, valid_len) = parse_frames(&bytes);
         if valid_len < bytes.len() as u64 {
@@ -158,6 +170,25 @@ impl RaftLogStore {
             entries.insert(index, s);
         }
         let purged_prefix_bytes = entries.values().next().map_or(valid_len, |s| s.position);
+        let committed: Option<LogId> = read_json(&dir.join(COMMITTED_FILE))?;
+        let last_index = entries
+            .keys()
+            .next_back()
+            .copied()
+            .or(purged_index)
+            .unwrap_or(0);
+        if let Some(c) = committed.filter(|c| c.index > last_index) {
+            // damage below what this node acknowledged: Raft's safety assumes those
+            // entries are here, so refuse to start rather than silently forget them
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "raft log {} ends at {last_index} but {} was committed: the log is damaged",
+                    path.display(),
+                    c.index
+                ),
+            ));
+        }
         Ok(RaftLogStore {
             inner: Arc::new(Mutex::new(LogInner {
                 dir: dir.to_path_buf(),
@@ -167,7 +198,7 @@ impl RaftLogStore {
                 entries,
                 last_purged,
                 vote: read_json(&dir.join(VOTE_FILE))?,
-                committed: read_json(&dir.join(COMMITTED_FILE))?,
+                committed,
             })),
         })
     }

@@ -17,6 +17,10 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::raft_types::{Node, NodeId, Raft, TypeConfig};
 
+/// Largest gRPC message between controllers (Raft RPCs, forwarded calls, metadata
+/// images): far above any entry `propose` accepts, so size never stalls replication.
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
 /// Generated from `proto/raft.proto`.
 pub mod pb {
     #![allow(clippy::all)]
@@ -50,7 +54,11 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetworkFactory {
     async fn new_client(&mut self, target: NodeId, node: &Node) -> Self::Network {
         GrpcNetwork {
             target,
-            client: channel(&node.addr).ok().map(RaftClient::new),
+            client: channel(&node.addr).ok().map(|c| {
+                RaftClient::new(c)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES)
+            }),
             address: node.addr.clone(),
         }
     }

@@ -41,6 +41,9 @@ struct SmState {
 #[derive(Clone)]
 pub struct MetadataStateMachine {
     state: Arc<RwLock<SmState>>,
+    /// Serialises writing `metadata-snapshot`: openraft builds snapshots in a task of its
+    /// own, concurrently with installing one from the leader.
+    persist: Arc<std::sync::Mutex<()>>,
     dir: PathBuf,
     applied_tx: Arc<watch::Sender<u64>>,
 }
@@ -75,6 +78,7 @@ impl MetadataStateMachine {
         let applied = state.image.applied_index();
         Ok(MetadataStateMachine {
             state: Arc::new(RwLock::new(state)),
+            persist: Arc::new(std::sync::Mutex::new(())),
             dir: dir.to_path_buf(),
             applied_tx: Arc::new(watch::channel(applied).0),
         })
@@ -136,6 +140,14 @@ impl RaftSnapshotBuilder<TypeConfig> for MetadataStateMachine {
                 s.snapshots_built,
             )
         };
+        let _persisting = self.persist.lock().unwrap_or_else(|p| p.into_inner());
+        // a newer snapshot (installed from the leader meanwhile) must not be replaced by
+        // this older one, on disk or in memory
+        if let Some((meta, bytes)) = self.read().snapshot.clone() {
+            if meta.last_log_id > stored.meta.last_log_id {
+                return Ok(Self::snapshot_of(meta, bytes));
+            }
+        }
         let bytes = self.save(&stored).map_err(|e| snapshot_err(&e))?;
         tracing::debug!(snapshot = n, last = ?stored.meta.last_log_id, "built metadata snapshot");
         let mut s = self.state.write().unwrap_or_else(|p| p.into_inner());
@@ -210,6 +222,7 @@ impl RaftStateMachine<TypeConfig> for MetadataStateMachine {
             meta: meta.clone(),
             image: stored.image,
         };
+        let _persisting = self.persist.lock().unwrap_or_else(|p| p.into_inner());
         let bytes = self.save(&stored).map_err(|e| snapshot_err(&e))?;
         let applied = {
             let mut s = self.state.write().unwrap_or_else(|p| p.into_inner());

@@ -7,6 +7,8 @@
 //!   `PartitionChange` raises `partition_epoch` by exactly one (compare-and-set);
 //! - `isr ⊆ replicas`, the ISR is never empty, the leader is in the ISR or -1;
 //! - a broker's `broker_epoch` is the metadata index of its latest registration;
+//! - a `PartitionChange` makes a broker leader, or adds it to an ISR, only while it is
+//!   registered and unfenced;
 //! - `applied_index` only grows.
 
 use std::collections::BTreeMap;
@@ -242,14 +244,41 @@ impl MetadataImage {
         let Some(new) = &r.partition else {
             return ApplyOutcome::err(ec::INVALID_REQUEST, "PartitionChange without a state");
         };
+        if let Err(e) = check_partition_state(new) {
+            return e;
+        }
+        // a broker may only become leader or join an ISR while registered and unfenced,
+        // judged here, in log order (a fence committed after the request was checked wins)
+        let current = self.topics.get(&r.topic).and_then(|t| {
+            usize::try_from(new.partition)
+                .ok()
+                .and_then(|i| t.partitions.get(i))
+        });
+        let new_leader = new.leader != NO_LEADER && current.is_none_or(|c| c.leader != new.leader);
+        let joiners: Vec<i32> = new
+            .isr
+            .iter()
+            .copied()
+            .filter(|b| current.is_none_or(|c| !c.isr.contains(b)))
+            .chain(new_leader.then_some(new.leader))
+            .collect();
+        if let Some(b) = joiners
+            .iter()
+            .find(|b| self.brokers.get(b).is_none_or(|x| x.fenced))
+        {
+            return ApplyOutcome::err(
+                ec::INELIGIBLE_REPLICA,
+                format!(
+                    "{}-{}: broker {b} is fenced or not registered: it cannot lead or join the ISR",
+                    r.topic, new.partition
+                ),
+            );
+        }
         let Some(topic) = self.topics.get_mut(&r.topic) else {
             return unknown_topic(&r.topic);
         };
         if topic.topic_id != r.topic_id {
             return unknown_topic(&r.topic);
-        }
-        if let Err(e) = check_partition_state(new) {
-            return e;
         }
         let Ok(index) = usize::try_from(new.partition) else {
             return ApplyOutcome::err(ec::UNKNOWN_TOPIC_OR_PARTITION, "negative partition");

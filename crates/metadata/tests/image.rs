@@ -59,6 +59,26 @@ fn change(t: &str, expected: i32, state: Partition) -> Record {
     })
 }
 
+/// Brokers 1-3 registered (index 1) and unfenced (indexes 2-4).
+fn live_brokers() -> MetadataImage {
+    let mut image = MetadataImage::new("c");
+    image.apply(
+        1,
+        &batch(vec![register(1, "a"), register(2, "b"), register(3, "c")]),
+    );
+    for id in 1..=3 {
+        let out = image.apply(
+            1 + id as u64,
+            &batch(vec![Record::UnfenceBroker(pb::UnfenceBroker {
+                broker_id: id,
+                broker_epoch: 1,
+            })]),
+        );
+        assert!(out[0].is_ok());
+    }
+    image
+}
+
 fn codes(outcomes: &[sluice_metadata::ApplyOutcome]) -> Vec<i16> {
     outcomes.iter().map(|o| o.error_code).collect()
 }
@@ -211,9 +231,9 @@ fn invalid_topics_are_refused_whole() {
 
 #[test]
 fn partition_changes_compare_and_set_the_partition_epoch() {
-    let mut image = MetadataImage::new("c");
+    let mut image = live_brokers();
     image.apply(
-        1,
+        11,
         &batch(vec![Record::CreateTopic(pb::CreateTopic {
             topic: Some(topic("t", 2)),
         })]),
@@ -222,14 +242,14 @@ fn partition_changes_compare_and_set_the_partition_epoch() {
     let mut shrunk = partition(0, &[1, 2, 3], 1, 0, 1);
     shrunk.isr = vec![1, 2];
     assert_eq!(
-        codes(&image.apply(2, &batch(vec![change("t", 0, shrunk.clone())]))),
+        codes(&image.apply(12, &batch(vec![change("t", 0, shrunk.clone())]))),
         vec![ec::NONE]
     );
     assert_eq!(image.partition("t", 0).unwrap(), &shrunk);
     // a second change based on epoch 0 is stale
     let stale = partition(0, &[1, 2, 3], 1, 0, 1);
     assert_eq!(
-        codes(&image.apply(3, &batch(vec![change("t", 0, stale)]))),
+        codes(&image.apply(13, &batch(vec![change("t", 0, stale)]))),
         vec![ec::INVALID_UPDATE_VERSION]
     );
     assert_eq!(image.partition("t", 0).unwrap(), &shrunk);
@@ -249,7 +269,7 @@ fn partition_changes_compare_and_set_the_partition_epoch() {
         ..partition(0, &[1, 2, 3], 1, 0, 0)
     };
     let out = image.apply(
-        4,
+        14,
         &batch(vec![
             change("t", 1, same_epoch_new_leader),
             change("t", 1, partition_epoch_skips),
@@ -280,7 +300,7 @@ fn partition_changes_compare_and_set_the_partition_epoch() {
         ..shrunk.clone()
     };
     let out = image.apply(
-        5,
+        15,
         &batch(vec![change("t", 1, moved), change("t", 2, offline.clone())]),
     );
     assert_eq!(codes(&out), vec![ec::NONE, ec::NONE]);
@@ -291,7 +311,7 @@ fn partition_changes_compare_and_set_the_partition_epoch() {
         c.topic_id = vec![0; 16];
     }
     let out = image.apply(
-        6,
+        16,
         &batch(vec![
             change("nope", 0, partition(0, &[1], 1, 0, 1)),
             wrong_id,
@@ -301,7 +321,7 @@ fn partition_changes_compare_and_set_the_partition_epoch() {
     assert_eq!(codes(&out), vec![ec::UNKNOWN_TOPIC_OR_PARTITION; 3]);
     // adding the next partition
     let out = image.apply(
-        7,
+        17,
         &batch(vec![change("t", -1, partition(2, &[3, 1], 3, 0, 0))]),
     );
     assert_eq!(codes(&out), vec![ec::NONE]);
@@ -351,4 +371,61 @@ fn applying_an_old_index_is_a_bug() {
     let mut image = MetadataImage::new("c");
     image.apply(3, &batch(vec![register(1, "a")]));
     image.apply(3, &batch(vec![register(2, "b")]));
+}
+
+#[test]
+fn only_live_brokers_become_leaders_or_join_an_isr() {
+    let mut image = live_brokers();
+    let mut t = topic("t", 1);
+    t.partitions[0] = partition(0, &[1, 2, 3], 1, 0, 0);
+    t.partitions[0].isr = vec![1];
+    image.apply(
+        10,
+        &batch(vec![Record::CreateTopic(pb::CreateTopic {
+            topic: Some(t),
+        })]),
+    );
+    image.apply(
+        11,
+        &batch(vec![Record::FenceBroker(pb::FenceBroker {
+            broker_id: 2,
+            broker_epoch: 1,
+        })]),
+    );
+    // broker 2 is fenced: it may neither join the ISR nor lead
+    let join = Partition {
+        isr: vec![1, 2],
+        ..partition(0, &[1, 2, 3], 1, 0, 1)
+    };
+    let lead = Partition {
+        isr: vec![1, 2],
+        leader: 2,
+        ..partition(0, &[1, 2, 3], 2, 1, 1)
+    };
+    let out = image.apply(12, &batch(vec![change("t", 0, join), change("t", 0, lead)]));
+    assert_eq!(codes(&out), vec![ec::INELIGIBLE_REPLICA; 2]);
+    // broker 3 is live: it joins; a fenced member that is already in the ISR may stay
+    let join3 = Partition {
+        isr: vec![1, 3],
+        ..partition(0, &[1, 2, 3], 1, 0, 1)
+    };
+    assert_eq!(
+        codes(&image.apply(13, &batch(vec![change("t", 0, join3)]))),
+        vec![ec::NONE]
+    );
+    image.apply(
+        14,
+        &batch(vec![Record::FenceBroker(pb::FenceBroker {
+            broker_id: 3,
+            broker_epoch: 1,
+        })]),
+    );
+    let keep = Partition {
+        isr: vec![1, 3],
+        ..partition(0, &[1, 2, 3], 1, 0, 2)
+    };
+    assert_eq!(
+        codes(&image.apply(15, &batch(vec![change("t", 1, keep)]))),
+        vec![ec::NONE]
+    );
 }
