@@ -530,3 +530,67 @@ async fn watchers_rebuild_the_same_image_from_the_stream() {
     task.abort();
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_broker_is_fenced_out_of_every_isr_until_it_heartbeats() {
+    let cluster = Cluster::start(60_000).await;
+    let leader = cluster.leader().await;
+    let mut tasks = Vec::new();
+    for b in 1..=3 {
+        tasks.push(broker(&cluster, leader, b).await.1);
+    }
+    let node = &cluster.nodes[&leader];
+    wait_until("brokers unfenced", || {
+        node.image().live_broker_ids() == vec![1, 2, 3]
+    })
+    .await;
+    let mut client = cluster.client(leader).await;
+    assert_eq!(create_topic(&mut client, "t", 3, 3).await.error_code, 0);
+    tasks.remove(0).abort();
+    // broker 1 restarts: a new incarnation registers
+    let reg = client
+        .register_broker(api::RegisterBrokerRequest {
+            broker_id: 1,
+            incarnation_id: "second-life".into(),
+            endpoints: vec![],
+            rack: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reg.error_code, 0);
+    let image = node.image();
+    assert!(image.broker(1).unwrap().fenced);
+    assert_eq!(image.broker(1).unwrap().broker_epoch, reg.broker_epoch);
+    for p in &image.topic("t").unwrap().partitions {
+        assert!(
+            p.leader != 1 && p.leader != -1 && !p.isr.contains(&1),
+            "{p:?}"
+        );
+    }
+    // a heartbeat with the old epoch is refused; with the new one it is unfenced
+    let stale = client
+        .broker_heartbeat(api::BrokerHeartbeatRequest {
+            broker_id: 1,
+            broker_epoch: reg.broker_epoch - 1,
+            metadata_index: u64::MAX,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stale.error_code, i32::from(ec::STALE_BROKER_EPOCH));
+    let fresh = client
+        .broker_heartbeat(api::BrokerHeartbeatRequest {
+            broker_id: 1,
+            broker_epoch: reg.broker_epoch,
+            metadata_index: u64::MAX,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((fresh.error_code, fresh.fenced), (0, false));
+    for t in tasks {
+        t.abort();
+    }
+    cluster.shutdown().await;
+}
