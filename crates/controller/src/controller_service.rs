@@ -452,32 +452,27 @@ impl api::controller_server::Controller for ControllerService {
                 ..topic_result(&spec.name, ec::NONE, "")
             });
             slots.push(results.len() - 1);
-            let mut batch = Vec::new();
-            for (k, replicas) in assignment.into_iter().enumerate() {
-                batch.push(Record::PartitionChange(pb::PartitionChange {
-                    topic: spec.name.clone(),
-                    topic_id: topic.topic_id.clone(),
-                    expected_partition_epoch: -1,
-                    partition: Some(Partition {
+            records.push(Record::AddPartitions(pb::AddPartitions {
+                topic: spec.name.clone(),
+                topic_id: topic.topic_id.clone(),
+                expected_count: current,
+                partitions: assignment
+                    .into_iter()
+                    .enumerate()
+                    .map(|(k, replicas)| Partition {
                         partition: current + k as i32,
                         leader: replicas[0],
                         isr: replicas.clone(),
                         replicas,
                         leader_epoch: 0,
                         partition_epoch: 0,
-                    }),
-                }));
-            }
-            records.push(batch);
+                    })
+                    .collect(),
+            }));
         }
-        if !r.validate_only {
-            for (slot, batch) in slots.iter().zip(records) {
-                let outcomes = self.core.propose(batch).await.map_err(status)?;
-                if let Some(bad) = outcomes.iter().find(|o| !o.is_ok()) {
-                    results[*slot].error_code = i32::from(bad.error_code);
-                    results[*slot].error_message = bad.message.clone();
-                }
-            }
+        if !r.validate_only && !records.is_empty() {
+            let outcomes = self.core.propose(records).await.map_err(status)?;
+            fill_outcomes(&mut results, &slots, &outcomes);
         }
         Ok(Response::new(api::CreatePartitionsResponse {
             topics: results,

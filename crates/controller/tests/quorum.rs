@@ -294,6 +294,38 @@ async fn elect_replicate_fail_over_and_restart() {
         p0.partition_epoch + 1
     );
 
+    // partitions are added all at once; fewer than now is refused
+    let grow = |count: i32| api::CreatePartitionsRequest {
+        topics: vec![api::PartitionCount {
+            name: "orders".into(),
+            count,
+        }],
+        validate_only: false,
+    };
+    let grown = client
+        .create_partitions(grow(8))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        grown.topics[0].error_code, 0,
+        "{}",
+        grown.topics[0].error_message
+    );
+    let shrink_req = client
+        .create_partitions(grow(7))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        shrink_req.topics[0].error_code,
+        i32::from(ec::INVALID_PARTITIONS)
+    );
+    let images = cluster.converged_images(leader).await;
+    let orders = images[0].topic("orders").unwrap();
+    assert_eq!(orders.partitions.len(), 8);
+    assert!(orders.partitions[6..].iter().all(|p| p.replicas.len() == 3));
+
     // offsets commit and read back through any node
     client
         .commit_offsets(api::CommitOffsetsRequest {

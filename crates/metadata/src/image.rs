@@ -210,6 +210,7 @@ impl MetadataImage {
                 _ => unknown_topic(&r.name),
             },
             Record::PartitionChange(r) => self.apply_partition_change(r),
+            Record::AddPartitions(r) => self.apply_add_partitions(r),
             Record::CommitOffsets(r) => {
                 for o in &r.offsets {
                     self.offsets
@@ -283,7 +284,6 @@ impl MetadataImage {
         let Ok(index) = usize::try_from(new.partition) else {
             return ApplyOutcome::err(ec::UNKNOWN_TOPIC_OR_PARTITION, "negative partition");
         };
-        let count = topic.partitions.len();
         match topic.partitions.get_mut(index) {
             Some(current) => {
                 if current.partition_epoch != r.expected_partition_epoch {
@@ -313,15 +313,55 @@ impl MetadataImage {
                 *current = new.clone();
                 ApplyOutcome::ok()
             }
-            None if index == count && r.expected_partition_epoch == -1 => {
-                topic.partitions.push(new.clone());
-                ApplyOutcome::ok()
-            }
             None => ApplyOutcome::err(
                 ec::UNKNOWN_TOPIC_OR_PARTITION,
                 format!("{}-{} does not exist", r.topic, new.partition),
             ),
         }
+    }
+
+    fn apply_add_partitions(&mut self, r: &pb::AddPartitions) -> ApplyOutcome {
+        let Some(topic) = self.topics.get(&r.topic) else {
+            return unknown_topic(&r.topic);
+        };
+        if topic.topic_id != r.topic_id {
+            return unknown_topic(&r.topic);
+        }
+        let count = topic.partitions.len();
+        if count != r.expected_count as usize {
+            return ApplyOutcome::err(
+                ec::INVALID_PARTITIONS,
+                format!(
+                    "Topic '{}' now has {count} partitions, not {}: retry",
+                    r.topic, r.expected_count
+                ),
+            );
+        }
+        if r.partitions.is_empty() {
+            return ApplyOutcome::err(ec::INVALID_PARTITIONS, "no partitions to add");
+        }
+        for (i, p) in r.partitions.iter().enumerate() {
+            if p.partition as usize != count + i {
+                return ApplyOutcome::err(ec::INVALID_REQUEST, "added partitions out of order");
+            }
+            if let Err(e) = check_partition_state(p) {
+                return e;
+            }
+            if let Some(b) = std::iter::once(p.leader)
+                .filter(|l| *l != NO_LEADER)
+                .chain(p.isr.iter().copied())
+                .find(|b| self.brokers.get(b).is_none_or(|x| x.fenced))
+            {
+                return ApplyOutcome::err(
+                    ec::INELIGIBLE_REPLICA,
+                    format!("broker {b} is fenced or not registered"),
+                );
+            }
+        }
+        if let Some(topic) = self.topics.get_mut(&r.topic) {
+            topic.partitions.extend(r.partitions.iter().cloned());
+        }
+        ApplyOutcome::ok()
     }
 
     /// The whole image, for snapshots and for watchers that start behind the log's start.

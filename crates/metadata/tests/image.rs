@@ -319,13 +319,23 @@ fn partition_changes_compare_and_set_the_partition_epoch() {
         ]),
     );
     assert_eq!(codes(&out), vec![ec::UNKNOWN_TOPIC_OR_PARTITION; 3]);
-    // adding the next partition
-    let out = image.apply(
-        17,
-        &batch(vec![change("t", -1, partition(2, &[3, 1], 3, 0, 0))]),
+    // adding partitions: all or none, against the count the request saw
+    let add = |expected_count: i32, first: i32, n: i32| {
+        Record::AddPartitions(pb::AddPartitions {
+            topic: "t".into(),
+            topic_id: vec![7; 16],
+            expected_count,
+            partitions: (first..first + n)
+                .map(|p| partition(p, &[3, 1], 3, 0, 0))
+                .collect(),
+        })
+    };
+    let out = image.apply(17, &batch(vec![add(2, 2, 2), add(2, 2, 3), add(4, 5, 1)]));
+    assert_eq!(
+        codes(&out),
+        vec![ec::NONE, ec::INVALID_PARTITIONS, ec::INVALID_REQUEST]
     );
-    assert_eq!(codes(&out), vec![ec::NONE]);
-    assert_eq!(image.topic("t").unwrap().partitions.len(), 3);
+    assert_eq!(image.topic("t").unwrap().partitions.len(), 4);
 }
 
 #[test]
