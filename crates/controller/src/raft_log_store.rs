@@ -38,7 +38,12 @@ const MAX_ENTRY_BYTES: usize = 64 * 1024 * 1024;
 #[derive(Clone)]
 pub struct RaftLogStore {
     inner: Arc<Mutex<LogInner>>,
+    /// The index of the state machine's snapshot on disk, when wired (see `purge`).
+    persisted_snapshot: Option<tokio::sync::watch::Receiver<u64>>,
 }
+
+/// How long `purge` waits for the snapshot covering it to reach disk.
+const PURGE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 struct StoredEntry {
     entry: Entry,
@@ -200,7 +205,16 @@ impl RaftLogStore {
                 vote: read_json(&dir.join(VOTE_FILE))?,
                 committed,
             })),
+            persisted_snapshot: None,
         })
+    }
+
+    /// Purges wait until the snapshot covering them is on disk: openraft purges the log
+    /// after installing a leader's snapshot without waiting for the state machine to
+    /// persist it, and a crash in between would leave neither the entries nor the snapshot.
+    pub fn with_snapshot_index(mut self, persisted: tokio::sync::watch::Receiver<u64>) -> Self {
+        self.persisted_snapshot = Some(persisted);
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, LogInner> {
@@ -377,6 +391,19 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        if let Some(persisted) = self.persisted_snapshot.as_mut() {
+            let covered = tokio::time::timeout(
+                PURGE_WAIT,
+                persisted.wait_for(|index| *index >= log_id.index),
+            )
+            .await;
+            if !matches!(covered, Ok(Ok(_))) {
+                tracing::warn!(
+                    upto = log_id.index,
+                    "purging the raft log before a snapshot covering it reached disk"
+                );
+            }
+        }
         let mut inner = self.lock();
         assert!(
             inner.last_purged.is_none_or(|p| p.index <= log_id.index),

@@ -46,6 +46,8 @@ pub struct MetadataStateMachine {
     persist: Arc<std::sync::Mutex<()>>,
     dir: PathBuf,
     applied_tx: Arc<watch::Sender<u64>>,
+    /// Index of the snapshot in `metadata-snapshot` (0: none).
+    persisted_tx: Arc<watch::Sender<u64>>,
 }
 
 fn snapshot_err(e: &(impl std::error::Error + 'static)) -> StorageError {
@@ -76,7 +78,13 @@ impl MetadataStateMachine {
             Err(e) => return Err(e),
         }
         let applied = state.image.applied_index();
+        let persisted = state
+            .snapshot
+            .as_ref()
+            .and_then(|(m, _)| m.last_log_id)
+            .map_or(0, |l| l.index);
         Ok(MetadataStateMachine {
+            persisted_tx: Arc::new(watch::channel(persisted).0),
             state: Arc::new(RwLock::new(state)),
             persist: Arc::new(std::sync::Mutex::new(())),
             dir: dir.to_path_buf(),
@@ -102,11 +110,19 @@ impl MetadataStateMachine {
         self.applied_tx.subscribe()
     }
 
+    /// The index covered by the snapshot on disk; the log store waits on it before
+    /// purging (see `RaftLogStore::purge`).
+    pub fn subscribe_persisted_snapshot(&self) -> watch::Receiver<u64> {
+        self.persisted_tx.subscribe()
+    }
+
     fn save(&self, stored: &StoredSnapshot) -> std::io::Result<Vec<u8>> {
         let bytes = serde_json::to_vec(stored)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
         sluice_log::write_atomically(&self.dir.join(SNAPSHOT_FILE), &bytes)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let index = stored.meta.last_log_id.map_or(0, |l| l.index);
+        self.persisted_tx.send_modify(|p| *p = (*p).max(index));
         Ok(bytes)
     }
 
