@@ -1,0 +1,17 @@
+//! Kafka's wire protocol for the broker, on top of the `kafka-protocol` crate:
+//! - [`frame`]: size-prefixed frames, with `socket.request.max.bytes` enforced before any
+//!   allocation;
+//! - [`request`]: the request header (v0–v2) and the body bytes behind it;
+//! - [`response`]: responses as a sequence of [`Chunk`]s — encoded bytes and file regions
+//!   — written by [`write_chunks`] with `sendfile(2)` for the regions (or a plain copy,
+//!   behind one switch, for transports that need the bytes in user space).
+//!
+//! Invariant: nothing here panics on any input bytes; malformed input is a typed error.
+
+pub mod frame;
+pub mod request;
+pub mod response;
+
+pub use frame::{read_frame, FrameError};
+pub use request::{parse_request, RequestError, RequestFrame};
+pub use response::{write_chunks, Chunk, FileChunk, WriteStats};
