@@ -8,10 +8,12 @@
 //!
 //! Invariant: nothing here panics on any input bytes; malformed input is a typed error.
 
+pub mod api_versions;
 pub mod frame;
 pub mod request;
 pub mod response;
 
+pub use api_versions::{ApiRange, SupportedApis, KAFKA_3_9_RANGES};
 pub use frame::{read_frame, FrameError};
 pub use request::{parse_request, RequestError, RequestFrame};
 pub use response::{write_chunks, Chunk, FileChunk, WriteStats};
