@@ -1,0 +1,103 @@
+//! Accepts client connections and runs one task per connection. A connection's failure
+//! (malformed frame, oversized request, I/O error) ends that connection only.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use kafka_protocol::messages::ApiKey;
+use sluice_protocol::{SupportedApis, WriteStats};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::connection::{serve_connection, ConnectionContext};
+
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    /// `socket.request.max.bytes` (Kafka: 104857600).
+    pub socket_request_max_bytes: usize,
+    /// Send file regions with sendfile(2) (off: copy through user space, e.g. for TLS).
+    pub use_sendfile: bool,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        ListenerConfig {
+            socket_request_max_bytes: 104_857_600,
+            use_sendfile: true,
+        }
+    }
+}
+
+pub struct BrokerListener {
+    address: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+    stats: Arc<WriteStats>,
+}
+
+/// The APIs this build serves.
+pub const IMPLEMENTED_APIS: &[ApiKey] = &[ApiKey::ApiVersions];
+
+impl BrokerListener {
+    pub fn start(listener: TcpListener, config: ListenerConfig) -> std::io::Result<Self> {
+        let address = listener.local_addr()?;
+        let (stop, stop_rx) = watch::channel(false);
+        let stats = Arc::new(WriteStats::default());
+        let context = Arc::new(ConnectionContext {
+            config,
+            apis: SupportedApis::new(IMPLEMENTED_APIS),
+            stats: Arc::clone(&stats),
+        });
+        let task = tokio::spawn(accept_loop(listener, context, stop_rx));
+        Ok(BrokerListener {
+            address,
+            stop,
+            task,
+            stats,
+        })
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    pub fn stats(&self) -> &WriteStats {
+        &self.stats
+    }
+
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    context: Arc<ConnectionContext>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let context = Arc::clone(&context);
+                    connections.spawn(async move {
+                        if let Err(e) = serve_connection(stream, &context).await {
+                            tracing::debug!(%peer, error = %e, "connection closed");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            },
+            _ = stop.changed() => break,
+        }
+        while connections.try_join_next().is_some() {}
+    }
+    connections.abort_all();
+}
