@@ -199,11 +199,7 @@ async fn malformed_input_closes_only_that_connection() {
     for bad in bad_inputs {
         let mut stream = TcpStream::connect(broker.address()).await.unwrap();
         stream.write_all(&bad).await.unwrap();
-        if bad.len() <= 4 || bad[..4] == (0x7f_ffff_ffu32).to_be_bytes() {
-            // a size prefix alone: refused at once if out of bounds
-        }
-        // truncated frames wait for more bytes: closing our side ends them
-        let _ = stream.shutdown().await;
+        // each input is refused on its own (our side stays open)
         assert!(
             closed(&mut stream).await,
             "{bad:?} left the connection open"
