@@ -4,5 +4,7 @@
 
 pub mod connection;
 pub mod listener;
+pub mod metadata_follower;
 
 pub use listener::{BrokerListener, ListenerConfig};
+pub use metadata_follower::{MetadataFollower, MetadataFollowerConfig};

@@ -107,6 +107,8 @@ pub(crate) struct Core {
     pub state_machine: MetadataStateMachine,
     pub log_store: RaftLogStore,
     pub failure_detector: Mutex<FailureDetector>,
+    /// Becomes true when the node stops: long-lived streams end with it.
+    pub stopping: watch::Receiver<bool>,
 }
 
 impl Core {
@@ -193,14 +195,15 @@ impl ControllerNode {
         .await
         .map_err(|e| ControllerError::Raft(e.to_string()))?;
 
+        let (stop, stop_rx) = watch::channel(false);
         let core = Arc::new(Core {
             failure_detector: Mutex::new(FailureDetector::new(config.broker_session_timeout_ms)),
+            stopping: stop_rx.clone(),
             config,
             raft: raft.clone(),
             state_machine,
             log_store,
         });
-        let (stop, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
 
         let server = tonic::transport::Server::builder()

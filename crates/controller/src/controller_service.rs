@@ -620,6 +620,7 @@ impl api::controller_server::Controller for ControllerService {
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
             let mut applied = core.state_machine.subscribe_applied();
+            let mut stopping = core.stopping.clone();
             loop {
                 let upto = *applied.borrow_and_update();
                 if next <= upto {
@@ -657,6 +658,8 @@ impl api::controller_server::Controller for ControllerService {
                 tokio::select! {
                     changed = applied.changed() => if changed.is_err() { return },
                     _ = tx.closed() => return,
+                    // the node is stopping: end the stream so the watcher moves on
+                    _ = stopping.wait_for(|s| *s) => return,
                 }
             }
         });

@@ -1,0 +1,261 @@
+//! The broker's side of the control plane, through the Controller gRPC API only:
+//! - registration and heartbeats (a broker starts fenced and is unfenced by a heartbeat
+//!   that shows it applied the metadata up to its own registration);
+//! - `WatchMetadata` from the index this broker has applied, each event applied to its own
+//!   [`MetadataImage`] with the same rules the controllers use.
+//!
+//! Any controller will do: on an error the follower moves to the next one in the list.
+//! Invariant: the local image's `applied_index` only grows; an event at or below it (a
+//! replay after reconnecting) is skipped.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use sluice_metadata::error_code as ec;
+use sluice_metadata::proto::controller as api;
+use sluice_metadata::proto::controller::controller_client::ControllerClient;
+use sluice_metadata::proto::metadata as pb;
+use sluice_metadata::MetadataImage;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Debug, Clone)]
+pub struct MetadataFollowerConfig {
+    pub broker_id: i32,
+    /// New per process start: tells the controller this is a restart.
+    pub incarnation_id: String,
+    pub endpoints: Vec<pb::Endpoint>,
+    pub rack: Option<String>,
+    /// Controller listeners, `host:port`.
+    pub controllers: Vec<String>,
+    /// `broker.heartbeat.interval.ms`.
+    pub heartbeat_interval_ms: u64,
+}
+
+pub struct MetadataFollower {
+    image: Arc<RwLock<MetadataImage>>,
+    applied: watch::Receiver<u64>,
+    broker_epoch: Arc<AtomicI64>,
+    fenced: Arc<AtomicBool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+const RETRY: Duration = Duration::from_millis(100);
+
+fn client(address: &str) -> Option<ControllerClient<Channel>> {
+    let endpoint = Endpoint::from_shared(format!("http://{address}")).ok()?;
+    // HTTP/2 pings find a controller that vanished without closing the connection (a
+    // network partition); a watch on it would otherwise wait forever
+    let channel = endpoint
+        .connect_timeout(Duration::from_millis(500))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(1))
+        .keep_alive_timeout(Duration::from_secs(3))
+        .keep_alive_while_idle(true)
+        .connect_lazy();
+    Some(ControllerClient::new(channel).max_decoding_message_size(256 * 1024 * 1024))
+}
+
+impl MetadataFollower {
+    /// Starts following; returns at once (use [`MetadataFollower::wait_until`]).
+    pub fn start(config: MetadataFollowerConfig) -> Self {
+        let image = Arc::new(RwLock::new(MetadataImage::default()));
+        let (applied_tx, applied) = watch::channel(0u64);
+        let broker_epoch = Arc::new(AtomicI64::new(-1));
+        let fenced = Arc::new(AtomicBool::new(true));
+        let clients: Vec<ControllerClient<Channel>> = config
+            .controllers
+            .iter()
+            .filter_map(|a| client(a))
+            .collect();
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(watch_loop(
+            clients.clone(),
+            Arc::clone(&image),
+            applied_tx,
+        )));
+        tasks.push(tokio::spawn(heartbeat_loop(
+            config,
+            clients,
+            applied.clone(),
+            Arc::clone(&broker_epoch),
+            Arc::clone(&fenced),
+        )));
+        MetadataFollower {
+            image,
+            applied,
+            broker_epoch,
+            fenced,
+            tasks,
+        }
+    }
+
+    /// Runs `f` on the local image.
+    pub fn with_image<T>(&self, f: impl FnOnce(&MetadataImage) -> T) -> T {
+        f(&self.image.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub fn broker_epoch(&self) -> i64 {
+        self.broker_epoch.load(Ordering::Acquire)
+    }
+
+    pub fn is_fenced(&self) -> bool {
+        self.fenced.load(Ordering::Acquire)
+    }
+
+    /// Waits until `f` holds for the local image, or `timeout` passes.
+    pub async fn wait_until(&self, timeout: Duration, f: impl Fn(&MetadataImage) -> bool) -> bool {
+        let mut applied = self.applied.clone();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.with_image(&f) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, applied.changed())
+                .await
+                .is_err()
+            {
+                return self.with_image(&f);
+            }
+        }
+    }
+
+    pub fn stop(self) {
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+async fn watch_loop(
+    clients: Vec<ControllerClient<Channel>>,
+    image: Arc<RwLock<MetadataImage>>,
+    applied_tx: watch::Sender<u64>,
+) {
+    if clients.is_empty() {
+        tracing::error!("no controller to follow");
+        return;
+    }
+    let mut next = 0usize;
+    loop {
+        let mut client = clients[next % clients.len()].clone();
+        next += 1;
+        let from_index = image
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .applied_index();
+        let mut stream = match client
+            .watch_metadata(api::WatchMetadataRequest { from_index })
+            .await
+        {
+            Ok(s) => s.into_inner(),
+            Err(e) => {
+                tracing::debug!(error = %e, "watch metadata: trying the next controller");
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        };
+        loop {
+            match stream.message().await {
+                Ok(Some(event)) => {
+                    let applied = {
+                        let mut image = image.write().unwrap_or_else(|p| p.into_inner());
+                        apply_event(&mut image, event);
+                        image.applied_index()
+                    };
+                    applied_tx.send_replace(applied);
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+}
+
+/// Applies one event; replays at or below the applied index are skipped.
+fn apply_event(image: &mut MetadataImage, event: api::MetadataEvent) {
+    if event.index <= image.applied_index() {
+        return;
+    }
+    match event.event {
+        Some(api::metadata_event::Event::Image(i)) => *image = MetadataImage::from_proto(i),
+        Some(api::metadata_event::Event::Batch(batch)) => {
+            image.apply(event.index, &batch);
+        }
+        None => {}
+    }
+}
+
+async fn heartbeat_loop(
+    config: MetadataFollowerConfig,
+    clients: Vec<ControllerClient<Channel>>,
+    applied: watch::Receiver<u64>,
+    broker_epoch: Arc<AtomicI64>,
+    fenced: Arc<AtomicBool>,
+) {
+    if clients.is_empty() {
+        return;
+    }
+    let interval = Duration::from_millis(config.heartbeat_interval_ms.max(10));
+    let mut next = 0usize;
+    loop {
+        let mut client = clients[next % clients.len()].clone();
+        if broker_epoch.load(Ordering::Acquire) < 0 {
+            let registered = client
+                .register_broker(api::RegisterBrokerRequest {
+                    broker_id: config.broker_id,
+                    incarnation_id: config.incarnation_id.clone(),
+                    endpoints: config.endpoints.clone(),
+                    rack: config.rack.clone(),
+                })
+                .await;
+            match registered {
+                Ok(r) if r.get_ref().error_code == 0 => {
+                    broker_epoch.store(r.get_ref().broker_epoch, Ordering::Release);
+                    tracing::info!(
+                        broker_id = config.broker_id,
+                        epoch = r.get_ref().broker_epoch,
+                        "registered"
+                    );
+                }
+                Ok(r) => {
+                    tracing::warn!(error = %r.get_ref().error_message, "registration refused");
+                    tokio::time::sleep(interval).await;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "register: trying the next controller");
+                    next += 1;
+                    tokio::time::sleep(RETRY).await;
+                    continue;
+                }
+            }
+        }
+        let metadata_index = *applied.borrow();
+        let heartbeat = client
+            .broker_heartbeat(api::BrokerHeartbeatRequest {
+                broker_id: config.broker_id,
+                broker_epoch: broker_epoch.load(Ordering::Acquire),
+                metadata_index,
+            })
+            .await;
+        match heartbeat {
+            Ok(r) => {
+                let r = r.into_inner();
+                let code = r.error_code as i16;
+                if code == ec::STALE_BROKER_EPOCH || code == ec::BROKER_ID_NOT_REGISTERED {
+                    broker_epoch.store(-1, Ordering::Release);
+                    continue;
+                }
+                fenced.store(r.fenced, Ordering::Release);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "heartbeat: trying the next controller");
+                next += 1;
+            }
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
