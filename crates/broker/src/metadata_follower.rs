@@ -70,19 +70,16 @@ impl MetadataFollower {
             .iter()
             .filter_map(|a| client(a))
             .collect();
-        let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(watch_loop(
-            clients.clone(),
-            Arc::clone(&image),
-            applied_tx,
-        )));
-        tasks.push(tokio::spawn(heartbeat_loop(
-            config,
-            clients,
-            applied.clone(),
-            Arc::clone(&broker_epoch),
-            Arc::clone(&fenced),
-        )));
+        let tasks = vec![
+            tokio::spawn(watch_loop(clients.clone(), Arc::clone(&image), applied_tx)),
+            tokio::spawn(heartbeat_loop(
+                config,
+                clients,
+                applied.clone(),
+                Arc::clone(&broker_epoch),
+                Arc::clone(&fenced),
+            )),
+        ];
         MetadataFollower {
             image,
             applied,
@@ -157,18 +154,14 @@ async fn watch_loop(
                 continue;
             }
         };
-        loop {
-            match stream.message().await {
-                Ok(Some(event)) => {
-                    let applied = {
-                        let mut image = image.write().unwrap_or_else(|p| p.into_inner());
-                        apply_event(&mut image, event);
-                        image.applied_index()
-                    };
-                    applied_tx.send_replace(applied);
-                }
-                Ok(None) | Err(_) => break,
-            }
+        // until the stream ends or fails: then the next controller
+        while let Ok(Some(event)) = stream.message().await {
+            let applied = {
+                let mut image = image.write().unwrap_or_else(|p| p.into_inner());
+                apply_event(&mut image, event);
+                image.applied_index()
+            };
+            applied_tx.send_replace(applied);
         }
         tokio::time::sleep(RETRY).await;
     }
