@@ -124,12 +124,7 @@ impl Core {
     /// Commits `records` as one entry (this node must be the leader) and returns each
     /// record's outcome.
     pub async fn propose(&self, records: Vec<Record>) -> Result<Vec<ApplyOutcome>> {
-        let batch = MetadataBatch {
-            records: records
-                .into_iter()
-                .map(|r| MetadataRecord { record: Some(r) })
-                .collect(),
-        };
+        let batch = batch_of(records);
         let size = prost::Message::encoded_len(&batch);
         if size > MAX_BATCH_BYTES {
             return Err(ControllerError::InvalidRequest(format!(
@@ -144,6 +139,20 @@ impl Core {
             Ok(Err(e)) if e.forward_to_leader().is_some() => Err(ControllerError::NotController),
             Ok(Err(e)) => Err(ControllerError::Raft(e.to_string())),
         }
+    }
+
+    /// `record` followed by the changes it entails, computed by `consequences` on the
+    /// image as it will be once `record` is applied; proposed together, they commit as one.
+    pub fn with_consequences(
+        &self,
+        record: Record,
+        consequences: impl FnOnce(&MetadataImage) -> Vec<Record>,
+    ) -> Vec<Record> {
+        let mut after = self.image();
+        after.apply(after.applied_index() + 1, &batch_of(vec![record.clone()]));
+        let mut records = vec![record];
+        records.extend(consequences(&after));
+        records
     }
 
     pub fn image(&self) -> MetadataImage {
@@ -349,8 +358,7 @@ async fn leader_loop(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
 }
 
 async fn fence_expired_brokers(core: &Core) -> Result<()> {
-    let image = core.image();
-    let unfenced = image.live_broker_ids();
+    let unfenced = core.state_machine.with_image(|i| i.live_broker_ids());
     let expired = {
         let fd = core
             .failure_detector
@@ -360,37 +368,33 @@ async fn fence_expired_brokers(core: &Core) -> Result<()> {
     };
     let unclean = core.config.unclean_leader_election_enable;
     for broker_id in expired {
-        let Some(broker) = core.image().broker(broker_id).cloned() else {
+        let Some(broker_epoch) = core
+            .state_machine
+            .with_image(|i| i.broker(broker_id).map(|b| b.broker_epoch))
+        else {
             continue;
         };
         tracing::warn!(broker_id, "broker session expired: fencing");
         let fence = Record::FenceBroker(pb::FenceBroker {
             broker_id,
-            broker_epoch: broker.broker_epoch,
+            broker_epoch,
         });
-        let mut simulated = core.image();
-        simulated.apply(
-            simulated.applied_index() + 1,
-            &batch_of(vec![fence.clone()]),
-        );
-        let mut records = vec![fence];
-        records.extend(partition_election::on_broker_fenced(
-            &simulated, broker_id, unclean,
-        ));
+        let records = core.with_consequences(fence, |after| {
+            partition_election::on_broker_fenced(after, broker_id, unclean)
+        });
         core.propose(records).await?;
     }
     // repairs, for changes an earlier batch lost to a concurrent one: fenced brokers
     // still leading or in an ISR they can leave, and offline partitions a live ISR member
     // could lead
-    let image = core.image();
-    for broker in image.brokers().filter(|b| b.fenced) {
-        let pending = partition_election::on_broker_fenced(&image, broker.broker_id, unclean);
-        if !pending.is_empty() {
-            core.propose(pending).await?;
-            return Ok(());
-        }
-    }
-    let pending = partition_election::on_broker_unfenced(&image, unclean);
+    let pending = core.state_machine.with_image(|image| {
+        image
+            .brokers()
+            .filter(|b| b.fenced)
+            .map(|b| partition_election::on_broker_fenced(image, b.broker_id, unclean))
+            .find(|records| !records.is_empty())
+            .unwrap_or_else(|| partition_election::on_broker_unfenced(image, unclean))
+    });
     if !pending.is_empty() {
         core.propose(pending).await?;
     }

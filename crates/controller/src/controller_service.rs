@@ -20,7 +20,7 @@ use sluice_metadata::proto::metadata as pb;
 use sluice_metadata::{ApplyOutcome, MetadataImage, Partition, Record, Topic, NO_LEADER};
 use tonic::{Request, Response, Status};
 
-use crate::controller_node::{batch_of, Core};
+use crate::controller_node::Core;
 use crate::error::ControllerError;
 use crate::placement::assign_replicas;
 use crate::raft_network::channel;
@@ -168,26 +168,24 @@ impl api::controller_server::Controller for ControllerService {
         });
         // a new incarnation (a restarted process, which may have lost unflushed data)
         // starts fenced: in the same entry it leaves every ISR and its leaderships move
-        let image = self.core.image();
-        let mut records = vec![record.clone()];
-        if image
-            .broker(r.broker_id)
-            .is_some_and(|b| b.incarnation_id != r.incarnation_id)
-        {
-            let mut simulated = image.clone();
-            simulated.apply(simulated.applied_index() + 1, &batch_of(vec![record]));
-            records.extend(crate::partition_election::on_broker_fenced(
-                &simulated,
-                r.broker_id,
-                self.core.config.unclean_leader_election_enable,
-            ));
-        }
+        let new_incarnation = self.core.state_machine.with_image(|image| {
+            image
+                .broker(r.broker_id)
+                .is_some_and(|b| b.incarnation_id != r.incarnation_id)
+        });
+        let records = if new_incarnation {
+            let unclean = self.core.config.unclean_leader_election_enable;
+            self.core.with_consequences(record, |after| {
+                crate::partition_election::on_broker_fenced(after, r.broker_id, unclean)
+            })
+        } else {
+            vec![record]
+        };
         let outcomes = self.core.propose(records).await.map_err(status)?;
         let epoch = self
             .core
-            .image()
-            .broker(r.broker_id)
-            .map_or(-1, |b| b.broker_epoch);
+            .state_machine
+            .with_image(|i| i.broker(r.broker_id).map_or(-1, |b| b.broker_epoch));
         self.core
             .failure_detector
             .lock()
@@ -214,8 +212,11 @@ impl api::controller_server::Controller for ControllerService {
                 fenced,
             }))
         };
-        let image = self.core.image();
-        let Some(broker) = image.broker(r.broker_id).cloned() else {
+        let broker = self
+            .core
+            .state_machine
+            .with_image(|i| i.broker(r.broker_id).cloned());
+        let Some(broker) = broker else {
             return reply(
                 ec::BROKER_ID_NOT_REGISTERED,
                 format!("broker {} is not registered", r.broker_id),
@@ -243,16 +244,10 @@ impl api::controller_server::Controller for ControllerService {
                 broker_id: r.broker_id,
                 broker_epoch: r.broker_epoch,
             });
-            let mut simulated = image.clone();
-            simulated.apply(
-                simulated.applied_index() + 1,
-                &batch_of(vec![unfence.clone()]),
-            );
-            let mut records = vec![unfence];
-            records.extend(crate::partition_election::on_broker_unfenced(
-                &simulated,
-                self.core.config.unclean_leader_election_enable,
-            ));
+            let unclean = self.core.config.unclean_leader_election_enable;
+            let records = self.core.with_consequences(unfence, |after| {
+                crate::partition_election::on_broker_unfenced(after, unclean)
+            });
             let outcomes = self.core.propose(records).await.map_err(status)?;
             if let Some(o) = outcomes.first().filter(|o| !o.is_ok()) {
                 return reply(o.error_code, o.message.clone(), true);

@@ -56,10 +56,7 @@ pub fn on_broker_fenced(
                 next.isr.retain(|b| *b != broker_id);
             }
             if next.leader == broker_id || next.leader == NO_LEADER {
-                next.leader = elect(&next, &live, unclean_allowed(topic, unclean_default));
-                if next.leader != NO_LEADER && !next.isr.contains(&next.leader) {
-                    next.isr = vec![next.leader];
-                }
+                elect_leader(&mut next, &live, unclean_allowed(topic, unclean_default));
             }
             if next != *p {
                 records.push(change(topic, p, next));
@@ -80,10 +77,7 @@ pub fn on_broker_unfenced(image: &MetadataImage, unclean_default: bool) -> Vec<R
                 continue;
             }
             let mut next = p.clone();
-            next.leader = elect(p, &live, unclean_allowed(topic, unclean_default));
-            if next.leader != NO_LEADER && !next.isr.contains(&next.leader) {
-                next.isr = vec![next.leader];
-            }
+            elect_leader(&mut next, &live, unclean_allowed(topic, unclean_default));
             if next != *p {
                 records.push(change(topic, p, next));
             }
@@ -92,7 +86,15 @@ pub fn on_broker_unfenced(image: &MetadataImage, unclean_default: bool) -> Vec<R
     records
 }
 
-/// First live ISR member in replica order; else, if allowed, the first live replica.
+/// Sets the leader to the first live ISR member in replica order; else, if allowed, to
+/// the first live replica, which then becomes the whole ISR; else -1.
+fn elect_leader(p: &mut Partition, live: &[i32], unclean: bool) {
+    p.leader = elect(p, live, unclean);
+    if p.leader != NO_LEADER && !p.isr.contains(&p.leader) {
+        p.isr = vec![p.leader];
+    }
+}
+
 fn elect(p: &Partition, live: &[i32], unclean: bool) -> i32 {
     let clean = p
         .replicas

@@ -263,10 +263,7 @@ impl MetadataImage {
             .filter(|b| current.is_none_or(|c| !c.isr.contains(b)))
             .chain(new_leader.then_some(new.leader))
             .collect();
-        if let Some(b) = joiners
-            .iter()
-            .find(|b| self.brokers.get(b).is_none_or(|x| x.fenced))
-        {
+        if let Some(b) = self.first_ineligible(joiners) {
             return ApplyOutcome::err(
                 ec::INELIGIBLE_REPLICA,
                 format!(
@@ -320,6 +317,14 @@ impl MetadataImage {
         }
     }
 
+    /// The first of `brokers` that is fenced or not registered: it may not lead or join an
+    /// ISR.
+    fn first_ineligible(&self, brokers: impl IntoIterator<Item = i32>) -> Option<i32> {
+        brokers
+            .into_iter()
+            .find(|b| self.brokers.get(b).is_none_or(|x| x.fenced))
+    }
+
     fn apply_add_partitions(&mut self, r: &pb::AddPartitions) -> ApplyOutcome {
         let Some(topic) = self.topics.get(&r.topic) else {
             return unknown_topic(&r.topic);
@@ -347,11 +352,10 @@ impl MetadataImage {
             if let Err(e) = check_partition_state(p) {
                 return e;
             }
-            if let Some(b) = std::iter::once(p.leader)
+            let members = std::iter::once(p.leader)
                 .filter(|l| *l != NO_LEADER)
-                .chain(p.isr.iter().copied())
-                .find(|b| self.brokers.get(b).is_none_or(|x| x.fenced))
-            {
+                .chain(p.isr.iter().copied());
+            if let Some(b) = self.first_ineligible(members) {
                 return ApplyOutcome::err(
                     ec::INELIGIBLE_REPLICA,
                     format!("broker {b} is fenced or not registered"),
