@@ -145,16 +145,6 @@ impl RaftLogStore {
         sluice_log::sync_dir(dir).map_err(|e| std::io::Error::other(e.to_string()))?;
         let bytes = std::fs::read(&path)?;
         let (stored, valid_len) = parse_frames(&bytes);
-        if valid_len < bytes.len() as u64 {
-            tracing::warn!(
-                path = %path.display(),
-                valid_len,
-                file_len = bytes.len(),
-                "cutting a torn or corrupt tail off the raft log"
-            );
-            file.set_len(valid_len)?;
-            file.sync_all()?;
-        }
         let last_purged: Option<LogId> = read_json(&dir.join(PURGED_FILE))?;
         let purged_index = last_purged.map(|l| l.index);
         let mut entries = BTreeMap::new();
@@ -193,6 +183,17 @@ impl RaftLogStore {
                     c.index
                 ),
             ));
+        }
+        // only now, with nothing committed lost, is the bad tail an unacknowledged append
+        if valid_len < bytes.len() as u64 {
+            tracing::warn!(
+                path = %path.display(),
+                valid_len,
+                file_len = bytes.len(),
+                "cutting a torn or corrupt tail off the raft log"
+            );
+            file.set_len(valid_len)?;
+            file.sync_all()?;
         }
         Ok(RaftLogStore {
             inner: Arc::new(Mutex::new(LogInner {
@@ -541,5 +542,65 @@ mod reopen_tests {
         drop(store);
         let store = RaftLogStore::open(dir.path()).unwrap();
         assert_eq!(indexes(&store), (91..=101).collect::<Vec<_>>());
+    }
+}
+
+#[cfg(test)]
+mod safety_tests {
+    use super::*;
+    use openraft::storage::RaftLogStorageExt;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn log_id(index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(1, 1), index)
+    }
+
+    fn entry(index: u64) -> Entry {
+        Entry {
+            log_id: log_id(index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    #[tokio::test]
+    async fn damage_below_the_committed_index_refuses_to_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = RaftLogStore::open(dir.path()).unwrap();
+        store.blocking_append((1..=5).map(entry)).await.unwrap();
+        store.save_committed(Some(log_id(4))).await.unwrap();
+        drop(store);
+        // flip a byte inside entry 3: entries 3.. would be cut, below committed 4
+        let path = dir.path().join(LOG_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let (frames, _) = parse_frames(&bytes);
+        let at = frames[2].position as usize + FRAME_HEADER_BYTES + 2;
+        bytes[at] ^= 0x40;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = RaftLogStore::open(dir.path()).err().expect("must refuse");
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("committed"), "{err}");
+        // the file was not cut by the refused open
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    }
+
+    #[tokio::test]
+    async fn purge_waits_for_the_snapshot_covering_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (persisted, rx) = tokio::sync::watch::channel(0u64);
+        let mut store = RaftLogStore::open(dir.path())
+            .unwrap()
+            .with_snapshot_index(rx);
+        store.blocking_append((1..=10).map(entry)).await.unwrap();
+        let mut purging = store.clone();
+        let purge = tokio::spawn(async move { purging.purge(log_id(8)).await });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(
+            !purge.is_finished(),
+            "purged before the snapshot was on disk"
+        );
+        assert!(store.lock().entries.contains_key(&1));
+        persisted.send_replace(8);
+        purge.await.unwrap().unwrap();
+        assert_eq!(store.lock().entries.keys().next(), Some(&9));
     }
 }

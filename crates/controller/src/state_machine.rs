@@ -264,3 +264,66 @@ impl RaftStateMachine<TypeConfig> for MetadataStateMachine {
             .map(|(meta, bytes)| Self::snapshot_of(meta, bytes)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn log_id(index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(1, 1), index)
+    }
+
+    #[tokio::test]
+    async fn an_older_build_never_replaces_an_installed_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = MetadataStateMachine::open(dir.path(), "c").unwrap();
+        sm.apply((1..=3).map(|i| Entry {
+            log_id: log_id(i),
+            payload: EntryPayload::Blank,
+        }))
+        .await
+        .unwrap();
+        // a build of index 3 starts, but a leader's snapshot at 50 is installed first
+        let mut leader_image = MetadataImage::new("c");
+        leader_image.advance_to(50);
+        let meta = SnapshotMeta {
+            last_log_id: Some(log_id(50)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: "leader".into(),
+        };
+        let bytes = serde_json::to_vec(&StoredSnapshot {
+            meta: meta.clone(),
+            image: leader_image.to_proto(),
+        })
+        .unwrap();
+        let mut stale = sm.state.read().unwrap().image.clone();
+        sm.install_snapshot(&meta, Box::new(Cursor::new(bytes)))
+            .await
+            .unwrap();
+        // simulate the late build finishing with the old state
+        {
+            let mut s = sm.state.write().unwrap();
+            std::mem::swap(&mut s.image, &mut stale);
+            s.last_applied = Some(log_id(3));
+        }
+        let built = sm.build_snapshot().await.unwrap();
+        assert_eq!(built.meta.last_log_id, Some(log_id(50)));
+        assert_eq!(
+            sm.get_current_snapshot()
+                .await
+                .unwrap()
+                .unwrap()
+                .meta
+                .snapshot_id,
+            "leader"
+        );
+        let reopened = MetadataStateMachine::open(dir.path(), "c").unwrap();
+        assert_eq!(
+            reopened.image().applied_index(),
+            50,
+            "the file kept the newer one"
+        );
+        assert_eq!(*sm.subscribe_persisted_snapshot().borrow(), 50);
+    }
+}
