@@ -7,7 +7,7 @@ use std::sync::Arc;
 use kafka_protocol::messages::ApiKey;
 use sluice_protocol::response::encode_response;
 use sluice_protocol::{
-    parse_request, read_frame, write_chunks, Chunk, RequestFrame, SupportedApis, WriteStats,
+    parse_request, read_frame, Chunk, ChunkWriter, RequestFrame, SupportedApis, WriteStats,
 };
 use tokio::net::TcpStream;
 
@@ -35,6 +35,7 @@ pub async fn serve_connection(
     mut stream: TcpStream,
     context: &ConnectionContext,
 ) -> Result<(), ConnectionError> {
+    let mut writer = ChunkWriter::new(context.config.use_sendfile);
     loop {
         let Some(frame) = read_frame(&mut stream, context.config.socket_request_max_bytes).await?
         else {
@@ -42,13 +43,7 @@ pub async fn serve_connection(
         };
         let request = parse_request(frame)?;
         let chunks = handle(&request, context)?;
-        write_chunks(
-            &mut stream,
-            &chunks,
-            context.config.use_sendfile,
-            &context.stats,
-        )
-        .await?;
+        writer.write(&mut stream, &chunks, &context.stats).await?;
     }
 }
 

@@ -3,7 +3,7 @@
 //!   allocation;
 //! - [`request`]: the request header (v0–v2) and the body bytes behind it;
 //! - [`response`]: responses as a sequence of [`Chunk`]s — encoded bytes and file regions
-//!   — written by [`write_chunks`] with `sendfile(2)` for the regions (or a plain copy,
+//!   — written by a [`ChunkWriter`] with `sendfile(2)` for the regions (or a plain copy,
 //!   behind one switch, for transports that need the bytes in user space).
 //!
 //! Invariant: nothing here panics on any input bytes; malformed input is a typed error.
@@ -16,4 +16,4 @@ pub mod response;
 pub use api_versions::{ApiRange, SupportedApis, KAFKA_3_9_RANGES};
 pub use frame::{read_frame, FrameError};
 pub use request::{parse_request, RequestError, RequestFrame};
-pub use response::{write_chunks, Chunk, FileChunk, WriteStats};
+pub use response::{Chunk, ChunkWriter, FileChunk, WriteStats};

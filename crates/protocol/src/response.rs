@@ -1,7 +1,7 @@
 //! Responses as chunks: encoded bytes, and file regions that go from the page cache to the
 //! socket with `sendfile(2)` — a Fetch response's record sets never pass through user
 //! space. With `use_sendfile = false` (for transports that need the bytes, like TLS) file
-//! regions are copied through one reused buffer instead.
+//! regions are copied through one buffer per connection instead ([`ChunkWriter`]).
 //!
 //! Invariant: the bytes on the wire are exactly the chunks in order; a file chunk is sent
 //! whole or the write fails (a short file is an error, not a short response).
@@ -82,40 +82,57 @@ pub fn encode_response<T: Encodable>(
 
 const COPY_BUFFER_BYTES: usize = 1024 * 1024;
 
-/// Writes `chunks` in order to `stream`.
-pub async fn write_chunks(
-    stream: &mut TcpStream,
-    chunks: &[Chunk],
+/// Writes responses to one connection. The copy buffer (used only with sendfile off) is
+/// allocated once per connection, on first need, and reused for every response after.
+#[derive(Debug)]
+pub struct ChunkWriter {
     use_sendfile: bool,
-    stats: &WriteStats,
-) -> std::io::Result<()> {
-    let mut copy_buffer = Vec::new();
-    for chunk in chunks {
-        match chunk {
-            Chunk::Bytes(b) => stream.write_all(b).await?,
-            Chunk::File(f) if use_sendfile => sendfile_all(stream, f, stats).await?,
-            Chunk::File(f) => {
-                if copy_buffer.is_empty() {
-                    copy_buffer = vec![0u8; COPY_BUFFER_BYTES];
-                }
-                let mut position = f.position;
-                let end = f.position + f.length;
-                while position < end {
-                    let n = ((end - position) as usize).min(copy_buffer.len());
-                    f.file.read_exact_at(&mut copy_buffer[..n], position)?;
-                    stream.write_all(&copy_buffer[..n]).await?;
-                    position += n as u64;
-                }
-                stats
-                    .copied_file_bytes
-                    .fetch_add(f.length, Ordering::Relaxed);
-            }
+    copy_buffer: Vec<u8>,
+}
+
+impl ChunkWriter {
+    pub fn new(use_sendfile: bool) -> Self {
+        ChunkWriter {
+            use_sendfile,
+            copy_buffer: Vec::new(),
         }
-        stats
-            .bytes_written
-            .fetch_add(chunk.len(), Ordering::Relaxed);
     }
-    Ok(())
+
+    /// Writes `chunks` in order to `stream`.
+    pub async fn write(
+        &mut self,
+        stream: &mut TcpStream,
+        chunks: &[Chunk],
+        stats: &WriteStats,
+    ) -> std::io::Result<()> {
+        for chunk in chunks {
+            match chunk {
+                Chunk::Bytes(b) => stream.write_all(b).await?,
+                Chunk::File(f) if self.use_sendfile => sendfile_all(stream, f, stats).await?,
+                Chunk::File(f) => {
+                    if self.copy_buffer.is_empty() {
+                        self.copy_buffer = vec![0u8; COPY_BUFFER_BYTES];
+                    }
+                    let buffer = &mut self.copy_buffer;
+                    let mut position = f.position;
+                    let end = f.position + f.length;
+                    while position < end {
+                        let n = ((end - position) as usize).min(buffer.len());
+                        f.file.read_exact_at(&mut buffer[..n], position)?;
+                        stream.write_all(&buffer[..n]).await?;
+                        position += n as u64;
+                    }
+                    stats
+                        .copied_file_bytes
+                        .fetch_add(f.length, Ordering::Relaxed);
+                }
+            }
+            stats
+                .bytes_written
+                .fetch_add(chunk.len(), Ordering::Relaxed);
+        }
+        Ok(())
+    }
 }
 
 async fn sendfile_all(

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use sluice_protocol::{write_chunks, Chunk, FileChunk, WriteStats};
+use sluice_protocol::{Chunk, ChunkWriter, FileChunk, WriteStats};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -46,7 +46,8 @@ async fn chunks_arrive_in_order_by_sendfile_or_copy() {
             reader.read_exact(&mut got).await.unwrap();
             got
         });
-        write_chunks(&mut writer, &chunks, use_sendfile, &stats)
+        ChunkWriter::new(use_sendfile)
+            .write(&mut writer, &chunks, &stats)
             .await
             .unwrap();
         assert!(read.await.unwrap() == expected, "sendfile={use_sendfile}");
@@ -74,13 +75,9 @@ async fn a_region_past_the_end_of_the_file_is_an_error() {
     for use_sendfile in [true, false] {
         let (mut writer, _reader) = pair().await;
         let stats = WriteStats::default();
-        assert!(write_chunks(
-            &mut writer,
-            std::slice::from_ref(&chunk),
-            use_sendfile,
-            &stats
-        )
-        .await
-        .is_err());
+        assert!(ChunkWriter::new(use_sendfile)
+            .write(&mut writer, std::slice::from_ref(&chunk), &stats)
+            .await
+            .is_err());
     }
 }
