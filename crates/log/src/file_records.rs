@@ -34,6 +34,11 @@ impl FileRegion {
         &self.file
     }
 
+    /// The open file, shared: what a response chunk holds while it waits to be sent.
+    pub fn shared_file(&self) -> Arc<File> {
+        Arc::clone(&self.file)
+    }
+
     /// Copies the region into memory (tests, tools, and the non-sendfile fallback).
     pub fn read_to_vec(&self) -> std::io::Result<Vec<u8>> {
         let mut buf = vec![0u8; self.length as usize];
