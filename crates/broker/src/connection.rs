@@ -11,12 +11,15 @@ use sluice_protocol::{
 };
 use tokio::net::TcpStream;
 
+use crate::broker::Broker;
 use crate::listener::ListenerConfig;
 
 pub struct ConnectionContext {
     pub config: ListenerConfig,
     pub apis: SupportedApis,
     pub stats: Arc<WriteStats>,
+    /// None: a bare listener that answers ApiVersions only.
+    pub broker: Option<Arc<Broker>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +30,10 @@ pub enum ConnectionError {
     Request(#[from] sluice_protocol::RequestError),
     #[error("unsupported {api_key:?} version {api_version}")]
     UnsupportedVersion { api_key: ApiKey, api_version: i16 },
+    #[error("malformed {api_key:?} request: {reason}")]
+    InvalidRequest { api_key: ApiKey, reason: String },
+    #[error("acks=0 produce failed with error {0}: closing the connection so the client notices")]
+    AcksZeroFailed(i16),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -42,26 +49,32 @@ pub async fn serve_connection(
             return Ok(());
         };
         let request = parse_request(frame)?;
-        let chunks = handle(&request, context)?;
-        writer.write(&mut stream, &chunks, &context.stats).await?;
+        if let Some(chunks) = handle(&request, context).await? {
+            writer.write(&mut stream, &chunks, &context.stats).await?;
+        }
     }
 }
 
-fn handle(
+async fn handle(
     request: &RequestFrame,
     context: &ConnectionContext,
-) -> Result<Vec<Chunk>, ConnectionError> {
+) -> Result<Option<Vec<Chunk>>, ConnectionError> {
     let apis = &context.apis;
     if request.api_key == ApiKey::ApiVersions {
         if !apis.is_supported(ApiKey::ApiVersions, request.api_version) {
-            return Ok(vec![Chunk::Bytes(
+            return Ok(Some(vec![Chunk::Bytes(
                 apis.unsupported_api_versions_frame(request.correlation_id),
-            )]);
+            )]));
         }
         // the ApiVersions response header is always v0, whatever the request's
         let body = apis.response();
         let bytes = encode_response(request.correlation_id, 0, &body, request.api_version)?;
-        return Ok(vec![Chunk::Bytes(bytes)]);
+        return Ok(Some(vec![Chunk::Bytes(bytes)]));
+    }
+    if let Some(broker) = &context.broker {
+        if apis.is_supported(request.api_key, request.api_version) {
+            return crate::handlers::handle(request, broker).await;
+        }
     }
     // Kafka closes the connection on a version (or API) it does not serve
     Err(ConnectionError::UnsupportedVersion {

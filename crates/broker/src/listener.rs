@@ -10,7 +10,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::broker::Broker;
 use crate::connection::{serve_connection, ConnectionContext};
+use crate::handlers::HANDLED_APIS;
 
 #[derive(Debug, Clone)]
 pub struct ListenerConfig {
@@ -36,18 +38,33 @@ pub struct BrokerListener {
     stats: Arc<WriteStats>,
 }
 
-/// The APIs this build serves.
-pub const IMPLEMENTED_APIS: &[ApiKey] = &[ApiKey::ApiVersions];
+/// The APIs a listener serves without a broker behind it.
+pub const BARE_APIS: &[ApiKey] = &[ApiKey::ApiVersions];
 
 impl BrokerListener {
+    /// A listener answering ApiVersions only (tests of the connection layer).
     pub fn start(listener: TcpListener, config: ListenerConfig) -> std::io::Result<Self> {
+        Self::start_with(listener, config, None)
+    }
+
+    /// A listener serving every API the broker's handlers implement.
+    pub fn start_with(
+        listener: TcpListener,
+        config: ListenerConfig,
+        broker: Option<Arc<Broker>>,
+    ) -> std::io::Result<Self> {
         let address = listener.local_addr()?;
         let (stop, stop_rx) = watch::channel(false);
         let stats = Arc::new(WriteStats::default());
+        let apis: Vec<ApiKey> = match broker {
+            Some(_) => BARE_APIS.iter().chain(HANDLED_APIS).copied().collect(),
+            None => BARE_APIS.to_vec(),
+        };
         let context = Arc::new(ConnectionContext {
             config,
-            apis: SupportedApis::new(IMPLEMENTED_APIS),
+            apis: SupportedApis::new(&apis),
             stats: Arc::clone(&stats),
+            broker,
         });
         let task = tokio::spawn(accept_loop(listener, context, stop_rx));
         Ok(BrokerListener {
@@ -62,7 +79,7 @@ impl BrokerListener {
         self.address
     }
 
-    pub fn stats(&self) -> &WriteStats {
+    pub fn stats(&self) -> &Arc<WriteStats> {
         &self.stats
     }
 

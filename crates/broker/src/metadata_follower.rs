@@ -19,7 +19,7 @@ use sluice_metadata::proto::metadata as pb;
 use sluice_metadata::MetadataImage;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 #[derive(Debug, Clone)]
 pub struct MetadataFollowerConfig {
@@ -39,24 +39,11 @@ pub struct MetadataFollower {
     applied: watch::Receiver<u64>,
     broker_epoch: Arc<AtomicI64>,
     fenced: Arc<AtomicBool>,
+    caught_up: Arc<AtomicBool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 const RETRY: Duration = Duration::from_millis(100);
-
-fn client(address: &str) -> Option<ControllerClient<Channel>> {
-    let endpoint = Endpoint::from_shared(format!("http://{address}")).ok()?;
-    // HTTP/2 pings find a controller that vanished without closing the connection (a
-    // network partition); a watch on it would otherwise wait forever
-    let channel = endpoint
-        .connect_timeout(Duration::from_millis(500))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(1))
-        .keep_alive_timeout(Duration::from_secs(3))
-        .keep_alive_while_idle(true)
-        .connect_lazy();
-    Some(ControllerClient::new(channel).max_decoding_message_size(256 * 1024 * 1024))
-}
 
 impl MetadataFollower {
     /// Starts following; returns at once (use [`MetadataFollower::wait_until`]).
@@ -65,10 +52,11 @@ impl MetadataFollower {
         let (applied_tx, applied) = watch::channel(0u64);
         let broker_epoch = Arc::new(AtomicI64::new(-1));
         let fenced = Arc::new(AtomicBool::new(true));
+        let caught_up = Arc::new(AtomicBool::new(false));
         let clients: Vec<ControllerClient<Channel>> = config
             .controllers
             .iter()
-            .filter_map(|a| client(a))
+            .filter_map(|a| crate::controller_client::connect(a))
             .collect();
         let tasks = vec![
             tokio::spawn(watch_loop(clients.clone(), Arc::clone(&image), applied_tx)),
@@ -78,6 +66,7 @@ impl MetadataFollower {
                 applied.clone(),
                 Arc::clone(&broker_epoch),
                 Arc::clone(&fenced),
+                Arc::clone(&caught_up),
             )),
         ];
         MetadataFollower {
@@ -85,6 +74,7 @@ impl MetadataFollower {
             applied,
             broker_epoch,
             fenced,
+            caught_up,
             tasks,
         }
     }
@@ -100,6 +90,17 @@ impl MetadataFollower {
 
     pub fn is_fenced(&self) -> bool {
         self.fenced.load(Ordering::Acquire)
+    }
+
+    /// Whether the local image has been current at least once: the controller unfenced
+    /// this broker, which it does only once the broker applied its own registration.
+    pub fn caught_up(&self) -> bool {
+        self.caught_up.load(Ordering::Acquire)
+    }
+
+    /// Changes whenever the local image applies something.
+    pub fn subscribe_applied(&self) -> watch::Receiver<u64> {
+        self.applied.clone()
     }
 
     /// Waits until `f` holds for the local image, or `timeout` passes.
@@ -119,8 +120,8 @@ impl MetadataFollower {
         }
     }
 
-    pub fn stop(self) {
-        for t in self.tasks {
+    pub fn stop(&self) {
+        for t in &self.tasks {
             t.abort();
         }
     }
@@ -187,6 +188,7 @@ async fn heartbeat_loop(
     applied: watch::Receiver<u64>,
     broker_epoch: Arc<AtomicI64>,
     fenced: Arc<AtomicBool>,
+    caught_up: Arc<AtomicBool>,
 ) {
     if clients.is_empty() {
         return;
@@ -243,6 +245,9 @@ async fn heartbeat_loop(
                     continue;
                 }
                 fenced.store(r.fenced, Ordering::Release);
+                if !r.fenced {
+                    caught_up.store(true, Ordering::Release);
+                }
             }
             Err(e) => {
                 tracing::debug!(error = %e, "heartbeat: trying the next controller");

@@ -95,32 +95,6 @@ macro_rules! forward {
     };
 }
 
-const MAX_TOPIC_NAME_CHARS: usize = 249;
-
-/// Kafka's topic name rules.
-fn validate_topic_name(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("Topic name is illegal, it can't be empty".into());
-    }
-    if name == "." || name == ".." {
-        return Err("Topic name cannot be \".\" or \"..\"".into());
-    }
-    if name.len() > MAX_TOPIC_NAME_CHARS {
-        return Err(format!(
-            "Topic name is illegal, it can't be longer than {MAX_TOPIC_NAME_CHARS} characters, topic name: {name}"
-        ));
-    }
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-')
-    {
-        return Err(format!(
-            "Topic name \"{name}\" is illegal, it contains a character other than ASCII alphanumerics, '.', '_' and '-'"
-        ));
-    }
-    Ok(())
-}
-
 fn topic_result(name: &str, code: i16, message: impl Into<String>) -> api::TopicResult {
     api::TopicResult {
         name: name.to_string(),
@@ -279,7 +253,7 @@ impl api::controller_server::Controller for ControllerService {
         let mut seen = BTreeSet::new();
         for (i, spec) in r.topics.iter().enumerate() {
             let name = spec.name.as_str();
-            if let Err(m) = validate_topic_name(name) {
+            if let Err(m) = sluice_metadata::topic_name::validate(name) {
                 results.push(topic_result(name, ec::INVALID_TOPIC_EXCEPTION, m));
                 continue;
             }

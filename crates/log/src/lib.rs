@@ -36,8 +36,8 @@ pub use file_records::FileRegion;
 pub use leader_epoch::{EpochEntry, LeaderEpochCache, LEADER_EPOCH_CHECKPOINT};
 pub use log::{AppendInfo, LoadReport, Log, LogReadInfo};
 pub use log_manager::{
-    lock, LogManager, SharedLog, CLEAN_SHUTDOWN_MARKER, RECOVERY_POINT_CHECKPOINT,
-    REPLICATION_OFFSET_CHECKPOINT,
+    lock, LogManager, SharedLog, CLEAN_SHUTDOWN_MARKER, CLUSTER_METADATA_DIR,
+    RECOVERY_POINT_CHECKPOINT, REPLICATION_OFFSET_CHECKPOINT,
 };
 pub use offset_index::{OffsetIndex, OffsetPosition};
 pub use segment::{

@@ -23,6 +23,9 @@ pub const RECOVERY_POINT_CHECKPOINT: &str = "recovery-point-offset-checkpoint";
 pub const REPLICATION_OFFSET_CHECKPOINT: &str = "replication-offset-checkpoint";
 pub const CLEAN_SHUTDOWN_MARKER: &str = ".sluice_cleanshutdown";
 const DELETE_SUFFIX: &str = "-delete";
+/// The controller's metadata log directory (Kafka's name), which may sit in a data
+/// directory: it is not a partition and the log manager never touches it.
+pub const CLUSTER_METADATA_DIR: &str = "__cluster_metadata-0";
 
 pub type SharedLog = Arc<Mutex<Log>>;
 
@@ -61,6 +64,9 @@ impl LogManager {
                 continue;
             }
             let name = entry.file_name().to_string_lossy().into_owned();
+            if name == CLUSTER_METADATA_DIR {
+                continue;
+            }
             if name.ends_with(DELETE_SUFFIX) {
                 std::fs::remove_dir_all(entry.path()).map_err(LogError::io(entry.path()))?;
                 continue;

@@ -156,3 +156,23 @@ fn tick_runs_retention_within_the_bound() {
     assert_eq!(log.log_start_offset(), log.log_end_offset());
     assert_eq!(log.recovery_point(), log.log_end_offset());
 }
+
+#[test]
+fn the_metadata_log_directory_is_not_a_partition() {
+    // combined mode keeps the controller's Raft log in the data directory (Kafka's layout);
+    // opening the data directory must leave it alone, clean shutdown or not
+    let dir = tempfile::tempdir().unwrap();
+    let metadata = dir.path().join(sluice_log::CLUSTER_METADATA_DIR);
+    std::fs::create_dir_all(&metadata).unwrap();
+    std::fs::write(metadata.join("raft-log"), b"not a segment").unwrap();
+    for _ in 0..2 {
+        let manager = LogManager::open(dir.path(), LogConfig::default(), T0).unwrap();
+        assert_eq!(manager.topic_partitions().count(), 0);
+        manager.shutdown().unwrap();
+    }
+    let names: Vec<String> = std::fs::read_dir(&metadata)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, vec!["raft-log".to_string()]);
+}

@@ -1,5 +1,6 @@
-//! Kafka error codes the controller answers with, so a broker can hand them to clients
-//! unchanged. Values from Kafka's `Errors` enum.
+//! Kafka error codes, shared by the controller (which answers with them, so a broker can
+//! hand them to clients unchanged) and the broker's request handlers. Values from Kafka's
+//! `Errors` enum.
 
 pub const NONE: i16 = 0;
 pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
@@ -20,3 +21,21 @@ pub const BROKER_ID_NOT_REGISTERED: i16 = 102;
 pub const INELIGIBLE_REPLICA: i16 = 107;
 pub const INVALID_UPDATE_VERSION: i16 = 108;
 pub const DUPLICATE_BROKER_REGISTRATION: i16 = 101;
+
+// the data plane's
+pub const UNKNOWN_SERVER_ERROR: i16 = -1;
+pub const OFFSET_OUT_OF_RANGE: i16 = 1;
+pub const CORRUPT_MESSAGE: i16 = 2;
+pub const MESSAGE_TOO_LARGE: i16 = 10;
+pub const RECORD_LIST_TOO_LARGE: i16 = 18;
+pub const NOT_ENOUGH_REPLICAS: i16 = 19;
+pub const INVALID_REQUIRED_ACKS: i16 = 21;
+pub const UNSUPPORTED_VERSION: i16 = 35;
+pub const INVALID_TIMESTAMP: i16 = 32;
+pub const UNSUPPORTED_FOR_MESSAGE_FORMAT: i16 = 43;
+pub const KAFKA_STORAGE_ERROR: i16 = 56;
+pub const FETCH_SESSION_ID_NOT_FOUND: i16 = 70;
+pub const UNKNOWN_LEADER_EPOCH: i16 = 76;
+pub const INVALID_RECORD: i16 = 87;
+pub const UNKNOWN_TOPIC_ID: i16 = 100;
+pub const INCONSISTENT_TOPIC_ID: i16 = 103;

@@ -8,6 +8,7 @@
 
 pub mod error_code;
 mod image;
+pub mod topic_name;
 
 pub use image::{ApplyOutcome, MetadataImage};
 
@@ -40,3 +41,33 @@ pub use proto::metadata::{
 
 /// Broker id meaning "no broker" (an offline partition's leader).
 pub const NO_LEADER: i32 = -1;
+
+/// A topic id as Kafka prints it (`Uuid.toString()`): URL-safe base64 without padding.
+pub fn format_topic_id(topic_id: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(topic_id.len().div_ceil(3) * 4);
+    for chunk in topic_id.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn topic_ids_print_like_kafka() {
+        // Kafka: new Uuid(0L, 1L).toString() == "AAAAAAAAAAAAAAAAAAAAAQ"
+        let mut id = [0u8; 16];
+        id[15] = 1;
+        assert_eq!(super::format_topic_id(&id), "AAAAAAAAAAAAAAAAAAAAAQ");
+        assert_eq!(super::format_topic_id(&[0xfb, 0xff]), "-_8");
+    }
+}

@@ -70,8 +70,9 @@ fn response_prefix_bytes(version: i16) -> usize {
     }
 }
 
-/// Encodes `[size][header][FetchResponse]` where `records[t][p]` is the record set of
-/// `response.responses[t].partitions[p]` (its `records` field must be None).
+/// Encodes `[size][header][FetchResponse]` where `records[t][p]`, if Some, is the record
+/// set of `response.responses[t].partitions[p]` (whose own `records` field is then
+/// ignored); None keeps the partition's `records` field as it is.
 pub fn encode_fetch_response(
     correlation_id: i32,
     header_version: i16,
@@ -145,13 +146,15 @@ fn encode_partition(
     partition: &PartitionData,
     records: Option<&FileChunk>,
 ) -> std::io::Result<()> {
+    let Some(file) = records else {
+        // records in memory, if any (Kafka sends an empty record set, not null, when there
+        // is nothing to send: librdkafka 2.0.2 refuses a null one)
+        current.extend_from_slice(&encode(partition, version)?);
+        return Ok(());
+    };
     let mut full = partition.clone();
     full.records = None;
     let bytes = encode(&full, version)?;
-    let Some(file) = records else {
-        current.extend_from_slice(&bytes);
-        return Ok(());
-    };
     // the fields before `records` end where the same partition without tagged fields ends,
     // minus its null records field and (flexible) its empty tagged-field count
     let mut untagged = full.clone();

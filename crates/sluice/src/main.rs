@@ -1,6 +1,6 @@
-//! The one Sluice binary. Today it carries the storage tools and `sluice broker` with the
-//! controller role; the broker role, `topic`, `produce`, `consume`, `cluster`, `bench` and
-//! `demo` arrive with their issues.
+//! The one Sluice binary. Today it carries the storage tools and `sluice broker` (the
+//! broker and controller roles, KRaft-style, combined by default); `topic`, `produce`,
+//! `consume`, `cluster`, `bench` and `demo` arrive with their issues.
 //!
 //! This is the only crate that parses command lines and configuration.
 
@@ -171,28 +171,78 @@ fn append_log(
 
 fn run_node(config: Option<&std::path::Path>, overrides: &[String]) -> Result<()> {
     let config = node_config::NodeConfig::load(config, |k| std::env::var(k).ok(), overrides)?;
-    let controller = config.controller_config()?;
-    let bind = config.controller_bind_address()?;
     let roles = config.roles()?;
-    if roles.contains(&node_config::Role::Broker) {
-        bail!(
-            "process.roles includes broker, which this build does not have yet; \
-             run the controller role alone with process.roles=controller"
-        );
-    }
+    let is_controller = roles.contains(&node_config::Role::Controller);
+    let is_broker = roles.contains(&node_config::Role::Broker);
+    let node_id = config.node_id()?;
+    let mut voters = config.voters()?;
+    let controller = if is_controller {
+        Some(config.controller_config()?)
+    } else {
+        None
+    };
+    let (broker_listener, broker_bind) = if is_broker {
+        let (name, bind) = config.broker_listener()?;
+        (Some(name), Some(bind))
+    } else {
+        (None, None)
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(&bind)
-            .await
-            .with_context(|| format!("binding the controller listener {bind}"))?;
-        let node_id = controller.node_id;
-        let node = sluice_controller::ControllerNode::start(controller, listener)
-            .await
-            .context("starting the controller")?;
-        tracing::warn!(node_id, address = %node.address(), "controller started");
+        let mut controller_node = None;
+        if let Some(mut controller) = controller {
+            let bind = config.controller_bind_address()?;
+            let listener = tokio::net::TcpListener::bind(&bind)
+                .await
+                .with_context(|| format!("binding the controller listener {bind}"))?;
+            let bound = listener
+                .local_addr()
+                .context("controller listener address")?;
+            // a voter address with port 0 (tests, one-node setups) is this node's bound one
+            if let Some(me) = controller.voters.get_mut(&node_id) {
+                if me.ends_with(":0") {
+                    *me = bound.to_string();
+                }
+            }
+            voters = controller.voters.clone();
+            let node = sluice_controller::ControllerNode::start(controller, listener)
+                .await
+                .context("starting the controller")?;
+            println!("listening CONTROLLER {bound}");
+            tracing::warn!(node_id, address = %bound, "controller started");
+            controller_node = Some(node);
+        }
+        let mut broker_node = None;
+        if let (Some(name), Some(bind)) = (broker_listener, broker_bind) {
+            let listener = tokio::net::TcpListener::bind(&bind)
+                .await
+                .with_context(|| format!("binding the {name} listener {bind}"))?;
+            let bound = listener.local_addr().context("broker listener address")?;
+            let controllers: Vec<String> = voters.values().cloned().collect();
+            let mut broker_config = config.broker_config(controllers)?;
+            broker_config.advertised_endpoints = vec![config.advertised_endpoint(&name, bound)?];
+            let node = sluice_broker::BrokerNode::start(broker_config, listener)
+                .await
+                .context("starting the broker")?;
+            println!("listening {name} {bound}");
+            if node
+                .wait_until_ready(std::time::Duration::from_secs(60))
+                .await
+            {
+                println!("ready");
+            } else {
+                tracing::warn!(
+                    node_id,
+                    "the controllers have not admitted this broker yet; serving anyway"
+                );
+            }
+            broker_node = Some(node);
+        } else {
+            println!("ready");
+        }
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("installing the SIGTERM handler")?;
         tokio::select! {
@@ -200,7 +250,12 @@ fn run_node(config: Option<&std::path::Path>, overrides: &[String]) -> Result<()
             _ = tokio::signal::ctrl_c() => {}
         }
         tracing::warn!(node_id, "stopping");
-        node.shutdown().await;
+        if let Some(b) = broker_node {
+            b.shutdown().await.context("stopping the broker")?;
+        }
+        if let Some(c) = controller_node {
+            c.shutdown().await;
+        }
         Ok(())
     })
 }

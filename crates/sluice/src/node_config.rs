@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use sluice_broker::BrokerConfig;
 use sluice_controller::ControllerConfig;
+use sluice_metadata::proto::metadata as pb;
 
 /// Every key this build understands, with its default ("" = required or none).
 const KEYS: &[(&str, &str)] = &[
@@ -27,6 +29,32 @@ const KEYS: &[(&str, &str)] = &[
     ("unclean.leader.election.enable", "false"),
     ("num.partitions", "1"),
     ("default.replication.factor", "1"),
+    // the broker role
+    ("advertised.listeners", ""),
+    ("broker.rack", ""),
+    ("auto.create.topics.enable", "true"),
+    ("delete.topic.enable", "true"),
+    ("socket.request.max.bytes", "104857600"),
+    ("log.retention.check.interval.ms", "300000"),
+    ("sluice.fetch.sendfile.enable", "true"),
+    ("sluice.log.append.mode", "hybrid"),
+    // broker defaults of topic configs: unset means Kafka's default
+    ("message.max.bytes", ""),
+    ("min.insync.replicas", ""),
+    ("log.segment.bytes", ""),
+    ("log.roll.ms", ""),
+    ("log.roll.hours", ""),
+    ("log.retention.ms", ""),
+    ("log.retention.minutes", ""),
+    ("log.retention.hours", ""),
+    ("log.retention.bytes", ""),
+    ("log.index.interval.bytes", ""),
+    ("log.index.size.max.bytes", ""),
+    ("log.flush.interval.messages", ""),
+    ("log.flush.interval.ms", ""),
+    ("log.cleanup.policy", ""),
+    ("compression.type", ""),
+    ("log.message.timestamp.type", ""),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,6 +142,14 @@ impl NodeConfig {
         Ok(NodeConfig { values })
     }
 
+    /// A value set by the file, the environment or a flag (not a built-in default).
+    fn explicit(&self, key: &str) -> Option<&str> {
+        self.values
+            .get(key)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
     fn get(&self, key: &str) -> Result<&str> {
         self.values
             .get(key)
@@ -169,13 +205,160 @@ impl NodeConfig {
         Ok(out)
     }
 
+    fn controller_listener_name(&self) -> Result<String> {
+        let name = self.get("controller.listener.names")?;
+        Ok(name
+            .split(',')
+            .next()
+            .unwrap_or("CONTROLLER")
+            .trim()
+            .to_string())
+    }
+
+    /// The Kafka listener: the first of `listeners` that is not the controller's, as
+    /// (name, bind address).
+    pub fn broker_listener(&self) -> Result<(String, String)> {
+        let controller = self.controller_listener_name()?;
+        let (name, (host, port)) = self
+            .listeners()?
+            .into_iter()
+            .find(|(name, _)| *name != controller)
+            .context("listeners has no listener for Kafka clients (e.g. PLAINTEXT://:9092)")?;
+        let host = if host.is_empty() {
+            "0.0.0.0".to_string()
+        } else {
+            host
+        };
+        Ok((name, format!("{host}:{port}")))
+    }
+
+    /// The endpoint Metadata hands to clients for the Kafka listener `name` bound at
+    /// `bound`: `advertised.listeners` if it names it, else the bound address (a wildcard
+    /// host becomes this machine's hostname).
+    pub fn advertised_endpoint(
+        &self,
+        name: &str,
+        bound: std::net::SocketAddr,
+    ) -> Result<pb::Endpoint> {
+        let mut host = bound.ip().to_string();
+        let mut port = u32::from(bound.port());
+        if let Some(advertised) = self.explicit("advertised.listeners") {
+            for l in advertised
+                .split(',')
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+            {
+                let (n, rest) = l.split_once("://").with_context(|| {
+                    format!("advertised.listeners: {l:?} is not NAME://host:port")
+                })?;
+                if n != name {
+                    continue;
+                }
+                let (h, p) = rest
+                    .rsplit_once(':')
+                    .with_context(|| format!("advertised.listeners: {l:?} has no port"))?;
+                host = h.to_string();
+                port = p
+                    .parse()
+                    .with_context(|| format!("advertised.listeners: bad port in {l:?}"))?;
+            }
+        }
+        if host.is_empty() || host == "0.0.0.0" || host == "::" {
+            host = nix_hostname();
+        }
+        Ok(pb::Endpoint {
+            name: name.to_string(),
+            host,
+            port,
+            security_protocol: "PLAINTEXT".to_string(),
+        })
+    }
+
+    /// The broker role's settings; `controllers` are the controller listeners to follow.
+    pub fn broker_config(&self, controllers: Vec<String>) -> Result<BrokerConfig> {
+        let node_id: i32 = self.parse("node.id")?;
+        let log_dirs: Vec<&str> = self
+            .get("log.dirs")?
+            .split(',')
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+            .collect();
+        let [log_dir] = log_dirs.as_slice() else {
+            bail!(
+                "log.dirs: exactly one directory is supported, got {}",
+                log_dirs.len()
+            );
+        };
+        let mut c = BrokerConfig::new(node_id, PathBuf::from(log_dir), controllers);
+        c.rack = self.explicit("broker.rack").map(str::to_string);
+        c.heartbeat_interval_ms = self.parse("broker.heartbeat.interval.ms")?;
+        c.socket_request_max_bytes = self.parse("socket.request.max.bytes")?;
+        c.use_sendfile = self.parse("sluice.fetch.sendfile.enable")?;
+        c.auto_create_topics_enable = self.parse("auto.create.topics.enable")?;
+        c.delete_topic_enable = self.parse("delete.topic.enable")?;
+        c.retention_check_interval_ms = self.parse("log.retention.check.interval.ms")?;
+        let mode = self.get("sluice.log.append.mode")?;
+        c.log.append_mode = sluice_log::AppendMode::from_name(mode).with_context(|| {
+            format!("sluice.log.append.mode: {mode:?} is not hybrid, write or mmap")
+        })?;
+        // Kafka's precedence: ms over minutes over hours
+        let scaled = |keys: &[(&str, i64)]| -> Result<Option<String>> {
+            for (key, scale) in keys {
+                if let Some(v) = self.explicit(key) {
+                    let n: i64 = v
+                        .parse()
+                        .map_err(|_| anyhow::anyhow!("{key}: invalid value {v:?}"))?;
+                    return Ok(Some(
+                        if n < 0 { n } else { n.saturating_mul(*scale) }.to_string(),
+                    ));
+                }
+            }
+            Ok(None)
+        };
+        let mut defaults: Vec<(&str, String)> = Vec::new();
+        if let Some(v) = scaled(&[
+            ("log.retention.ms", 1),
+            ("log.retention.minutes", 60_000),
+            ("log.retention.hours", 3_600_000),
+        ])? {
+            defaults.push(("log.retention.ms", v));
+        }
+        if let Some(v) = scaled(&[("log.roll.ms", 1), ("log.roll.hours", 3_600_000)])? {
+            defaults.push(("log.roll.ms", v));
+        }
+        for key in [
+            "message.max.bytes",
+            "min.insync.replicas",
+            "log.segment.bytes",
+            "log.retention.bytes",
+            "log.index.interval.bytes",
+            "log.index.size.max.bytes",
+            "log.flush.interval.messages",
+            "log.flush.interval.ms",
+            "log.cleanup.policy",
+            "compression.type",
+            "log.message.timestamp.type",
+        ] {
+            if let Some(v) = self.explicit(key) {
+                defaults.push((key, v.to_string()));
+            }
+        }
+        for (key, value) in defaults {
+            c.topic_defaults
+                .set_from_broker(key, &value)
+                .map_err(|e| anyhow::anyhow!(e))?;
+        }
+        c.log = c.topic_defaults.log_config(&Default::default(), &c.log);
+        c.log.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(c)
+    }
+
     /// The address the controller listener binds.
     pub fn controller_bind_address(&self) -> Result<String> {
-        let name = self.get("controller.listener.names")?;
-        let name = name.split(',').next().unwrap_or("CONTROLLER").trim();
+        let name = self.controller_listener_name()?;
         let (host, port) = self
             .listeners()?
-            .remove(name)
+            .remove(&name)
             .with_context(|| format!("listeners has no {name} listener for the controller"))?;
         let host = if host.is_empty() {
             "0.0.0.0".to_string()
@@ -204,9 +387,16 @@ impl NodeConfig {
         Ok(PathBuf::from(base).join("__cluster_metadata-0"))
     }
 
+    /// `controller.quorum.voters` as id → `host:port`.
+    pub fn voters(&self) -> Result<BTreeMap<u64, String>> {
+        Ok(ControllerConfig::parse_voters(
+            self.get("controller.quorum.voters")?,
+        )?)
+    }
+
     pub fn controller_config(&self) -> Result<ControllerConfig> {
         let node_id = self.node_id()?;
-        let voters = ControllerConfig::parse_voters(self.get("controller.quorum.voters")?)?;
+        let voters = self.voters()?;
         if !voters.contains_key(&node_id) {
             bail!("node.id {node_id} is not in controller.quorum.voters");
         }
@@ -224,6 +414,14 @@ impl NodeConfig {
         }
         Ok(c)
     }
+}
+
+fn nix_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
 }
 
 #[cfg(test)]

@@ -1,0 +1,50 @@
+//! A running broker's shared state, as the request handlers see it: its config, its
+//! metadata image (followed from the controllers), its partitions, and a client to the
+//! controllers for the admin APIs.
+//!
+//! Invariant: handlers read topics, partitions and brokers from the local image only; the
+//! broker never reaches into a controller's state.
+
+use std::time::Duration;
+
+use sluice_metadata::MetadataImage;
+
+use crate::broker_config::BrokerConfig;
+use crate::controller_client::ControllerClients;
+use crate::metadata_follower::MetadataFollower;
+use crate::replica_manager::ReplicaManager;
+
+pub struct Broker {
+    pub config: BrokerConfig,
+    pub metadata: MetadataFollower,
+    pub replicas: ReplicaManager,
+    pub controllers: ControllerClients,
+}
+
+impl Broker {
+    pub fn broker_id(&self) -> i32 {
+        self.config.broker_id
+    }
+
+    pub fn with_image<T>(&self, f: impl FnOnce(&MetadataImage) -> T) -> T {
+        self.metadata.with_image(f)
+    }
+
+    /// Brings the local partitions up to the local image (cheap when nothing changed).
+    pub fn sync_partitions(&self) {
+        let caught_up = self.metadata.caught_up();
+        self.metadata
+            .with_image(|image| self.replicas.sync(image, caught_up));
+    }
+
+    /// Waits (up to `timeout`) until `f` holds for the local image, then syncs partitions.
+    pub async fn wait_for_image(
+        &self,
+        timeout: Duration,
+        f: impl Fn(&MetadataImage) -> bool,
+    ) -> bool {
+        let ok = self.metadata.wait_until(timeout, f).await;
+        self.sync_partitions();
+        ok
+    }
+}

@@ -1,0 +1,64 @@
+//! The broker role's settings, named after Kafka's (`message.max.bytes`,
+//! `auto.create.topics.enable`, ...). Parsing files and flags is the binary's job; this is
+//! the typed result.
+
+use std::path::PathBuf;
+
+use sluice_log::LogConfig;
+use sluice_metadata::proto::metadata as pb;
+
+use crate::topic_config::TopicDefaults;
+
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// `node.id`.
+    pub broker_id: i32,
+    /// `log.dirs` (one directory).
+    pub log_dir: PathBuf,
+    /// `advertised.listeners`: what Metadata tells clients to connect to.
+    pub advertised_endpoints: Vec<pb::Endpoint>,
+    pub rack: Option<String>,
+    /// Controller listeners (`host:port`), any of which forwards to the quorum's leader.
+    pub controllers: Vec<String>,
+    /// `broker.heartbeat.interval.ms`.
+    pub heartbeat_interval_ms: u64,
+    /// `socket.request.max.bytes`.
+    pub socket_request_max_bytes: usize,
+    /// Send fetched record sets with sendfile(2) (`sluice.fetch.sendfile.enable`).
+    pub use_sendfile: bool,
+    /// `auto.create.topics.enable`.
+    pub auto_create_topics_enable: bool,
+    /// `delete.topic.enable`.
+    pub delete_topic_enable: bool,
+    /// Log settings of partitions (topic overrides are applied on top).
+    pub log: LogConfig,
+    /// Broker-level defaults of topic configs.
+    pub topic_defaults: TopicDefaults,
+    /// `log.retention.check.interval.ms`.
+    pub retention_check_interval_ms: u64,
+    /// How often the high watermarks are checkpointed (Kafka:
+    /// `replica.high.watermark.checkpoint.interval.ms`).
+    pub high_watermark_checkpoint_interval_ms: u64,
+}
+
+impl BrokerConfig {
+    /// A broker with Kafka's defaults, for `log_dir`, reaching `controllers`.
+    pub fn new(broker_id: i32, log_dir: PathBuf, controllers: Vec<String>) -> Self {
+        BrokerConfig {
+            broker_id,
+            log_dir,
+            advertised_endpoints: Vec::new(),
+            rack: None,
+            controllers,
+            heartbeat_interval_ms: 2000,
+            socket_request_max_bytes: 104_857_600,
+            use_sendfile: true,
+            auto_create_topics_enable: true,
+            delete_topic_enable: true,
+            log: LogConfig::default(),
+            topic_defaults: TopicDefaults::default(),
+            retention_check_interval_ms: 300_000,
+            high_watermark_checkpoint_interval_ms: 5000,
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! A running broker role: the data directory (ReplicaManager), the metadata follower, the
+//! Kafka listener, and the background work — following metadata into local partitions,
+//! retention, and high-watermark checkpoints. [`BrokerNode::shutdown`] stops accepting,
+//! checkpoints and closes every log cleanly.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_log::LogError;
+use sluice_protocol::WriteStats;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::broker::Broker;
+use crate::broker_config::BrokerConfig;
+use crate::controller_client::ControllerClients;
+use crate::listener::{BrokerListener, ListenerConfig};
+use crate::metadata_follower::{MetadataFollower, MetadataFollowerConfig};
+use crate::replica_manager::ReplicaManager;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("data directory: {0}")]
+    Log(#[from] LogError),
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub struct BrokerNode {
+    broker: Arc<Broker>,
+    listener: BrokerListener,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl BrokerNode {
+    /// Opens the data directory, starts following the controllers and serves Kafka clients
+    /// on `listener`. An advertised endpoint with port 0 gets the listener's bound port.
+    pub async fn start(
+        mut config: BrokerConfig,
+        listener: TcpListener,
+    ) -> Result<Self, BrokerError> {
+        let address = listener.local_addr()?;
+        for e in &mut config.advertised_endpoints {
+            if e.port == 0 {
+                e.port = u32::from(address.port());
+            }
+        }
+        let replicas = tokio::task::block_in_place(|| ReplicaManager::open(config.clone()))?;
+        let metadata = MetadataFollower::start(MetadataFollowerConfig {
+            broker_id: config.broker_id,
+            incarnation_id: new_incarnation_id(),
+            endpoints: config.advertised_endpoints.clone(),
+            rack: config.rack.clone(),
+            controllers: config.controllers.clone(),
+            heartbeat_interval_ms: config.heartbeat_interval_ms,
+        });
+        let controllers = ControllerClients::new(&config.controllers);
+        let listener_config = ListenerConfig {
+            socket_request_max_bytes: config.socket_request_max_bytes,
+            use_sendfile: config.use_sendfile,
+        };
+        let broker = Arc::new(Broker {
+            config,
+            metadata,
+            replicas,
+            controllers,
+        });
+        let tasks = vec![
+            tokio::spawn(follow_metadata(Arc::clone(&broker))),
+            tokio::spawn(housekeeping(Arc::clone(&broker))),
+        ];
+        let listener =
+            BrokerListener::start_with(listener, listener_config, Some(Arc::clone(&broker)))?;
+        tracing::info!(broker_id = broker.broker_id(), %address, "broker listening");
+        Ok(BrokerNode {
+            broker,
+            listener,
+            tasks,
+        })
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.listener.address()
+    }
+
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    pub fn write_stats(&self) -> &Arc<WriteStats> {
+        self.listener.stats()
+    }
+
+    /// Waits until the controller has unfenced this broker (its image is current).
+    pub async fn wait_until_ready(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.broker.metadata.caught_up() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.broker.sync_partitions();
+        true
+    }
+
+    /// Stops serving, then checkpoints and closes every log.
+    pub async fn shutdown(self) -> Result<(), BrokerError> {
+        self.listener.shutdown().await;
+        for t in &self.tasks {
+            t.abort();
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.broker.metadata.stop();
+        // connection tasks hold the broker until their aborts land
+        let mut broker = self.broker;
+        for _ in 0..500 {
+            match Arc::try_unwrap(broker) {
+                Ok(b) => {
+                    return tokio::task::block_in_place(|| b.replicas.shutdown())
+                        .map_err(BrokerError::from)
+                }
+                Err(b) => {
+                    broker = b;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+        tracing::warn!("requests still running at shutdown: checkpointing without closing");
+        broker.replicas.checkpoint_high_watermarks()?;
+        Ok(())
+    }
+}
+
+fn new_incarnation_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{:x}-{:x}", std::process::id(), nanos)
+}
+
+/// Applies each metadata change to the local partitions as it arrives.
+async fn follow_metadata(broker: Arc<Broker>) {
+    let mut applied = broker.metadata.subscribe_applied();
+    let mut caught_up = false;
+    loop {
+        let sync = Arc::clone(&broker);
+        let _ = tokio::task::spawn_blocking(move || sync.sync_partitions()).await;
+        // wake on new metadata, and once more when the image is first known current (the
+        // sync that may remove stale logs)
+        let changed = tokio::time::timeout(Duration::from_millis(200), applied.changed()).await;
+        if let Ok(Err(_)) = changed {
+            return;
+        }
+        if changed.is_err() && caught_up == broker.metadata.caught_up() {
+            continue;
+        }
+        caught_up = broker.metadata.caught_up();
+    }
+}
+
+/// Retention checks, rolls and flush policy, and high-watermark checkpoints.
+async fn housekeeping(broker: Arc<Broker>) {
+    let tick = Duration::from_millis(broker.config.high_watermark_checkpoint_interval_ms.max(100));
+    let retention_every = Duration::from_millis(broker.config.retention_check_interval_ms.max(100));
+    let mut last_retention = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(tick).await;
+        let run_retention = last_retention.elapsed() >= retention_every;
+        if run_retention {
+            last_retention = tokio::time::Instant::now();
+        }
+        let b = Arc::clone(&broker);
+        let done = tokio::task::spawn_blocking(move || {
+            b.replicas.tick(run_retention)?;
+            b.replicas.checkpoint_high_watermarks()
+        })
+        .await;
+        if let Ok(Err(e)) = done {
+            tracing::error!(error = %e, "log housekeeping failed");
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! Produce: each partition's record set is validated (magic, sizes, CRC32C — never
+//! decompressed or re-encoded), stamped with offsets and the leader epoch, and appended to
+//! the leader's log.
+//!
+//! acks=0: no response (an error closes the connection, as in Kafka, so the client
+//! notices); acks=1: answered after the local append; acks=all (-1): refused with
+//! NOT_ENOUGH_REPLICAS when |ISR| < `min.insync.replicas`, else parked until the high
+//! watermark passes the batch (REQUEST_TIMED_OUT at the request's timeout).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use sluice_metadata::error_code as ec;
+use sluice_protocol::RequestFrame;
+use sluice_record::{Offset, TopicPartition};
+
+use super::{decode, now_ms, respond, str_bytes, Answer};
+use crate::broker::Broker;
+use crate::connection::ConnectionError;
+use crate::partition::Partition;
+
+/// A partition answer waiting for the high watermark (acks=all).
+struct Parked {
+    topic: usize,
+    partition: usize,
+    waiting_on: Arc<Partition>,
+    last_offset: Offset,
+}
+
+pub async fn handle(request: &RequestFrame, broker: &Broker) -> Result<Answer, ConnectionError> {
+    let body: ProduceRequest = decode(request)?;
+    let acks = body.acks;
+    if !matches!(acks, -1..=1) {
+        if acks == 0 {
+            return Err(ConnectionError::AcksZeroFailed(ec::INVALID_REQUIRED_ACKS));
+        }
+        let response = error_response(&body, ec::INVALID_REQUIRED_ACKS);
+        return respond(request, &response);
+    }
+    let mut response = ProduceResponse::default();
+    let mut parked: Vec<Parked> = Vec::new();
+    let mut first_error = None;
+    for topic in &body.topic_data {
+        let name = topic.name.0.to_string();
+        let mut partitions = Vec::with_capacity(topic.partition_data.len());
+        for data in &topic.partition_data {
+            let tp = TopicPartition::new(name.clone(), data.index);
+            let mut answer = PartitionProduceResponse::default().with_index(data.index);
+            match append(broker, &tp, data.records.as_deref(), acks) {
+                Ok((partition, result)) => {
+                    answer.base_offset = result.base_offset.0;
+                    answer.log_start_offset = result.log_start_offset.0;
+                    if acks == -1 && partition.high_watermark() <= result.last_offset {
+                        parked.push(Parked {
+                            topic: response.responses.len(),
+                            partition: partitions.len(),
+                            waiting_on: partition,
+                            last_offset: result.last_offset,
+                        });
+                    }
+                }
+                Err((code, message)) => {
+                    first_error.get_or_insert(code);
+                    answer.error_code = code;
+                    answer.base_offset = -1;
+                    answer.error_message = message.map(str_bytes);
+                }
+            }
+            partitions.push(answer);
+        }
+        response.responses.push(
+            TopicProduceResponse::default()
+                .with_name(topic.name.clone())
+                .with_partition_responses(partitions),
+        );
+    }
+    if acks == 0 {
+        return match first_error {
+            Some(code) => Err(ConnectionError::AcksZeroFailed(code)),
+            None => Ok(None),
+        };
+    }
+    if !parked.is_empty() {
+        let timeout = Duration::from_millis(body.timeout_ms.max(0) as u64);
+        wait_for_high_watermark(broker, &parked, timeout).await;
+        for p in &parked {
+            if p.waiting_on.high_watermark() <= p.last_offset {
+                let answer = &mut response.responses[p.topic].partition_responses[p.partition];
+                answer.error_code = ec::REQUEST_TIMED_OUT;
+                answer.base_offset = -1;
+            }
+        }
+    }
+    respond(request, &response)
+}
+
+type ProduceError = (i16, Option<String>);
+
+fn append(
+    broker: &Broker,
+    tp: &TopicPartition,
+    records: Option<&[u8]>,
+    acks: i16,
+) -> Result<(Arc<Partition>, crate::partition::AppendResult), ProduceError> {
+    let Some(partition) = broker.replicas.partition(tp) else {
+        let known = broker.with_image(|image| image.partition(&tp.topic, tp.partition).is_some());
+        let code = if known {
+            ec::NOT_LEADER_OR_FOLLOWER
+        } else {
+            ec::UNKNOWN_TOPIC_OR_PARTITION
+        };
+        return Err((code, None));
+    };
+    let Some(records) = records.filter(|r| !r.is_empty()) else {
+        return Err((ec::CORRUPT_MESSAGE, Some("empty record set".to_string())));
+    };
+    // the log stamps offsets and the epoch in place: the one copy of the bytes
+    let mut records = records.to_vec();
+    match partition.append_as_leader(&mut records, acks, now_ms()) {
+        Ok(result) => Ok((partition, result)),
+        Err(e) => {
+            tracing::debug!(partition = %tp, error = %e, "produce refused");
+            Err((e.error_code(), Some(e.to_string())))
+        }
+    }
+}
+
+async fn wait_for_high_watermark(broker: &Broker, parked: &[Parked], timeout: Duration) {
+    let mut version = broker.replicas.data_version();
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if parked
+            .iter()
+            .all(|p| p.waiting_on.high_watermark() > p.last_offset)
+        {
+            return;
+        }
+        if tokio::time::timeout_at(deadline, version.changed())
+            .await
+            .map_or(true, |r| r.is_err())
+        {
+            return;
+        }
+    }
+}
+
+fn error_response(body: &ProduceRequest, code: i16) -> ProduceResponse {
+    let responses = body
+        .topic_data
+        .iter()
+        .map(|t| {
+            TopicProduceResponse::default()
+                .with_name(t.name.clone())
+                .with_partition_responses(
+                    t.partition_data
+                        .iter()
+                        .map(|p| {
+                            PartitionProduceResponse::default()
+                                .with_index(p.index)
+                                .with_error_code(code)
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    ProduceResponse::default().with_responses(responses)
+}

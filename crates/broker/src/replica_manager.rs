@@ -1,0 +1,258 @@
+//! The partitions this broker holds a replica of (Kafka's `ReplicaManager`): it turns the
+//! metadata image into local partitions — a log for every partition assigned here, its
+//! role and epochs from the image — and removes the logs of partitions no longer assigned
+//! here (a deleted topic, or one re-created under the same name with a new topic id).
+//!
+//! Invariants: a partition's directory holds `partition.metadata` with its topic id, so a
+//! log left over from an older topic of the same name is never served as the new one;
+//! nothing is deleted until the local image has caught up with the controller (an empty or
+//! stale image at startup must not look like "every topic was deleted").
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+
+use sluice_log::{LogError, LogManager};
+use sluice_metadata::MetadataImage;
+use sluice_record::{Offset, TopicPartition};
+use tokio::sync::watch;
+
+use crate::broker_config::BrokerConfig;
+use crate::partition::Partition;
+
+const PARTITION_METADATA: &str = "partition.metadata";
+
+pub struct ReplicaManager {
+    config: BrokerConfig,
+    logs: Mutex<LogManager>,
+    partitions: RwLock<HashMap<TopicPartition, Arc<Partition>>>,
+    /// High watermarks read at startup; a partition created later starts from its entry.
+    checkpointed_high_watermarks: Mutex<BTreeMap<TopicPartition, Offset>>,
+    synced_index: Mutex<u64>,
+    data_version: Arc<watch::Sender<u64>>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Kafka's `partition.metadata` content for a topic id.
+fn partition_metadata_text(topic_id: &[u8]) -> String {
+    format!(
+        "version: 0\ntopic_id: {}\n",
+        sluice_metadata::format_topic_id(topic_id)
+    )
+}
+
+impl ReplicaManager {
+    /// Opens (and if needed recovers) the data directory.
+    pub fn open(config: BrokerConfig) -> Result<Self, LogError> {
+        let logs = LogManager::open(&config.log_dir, config.log.clone(), now_ms())?;
+        let high_watermarks = logs.read_high_watermarks()?;
+        Ok(ReplicaManager {
+            config,
+            logs: Mutex::new(logs),
+            partitions: RwLock::new(HashMap::new()),
+            checkpointed_high_watermarks: Mutex::new(high_watermarks),
+            synced_index: Mutex::new(0),
+            data_version: Arc::new(watch::channel(0).0),
+        })
+    }
+
+    pub fn data_version(&self) -> watch::Receiver<u64> {
+        self.data_version.subscribe()
+    }
+
+    pub fn partition(&self, tp: &TopicPartition) -> Option<Arc<Partition>> {
+        self.partitions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tp)
+            .cloned()
+    }
+
+    pub fn partitions(&self) -> Vec<Arc<Partition>> {
+        self.partitions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Brings local partitions in line with `image`. `caught_up`: the image is known to be
+    /// current (the controller unfenced this broker), so partitions missing from it may go.
+    pub fn sync(&self, image: &MetadataImage, caught_up: bool) {
+        let mut synced = self.synced_index.lock().unwrap_or_else(|p| p.into_inner());
+        if image.applied_index() <= *synced && !caught_up {
+            return;
+        }
+        let me = self.config.broker_id;
+        let mut wanted: HashMap<TopicPartition, ()> = HashMap::new();
+        for topic in image.topics() {
+            let min_isr = self
+                .config
+                .topic_defaults
+                .min_insync_replicas(&topic.configs);
+            for p in &topic.partitions {
+                if !p.replicas.contains(&me) {
+                    continue;
+                }
+                let tp = TopicPartition::new(topic.name.clone(), p.partition);
+                wanted.insert(tp.clone(), ());
+                let partition = match self.partition(&tp) {
+                    Some(existing) if existing.topic_id() == topic.topic_id.as_slice() => existing,
+                    existing => {
+                        if existing.is_some() {
+                            self.remove(&tp);
+                        }
+                        match self.create(&tp, &topic.topic_id, &topic.configs) {
+                            Ok(p) => p,
+                            Err(e) => {
+                                tracing::error!(partition = %tp, error = %e, "cannot open partition log");
+                                continue;
+                            }
+                        }
+                    }
+                };
+                partition.set_min_insync_replicas(min_isr);
+                partition.apply_state(p);
+            }
+        }
+        if caught_up {
+            let stale: Vec<TopicPartition> = self
+                .partitions
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .keys()
+                .filter(|tp| !wanted.contains_key(*tp))
+                .cloned()
+                .collect();
+            for tp in stale {
+                self.remove(&tp);
+            }
+            // logs on disk that no partition claims: leftovers of deleted topics
+            let orphans: Vec<TopicPartition> = {
+                let logs = self.logs.lock().unwrap_or_else(|p| p.into_inner());
+                logs.topic_partitions()
+                    .filter(|tp| !wanted.contains_key(*tp))
+                    .cloned()
+                    .collect()
+            };
+            for tp in orphans {
+                self.delete_log(&tp);
+            }
+        }
+        *synced = image.applied_index();
+    }
+
+    fn create(
+        &self,
+        tp: &TopicPartition,
+        topic_id: &[u8],
+        overrides: &BTreeMap<String, String>,
+    ) -> Result<Arc<Partition>, LogError> {
+        let log_config = self
+            .config
+            .topic_defaults
+            .log_config(overrides, &self.config.log);
+        let mut logs = self.logs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(existing) = logs.get(tp) {
+            // a log from before this process started: keep it only if it is this topic's
+            let dir = sluice_log::lock(&existing).dir().to_path_buf();
+            let recorded = std::fs::read_to_string(dir.join(PARTITION_METADATA)).ok();
+            if recorded.is_some_and(|r| r != partition_metadata_text(topic_id)) {
+                tracing::warn!(partition = %tp, "log belongs to an older topic of the same name: deleting it");
+                logs.delete(tp, now_ms())?;
+            }
+        }
+        let log = logs.get_or_create(tp, Some(log_config.clone()), now_ms())?;
+        {
+            let mut l = sluice_log::lock(&log);
+            if l.config() != &log_config {
+                l.update_config(log_config)?;
+            }
+            let dir = l.dir().to_path_buf();
+            if !dir.join(PARTITION_METADATA).exists() {
+                sluice_log::write_atomically(
+                    &dir.join(PARTITION_METADATA),
+                    partition_metadata_text(topic_id).as_bytes(),
+                )?;
+            }
+        }
+        let hw = self
+            .checkpointed_high_watermarks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(tp)
+            .unwrap_or(Offset::ZERO);
+        let partition = Arc::new(Partition::new(
+            tp.clone(),
+            topic_id.to_vec(),
+            self.config.broker_id,
+            log,
+            hw,
+            Arc::clone(&self.data_version),
+        ));
+        self.partitions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(tp.clone(), Arc::clone(&partition));
+        tracing::info!(partition = %tp, "partition opened");
+        Ok(partition)
+    }
+
+    fn remove(&self, tp: &TopicPartition) {
+        self.partitions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(tp);
+        self.delete_log(tp);
+    }
+
+    fn delete_log(&self, tp: &TopicPartition) {
+        let mut logs = self.logs.lock().unwrap_or_else(|p| p.into_inner());
+        match logs.delete(tp, now_ms()) {
+            Ok(_) => tracing::info!(partition = %tp, "partition log deleted"),
+            Err(e) => tracing::error!(partition = %tp, error = %e, "cannot delete partition log"),
+        }
+    }
+
+    /// Writes every partition's high watermark to `replication-offset-checkpoint`.
+    pub fn checkpoint_high_watermarks(&self) -> Result<(), LogError> {
+        let hws: BTreeMap<TopicPartition, Offset> = self
+            .partitions()
+            .iter()
+            .map(|p| (p.topic_partition().clone(), p.high_watermark()))
+            .collect();
+        let logs = self.logs.lock().unwrap_or_else(|p| p.into_inner());
+        logs.write_high_watermarks(&hws)?;
+        logs.checkpoint_recovery_points()
+    }
+
+    /// Retention, rolls and flushes: what the log manager does periodically. Segments at
+    /// or above a partition's high watermark are never deleted.
+    pub fn tick(&self, run_retention: bool) -> Result<(), LogError> {
+        let hws: HashMap<TopicPartition, Offset> = self
+            .partitions()
+            .iter()
+            .map(|p| (p.topic_partition().clone(), p.high_watermark()))
+            .collect();
+        let logs = self.logs.lock().unwrap_or_else(|p| p.into_inner());
+        logs.tick(now_ms(), run_retention, |tp| hws.get(tp).copied())
+    }
+
+    /// Checkpoints and closes every log (writes the clean-shutdown marker last).
+    pub fn shutdown(self) -> Result<(), LogError> {
+        self.checkpoint_high_watermarks()?;
+        self.partitions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        self.logs
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner())
+            .shutdown()
+    }
+}
