@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test. Installs on its own whatever the tests need (nothing beyond the Rust
-# toolchain yet; later: kcat, confluent-kafka, ...).
+# Runs every test. Installs on its own what the tests need: the real Kafka clients they
+# drive Sluice with (kcat, confluent-kafka; see scripts/install-kafka-clients.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/install-kafka-clients.sh
 cargo test --workspace --release "$@"

@@ -6,6 +6,7 @@
 mod admin;
 mod describe;
 mod fetch;
+mod find_coordinator;
 mod list_offsets;
 mod metadata;
 mod produce;
@@ -30,6 +31,7 @@ pub const HANDLED_APIS: &[ApiKey] = &[
     ApiKey::CreatePartitions,
     ApiKey::DescribeConfigs,
     ApiKey::DescribeCluster,
+    ApiKey::FindCoordinator,
 ];
 
 /// What a handler hands back: chunks to write, or nothing (acks=0 produce).
@@ -46,6 +48,7 @@ pub async fn handle(request: &RequestFrame, broker: &Broker) -> Result<Answer, C
         ApiKey::CreatePartitions => admin::create_partitions(request, broker).await,
         ApiKey::DescribeConfigs => describe::describe_configs(request, broker).await,
         ApiKey::DescribeCluster => describe::describe_cluster(request, broker).await,
+        ApiKey::FindCoordinator => find_coordinator::handle(request, broker).await,
         api_key => Err(ConnectionError::UnsupportedVersion {
             api_key,
             api_version: request.api_version,

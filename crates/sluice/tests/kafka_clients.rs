@@ -1,0 +1,301 @@
+//! Real Kafka clients that nobody here wrote — Debian's kcat (librdkafka 2.0.2) and PyPI's
+//! confluent-kafka (a newer librdkafka) — against one `sluice broker` process in its
+//! default combined mode (broker + one-voter controller quorum). `scripts/test.sh`
+//! installs the clients (scripts/install-kafka-clients.sh); a missing client fails the
+//! test rather than skipping it.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One `sluice broker` process (combined mode, ports from the OS), killed on drop.
+struct Node {
+    child: Child,
+    bootstrap: String,
+    data_dir: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Node {
+    fn start(overrides: &[&str]) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        let mut args: Vec<String> = vec!["broker".into()];
+        let mut settings = vec![
+            "node.id=1".to_string(),
+            "controller.quorum.voters=1@127.0.0.1:0".to_string(),
+            "listeners=PLAINTEXT://127.0.0.1:0,CONTROLLER://127.0.0.1:0".to_string(),
+            format!("log.dirs={}", data_dir.display()),
+            "broker.heartbeat.interval.ms=200".to_string(),
+        ];
+        settings.extend(overrides.iter().map(|s| s.to_string()));
+        for s in settings {
+            args.push("--override".into());
+            args.push(s);
+        }
+        let log = std::fs::File::create(dir.path().join("broker.log")).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(&args)
+            .env("RUST_LOG", "sluice=info,sluice_broker=info")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut bootstrap = None;
+        let deadline = std::time::Instant::now() + START_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("broker not ready within {START_TIMEOUT:?}"));
+            if let Some(address) = line.strip_prefix("listening PLAINTEXT ") {
+                bootstrap = Some(address.to_string());
+            }
+            if line == "ready" {
+                break;
+            }
+        }
+        Node {
+            child,
+            bootstrap: bootstrap.expect("the broker printed its PLAINTEXT address"),
+            data_dir,
+            _dir: dir,
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Runs a client to completion with `input` on stdin, bounded by `timeout`.
+fn run(mut command: Command, input: &[u8], timeout: Duration) -> Output {
+    command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap_or_else(|e| {
+        panic!("cannot run {command:?} (scripts/install-kafka-clients.sh installs it): {e}")
+    });
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        // a client that exits early closes its stdin: not our failure
+        let _ = stdin.write_all(&input);
+    });
+    let (tx, rx) = mpsc::channel();
+    let pid = child.id();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let output = match rx.recv_timeout(timeout) {
+        Ok(output) => output.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            panic!("{command:?} did not finish within {timeout:?}");
+        }
+    };
+    let _ = writer.join();
+    output
+}
+
+fn kcat(args: &[&str]) -> Command {
+    let mut c = Command::new("kcat");
+    c.args(args);
+    c
+}
+
+fn check(output: &Output, what: &str) {
+    assert!(
+        output.status.success(),
+        "{what} failed: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// 100,000 distinct lines of varied length and content.
+fn messages(codec: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    for i in 0..100_000u64 {
+        let pad = "x".repeat((i * 7919 % 97) as usize);
+        writeln!(
+            out,
+            "{codec}-{i:06}-{}-{pad}",
+            i.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        )
+        .unwrap();
+    }
+    out
+}
+
+#[test]
+fn kcat_round_trips_100k_messages_with_every_codec() {
+    let node = Node::start(&[]);
+    let b = node.bootstrap.as_str();
+    for codec in ["none", "gzip", "snappy", "lz4", "zstd"] {
+        let topic = format!("kcat-{codec}");
+        let sent = messages(codec);
+        let out = run(
+            kcat(&[
+                "-b",
+                b,
+                "-P",
+                "-t",
+                &topic,
+                "-z",
+                codec,
+                "-X",
+                "linger.ms=20",
+            ]),
+            &sent,
+            Duration::from_secs(120),
+        );
+        check(&out, "kcat -P");
+        let out = run(
+            kcat(&[
+                "-b",
+                b,
+                "-C",
+                "-t",
+                &topic,
+                "-o",
+                "beginning",
+                "-e",
+                "-q",
+                "-f",
+                "%s\n",
+            ]),
+            b"",
+            Duration::from_secs(120),
+        );
+        check(&out, "kcat -C");
+        assert!(
+            out.stdout == sent,
+            "{codec}: consumed {} bytes, sent {} bytes",
+            out.stdout.len(),
+            sent.len()
+        );
+        // the batches are stored as the producer compressed them
+        let dump = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("dump-log")
+            .arg(node.data_dir.join(format!("{topic}-0")))
+            .output()
+            .unwrap();
+        check(&dump, "sluice dump-log");
+        let dump = String::from_utf8_lossy(&dump.stdout);
+        assert!(
+            dump.contains(&format!("compresscodec: {codec}")),
+            "{codec}: batches stored with another codec:\n{}",
+            dump.lines().take(4).collect::<Vec<_>>().join("\n")
+        );
+    }
+    let out = run(kcat(&["-b", b, "-L"]), b"", Duration::from_secs(30));
+    check(&out, "kcat -L");
+    let listing = String::from_utf8_lossy(&out.stdout);
+    for codec in ["none", "gzip", "snappy", "lz4", "zstd"] {
+        assert!(
+            listing.contains(&format!("topic \"kcat-{codec}\" with 1 partitions")),
+            "kcat -L:\n{listing}"
+        );
+    }
+    assert!(
+        listing.contains("partition 0, leader 1, replicas: 1, isrs: 1"),
+        "{listing}"
+    );
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+#[test]
+fn kcat_finds_offsets_by_timestamp() {
+    let node = Node::start(&[]);
+    let b = node.bootstrap.as_str();
+    let first: Vec<u8> = (0..100)
+        .flat_map(|i| format!("early-{i}\n").into_bytes())
+        .collect();
+    check(
+        &run(
+            kcat(&["-b", b, "-P", "-t", "times"]),
+            &first,
+            Duration::from_secs(30),
+        ),
+        "kcat -P",
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    let between = now_ms();
+    std::thread::sleep(Duration::from_millis(50));
+    let second: Vec<u8> = (0..50)
+        .flat_map(|i| format!("late-{i}\n").into_bytes())
+        .collect();
+    check(
+        &run(
+            kcat(&["-b", b, "-P", "-t", "times"]),
+            &second,
+            Duration::from_secs(30),
+        ),
+        "kcat -P",
+    );
+    let query = |ts: i64| {
+        let out = run(
+            kcat(&["-b", b, "-Q", "-t", &format!("times:0:{ts}")]),
+            b"",
+            Duration::from_secs(30),
+        );
+        check(&out, "kcat -Q");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(query(between), "times [0] offset 100");
+    assert_eq!(query(0), "times [0] offset 0");
+    // past every record: the end (-1 in Kafka's answer)
+    assert_eq!(query(now_ms() + 3_600_000), "times [0] offset -1");
+}
+
+fn python() -> PathBuf {
+    std::env::var_os("SLUICE_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".kafka-clients/venv/bin/python"))
+}
+
+#[test]
+fn confluent_kafka_round_trips_keys_values_and_headers() {
+    let node = Node::start(&[]);
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/confluent_round_trip.py");
+    let mut command = Command::new(python());
+    command.arg(script).arg(&node.bootstrap);
+    let out = run(command, b"", Duration::from_secs(180));
+    check(&out, "confluent_round_trip.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("round trip ok"), "{stdout}");
+    assert!(
+        stdout.contains("too large refused: MSG_SIZE_TOO_LARGE"),
+        "{stdout}"
+    );
+}
