@@ -70,7 +70,11 @@ pub async fn describe_configs(
         };
         match entries {
             Ok(entries) => {
-                let wanted = resource.configuration_keys.as_ref();
+                // null (and, leniently, an empty list) means every config
+                let wanted = resource
+                    .configuration_keys
+                    .as_ref()
+                    .filter(|keys| !keys.is_empty());
                 result.configs = entries
                     .into_iter()
                     .filter(|e| wanted.is_none_or(|keys| keys.iter().any(|k| k.as_str() == e.name)))
