@@ -11,6 +11,7 @@
 pub mod api_versions;
 pub mod fetch_response;
 pub mod frame;
+pub mod fuzzing;
 pub mod request;
 pub mod response;
 

@@ -181,11 +181,12 @@ fn run_node(config: Option<&std::path::Path>, overrides: &[String]) -> Result<()
     } else {
         None
     };
-    let (broker_listener, broker_bind) = if is_broker {
+    // every setting is checked before anything starts
+    let broker = if is_broker {
         let (name, bind) = config.broker_listener()?;
-        (Some(name), Some(bind))
+        Some((name, bind, config.broker_config(Vec::new())?))
     } else {
-        (None, None)
+        None
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -216,13 +217,12 @@ fn run_node(config: Option<&std::path::Path>, overrides: &[String]) -> Result<()
             controller_node = Some(node);
         }
         let mut broker_node = None;
-        if let (Some(name), Some(bind)) = (broker_listener, broker_bind) {
+        if let Some((name, bind, mut broker_config)) = broker {
             let listener = tokio::net::TcpListener::bind(&bind)
                 .await
                 .with_context(|| format!("binding the {name} listener {bind}"))?;
             let bound = listener.local_addr().context("broker listener address")?;
-            let controllers: Vec<String> = voters.values().cloned().collect();
-            let mut broker_config = config.broker_config(controllers)?;
+            broker_config.controllers = voters.values().cloned().collect();
             broker_config.advertised_endpoints = vec![config.advertised_endpoint(&name, bound)?];
             let node = sluice_broker::BrokerNode::start(broker_config, listener)
                 .await

@@ -265,8 +265,12 @@ fn bad_configs_get_one_line_errors() {
         ("\"node.id\" = 1\n\"typo.key\" = 3\n", "unknown setting"),
         ("\"node.id\" = 1\n", "controller.quorum.voters must be set"),
         (
-            "\"node.id\" = 1\n\"controller.quorum.voters\" = \"1@127.0.0.1:1\"\n",
-            "broker, which this build does not have yet",
+            "\"node.id\" = 1\n\"controller.quorum.voters\" = \"1@127.0.0.1:1\"\n\"listeners\" = \"CONTROLLER://127.0.0.1:0\"\n",
+            "no listener for Kafka clients",
+        ),
+        (
+            "\"node.id\" = 1\n\"controller.quorum.voters\" = \"1@127.0.0.1:1\"\n\"log.dirs\" = \"/tmp/a,/tmp/b\"\n",
+            "exactly one directory",
         ),
         ("not toml at all [", "parsing config"),
     ] {
