@@ -86,6 +86,23 @@ mod tests {
     }
 
     #[test]
+    fn a_huge_array_count_is_an_error_not_an_abort() {
+        // found by the fuzz test: kafka-protocol reserved capacity for the claimed count
+        // before reading anything, and i32::MAX elements aborted the process (patched in
+        // vendor/kafka-protocol)
+        for (api_key, version) in [
+            (ApiKey::DescribeConfigs, 1),
+            (ApiKey::Metadata, 1),
+            (ApiKey::Metadata, 12),
+            (ApiKey::CreateTopics, 7),
+        ] {
+            let mut body = i32::MAX.to_be_bytes().to_vec();
+            body.extend_from_slice(&[0xff; 8]);
+            assert!(!decode_body(api_key, version, Bytes::from(body)));
+        }
+    }
+
+    #[test]
     fn well_formed_requests_decode_and_garbage_does_not_panic() {
         let mut data = frame(ApiKey::Metadata, 12, &MetadataRequest::default());
         data.extend(frame(ApiKey::Fetch, 12, &FetchRequest::default()));
