@@ -32,27 +32,41 @@ stop_broker() { kill -TERM "$pid"; wait "$pid" || true; }
 # user+system CPU seconds of the broker so far
 cpu_s() { awk '{printf "%.2f", ($14+$15)/100}' "/proc/$pid/stat"; }
 
-start_broker true
-kcat -b "$bootstrap" -L -t perf >/dev/null 2>&1 || true   # auto-creates the topic
-echo "== produce: $n records x $size B, acks=1"
-c0=$(cpu_s); t0=$(date +%s.%N)
-"$perf" -P -t perf -p 0 -b "$bootstrap" -s "$size" -c "$n" -a 1 -q \
-  -X linger.ms=5 -X batch.size=1000000 2>&1 | grep -E "msgs/s|Messages|Produced|%" | tail -3
-t1=$(date +%s.%N); c1=$(cpu_s)
-echo "produce: $(awk -v n="$n" -v a="$t0" -v b="$t1" 'BEGIN{printf "%.0f records/s", n/(b-a)}') (wall, incl. tool start); broker CPU $(awk -v a="$c0" -v b="$c1" 'BEGIN{printf "%.2f", b-a}') s"
-stop_broker
+produce() { # topic count size
+  "$perf" -P -t "$1" -p 0 -b "$bootstrap" -s "$3" -c "$2" -a 1 -q \
+    -X linger.ms=5 -X batch.size=1000000 2>&1 | grep -E "messages produced"
+}
+consume() { # topic count
+  "$perf" -C -t "$1" -p 0 -b "$bootstrap" -o beginning -c "$2" -q \
+    -X fetch.message.max.bytes=4194304 2>&1 | grep -E "consumed in"
+}
+batch_bytes() { # topic: bytes of record batches on disk (segments are preallocated)
+  ./target/release/sluice dump-log "$work/data/$1-0" \
+    | awk '{for (i = 1; i < NF; i++) if ($i == "size:") s += $(i + 1)} END {print s}'
+}
 
+start_broker true
+kcat -b "$bootstrap" -L -t perf >/dev/null 2>&1 || true   # auto-creates the topics
+kcat -b "$bootstrap" -L -t bulk >/dev/null 2>&1 || true
+echo "== produce: $n records x $size B, acks=1, one partition"
+c0=$(cpu_s)
+produce perf "$n" "$size"
+c1=$(cpu_s)
+echo "broker CPU during produce: $(awk -v a="$c0" -v b="$c1" 'BEGIN{printf "%.2f", b-a}') s"
+echo "== consume: $n records"
+consume perf "$n"
+# a larger set for the CPU-per-byte comparison: 1 GB in 1000 B records
+produce bulk 1000000 1000 >/dev/null
+stop_broker
+bytes=$(batch_bytes bulk)
+rounds=3
 for sendfile in true false; do
   start_broker "$sendfile"
-  echo "== consume: $n records, sendfile=$sendfile"
   c0=$(cpu_s); t0=$(date +%s.%N)
-  "$perf" -C -t perf -p 0 -b "$bootstrap" -o beginning -c "$n" -q \
-    -X fetch.message.max.bytes=4194304 2>&1 | grep -E "msgs/s|Messages|Consumed|%" | tail -3
+  for _ in $(seq $rounds); do consume bulk 1000000 >/dev/null; done
   t1=$(date +%s.%N); c1=$(cpu_s)
-  bytes=$(du -sb "$work/data/perf-0" | cut -f1)
-  log_bytes=$(stat -c %s "$work"/data/perf-0/*.log | paste -sd+ | bc)
-  awk -v n="$n" -v a="$t0" -v b="$t1" -v ca="$c0" -v cb="$c1" -v by="$log_bytes" -v sf="$sendfile" 'BEGIN{
-    printf "consume sendfile=%s: %.0f records/s, %.1f MB/s of log; broker CPU %.2f s = %.2f CPU-s/GB\n",
-      sf, n/(b-a), by/(b-a)/1e6, cb-ca, (cb-ca)/(by/1e9) }'
+  awk -v a="$t0" -v b="$t1" -v ca="$c0" -v cb="$c1" -v by="$bytes" -v r="$rounds" -v sf="$sendfile" 'BEGIN{
+    printf "consume 1 GB x %d, sendfile=%s: %.2f GB/s (wall, incl. tool start); broker CPU %.2f s = %.3f CPU-s per GB\n",
+      r, sf, r*by/(b-a)/1e9, cb-ca, (cb-ca)/(r*by/1e9) }'
   stop_broker
 done

@@ -12,8 +12,12 @@ use clap::{Parser, Subcommand};
 use sluice_log::{AppendMode, LogConfig, LogManager};
 use sluice_record::{BatchBuilder, Compression, LeaderEpoch, TopicPartition};
 
+mod console_consumer;
+mod console_producer;
 mod dump_log;
+mod kafka_client;
 mod node_config;
+mod topic_admin;
 
 #[derive(Parser)]
 #[command(
@@ -37,6 +41,74 @@ enum Command {
         /// `key=value`, overriding the file and `SLUICE_*` environment variables.
         #[arg(long = "override", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
+    },
+    /// Create, list, describe or delete topics (like kafka-topics.sh / rpk topic).
+    Topic {
+        #[command(subcommand)]
+        command: TopicCommand,
+        /// Bootstrap brokers, host:port[,host:port...] (env SLUICE_BROKERS).
+        #[arg(
+            long,
+            short = 'b',
+            global = true,
+            env = "SLUICE_BROKERS",
+            default_value = "127.0.0.1:9092"
+        )]
+        brokers: String,
+    },
+    /// Produce stdin lines as records to TOPIC (like kcat -P).
+    Produce {
+        topic: String,
+        /// Bootstrap brokers (env SLUICE_BROKERS).
+        #[arg(
+            long,
+            short = 'b',
+            env = "SLUICE_BROKERS",
+            default_value = "127.0.0.1:9092"
+        )]
+        brokers: String,
+        /// 0, 1 or all.
+        #[arg(long, default_value = "all")]
+        acks: String,
+        /// The key of every record (records with a key go to murmur2(key), as in Kafka).
+        #[arg(long, short = 'k')]
+        key: Option<String>,
+        /// Send every record to this partition.
+        #[arg(long, short = 'p')]
+        partition: Option<i32>,
+        /// none, gzip, snappy, lz4, zstd.
+        #[arg(long, short = 'z', default_value = "none")]
+        compression: String,
+        /// Records per batch.
+        #[arg(long, default_value_t = 1000)]
+        batch_records: usize,
+    },
+    /// Print records of TOPIC, one per line (like kcat -C).
+    Consume {
+        topic: String,
+        /// Bootstrap brokers (env SLUICE_BROKERS).
+        #[arg(
+            long,
+            short = 'b',
+            env = "SLUICE_BROKERS",
+            default_value = "127.0.0.1:9092"
+        )]
+        brokers: String,
+        /// beginning, end, or an offset.
+        #[arg(long, short = 'o', default_value = "beginning")]
+        offset: String,
+        /// Only this partition.
+        #[arg(long, short = 'p')]
+        partition: Option<i32>,
+        /// kcat-style: %s value, %k key, %t topic, %p partition, %o offset, %T timestamp, %h headers.
+        #[arg(long, short = 'f', default_value = "%s\\n")]
+        format: String,
+        /// Stop after this many records.
+        #[arg(long, short = 'c')]
+        count: Option<u64>,
+        /// Stop at the end of every partition instead of waiting for more.
+        #[arg(long, short = 'e')]
+        exit: bool,
     },
     /// Print the batches (and with --print-data-log, the records) of segment files, like
     /// Kafka's kafka-dump-log.sh. Accepts .log files or partition directories.
@@ -71,8 +143,48 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum TopicCommand {
+    /// Create a topic.
+    Create {
+        name: String,
+        /// Partitions (-1: the broker's num.partitions).
+        #[arg(long, short = 'p', default_value_t = -1)]
+        partitions: i32,
+        /// Replication factor (-1: the broker's default.replication.factor).
+        #[arg(long, short = 'r', default_value_t = -1)]
+        replication_factor: i16,
+        /// Topic config, key=value (repeatable), e.g. retention.ms=3600000.
+        #[arg(long = "config", short = 'c', value_name = "KEY=VALUE")]
+        configs: Vec<String>,
+    },
+    /// List topic names.
+    List,
+    /// Describe a topic: partitions, leaders, replicas, ISR, configs set on it.
+    Describe { name: String },
+    /// Delete a topic and its data.
+    Delete { name: String },
+}
+
+/// Runs a client command on a small runtime.
+fn client<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(f)
+}
+
 fn main() {
     if let Err(e) = run() {
+        // a reader that went away (`sluice consume ... | head`) is not an error
+        let broken_pipe = e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        });
+        if broken_pipe {
+            return;
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
@@ -88,6 +200,79 @@ fn run() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Broker { config, overrides } => run_node(config.as_deref(), &overrides),
+        Command::Topic { command, brokers } => {
+            let out = client(async {
+                match command {
+                    TopicCommand::Create {
+                        name,
+                        partitions,
+                        replication_factor,
+                        configs,
+                    } => topic_admin::create(
+                        &brokers,
+                        &name,
+                        partitions,
+                        replication_factor,
+                        &configs,
+                    )
+                    .await
+                    .map(|s| s + "\n"),
+                    TopicCommand::List => topic_admin::list(&brokers).await,
+                    TopicCommand::Describe { name } => topic_admin::describe(&brokers, &name).await,
+                    TopicCommand::Delete { name } => {
+                        topic_admin::delete(&brokers, &name).await.map(|s| s + "\n")
+                    }
+                }
+            })?;
+            print!("{out}");
+            Ok(())
+        }
+        Command::Produce {
+            topic,
+            brokers,
+            acks,
+            key,
+            partition,
+            compression,
+            batch_records,
+        } => {
+            let Some(compression) = Compression::from_name(&compression) else {
+                bail!("unknown compression {compression:?} (none, gzip, snappy, lz4, zstd)");
+            };
+            if batch_records == 0 {
+                bail!("--batch-records must be at least 1");
+            }
+            let options = console_producer::ProduceOptions {
+                acks: console_producer::parse_acks(&acks)?,
+                key,
+                partition,
+                compression,
+                batch_records,
+            };
+            let summary = client(console_producer::run(&brokers, &topic, &options))?;
+            eprintln!("{summary}");
+            Ok(())
+        }
+        Command::Consume {
+            topic,
+            brokers,
+            offset,
+            partition,
+            format,
+            count,
+            exit,
+        } => {
+            let options = console_consumer::ConsumeOptions {
+                start: console_consumer::parse_offset(&offset)?,
+                partition,
+                format,
+                count,
+                exit_at_end: exit,
+            };
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            client(console_consumer::run(&brokers, &topic, &options, &mut out))
+        }
         Command::DumpLog {
             files,
             print_data_log,

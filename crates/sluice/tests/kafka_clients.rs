@@ -299,3 +299,140 @@ fn confluent_kafka_round_trips_keys_values_and_headers() {
         "{stdout}"
     );
 }
+
+fn sluice(node: &Node, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    c.args(args).env("SLUICE_BROKERS", &node.bootstrap);
+    c
+}
+
+#[test]
+fn the_sluice_cli_and_kcat_read_each_others_records() {
+    let node = Node::start(&[]);
+    let b = node.bootstrap.as_str();
+    let t = Duration::from_secs(60);
+    let out = run(
+        sluice(
+            &node,
+            &[
+                "topic",
+                "create",
+                "cli",
+                "-p",
+                "3",
+                "-c",
+                "retention.ms=3600000",
+            ],
+        ),
+        b"",
+        t,
+    );
+    check(&out, "sluice topic create");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "Created topic cli.\n");
+    // bad input: one line, the Kafka error name, non-zero exit
+    for (args, expected) in [
+        (&["topic", "create", "cli"][..], "TOPIC_ALREADY_EXISTS"),
+        (
+            &["topic", "create", "x", "-c", "cleanup.policy=compact"][..],
+            "INVALID_CONFIG",
+        ),
+        (
+            &["topic", "describe", "missing"][..],
+            "UNKNOWN_TOPIC_OR_PARTITION",
+        ),
+        (
+            &["consume", "missing", "-e"][..],
+            "UNKNOWN_TOPIC_OR_PARTITION",
+        ),
+        (
+            &["produce", "cli", "--acks", "2"][..],
+            "--acks must be 0, 1 or all",
+        ),
+    ] {
+        let out = run(sluice(&node, args), b"", t);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(
+            err.contains(expected) && err.trim_end().lines().count() == 1,
+            "{args:?}: {err}"
+        );
+    }
+    let describe = run(sluice(&node, &["topic", "describe", "cli"]), b"", t);
+    check(&describe, "sluice topic describe");
+    let describe = String::from_utf8_lossy(&describe.stdout);
+    assert!(
+        describe.starts_with("Topic: cli\tTopicId: ")
+            && describe
+                .contains("PartitionCount: 3\tReplicationFactor: 1\tConfigs: retention.ms=3600000")
+            && describe.contains("\tTopic: cli\tPartition: 2\tLeader: 1\tReplicas: 1\tIsr: 1"),
+        "{describe}"
+    );
+    // sluice produce → kcat consume (keyed records all land on one partition)
+    let lines: Vec<u8> = (0..3000)
+        .flat_map(|i| format!("cli-{i}\n").into_bytes())
+        .collect();
+    let out = run(
+        sluice(&node, &["produce", "cli", "-k", "user-1", "-z", "lz4"]),
+        &lines,
+        t,
+    );
+    check(&out, "sluice produce");
+    let out = run(
+        kcat(&[
+            "-b",
+            b,
+            "-C",
+            "-t",
+            "cli",
+            "-o",
+            "beginning",
+            "-e",
+            "-q",
+            "-f",
+            "%k %s\n",
+        ]),
+        b"",
+        t,
+    );
+    check(&out, "kcat -C");
+    let expected: Vec<u8> = (0..3000)
+        .flat_map(|i| format!("user-1 cli-{i}\n").into_bytes())
+        .collect();
+    assert!(
+        out.stdout == expected,
+        "kcat read what sluice produced, in order"
+    );
+    // kcat produce → sluice consume
+    let more: Vec<u8> = (0..500)
+        .flat_map(|i| format!("kcat-{i}\n").into_bytes())
+        .collect();
+    check(
+        &run(kcat(&["-b", b, "-P", "-t", "cli", "-p", "0"]), &more, t),
+        "kcat -P",
+    );
+    let out = run(
+        sluice(
+            &node,
+            &["consume", "cli", "-p", "0", "-e", "-f", "%o:%s\\n"],
+        ),
+        b"",
+        t,
+    );
+    check(&out, "sluice consume");
+    let consumed = String::from_utf8_lossy(&out.stdout);
+    let kcat_lines: Vec<&str> = consumed.lines().filter(|l| l.contains(":kcat-")).collect();
+    assert_eq!(kcat_lines.len(), 500, "{consumed}");
+    assert!(kcat_lines[0].ends_with(":kcat-0") && kcat_lines[499].ends_with(":kcat-499"));
+    let out = run(sluice(&node, &["consume", "cli", "-c", "5"]), b"", t);
+    check(&out, "sluice consume -c");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 5);
+    // list and delete
+    let out = run(sluice(&node, &["topic", "list"]), b"", t);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "cli\n");
+    check(
+        &run(sluice(&node, &["topic", "delete", "cli"]), b"", t),
+        "sluice topic delete",
+    );
+    let out = run(sluice(&node, &["topic", "list"]), b"", t);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+}

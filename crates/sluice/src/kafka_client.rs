@@ -1,0 +1,286 @@
+//! The small Kafka client the CLI (`sluice topic|produce|consume`) uses: one connection per
+//! broker, requests at fixed versions every Kafka 3.x broker serves, routed to partition
+//! leaders from Metadata. The full client (batching, retries, groups) is a later issue's
+//! `crates/client`; this one is enough for a user at a terminal.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{
+    ApiKey, MetadataRequest, MetadataResponse, RequestHeader, ResponseHeader, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub const METADATA_VERSION: i16 = 12;
+pub const CREATE_TOPICS_VERSION: i16 = 7;
+pub const DELETE_TOPICS_VERSION: i16 = 6;
+pub const PRODUCE_VERSION: i16 = 9;
+pub const FETCH_VERSION: i16 = 12;
+pub const LIST_OFFSETS_VERSION: i16 = 7;
+pub const DESCRIBE_CONFIGS_VERSION: i16 = 4;
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
+
+/// One connection to one broker.
+pub struct Connection {
+    address: String,
+    stream: TcpStream,
+    next_correlation_id: i32,
+}
+
+impl Connection {
+    pub async fn connect(address: &str) -> Result<Connection> {
+        let stream = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(address))
+            .await
+            .map_err(|_| anyhow::anyhow!("connecting to {address}: timed out"))?
+            .with_context(|| format!("connecting to {address}"))?;
+        stream.set_nodelay(true).ok();
+        Ok(Connection {
+            address: address.to_string(),
+            stream,
+            next_correlation_id: 1,
+        })
+    }
+
+    /// Sends a request; reads its response unless `expect_response` is false (acks=0).
+    pub async fn send<Req: Encodable, Resp: Decodable + Default>(
+        &mut self,
+        api_key: ApiKey,
+        version: i16,
+        request: &Req,
+        expect_response: bool,
+    ) -> Result<Resp> {
+        let correlation_id = self.next_correlation_id;
+        self.next_correlation_id += 1;
+        let header = RequestHeader::default()
+            .with_request_api_key(api_key as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(correlation_id)
+            .with_client_id(Some(StrBytes::from_static_str("sluice-cli")));
+        let mut body = BytesMut::new();
+        header
+            .encode(&mut body, api_key.request_header_version(version))
+            .map_err(|e| anyhow::anyhow!("encoding {api_key:?}: {e}"))?;
+        request
+            .encode(&mut body, version)
+            .map_err(|e| anyhow::anyhow!("encoding {api_key:?}: {e}"))?;
+        let mut frame = BytesMut::with_capacity(body.len() + 4);
+        frame.put_i32(body.len() as i32);
+        frame.extend_from_slice(&body);
+        let address = self.address.clone();
+        let io = async {
+            self.stream.write_all(&frame).await?;
+            if !expect_response {
+                return Ok::<_, std::io::Error>(None);
+            }
+            let size = self.stream.read_i32().await?;
+            if size < 0 || size as usize > MAX_RESPONSE_BYTES {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("response size {size}"),
+                ));
+            }
+            let mut buf = vec![0u8; size as usize];
+            self.stream.read_exact(&mut buf).await?;
+            Ok(Some(Bytes::from(buf)))
+        };
+        let response = tokio::time::timeout(REQUEST_TIMEOUT, io)
+            .await
+            .map_err(|_| anyhow::anyhow!("{address}: no answer to {api_key:?} in time"))?
+            .with_context(|| format!("talking to {address}"))?;
+        let Some(mut buf) = response else {
+            return Ok(Resp::default());
+        };
+        let header = ResponseHeader::decode(&mut buf, api_key.response_header_version(version))
+            .map_err(|e| anyhow::anyhow!("{address}: bad response header: {e}"))?;
+        if header.correlation_id != correlation_id {
+            bail!("{address}: response to another request");
+        }
+        let decoded = Resp::decode(&mut buf, version)
+            .map_err(|e| anyhow::anyhow!("{address}: bad {api_key:?} response: {e}"))?;
+        if buf.has_remaining() {
+            bail!(
+                "{address}: {} unexpected bytes after the {api_key:?} response",
+                buf.remaining()
+            );
+        }
+        Ok(decoded)
+    }
+}
+
+/// Connections to a cluster: a bootstrap broker, then each partition leader.
+pub struct Cluster {
+    bootstrap: Connection,
+    brokers: BTreeMap<i32, String>,
+    connections: BTreeMap<i32, Connection>,
+}
+
+impl Cluster {
+    /// Connects to the first reachable of `bootstrap` (comma-separated host:port).
+    pub async fn connect(bootstrap: &str) -> Result<Cluster> {
+        let mut last = None;
+        for address in bootstrap
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+        {
+            match Connection::connect(address).await {
+                Ok(c) => {
+                    return Ok(Cluster {
+                        bootstrap: c,
+                        brokers: BTreeMap::new(),
+                        connections: BTreeMap::new(),
+                    })
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no bootstrap broker given")))
+    }
+
+    pub fn bootstrap(&mut self) -> &mut Connection {
+        &mut self.bootstrap
+    }
+
+    /// Metadata for `topics` (None: every topic), without auto-creating.
+    pub async fn metadata(&mut self, topics: Option<&[String]>) -> Result<MetadataResponse> {
+        self.metadata_request(topics, false).await
+    }
+
+    /// Metadata for one topic, letting the broker auto-create it (as producers do).
+    pub async fn metadata_allowing_creation(&mut self, topic: &str) -> Result<MetadataResponse> {
+        self.metadata_request(Some(&[topic.to_string()]), true)
+            .await
+    }
+
+    async fn metadata_request(
+        &mut self,
+        topics: Option<&[String]>,
+        allow_auto_topic_creation: bool,
+    ) -> Result<MetadataResponse> {
+        let request = MetadataRequest::default()
+            .with_topics(topics.map(|t| {
+                t.iter()
+                    .map(|name| {
+                        kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+                            .with_name(Some(TopicName(StrBytes::from_string(name.clone()))))
+                    })
+                    .collect()
+            }))
+            .with_allow_auto_topic_creation(allow_auto_topic_creation);
+        let response: MetadataResponse = self
+            .bootstrap
+            .send(ApiKey::Metadata, METADATA_VERSION, &request, true)
+            .await?;
+        self.brokers = response
+            .brokers
+            .iter()
+            .map(|b| (b.node_id.0, format!("{}:{}", b.host, b.port)))
+            .collect();
+        Ok(response)
+    }
+
+    /// A connection to broker `id` (as Metadata advertised it).
+    pub async fn broker(&mut self, id: i32) -> Result<&mut Connection> {
+        if !self.connections.contains_key(&id) {
+            let address = self
+                .brokers
+                .get(&id)
+                .with_context(|| format!("broker {id} is not in the cluster's metadata"))?
+                .clone();
+            let c = Connection::connect(&address).await?;
+            self.connections.insert(id, c);
+        }
+        self.connections
+            .get_mut(&id)
+            .context("connection just made")
+    }
+}
+
+/// Kafka's name for an error code, for one-line messages.
+pub fn error_name(code: i16) -> String {
+    let name = match code {
+        -1 => "UNKNOWN_SERVER_ERROR",
+        1 => "OFFSET_OUT_OF_RANGE",
+        2 => "CORRUPT_MESSAGE",
+        3 => "UNKNOWN_TOPIC_OR_PARTITION",
+        5 => "LEADER_NOT_AVAILABLE",
+        6 => "NOT_LEADER_OR_FOLLOWER",
+        7 => "REQUEST_TIMED_OUT",
+        10 => "MESSAGE_TOO_LARGE",
+        17 => "INVALID_TOPIC_EXCEPTION",
+        19 => "NOT_ENOUGH_REPLICAS",
+        21 => "INVALID_REQUIRED_ACKS",
+        35 => "UNSUPPORTED_VERSION",
+        36 => "TOPIC_ALREADY_EXISTS",
+        37 => "INVALID_PARTITIONS",
+        38 => "INVALID_REPLICATION_FACTOR",
+        40 => "INVALID_CONFIG",
+        42 => "INVALID_REQUEST",
+        56 => "KAFKA_STORAGE_ERROR",
+        73 => "TOPIC_DELETION_DISABLED",
+        100 => "UNKNOWN_TOPIC_ID",
+        _ => return format!("error {code}"),
+    };
+    name.to_string()
+}
+
+/// Kafka's default partitioner for keyed records: murmur2 of the key, made positive,
+/// modulo the partition count (so a key lands where a Java or librdkafka producer using
+/// the murmur2 partitioner would put it).
+pub fn partition_for_key(key: &[u8], partitions: i32) -> i32 {
+    ((murmur2(key) & 0x7fff_ffff) % partitions as u32) as i32
+}
+
+fn murmur2(data: &[u8]) -> u32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let mut h: u32 = SEED ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for chunk in &mut chunks {
+        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let rest = chunks.remainder();
+    if rest.len() >= 3 {
+        h ^= u32::from(rest[2]) << 16;
+    }
+    if rest.len() >= 2 {
+        h ^= u32::from(rest[1]) << 8;
+    }
+    if !rest.is_empty() {
+        h ^= u32::from(rest[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn murmur2_matches_kafkas() {
+        // from Kafka's UtilsTest.testMurmur2
+        let cases: [(&[u8], i32); 4] = [
+            (b"21", -973932308),
+            (b"foobar", -790332482),
+            (b"a-little-bit-long-string", -985981536),
+            (b"a-little-bit-longer-string", -1486304829),
+        ];
+        for (key, expected) in cases {
+            assert_eq!(super::murmur2(key) as i32, expected, "{key:?}");
+        }
+    }
+}
