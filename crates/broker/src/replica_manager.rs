@@ -27,7 +27,8 @@ pub struct ReplicaManager {
     partitions: RwLock<HashMap<TopicPartition, Arc<Partition>>>,
     /// High watermarks read at startup; a partition created later starts from its entry.
     checkpointed_high_watermarks: Mutex<BTreeMap<TopicPartition, Offset>>,
-    synced_index: Mutex<u64>,
+    /// The image index last synced, and whether it was known current then.
+    synced: Mutex<(u64, bool)>,
     data_version: Arc<watch::Sender<u64>>,
 }
 
@@ -55,7 +56,7 @@ impl ReplicaManager {
             logs: Mutex::new(logs),
             partitions: RwLock::new(HashMap::new()),
             checkpointed_high_watermarks: Mutex::new(high_watermarks),
-            synced_index: Mutex::new(0),
+            synced: Mutex::new((0, false)),
             data_version: Arc::new(watch::channel(0).0),
         })
     }
@@ -84,8 +85,9 @@ impl ReplicaManager {
     /// Brings local partitions in line with `image`. `caught_up`: the image is known to be
     /// current (the controller unfenced this broker), so partitions missing from it may go.
     pub fn sync(&self, image: &MetadataImage, caught_up: bool) {
-        let mut synced = self.synced_index.lock().unwrap_or_else(|p| p.into_inner());
-        if image.applied_index() <= *synced && !caught_up {
+        let mut synced = self.synced.lock().unwrap_or_else(|p| p.into_inner());
+        // nothing new: the same image, and the same knowledge of whether it is current
+        if image.applied_index() <= synced.0 && caught_up == synced.1 {
             return;
         }
         let me = self.config.broker_id;
@@ -144,7 +146,7 @@ impl ReplicaManager {
                 self.delete_log(&tp);
             }
         }
-        *synced = image.applied_index();
+        *synced = (image.applied_index(), caught_up);
     }
 
     fn create(
