@@ -8,7 +8,6 @@
 //! |ISR| < `min.insync.replicas` (Kafka's strict min ISR, KIP-966). Consumers read below the
 //! HW only.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use sluice_log::{LogError, LogReadInfo, SharedLog};
@@ -16,6 +15,8 @@ use sluice_metadata::error_code as ec;
 use sluice_metadata::proto::metadata as pb;
 use sluice_record::{LeaderEpoch, Offset, TopicPartition};
 use tokio::sync::watch;
+
+use crate::leader_state::LeaderState;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionState {
@@ -82,9 +83,10 @@ pub enum FetchIsolation {
 
 struct Inner {
     state: PartitionState,
+    /// Some while this broker leads the partition.
+    leader: Option<LeaderState>,
+    /// The high watermark while not leading (the checkpointed value, or the last one led).
     high_watermark: Offset,
-    /// Followers' log end offsets, as their fetches report them (replication, issue 5).
-    follower_leos: BTreeMap<i32, Offset>,
     min_insync_replicas: usize,
 }
 
@@ -128,8 +130,8 @@ impl Partition {
                     replicas: Vec::new(),
                     isr: Vec::new(),
                 },
+                leader: None,
                 high_watermark: checkpointed_high_watermark.min(leo),
-                follower_leos: BTreeMap::new(),
                 min_insync_replicas: 1,
             }),
             data_version,
@@ -157,20 +159,33 @@ impl Partition {
     }
 
     pub fn is_leader(&self) -> bool {
-        self.inner().state.leader == self.broker_id
+        self.inner().leader.is_some()
     }
 
     pub fn high_watermark(&self) -> Offset {
-        self.inner().high_watermark
+        Self::high_watermark_of(&self.inner())
+    }
+
+    fn high_watermark_of(inner: &Inner) -> Offset {
+        inner
+            .leader
+            .as_ref()
+            .map_or(inner.high_watermark, LeaderState::high_watermark)
     }
 
     pub fn set_min_insync_replicas(&self, min: usize) {
-        self.inner().min_insync_replicas = min.max(1);
+        let mut inner = self.inner();
+        inner.min_insync_replicas = min.max(1);
+        if let Some(leader) = &mut inner.leader {
+            leader.set_min_insync_replicas(min);
+        }
     }
 
     /// Applies the partition's state from the metadata image. Older states (by leader
-    /// epoch, then partition epoch) are ignored, so replays are harmless.
-    pub fn apply_state(&self, p: &pb::Partition) {
+    /// epoch, then partition epoch) are ignored, so replays are harmless. A new leader
+    /// epoch naming this broker starts a fresh [`LeaderState`]; the same epoch only
+    /// updates the ISR.
+    pub fn apply_state(&self, p: &pb::Partition, now_ms: i64) {
         let mut inner = self.inner();
         let current = &inner.state;
         if (p.leader_epoch, p.partition_epoch) <= (current.leader_epoch, current.partition_epoch) {
@@ -180,7 +195,7 @@ impl Partition {
             p.leader_epoch >= current.leader_epoch,
             "leader epochs never decrease"
         );
-        let leader_changed = p.leader_epoch != current.leader_epoch;
+        let new_epoch = p.leader_epoch != current.leader_epoch;
         inner.state = PartitionState {
             leader: p.leader,
             leader_epoch: p.leader_epoch,
@@ -188,11 +203,29 @@ impl Partition {
             replicas: p.replicas.clone(),
             isr: p.isr.clone(),
         };
-        if leader_changed {
-            inner.follower_leos.clear();
+        let leads = p.leader == self.broker_id;
+        let leo = sluice_log::lock(&self.log).log_end_offset();
+        match (&mut inner.leader, leads) {
+            (Some(leader), true) if !new_epoch => leader.set_isr(&p.isr),
+            (_, true) => {
+                let hw = Self::high_watermark_of(&inner).min(leo);
+                inner.leader = Some(LeaderState::new(
+                    self.broker_id,
+                    &p.replicas,
+                    &p.isr,
+                    inner.min_insync_replicas,
+                    hw,
+                    leo,
+                    now_ms,
+                ));
+            }
+            (_, false) => {
+                inner.high_watermark = Self::high_watermark_of(&inner);
+                inner.leader = None;
+            }
         }
-        if p.leader == self.broker_id {
-            self.maybe_advance_high_watermark(&mut inner);
+        if let Some(leader) = &mut inner.leader {
+            leader.maybe_advance_high_watermark(leo);
         }
         drop(inner);
         self.bump();
@@ -202,24 +235,17 @@ impl Partition {
         self.data_version.send_modify(|v| *v = v.wrapping_add(1));
     }
 
-    /// HW = min LEO over the ISR, if |ISR| ≥ min.insync.replicas; never decreases.
-    fn maybe_advance_high_watermark(&self, inner: &mut Inner) {
-        let leo = sluice_log::lock(&self.log).log_end_offset();
-        if inner.state.isr.len() < inner.min_insync_replicas {
+    /// A follower's fetch from `fetch_offset` (its log end offset) reached the leader.
+    pub fn on_follower_fetch(&self, follower_id: i32, fetch_offset: Offset, now_ms: i64) {
+        let mut inner = self.inner();
+        let Some(leader) = &mut inner.leader else {
             return;
+        };
+        let leo = sluice_log::lock(&self.log).log_end_offset();
+        if leader.on_follower_fetch(follower_id, fetch_offset, leo, now_ms) {
+            drop(inner);
+            self.bump();
         }
-        let mut candidate = leo;
-        for id in &inner.state.isr {
-            if *id == self.broker_id {
-                continue;
-            }
-            let follower = inner.follower_leos.get(id).copied().unwrap_or(Offset::ZERO);
-            candidate = candidate.min(follower);
-        }
-        if candidate > inner.high_watermark {
-            inner.high_watermark = candidate;
-        }
-        assert!(inner.high_watermark <= leo, "HW ≤ LEO");
     }
 
     fn check_leader_epoch(
@@ -252,22 +278,21 @@ impl Partition {
         now_ms: i64,
     ) -> Result<AppendResult, PartitionError> {
         let mut inner = self.inner();
-        if inner.state.leader != self.broker_id {
-            return Err(PartitionError::NotLeader);
-        }
-        if required_acks == -1 && inner.state.isr.len() < inner.min_insync_replicas {
-            return Err(PartitionError::NotEnoughReplicas {
-                isr: inner.state.isr.len(),
-                min: inner.min_insync_replicas,
-            });
-        }
         let epoch = LeaderEpoch(inner.state.leader_epoch);
-        let (info, log_start_offset) = {
+        let isr = inner.state.isr.len();
+        let min = inner.min_insync_replicas;
+        let Some(leader) = &mut inner.leader else {
+            return Err(PartitionError::NotLeader);
+        };
+        if required_acks == -1 && !leader.has_min_isr() {
+            return Err(PartitionError::NotEnoughReplicas { isr, min });
+        }
+        let (info, log_start_offset, leo) = {
             let mut log = sluice_log::lock(&self.log);
             let info = log.append_as_leader(records, epoch, now_ms)?;
-            (info, log.log_start_offset())
+            (info, log.log_start_offset(), log.log_end_offset())
         };
-        self.maybe_advance_high_watermark(&mut inner);
+        leader.maybe_advance_high_watermark(leo);
         drop(inner);
         self.bump();
         Ok(AppendResult {
@@ -287,11 +312,11 @@ impl Partition {
         current_leader_epoch: i32,
     ) -> Result<(LogReadInfo, Offset), PartitionError> {
         let inner = self.inner();
-        if inner.state.leader != self.broker_id {
+        if inner.leader.is_none() {
             return Err(PartitionError::NotLeader);
         }
         self.check_leader_epoch(&inner.state, current_leader_epoch)?;
-        let high_watermark = inner.high_watermark;
+        let high_watermark = Self::high_watermark_of(&inner);
         drop(inner);
         let log = sluice_log::lock(&self.log);
         let max_offset = match isolation {
@@ -308,11 +333,11 @@ impl Partition {
         current_leader_epoch: i32,
     ) -> Result<(Offset, Offset, Offset), PartitionError> {
         let inner = self.inner();
-        if inner.state.leader != self.broker_id {
+        if inner.leader.is_none() {
             return Err(PartitionError::NotLeader);
         }
         self.check_leader_epoch(&inner.state, current_leader_epoch)?;
-        let hw = inner.high_watermark;
+        let hw = Self::high_watermark_of(&inner);
         drop(inner);
         let log = sluice_log::lock(&self.log);
         Ok((log.log_start_offset(), hw, log.log_end_offset()))
@@ -332,5 +357,132 @@ impl Partition {
 
     pub fn leader_epoch(&self) -> i32 {
         self.inner().state.leader_epoch
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use sluice_log::{Log, LogConfig};
+    use sluice_record::{BatchBuilder, Compression};
+
+    use super::*;
+
+    fn partition(dir: &std::path::Path) -> Partition {
+        let tp = TopicPartition::new("t", 0);
+        let log = Log::open(
+            &dir.join("t-0"),
+            tp.clone(),
+            LogConfig::default(),
+            Offset::ZERO,
+            true,
+            0,
+        )
+        .unwrap();
+        Partition::new(
+            tp,
+            vec![0; 16],
+            1,
+            Arc::new(Mutex::new(log)),
+            Offset::ZERO,
+            Arc::new(watch::channel(0).0),
+        )
+    }
+
+    fn state(leader: i32, leader_epoch: i32, partition_epoch: i32, isr: &[i32]) -> pb::Partition {
+        pb::Partition {
+            partition: 0,
+            replicas: vec![1, 2, 3],
+            isr: isr.to_vec(),
+            leader,
+            leader_epoch,
+            partition_epoch,
+        }
+    }
+
+    fn records(n: usize) -> Vec<u8> {
+        let mut b = BatchBuilder::new(Compression::None);
+        for _ in 0..n {
+            b.append(1, None, Some(b"v"), &[]);
+        }
+        b.build().unwrap()
+    }
+
+    #[test]
+    fn the_leader_exposes_only_what_every_isr_member_has() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = partition(dir.path());
+        p.apply_state(&state(1, 0, 0, &[1, 2, 3]), 0);
+        let appended = p.append_as_leader(&mut records(5), 1, 0).unwrap();
+        assert_eq!(appended.last_offset, Offset(4));
+        assert_eq!(
+            p.high_watermark(),
+            Offset::ZERO,
+            "followers have not fetched"
+        );
+        // consumers see nothing yet; a follower reads to the end
+        let (read, _) = p
+            .read(
+                Offset::ZERO,
+                1 << 20,
+                FetchIsolation::HighWatermark,
+                true,
+                -1,
+            )
+            .unwrap();
+        assert!(read.region.is_none());
+        let (read, _) = p
+            .read(Offset::ZERO, 1 << 20, FetchIsolation::LogEnd, true, -1)
+            .unwrap();
+        assert!(read.region.is_some());
+        p.on_follower_fetch(2, Offset(5), 1);
+        assert_eq!(p.high_watermark(), Offset::ZERO);
+        p.on_follower_fetch(3, Offset(3), 1);
+        assert_eq!(p.high_watermark(), Offset(3));
+        p.on_follower_fetch(3, Offset(5), 2);
+        assert_eq!(p.high_watermark(), Offset(5));
+        // the ISR shrinks to the leader alone (same epoch): with min ISR 2, acks=all is
+        // refused and the HW stays; acks=1 still appends
+        p.set_min_insync_replicas(2);
+        p.apply_state(&state(1, 0, 1, &[1]), 3);
+        assert!(matches!(
+            p.append_as_leader(&mut records(1), -1, 3),
+            Err(PartitionError::NotEnoughReplicas { isr: 1, min: 2 })
+        ));
+        p.append_as_leader(&mut records(1), 1, 3).unwrap();
+        assert_eq!(p.high_watermark(), Offset(5), "not advanced below min ISR");
+    }
+
+    #[test]
+    fn leadership_moves_with_the_epoch_and_stale_states_are_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = partition(dir.path());
+        p.apply_state(&state(1, 3, 7, &[1]), 0);
+        p.append_as_leader(&mut records(2), 1, 0).unwrap();
+        assert_eq!(p.high_watermark(), Offset(2));
+        // a replayed older state changes nothing
+        p.apply_state(&state(2, 2, 9, &[2]), 1);
+        assert!(p.is_leader());
+        // a newer epoch led by broker 2: this one stops leading, keeps its HW
+        p.apply_state(&state(2, 4, 8, &[2, 1]), 2);
+        assert!(!p.is_leader());
+        assert!(matches!(
+            p.append_as_leader(&mut records(1), 1, 2),
+            Err(PartitionError::NotLeader)
+        ));
+        assert_eq!(p.high_watermark(), Offset(2));
+        // epoch-checked reads: older epoch fenced, newer unknown
+        p.apply_state(&state(1, 5, 9, &[1, 2]), 3);
+        assert!(matches!(
+            p.read(Offset::ZERO, 100, FetchIsolation::HighWatermark, true, 4),
+            Err(PartitionError::FencedLeaderEpoch { .. })
+        ));
+        assert!(matches!(
+            p.read(Offset::ZERO, 100, FetchIsolation::HighWatermark, true, 6),
+            Err(PartitionError::UnknownLeaderEpoch { .. })
+        ));
+        // leading again: the HW starts where it was, not at the log end
+        assert_eq!(p.high_watermark(), Offset(2));
     }
 }

@@ -119,7 +119,7 @@ impl ReplicaManager {
                     }
                 };
                 partition.set_min_insync_replicas(min_isr);
-                partition.apply_state(p);
+                partition.apply_state(p, now_ms());
             }
         }
         if caught_up {

@@ -51,6 +51,7 @@ pub async fn handle(request: &RequestFrame, broker: &Broker) -> Result<Answer, C
     } else {
         FetchIsolation::HighWatermark
     };
+
     broker.sync_partitions();
     // names of topics asked by id (v13+)
     let names: Vec<Option<String>> = broker.with_image(|image| {
@@ -68,6 +69,10 @@ pub async fn handle(request: &RequestFrame, broker: &Broker) -> Result<Answer, C
             })
             .collect()
     });
+    if replica_id >= 0 {
+        // a follower's fetch offset is its log end offset: the leader's HW input
+        report_follower_positions(broker, &body, &names, replica_id);
+    }
     let min_bytes = body.min_bytes.max(0) as u64;
     let wait = Duration::from_millis(body.max_wait_ms.clamp(0, MAX_WAIT_CAP_MS) as u64);
     let deadline = tokio::time::Instant::now() + wait;
@@ -93,6 +98,24 @@ pub async fn handle(request: &RequestFrame, broker: &Broker) -> Result<Answer, C
         {
             // the broker is shutting down
             tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
+fn report_follower_positions(
+    broker: &Broker,
+    body: &FetchRequest,
+    names: &[Option<String>],
+    replica_id: i32,
+) {
+    let now = super::now_ms();
+    for (topic, name) in body.topics.iter().zip(names) {
+        let Some(name) = name else { continue };
+        for fp in &topic.partitions {
+            let tp = TopicPartition::new(name.clone(), fp.partition);
+            if let Some(partition) = broker.replicas.partition(&tp) {
+                partition.on_follower_fetch(replica_id, Offset(fp.fetch_offset), now);
+            }
         }
     }
 }
