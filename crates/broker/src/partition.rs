@@ -355,6 +355,24 @@ impl Partition {
         Ok(found.filter(|(_, offset)| *offset < hw))
     }
 
+    /// OffsetForLeaderEpoch, as leader: the largest epoch at most `epoch` this log has and
+    /// where `epoch` ends (the next epoch's start, or the log end for the latest); (-1, -1)
+    /// when the log knows no such epoch. What a new follower truncates to (KIP-101/279).
+    pub fn end_offset_for_epoch(
+        &self,
+        current_leader_epoch: i32,
+        epoch: i32,
+    ) -> Result<(i32, i64), PartitionError> {
+        let inner = self.inner();
+        if inner.leader.is_none() {
+            return Err(PartitionError::NotLeader);
+        }
+        self.check_leader_epoch(&inner.state, current_leader_epoch)?;
+        drop(inner);
+        let (found, end) = sluice_log::lock(&self.log).end_offset_for_epoch(LeaderEpoch(epoch));
+        Ok((found.0, end.0))
+    }
+
     pub fn leader_epoch(&self) -> i32 {
         self.inner().state.leader_epoch
     }

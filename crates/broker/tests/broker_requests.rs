@@ -495,3 +495,58 @@ async fn a_deleted_topic_leaves_no_data_and_a_new_one_of_the_same_name_starts_em
     );
     broker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offset_for_leader_epoch_names_where_an_epoch_ends() {
+    use kafka_protocol::messages::offset_for_leader_epoch_request::{
+        OffsetForLeaderPartition, OffsetForLeaderTopic,
+    };
+    use kafka_protocol::messages::{OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse};
+    let broker = TestBroker::start(true).await;
+    let mut c = broker.client().await;
+    c.create_topic("epochs", 1, &[]).await;
+    assert_eq!(
+        c.produce(
+            "epochs",
+            0,
+            batch(&[b"a", b"b", b"c"], Compression::None),
+            1
+        )
+        .await,
+        (0, 0)
+    );
+    let m: MetadataResponse = c
+        .call(
+            ApiKey::Metadata,
+            12,
+            &MetadataRequest::default().with_topics(None),
+        )
+        .await;
+    let epoch = m.topics[0].partitions[0].leader_epoch;
+    let ask = |current: i32, asked: i32| {
+        OffsetForLeaderEpochRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![OffsetForLeaderTopic::default()
+                .with_topic(name("epochs"))
+                .with_partitions(vec![OffsetForLeaderPartition::default()
+                    .with_partition(0)
+                    .with_current_leader_epoch(current)
+                    .with_leader_epoch(asked)])])
+    };
+    for (current, asked, expected) in [
+        (epoch, epoch, (0, epoch, 3)), // the latest epoch ends at the log end
+        (-1, epoch + 5, (0, -1, -1)),  // newer than any epoch in the log
+        (epoch + 1, epoch, (76, -1, -1)), // UNKNOWN_LEADER_EPOCH: the asker is ahead
+    ] {
+        let r: OffsetForLeaderEpochResponse = c
+            .call(ApiKey::OffsetForLeaderEpoch, 4, &ask(current, asked))
+            .await;
+        let p = &r.topics[0].partitions[0];
+        assert_eq!(
+            (p.error_code, p.leader_epoch, p.end_offset),
+            expected,
+            "asked {asked}"
+        );
+    }
+    broker.stop().await;
+}

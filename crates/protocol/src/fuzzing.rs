@@ -31,6 +31,7 @@ pub fn decode_body(api_key: ApiKey, version: i16, body: Bytes) -> bool {
         ApiKey::DescribeConfigs => decode_as::<DescribeConfigsRequest>(body, version),
         ApiKey::DescribeCluster => decode_as::<DescribeClusterRequest>(body, version),
         ApiKey::FindCoordinator => decode_as::<FindCoordinatorRequest>(body, version),
+        ApiKey::OffsetForLeaderEpoch => decode_as::<OffsetForLeaderEpochRequest>(body, version),
         _ => false,
     }
 }

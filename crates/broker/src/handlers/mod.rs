@@ -9,6 +9,7 @@ mod fetch;
 mod find_coordinator;
 mod list_offsets;
 mod metadata;
+mod offset_for_leader_epoch;
 mod produce;
 
 use bytes::Bytes;
@@ -32,6 +33,7 @@ pub const HANDLED_APIS: &[ApiKey] = &[
     ApiKey::DescribeConfigs,
     ApiKey::DescribeCluster,
     ApiKey::FindCoordinator,
+    ApiKey::OffsetForLeaderEpoch,
 ];
 
 /// What a handler hands back: chunks to write, or nothing (acks=0 produce).
@@ -49,6 +51,7 @@ pub async fn handle(request: &RequestFrame, broker: &Broker) -> Result<Answer, C
         ApiKey::DescribeConfigs => describe::describe_configs(request, broker).await,
         ApiKey::DescribeCluster => describe::describe_cluster(request, broker).await,
         ApiKey::FindCoordinator => find_coordinator::handle(request, broker).await,
+        ApiKey::OffsetForLeaderEpoch => offset_for_leader_epoch::handle(request, broker).await,
         api_key => Err(ConnectionError::UnsupportedVersion {
             api_key,
             api_version: request.api_version,
