@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real Kafka clients (written by others) the tests drive Sluice with:
-#   kcat (Debian's, librdkafka 2.0.2) and confluent-kafka (PyPI, its own newer librdkafka)
+#   kcat (Debian's, librdkafka 2.0.2), confluent-kafka (PyPI, its own newer librdkafka)
+#   and kafka-python (PyPI, pure Python)
 #   in a venv at DIR/venv. With --perf also librdkafka's rdkafka_performance load tool,
 #   built from Debian's librdkafka source (benchmarks only).
 # Usage: scripts/install-kafka-clients.sh [--perf] [DIR]   (default DIR: .kafka-clients)
@@ -30,6 +31,8 @@ if [ ! -x "$dir/venv/bin/python" ]; then
 fi
 "$dir/venv/bin/python" -c 'import confluent_kafka' 2>/dev/null \
   || "$dir/venv/bin/pip" install -q confluent-kafka
+"$dir/venv/bin/python" -c 'import kafka' 2>/dev/null \
+  || "$dir/venv/bin/pip" install -q kafka-python
 
 if [ $perf = 1 ] && [ ! -x "$dir/bin/rdkafka_performance" ]; then
   # a deb-src list of our own, from the machine's configured Debian mirror; /etc/apt stays

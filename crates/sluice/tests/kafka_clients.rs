@@ -436,3 +436,21 @@ fn the_sluice_cli_and_kcat_read_each_others_records() {
     let out = run(sluice(&node, &["topic", "list"]), b"", t);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "");
 }
+
+#[test]
+fn kafka_python_round_trips_through_its_admin_producer_and_consumer() {
+    let node = Node::start(&[]);
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/kafka_python_round_trip.py");
+    let mut command = Command::new(python());
+    command.arg(script).arg(&node.bootstrap);
+    let out = run(command, b"", Duration::from_secs(180));
+    check(&out, "kafka_python_round_trip.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("round trip ok"), "{stdout}");
+    // it takes Sluice for the Kafka release whose ApiVersions ranges Sluice advertises
+    assert!(
+        stdout.contains("broker version detected: (3, 9)"),
+        "{stdout}"
+    );
+}
