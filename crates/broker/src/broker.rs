@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use sluice_metadata::proto::metadata as pb;
 use sluice_metadata::MetadataImage;
 
 use crate::broker_config::BrokerConfig;
@@ -46,5 +47,33 @@ impl Broker {
         let ok = self.metadata.wait_until(timeout, f).await;
         self.sync_partitions();
         ok
+    }
+
+    /// Waits (up to `timeout`) until every topic in `names` exists with a leader for each
+    /// of its partitions, then syncs partitions.
+    pub async fn wait_for_topics_led(&self, names: &[String], timeout: Duration) -> bool {
+        self.wait_for_image(timeout, |image| {
+            names.iter().all(|name| {
+                image
+                    .topic(name)
+                    .is_some_and(|t| t.partitions.iter().all(|p| p.leader >= 0))
+            })
+        })
+        .await
+    }
+
+    /// The endpoint of `broker` clients of this listener should use: the one with this
+    /// broker's listener name, else its first.
+    pub fn endpoint_of<'a>(&self, broker: &'a pb::Broker) -> Option<&'a pb::Endpoint> {
+        let listener = self
+            .config
+            .advertised_endpoints
+            .first()
+            .map(|e| e.name.as_str());
+        broker
+            .endpoints
+            .iter()
+            .find(|e| Some(e.name.as_str()) == listener)
+            .or(broker.endpoints.first())
     }
 }

@@ -26,6 +26,29 @@ use crate::connection::ConnectionError;
 
 const TOPIC_DELETION_DISABLED: i16 = 73;
 
+/// The controller's answer for each forwarded topic, paired with its slot in the
+/// response (the controller answers in request order); when no controller answered, a
+/// REQUEST_TIMED_OUT result for every slot.
+fn per_slot(
+    slots: &[usize],
+    answer: Result<Vec<api::TopicResult>, tonic::Status>,
+) -> Vec<(usize, api::TopicResult)> {
+    match answer {
+        Ok(topics) => slots.iter().copied().zip(topics).collect(),
+        Err(e) => slots
+            .iter()
+            .map(|slot| {
+                let timed_out = api::TopicResult {
+                    error_code: i32::from(ec::REQUEST_TIMED_OUT),
+                    error_message: e.message().to_string(),
+                    ..Default::default()
+                };
+                (*slot, timed_out)
+            })
+            .collect(),
+    }
+}
+
 fn timeout_of(timeout_ms: i32) -> Duration {
     Duration::from_millis(timeout_ms.clamp(1000, 120_000) as u64)
 }
@@ -87,26 +110,16 @@ pub async fn create_topics(
                 async move { c.create_topics(request).await }
             })
             .await;
-        match answer {
-            Ok(answer) => {
-                for (slot, r) in slots.iter().zip(answer.topics) {
-                    let result = &mut results[*slot];
-                    result.error_code = r.error_code as i16;
-                    if r.error_code != 0 {
-                        result.error_message = Some(str_bytes(r.error_message));
-                        continue;
-                    }
-                    result.topic_id = uuid_of(&r.topic_id);
-                    result.num_partitions = r.num_partitions;
-                    result.replication_factor = r.replication_factor as i16;
-                }
+        for (slot, r) in per_slot(&slots, answer.map(|a| a.topics)) {
+            let result = &mut results[slot];
+            result.error_code = r.error_code as i16;
+            if r.error_code != 0 {
+                result.error_message = Some(str_bytes(r.error_message));
+                continue;
             }
-            Err(e) => {
-                for slot in &slots {
-                    results[*slot].error_code = ec::REQUEST_TIMED_OUT;
-                    results[*slot].error_message = Some(str_bytes(e.message().to_string()));
-                }
-            }
+            result.topic_id = uuid_of(&r.topic_id);
+            result.num_partitions = r.num_partitions;
+            result.replication_factor = r.replication_factor as i16;
         }
         if !validate_only {
             let created: Vec<String> = results
@@ -114,15 +127,7 @@ pub async fn create_topics(
                 .filter(|r| r.error_code == 0)
                 .map(|r| r.name.0.to_string())
                 .collect();
-            broker
-                .wait_for_image(timeout, |image| {
-                    created.iter().all(|n| {
-                        image
-                            .topic(n)
-                            .is_some_and(|t| t.partitions.iter().all(|p| p.leader >= 0))
-                    })
-                })
-                .await;
+            broker.wait_for_topics_led(&created, timeout).await;
         }
     }
     if request.api_version >= 5 {
@@ -208,23 +213,13 @@ pub async fn delete_topics(
                 async move { c.delete_topics(request).await }
             })
             .await;
-        match answer {
-            Ok(answer) => {
-                for (slot, r) in slots.iter().zip(answer.topics) {
-                    let result = &mut results[*slot];
-                    result.error_code = r.error_code as i16;
-                    if r.error_code != 0 {
-                        result.error_message = Some(str_bytes(r.error_message));
-                    } else {
-                        result.topic_id = uuid_of(&r.topic_id);
-                    }
-                }
-            }
-            Err(e) => {
-                for slot in &slots {
-                    results[*slot].error_code = ec::REQUEST_TIMED_OUT;
-                    results[*slot].error_message = Some(str_bytes(e.message().to_string()));
-                }
+        for (slot, r) in per_slot(&slots, answer.map(|a| a.topics)) {
+            let result = &mut results[slot];
+            result.error_code = r.error_code as i16;
+            if r.error_code != 0 {
+                result.error_message = Some(str_bytes(r.error_message));
+            } else {
+                result.topic_id = uuid_of(&r.topic_id);
             }
         }
         let deleted: Vec<String> = slots
@@ -279,20 +274,10 @@ pub async fn create_partitions(
                 async move { c.create_partitions(request).await }
             })
             .await;
-        match answer {
-            Ok(answer) => {
-                for (slot, r) in slots.iter().zip(answer.topics) {
-                    results[*slot].error_code = r.error_code as i16;
-                    if r.error_code != 0 {
-                        results[*slot].error_message = Some(str_bytes(r.error_message));
-                    }
-                }
-            }
-            Err(e) => {
-                for slot in &slots {
-                    results[*slot].error_code = ec::REQUEST_TIMED_OUT;
-                    results[*slot].error_message = Some(str_bytes(e.message().to_string()));
-                }
+        for (slot, r) in per_slot(&slots, answer.map(|a| a.topics)) {
+            results[slot].error_code = r.error_code as i16;
+            if r.error_code != 0 {
+                results[slot].error_message = Some(str_bytes(r.error_message));
             }
         }
         if !validate_only {

@@ -193,22 +193,12 @@ pub async fn describe_cluster(
             .with_endpoint_type(body.endpoint_type);
         return respond(request, &response);
     }
-    let listener = broker
-        .config
-        .advertised_endpoints
-        .first()
-        .map(|e| e.name.clone())
-        .unwrap_or_default();
     let response = broker.with_image(|image| {
         let brokers = image
             .brokers()
             .filter(|b| !b.fenced || body.include_fenced_brokers)
             .filter_map(|b| {
-                let e = b
-                    .endpoints
-                    .iter()
-                    .find(|e| e.name == listener)
-                    .or(b.endpoints.first())?;
+                let e = broker.endpoint_of(b)?;
                 Some(
                     DescribeClusterBroker::default()
                         .with_broker_id(BrokerId(b.broker_id))

@@ -87,15 +87,7 @@ async fn auto_create(broker: &Broker, topics: &[(Option<String>, uuid::Uuid)]) {
         }
         Err(e) => tracing::warn!(error = %e, "auto-create: controller unavailable"),
     }
-    broker
-        .wait_for_image(AUTO_CREATE_WAIT, |image| {
-            missing.iter().all(|name| {
-                image
-                    .topic(name)
-                    .is_some_and(|t| t.partitions.iter().all(|p| p.leader >= 0))
-            })
-        })
-        .await;
+    broker.wait_for_topics_led(&missing, AUTO_CREATE_WAIT).await;
 }
 
 fn build(
@@ -104,21 +96,11 @@ fn build(
     version: i16,
     requested: Option<&[(Option<String>, uuid::Uuid)]>,
 ) -> MetadataResponse {
-    let listener = broker
-        .config
-        .advertised_endpoints
-        .first()
-        .map(|e| e.name.clone())
-        .unwrap_or_default();
     let brokers = image
         .brokers()
         .filter(|b| !b.fenced)
         .filter_map(|b| {
-            let endpoint = b
-                .endpoints
-                .iter()
-                .find(|e| e.name == listener)
-                .or(b.endpoints.first())?;
+            let endpoint = broker.endpoint_of(b)?;
             Some(
                 MetadataResponseBroker::default()
                     .with_node_id(BrokerId(b.broker_id))
