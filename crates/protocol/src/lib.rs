@@ -9,6 +9,7 @@
 //! Invariant: nothing here panics on any input bytes; malformed input is a typed error.
 
 pub mod api_versions;
+pub mod client_connection;
 pub mod fetch_response;
 pub mod frame;
 pub mod fuzzing;
@@ -16,6 +17,7 @@ pub mod request;
 pub mod response;
 
 pub use api_versions::{ApiRange, SupportedApis, KAFKA_3_9_RANGES};
+pub use client_connection::{ClientConnection, ClientError};
 pub use fetch_response::encode_fetch_response;
 pub use frame::{read_frame, FrameError};
 pub use request::{parse_request, RequestError, RequestFrame};

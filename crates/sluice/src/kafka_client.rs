@@ -6,14 +6,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
-use bytes::{Buf, BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::{
-    ApiKey, MetadataRequest, MetadataResponse, RequestHeader, ResponseHeader, TopicName,
-};
+use anyhow::{Context, Result};
+use kafka_protocol::messages::{ApiKey, MetadataRequest, MetadataResponse, TopicName};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use sluice_protocol::ClientConnection;
 
 pub const METADATA_VERSION: i16 = 12;
 pub const CREATE_TOPICS_VERSION: i16 = 7;
@@ -24,27 +20,18 @@ pub const LIST_OFFSETS_VERSION: i16 = 7;
 pub const DESCRIBE_CONFIGS_VERSION: i16 = 4;
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
 
 /// One connection to one broker.
 pub struct Connection {
-    address: String,
-    stream: TcpStream,
-    next_correlation_id: i32,
+    inner: ClientConnection,
 }
 
 impl Connection {
     pub async fn connect(address: &str) -> Result<Connection> {
-        let stream = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(address))
+        let inner = ClientConnection::connect(address, "sluice-cli", REQUEST_TIMEOUT)
             .await
-            .map_err(|_| anyhow::anyhow!("connecting to {address}: timed out"))?
             .with_context(|| format!("connecting to {address}"))?;
-        stream.set_nodelay(true).ok();
-        Ok(Connection {
-            address: address.to_string(),
-            stream,
-            next_correlation_id: 1,
-        })
+        Ok(Connection { inner })
     }
 
     /// Sends a request; reads its response unless `expect_response` is false (acks=0).
@@ -55,61 +42,10 @@ impl Connection {
         request: &Req,
         expect_response: bool,
     ) -> Result<Resp> {
-        let correlation_id = self.next_correlation_id;
-        self.next_correlation_id += 1;
-        let header = RequestHeader::default()
-            .with_request_api_key(api_key as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(correlation_id)
-            .with_client_id(Some(StrBytes::from_static_str("sluice-cli")));
-        let mut body = BytesMut::new();
-        header
-            .encode(&mut body, api_key.request_header_version(version))
-            .map_err(|e| anyhow::anyhow!("encoding {api_key:?}: {e}"))?;
-        request
-            .encode(&mut body, version)
-            .map_err(|e| anyhow::anyhow!("encoding {api_key:?}: {e}"))?;
-        let mut frame = BytesMut::with_capacity(body.len() + 4);
-        frame.put_i32(body.len() as i32);
-        frame.extend_from_slice(&body);
-        let address = self.address.clone();
-        let io = async {
-            self.stream.write_all(&frame).await?;
-            if !expect_response {
-                return Ok::<_, std::io::Error>(None);
-            }
-            let size = self.stream.read_i32().await?;
-            if size < 0 || size as usize > MAX_RESPONSE_BYTES {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("response size {size}"),
-                ));
-            }
-            let mut buf = vec![0u8; size as usize];
-            self.stream.read_exact(&mut buf).await?;
-            Ok(Some(Bytes::from(buf)))
-        };
-        let response = tokio::time::timeout(REQUEST_TIMEOUT, io)
-            .await
-            .map_err(|_| anyhow::anyhow!("{address}: no answer to {api_key:?} in time"))?
-            .with_context(|| format!("talking to {address}"))?;
-        let Some(mut buf) = response else {
-            return Ok(Resp::default());
-        };
-        let header = ResponseHeader::decode(&mut buf, api_key.response_header_version(version))
-            .map_err(|e| anyhow::anyhow!("{address}: bad response header: {e}"))?;
-        if header.correlation_id != correlation_id {
-            bail!("{address}: response to another request");
-        }
-        let decoded = Resp::decode(&mut buf, version)
-            .map_err(|e| anyhow::anyhow!("{address}: bad {api_key:?} response: {e}"))?;
-        if buf.has_remaining() {
-            bail!(
-                "{address}: {} unexpected bytes after the {api_key:?} response",
-                buf.remaining()
-            );
-        }
-        Ok(decoded)
+        Ok(self
+            .inner
+            .send(api_key, version, request, expect_response)
+            .await?)
     }
 }
 

@@ -1,0 +1,152 @@
+//! The client side of one Kafka connection: encode a request with its header, send it,
+//! read and decode the response (checked against the correlation id). Used by brokers
+//! fetching from leaders and by the CLI. One request at a time; every wait is bounded.
+
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{address}: {source}")]
+    Io {
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("{address}: no answer to {what} within {timeout:?}")]
+    Timeout {
+        address: String,
+        what: String,
+        timeout: Duration,
+    },
+    #[error("{address}: {reason}")]
+    Protocol { address: String, reason: String },
+}
+
+/// Largest response accepted.
+pub const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
+
+pub struct ClientConnection {
+    address: String,
+    stream: TcpStream,
+    client_id: &'static str,
+    next_correlation_id: i32,
+    timeout: Duration,
+}
+
+impl ClientConnection {
+    pub async fn connect(
+        address: &str,
+        client_id: &'static str,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(address))
+            .await
+            .map_err(|_| ClientError::Timeout {
+                address: address.to_string(),
+                what: "connect".to_string(),
+                timeout,
+            })?
+            .map_err(|source| ClientError::Io {
+                address: address.to_string(),
+                source,
+            })?;
+        stream.set_nodelay(true).ok();
+        Ok(ClientConnection {
+            address: address.to_string(),
+            stream,
+            client_id,
+            next_correlation_id: 1,
+            timeout,
+        })
+    }
+
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    fn protocol(&self, reason: impl Into<String>) -> ClientError {
+        ClientError::Protocol {
+            address: self.address.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Sends a request and decodes its response; with `expect_response` false (acks=0
+    /// produce) returns the default value without reading.
+    pub async fn send<Req: Encodable, Resp: Decodable + Default>(
+        &mut self,
+        api_key: ApiKey,
+        version: i16,
+        request: &Req,
+        expect_response: bool,
+    ) -> Result<Resp, ClientError> {
+        let correlation_id = self.next_correlation_id;
+        self.next_correlation_id = self.next_correlation_id.wrapping_add(1);
+        let header = RequestHeader::default()
+            .with_request_api_key(api_key as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(correlation_id)
+            .with_client_id(Some(StrBytes::from_static_str(self.client_id)));
+        let mut frame = BytesMut::new();
+        frame.put_i32(0);
+        header
+            .encode(&mut frame, api_key.request_header_version(version))
+            .map_err(|e| self.protocol(format!("encoding {api_key:?}: {e}")))?;
+        request
+            .encode(&mut frame, version)
+            .map_err(|e| self.protocol(format!("encoding {api_key:?}: {e}")))?;
+        let size = (frame.len() - 4) as i32;
+        frame[..4].copy_from_slice(&size.to_be_bytes());
+        let timeout = self.timeout;
+        let stream = &mut self.stream;
+        let io = async {
+            stream.write_all(&frame).await?;
+            if !expect_response {
+                return Ok::<_, std::io::Error>(None);
+            }
+            let size = stream.read_i32().await?;
+            if size < 0 || size as usize > MAX_RESPONSE_BYTES {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("response size {size}"),
+                ));
+            }
+            let mut buf = vec![0u8; size as usize];
+            stream.read_exact(&mut buf).await?;
+            Ok(Some(Bytes::from(buf)))
+        };
+        let response = tokio::time::timeout(timeout, io)
+            .await
+            .map_err(|_| ClientError::Timeout {
+                address: self.address.clone(),
+                what: format!("{api_key:?}"),
+                timeout,
+            })?
+            .map_err(|source| ClientError::Io {
+                address: self.address.clone(),
+                source,
+            })?;
+        let Some(mut buf) = response else {
+            return Ok(Resp::default());
+        };
+        let header = ResponseHeader::decode(&mut buf, api_key.response_header_version(version))
+            .map_err(|e| self.protocol(format!("bad response header: {e}")))?;
+        if header.correlation_id != correlation_id {
+            return Err(self.protocol("a response to another request"));
+        }
+        let decoded = Resp::decode(&mut buf, version)
+            .map_err(|e| self.protocol(format!("bad {api_key:?} response: {e}")))?;
+        if buf.has_remaining() {
+            return Err(self.protocol(format!(
+                "{} unexpected bytes after the {api_key:?} response",
+                buf.remaining()
+            )));
+        }
+        Ok(decoded)
+    }
+}
