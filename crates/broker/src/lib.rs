@@ -16,6 +16,7 @@ pub mod leader_state;
 pub mod listener;
 pub mod metadata_follower;
 pub mod partition;
+pub mod replica_fetcher;
 pub mod replica_manager;
 pub mod topic_config;
 

@@ -31,6 +31,8 @@ pub struct PartitionState {
 pub enum PartitionError {
     #[error("this broker is not the leader")]
     NotLeader,
+    #[error("this broker leads the partition; it does not follow")]
+    NotFollower,
     #[error("the request's leader epoch {request} is older than the current {current}")]
     FencedLeaderEpoch { request: i32, current: i32 },
     #[error("the request's leader epoch {request} is newer than the current {current}")]
@@ -46,7 +48,7 @@ impl PartitionError {
     pub fn error_code(&self) -> i16 {
         use sluice_record::RecordError as R;
         match self {
-            PartitionError::NotLeader => ec::NOT_LEADER_OR_FOLLOWER,
+            PartitionError::NotLeader | PartitionError::NotFollower => ec::NOT_LEADER_OR_FOLLOWER,
             PartitionError::FencedLeaderEpoch { .. } => ec::FENCED_LEADER_EPOCH,
             PartitionError::UnknownLeaderEpoch { .. } => ec::UNKNOWN_LEADER_EPOCH,
             PartitionError::NotEnoughReplicas { .. } => ec::NOT_ENOUGH_REPLICAS,
@@ -371,6 +373,63 @@ impl Partition {
         drop(inner);
         let (found, end) = sluice_log::lock(&self.log).end_offset_for_epoch(LeaderEpoch(epoch));
         Ok((found.0, end.0))
+    }
+
+    /// As follower: appends a record set fetched from the leader, exactly as the leader
+    /// stamped it, and takes the leader's high watermark (capped at the local log end).
+    pub fn append_as_follower(
+        &self,
+        records: &[u8],
+        leader_high_watermark: Offset,
+        now_ms: i64,
+    ) -> Result<(), PartitionError> {
+        let mut inner = self.inner();
+        if inner.leader.is_some() {
+            return Err(PartitionError::NotFollower);
+        }
+        let leo = {
+            let mut log = sluice_log::lock(&self.log);
+            if !records.is_empty() {
+                log.append_as_follower(records, now_ms)?;
+            }
+            log.log_end_offset()
+        };
+        inner.high_watermark = leader_high_watermark.min(leo);
+        drop(inner);
+        self.bump();
+        Ok(())
+    }
+
+    /// As follower: removes the log's suffix from `offset` on (what diverged from the
+    /// leader). The high watermark follows the log end down if it must.
+    pub fn truncate_to(&self, offset: Offset) -> Result<(), PartitionError> {
+        let mut inner = self.inner();
+        if inner.leader.is_some() {
+            return Err(PartitionError::NotFollower);
+        }
+        let leo = {
+            let mut log = sluice_log::lock(&self.log);
+            log.truncate_to(offset)?;
+            log.log_end_offset()
+        };
+        if inner.high_watermark > leo {
+            tracing::warn!(partition = %self.topic_partition, high_watermark = %inner.high_watermark, log_end = %leo, "truncated below the high watermark");
+            inner.high_watermark = leo;
+        }
+        Ok(())
+    }
+
+    /// (log end offset, latest leader epoch in the log): where a follower fetches from.
+    pub fn fetch_position(&self) -> (Offset, Option<LeaderEpoch>) {
+        let log = sluice_log::lock(&self.log);
+        (log.log_end_offset(), log.latest_epoch())
+    }
+
+    /// This log's own end offset for `epoch` (see [`Self::end_offset_for_epoch`]).
+    pub fn local_end_offset_for_epoch(&self, epoch: i32) -> Offset {
+        sluice_log::lock(&self.log)
+            .end_offset_for_epoch(LeaderEpoch(epoch))
+            .1
     }
 
     pub fn leader_epoch(&self) -> i32 {

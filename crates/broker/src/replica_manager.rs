@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 use crate::broker_config::BrokerConfig;
 use crate::partition::Partition;
+use crate::replica_fetcher::ReplicaFetchers;
 
 const PARTITION_METADATA: &str = "partition.metadata";
 
@@ -30,6 +31,7 @@ pub struct ReplicaManager {
     /// The image index last synced, and whether it was known current then.
     synced: Mutex<(u64, bool)>,
     data_version: Arc<watch::Sender<u64>>,
+    fetchers: ReplicaFetchers,
 }
 
 fn now_ms() -> i64 {
@@ -52,12 +54,13 @@ impl ReplicaManager {
         let logs = LogManager::open(&config.log_dir, config.log.clone(), now_ms())?;
         let high_watermarks = logs.read_high_watermarks()?;
         Ok(ReplicaManager {
-            config,
             logs: Mutex::new(logs),
             partitions: RwLock::new(HashMap::new()),
             checkpointed_high_watermarks: Mutex::new(high_watermarks),
             synced: Mutex::new((0, false)),
             data_version: Arc::new(watch::channel(0).0),
+            fetchers: ReplicaFetchers::new(config.broker_id),
+            config,
         })
     }
 
@@ -120,6 +123,13 @@ impl ReplicaManager {
                 };
                 partition.set_min_insync_replicas(min_isr);
                 partition.apply_state(p, now_ms());
+                match self.leader_address(image, p.leader) {
+                    Some(address) if p.leader != me => {
+                        self.fetchers
+                            .follow(p.leader, &address, partition, p.leader_epoch)
+                    }
+                    _ => self.fetchers.unfollow(&tp),
+                }
             }
         }
         if caught_up {
@@ -205,7 +215,24 @@ impl ReplicaManager {
         Ok(partition)
     }
 
+    /// `host:port` of `leader`'s listener of the same name as this broker's.
+    fn leader_address(&self, image: &MetadataImage, leader: i32) -> Option<String> {
+        let listener = self
+            .config
+            .advertised_endpoints
+            .first()
+            .map(|e| e.name.as_str());
+        let broker = image.broker(leader)?;
+        let e = broker
+            .endpoints
+            .iter()
+            .find(|e| Some(e.name.as_str()) == listener)
+            .or(broker.endpoints.first())?;
+        Some(format!("{}:{}", e.host, e.port))
+    }
+
     fn remove(&self, tp: &TopicPartition) {
+        self.fetchers.unfollow(tp);
         self.partitions
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -247,6 +274,7 @@ impl ReplicaManager {
 
     /// Checkpoints and closes every log (writes the clean-shutdown marker last).
     pub fn shutdown(self) -> Result<(), LogError> {
+        self.fetchers.shutdown();
         self.checkpoint_high_watermarks()?;
         self.partitions
             .write()
