@@ -36,6 +36,8 @@ pub struct BrokerConfig {
     pub topic_defaults: TopicDefaults,
     /// `log.retention.check.interval.ms`.
     pub retention_check_interval_ms: u64,
+    /// `replica.lag.time.max.ms`: a follower not caught up for this long leaves the ISR.
+    pub replica_lag_time_max_ms: i64,
     /// How often the high watermarks are checkpointed (Kafka:
     /// `replica.high.watermark.checkpoint.interval.ms`).
     pub high_watermark_checkpoint_interval_ms: u64,
@@ -58,6 +60,7 @@ impl BrokerConfig {
             log: LogConfig::default(),
             topic_defaults: TopicDefaults::default(),
             retention_check_interval_ms: 300_000,
+            replica_lag_time_max_ms: 30_000,
             high_watermark_checkpoint_interval_ms: 5000,
         }
     }

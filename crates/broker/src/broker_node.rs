@@ -69,6 +69,7 @@ impl BrokerNode {
         let tasks = vec![
             tokio::spawn(follow_metadata(Arc::clone(&broker))),
             tokio::spawn(housekeeping(Arc::clone(&broker))),
+            tokio::spawn(crate::isr_changes::run(Arc::clone(&broker))),
         ];
         let listener =
             BrokerListener::start_with(listener, listener_config, Some(Arc::clone(&broker)))?;

@@ -25,6 +25,10 @@ struct FollowerState {
 pub struct LeaderState {
     leader_id: i32,
     isr: Vec<i32>,
+    /// Followers whose addition to the ISR was asked of the controller and not yet
+    /// committed: they already count for the HW (Kafka's "maximal ISR", KIP-497), so the
+    /// HW cannot pass data a member-to-be lacks.
+    joining: Vec<i32>,
     min_insync_replicas: usize,
     high_watermark: Offset,
     /// Where this leader's epoch began: a follower joining the ISR must have reached it.
@@ -63,6 +67,7 @@ impl LeaderState {
         LeaderState {
             leader_id,
             isr: isr.to_vec(),
+            joining: Vec::new(),
             min_insync_replicas: min_insync_replicas.max(1),
             high_watermark,
             epoch_start_offset: leader_end_offset,
@@ -85,6 +90,12 @@ impl LeaderState {
     /// A new ISR from the controller (same leader epoch). Members keep their state.
     pub fn set_isr(&mut self, isr: &[i32]) {
         self.isr = isr.to_vec();
+        self.joining.retain(|id| !isr.contains(id));
+    }
+
+    /// Followers asked to join the ISR (counted for the HW until committed or dropped).
+    pub fn set_joining(&mut self, joining: &[i32]) {
+        self.joining = joining.to_vec();
     }
 
     /// Whether an acks=all append may proceed (|ISR| ≥ min.insync.replicas).
@@ -130,7 +141,7 @@ impl LeaderState {
             return false;
         }
         let mut candidate = leader_end_offset;
-        for id in &self.isr {
+        for id in self.isr.iter().chain(&self.joining) {
             if *id == self.leader_id {
                 continue;
             }
@@ -167,7 +178,7 @@ impl LeaderState {
     pub fn ready_to_join(&self) -> Vec<i32> {
         self.followers
             .iter()
-            .filter(|(id, _)| !self.isr.contains(id))
+            .filter(|(id, _)| !self.isr.contains(id) && !self.joining.contains(id))
             .filter(|(_, f)| {
                 f.log_end_offset
                     .is_some_and(|leo| leo >= self.high_watermark && leo >= self.epoch_start_offset)
@@ -241,6 +252,22 @@ mod tests {
         // a follower at the leader's end is never out of sync, however long ago
         s.on_follower_fetch(3, o(50), o(50), 300);
         assert_eq!(s.out_of_sync(o(50), 100_000, 1000), vec![2]);
+    }
+
+    #[test]
+    fn a_joining_follower_holds_the_high_watermark_back_until_it_has_the_data() {
+        let mut s = LeaderState::new(1, &[1, 2], &[1], 1, o(0), o(10), 0);
+        s.on_follower_fetch(2, o(10), o(10), 1);
+        assert_eq!(s.ready_to_join(), vec![2]);
+        s.set_joining(&[2]);
+        assert!(s.ready_to_join().is_empty(), "asked once");
+        // the leader appends; the joining follower has not fetched it yet
+        assert!(!s.maybe_advance_high_watermark(o(15)));
+        assert_eq!(s.high_watermark(), o(10));
+        s.on_follower_fetch(2, o(15), o(15), 2);
+        assert_eq!(s.high_watermark(), o(15));
+        s.set_isr(&[1, 2]);
+        assert!(s.joining.is_empty());
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod broker_node;
 pub mod connection;
 pub mod controller_client;
 pub mod handlers;
+pub mod isr_changes;
 pub mod leader_state;
 pub mod listener;
 pub mod metadata_follower;

@@ -90,6 +90,8 @@ struct Inner {
     /// The high watermark while not leading (the checkpointed value, or the last one led).
     high_watermark: Offset,
     min_insync_replicas: usize,
+    /// An AlterPartition for this partition is in flight.
+    isr_change_pending: bool,
 }
 
 pub struct Partition {
@@ -101,6 +103,15 @@ pub struct Partition {
     /// Bumped whenever a log end offset or high watermark moves: wakes long-polling
     /// fetches and parked acks=all produces.
     data_version: Arc<watch::Sender<u64>>,
+}
+
+/// An ISR change a leader asks the controller for (AlterPartition).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IsrChange {
+    pub topic_partition: TopicPartition,
+    pub leader_epoch: i32,
+    pub partition_epoch: i32,
+    pub new_isr: Vec<i32>,
 }
 
 pub struct AppendResult {
@@ -135,6 +146,7 @@ impl Partition {
                 leader: None,
                 high_watermark: checkpointed_high_watermark.min(leo),
                 min_insync_replicas: 1,
+                isr_change_pending: false,
             }),
             data_version,
         }
@@ -198,6 +210,7 @@ impl Partition {
             "leader epochs never decrease"
         );
         let new_epoch = p.leader_epoch != current.leader_epoch;
+        inner.isr_change_pending = false;
         inner.state = PartitionState {
             leader: p.leader,
             leader_epoch: p.leader_epoch,
@@ -231,6 +244,65 @@ impl Partition {
         }
         drop(inner);
         self.bump();
+    }
+
+    /// As leader: the ISR it should have now — without followers out of sync for longer
+    /// than `max_lag_ms`, with followers that caught up — if that differs from the
+    /// current one and no change is in flight. Marks the change in flight; joining
+    /// followers count for the HW from now on.
+    pub fn propose_isr_change(&self, now_ms: i64, max_lag_ms: i64) -> Option<IsrChange> {
+        let mut inner = self.inner();
+        if inner.isr_change_pending {
+            return None;
+        }
+        let leo = sluice_log::lock(&self.log).log_end_offset();
+        let state = inner.state.clone();
+        let leader = inner.leader.as_mut()?;
+        let out = leader.out_of_sync(leo, now_ms, max_lag_ms);
+        let join = leader.ready_to_join();
+        if out.is_empty() && join.is_empty() {
+            return None;
+        }
+        // replicas' order (preferred leader first), like the controller keeps it
+        let new_isr: Vec<i32> = state
+            .replicas
+            .iter()
+            .copied()
+            .filter(|id| (state.isr.contains(id) && !out.contains(id)) || join.contains(id))
+            .collect();
+        if new_isr == state.isr {
+            return None;
+        }
+        leader.set_joining(&join);
+        inner.isr_change_pending = true;
+        tracing::info!(partition = %self.topic_partition, isr = ?state.isr, new_isr = ?new_isr, "proposing an ISR change");
+        Some(IsrChange {
+            topic_partition: self.topic_partition.clone(),
+            leader_epoch: state.leader_epoch,
+            partition_epoch: state.partition_epoch,
+            new_isr,
+        })
+    }
+
+    /// The controller refused or lost the change: allow another proposal.
+    pub fn isr_change_failed(&self) {
+        let mut inner = self.inner();
+        inner.isr_change_pending = false;
+        if let Some(leader) = &mut inner.leader {
+            leader.set_joining(&[]);
+        }
+    }
+
+    /// The controller says this leadership is stale (a newer partition or leader epoch
+    /// exists): stop acting as leader until the metadata brings the newer state.
+    pub fn resign(&self) {
+        let mut inner = self.inner();
+        if inner.leader.is_some() {
+            tracing::warn!(partition = %self.topic_partition, "leadership is stale: no longer acting as leader");
+            inner.high_watermark = Self::high_watermark_of(&inner);
+            inner.leader = None;
+        }
+        inner.isr_change_pending = false;
     }
 
     fn bump(&self) {

@@ -23,12 +23,17 @@ const WAIT: Duration = Duration::from_secs(30);
 
 struct Cluster {
     brokers: BTreeMap<i32, BrokerNode>,
+    configs: BTreeMap<i32, BrokerConfig>,
     controller: Option<ControllerNode>,
     _dirs: Vec<tempfile::TempDir>,
 }
 
 impl Cluster {
     async fn start(n: i32) -> Cluster {
+        Self::start_with(n, |_| {}).await
+    }
+
+    async fn start_with(n: i32, tune: impl Fn(&mut BrokerConfig)) -> Cluster {
         let mut dirs = vec![tempfile::tempdir().unwrap()];
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
@@ -40,8 +45,12 @@ impl Cluster {
         c.election_timeout_ms = 300;
         c.raft_heartbeat_interval_ms = 50;
         c.broker_heartbeat_interval_ms = 100;
+        // the controller fences silent brokers only after a minute: ISR shrinks seen in
+        // these tests are the leaders' own
+        c.broker_session_timeout_ms = 60_000;
         let controller = ControllerNode::start(c, listener).await.unwrap();
         let mut brokers = BTreeMap::new();
+        let mut configs = BTreeMap::new();
         for id in 1..=n {
             let dir = tempfile::tempdir().unwrap();
             let mut config = BrokerConfig::new(id, dir.path().join("data"), vec![address.clone()]);
@@ -52,6 +61,8 @@ impl Cluster {
                 port: 0,
                 security_protocol: "PLAINTEXT".into(),
             }];
+            tune(&mut config);
+            configs.insert(id, config.clone());
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             brokers.insert(id, BrokerNode::start(config, listener).await.unwrap());
             dirs.push(dir);
@@ -61,6 +72,7 @@ impl Cluster {
         }
         Cluster {
             brokers,
+            configs,
             controller: Some(controller),
             _dirs: dirs,
         }
@@ -71,6 +83,56 @@ impl Cluster {
         ClientConnection::connect(&address, "test", WAIT)
             .await
             .unwrap()
+    }
+
+    async fn stop_broker(&mut self, id: i32) {
+        self.brokers.remove(&id).unwrap().shutdown().await.unwrap();
+    }
+
+    async fn restart_broker(&mut self, id: i32) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let node = BrokerNode::start(self.configs[&id].clone(), listener)
+            .await
+            .unwrap();
+        assert!(node.wait_until_ready(WAIT).await);
+        self.brokers.insert(id, node);
+    }
+
+    /// The partition's ISR as `via` reports it in Metadata.
+    async fn isr(&self, via: i32, topic: &str) -> Vec<i32> {
+        let mut c = self.client(via).await;
+        let m: MetadataResponse = c
+            .send(
+                ApiKey::Metadata,
+                12,
+                &MetadataRequest::default().with_topics(None),
+                true,
+            )
+            .await
+            .unwrap();
+        let t = m
+            .topics
+            .iter()
+            .find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == topic))
+            .unwrap();
+        let mut isr: Vec<i32> = t.partitions[0].isr_nodes.iter().map(|b| b.0).collect();
+        isr.sort();
+        isr
+    }
+
+    async fn wait_for_isr(&self, via: i32, topic: &str, expected: &[i32]) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let isr = self.isr(via, topic).await;
+            if isr == expected {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "ISR {isr:?}, waiting for {expected:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     fn log_bytes(&self, id: i32, tp: &TopicPartition) -> Vec<u8> {
@@ -120,13 +182,11 @@ fn batch(i: usize) -> Bytes {
     out.freeze()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn followers_replicate_and_acks_all_waits_for_the_isr() {
-    let cluster = Cluster::start(3).await;
+async fn create_replicated(cluster: &Cluster, topic: &str) -> i32 {
     let mut c = cluster.client(1).await;
     let create = CreateTopicsRequest::default()
         .with_topics(vec![CreatableTopic::default()
-            .with_name(name("replicated"))
+            .with_name(name(topic))
             .with_num_partitions(1)
             .with_replication_factor(3)
             .with_configs(vec![CreatableTopicConfig::default()
@@ -149,14 +209,18 @@ async fn followers_replicate_and_acks_all_waits_for_the_isr() {
         .unwrap();
     let partition = &m.topics[0].partitions[0];
     assert_eq!(partition.isr_nodes.len(), 3);
-    let leader = partition.leader_id.0;
+    partition.leader_id.0
+}
+
+/// Produces batches `range` with acks=all to `leader`; each must get its offset.
+async fn produce_all(cluster: &Cluster, leader: i32, topic: &str, range: std::ops::Range<usize>) {
     let mut p = cluster.client(leader).await;
-    for i in 0..20 {
+    for i in range {
         let request = ProduceRequest::default()
             .with_acks(-1)
             .with_timeout_ms(20_000)
             .with_topic_data(vec![TopicProduceData::default()
-                .with_name(name("replicated"))
+                .with_name(name(topic))
                 .with_partition_data(vec![PartitionProduceData::default()
                     .with_index(0)
                     .with_records(Some(batch(i)))])]);
@@ -168,8 +232,51 @@ async fn followers_replicate_and_acks_all_waits_for_the_isr() {
             "batch {i}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn followers_replicate_and_acks_all_waits_for_the_isr() {
+    let cluster = Cluster::start(3).await;
+    let leader = create_replicated(&cluster, "replicated").await;
+    produce_all(&cluster, leader, "replicated", 0..20).await;
     // acks=all answered ⇒ every ISR member had each batch; the logs are identical
     let tp = TopicPartition::new("replicated", 0);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while (1..=3).any(|id| cluster.log_end(id, &tp) != Some(Offset(200))) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "followers caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let leader_log = cluster.log_bytes(leader, &tp);
+    for id in 1..=3 {
+        assert!(
+            cluster.log_bytes(id, &tp) == leader_log,
+            "broker {id}'s log matches the leader's"
+        );
+    }
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopped_follower_leaves_the_isr_and_rejoins_once_caught_up() {
+    let mut cluster = Cluster::start_with(3, |c| c.replica_lag_time_max_ms = 1000).await;
+    let leader = create_replicated(&cluster, "lagging").await;
+    produce_all(&cluster, leader, "lagging", 0..5).await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    cluster.stop_broker(follower).await;
+    let rest: Vec<i32> = (1..=3).filter(|id| *id != follower).collect();
+    // the next acks=all write waits: the stopped follower is still in the ISR, caught up
+    // to the old end (Kafka's rule), until it has lagged replica.lag.time.max.ms behind the
+    // new data; then the leader drops it (the controller would wait 60 s) and, with two
+    // in-sync replicas meeting min.insync.replicas=2, the write is answered
+    produce_all(&cluster, leader, "lagging", 5..15).await;
+    cluster.wait_for_isr(leader, "lagging", &rest).await;
+    cluster.restart_broker(follower).await;
+    cluster.wait_for_isr(leader, "lagging", &[1, 2, 3]).await;
+    produce_all(&cluster, leader, "lagging", 15..20).await;
+    let tp = TopicPartition::new("lagging", 0);
     let deadline = tokio::time::Instant::now() + WAIT;
     while (1..=3).any(|id| cluster.log_end(id, &tp) != Some(Offset(200))) {
         assert!(

@@ -1,0 +1,106 @@
+//! The leader's side of ISR changes: every `replica.lag.time.max.ms / 2` each led
+//! partition is asked whether its ISR should shrink (followers out of sync) or grow
+//! (followers caught up), and the changes go to the controller in one AlterPartition,
+//! compare-and-set on the partition epoch. The committed state comes back (and through the
+//! metadata stream); a refusal as stale (newer partition or leader epoch) makes the leader
+//! stop acting as leader for that partition.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_metadata::error_code as ec;
+use sluice_metadata::proto::controller as api;
+
+use crate::broker::Broker;
+use crate::partition::{IsrChange, Partition};
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+pub async fn run(broker: Arc<Broker>) {
+    let lag_ms = broker.config.replica_lag_time_max_ms.max(10);
+    let every = Duration::from_millis((lag_ms / 2).max(10) as u64);
+    loop {
+        tokio::time::sleep(every).await;
+        let changes: Vec<(Arc<Partition>, IsrChange)> = broker
+            .replicas
+            .partitions()
+            .into_iter()
+            .filter_map(|p| {
+                let change = p.propose_isr_change(now_ms(), lag_ms)?;
+                Some((p, change))
+            })
+            .collect();
+        if !changes.is_empty() {
+            alter(&broker, changes).await;
+        }
+    }
+}
+
+async fn alter(broker: &Broker, changes: Vec<(Arc<Partition>, IsrChange)>) {
+    let request = api::AlterPartitionRequest {
+        broker_id: broker.broker_id(),
+        broker_epoch: broker.metadata.broker_epoch(),
+        partitions: changes
+            .iter()
+            .map(|(_, c)| api::AlterPartitionItem {
+                topic: c.topic_partition.topic.clone(),
+                partition: c.topic_partition.partition,
+                leader_epoch: c.leader_epoch,
+                new_isr: c.new_isr.clone(),
+                partition_epoch: c.partition_epoch,
+            })
+            .collect(),
+    };
+    let answer = broker
+        .controllers
+        .call(Duration::from_secs(10), |mut c| {
+            let request = request.clone();
+            async move { c.alter_partition(request).await }
+        })
+        .await;
+    let response = match answer {
+        Ok(r) if r.error_code == 0 => r,
+        Ok(r) => {
+            tracing::warn!(
+                error = r.error_code,
+                "AlterPartition refused for this broker"
+            );
+            changes.iter().for_each(|(p, _)| p.isr_change_failed());
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "AlterPartition: no controller answered");
+            changes.iter().for_each(|(p, _)| p.isr_change_failed());
+            return;
+        }
+    };
+    for (partition, change) in &changes {
+        let tp = &change.topic_partition;
+        let Some(result) = response
+            .partitions
+            .iter()
+            .find(|r| r.topic == tp.topic && r.partition == tp.partition)
+        else {
+            partition.isr_change_failed();
+            continue;
+        };
+        match result.error_code as i16 {
+            ec::NONE => match &result.state {
+                Some(state) => partition.apply_state(state, now_ms()),
+                None => partition.isr_change_failed(),
+            },
+            ec::INVALID_UPDATE_VERSION | ec::FENCED_LEADER_EPOCH => {
+                tracing::warn!(partition = %tp, error = %result.error_message, "AlterPartition refused as stale");
+                partition.resign();
+            }
+            code => {
+                tracing::warn!(partition = %tp, error = code, message = %result.error_message, "AlterPartition refused");
+                partition.isr_change_failed();
+            }
+        }
+    }
+}
