@@ -30,10 +30,15 @@ struct Cluster {
 
 impl Cluster {
     async fn start(n: i32) -> Cluster {
-        Self::start_with(n, |_| {}).await
+        Self::start_with(n, 60_000, |_| {}).await
     }
 
-    async fn start_with(n: i32, tune: impl Fn(&mut BrokerConfig)) -> Cluster {
+    /// `session_timeout_ms`: how long the controller waits before fencing a silent broker.
+    async fn start_with(
+        n: i32,
+        session_timeout_ms: u64,
+        tune: impl Fn(&mut BrokerConfig),
+    ) -> Cluster {
         let mut dirs = vec![tempfile::tempdir().unwrap()];
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
@@ -45,9 +50,7 @@ impl Cluster {
         c.election_timeout_ms = 300;
         c.raft_heartbeat_interval_ms = 50;
         c.broker_heartbeat_interval_ms = 100;
-        // the controller fences silent brokers only after a minute: ISR shrinks seen in
-        // these tests are the leaders' own
-        c.broker_session_timeout_ms = 60_000;
+        c.broker_session_timeout_ms = session_timeout_ms;
         let controller = ControllerNode::start(c, listener).await.unwrap();
         let mut brokers = BTreeMap::new();
         let mut configs = BTreeMap::new();
@@ -118,6 +121,26 @@ impl Cluster {
         let mut isr: Vec<i32> = t.partitions[0].isr_nodes.iter().map(|b| b.0).collect();
         isr.sort();
         isr
+    }
+
+    /// The partition's leader as `via` reports it.
+    async fn leader(&self, via: i32, topic: &str) -> i32 {
+        let mut c = self.client(via).await;
+        let m: MetadataResponse = c
+            .send(
+                ApiKey::Metadata,
+                12,
+                &MetadataRequest::default().with_topics(None),
+                true,
+            )
+            .await
+            .unwrap();
+        let t = m
+            .topics
+            .iter()
+            .find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == topic))
+            .unwrap();
+        t.partitions[0].leader_id.0
     }
 
     async fn wait_for_isr(&self, via: i32, topic: &str, expected: &[i32]) {
@@ -261,7 +284,9 @@ async fn followers_replicate_and_acks_all_waits_for_the_isr() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stopped_follower_leaves_the_isr_and_rejoins_once_caught_up() {
-    let mut cluster = Cluster::start_with(3, |c| c.replica_lag_time_max_ms = 1000).await;
+    // the controller fences silent brokers only after a minute: the ISR shrink seen here
+    // is the leader's own
+    let mut cluster = Cluster::start_with(3, 60_000, |c| c.replica_lag_time_max_ms = 1000).await;
     let leader = create_replicated(&cluster, "lagging").await;
     produce_all(&cluster, leader, "lagging", 0..5).await;
     let follower = (1..=3).find(|id| *id != leader).unwrap();
@@ -292,5 +317,43 @@ async fn a_stopped_follower_leaves_the_isr_and_rejoins_once_caught_up() {
             "broker {id}'s log matches the leader's"
         );
     }
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn when_the_leader_stops_an_in_sync_follower_takes_over_with_every_acknowledged_record() {
+    let mut cluster = Cluster::start_with(3, 1000, |c| c.replica_lag_time_max_ms = 1000).await;
+    let old = create_replicated(&cluster, "failover").await;
+    produce_all(&cluster, old, "failover", 0..10).await;
+    cluster.stop_broker(old).await;
+    let survivor = (1..=3).find(|id| *id != old).unwrap();
+    // the controller fences the silent leader and elects an in-sync follower
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let new = loop {
+        let leader = cluster.leader(survivor, "failover").await;
+        if leader >= 0 && leader != old {
+            break leader;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "a new leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // every acknowledged record is there, and writing goes on at the next offset
+    produce_all(&cluster, new, "failover", 10..20).await;
+    // the old leader comes back as a follower and catches up
+    cluster.restart_broker(old).await;
+    let tp = TopicPartition::new("failover", 0);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while (1..=3).any(|id| cluster.log_end(id, &tp) != Some(Offset(200))) {
+        assert!(tokio::time::Instant::now() < deadline, "replicas caught up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let leader_log = cluster.log_bytes(new, &tp);
+    for id in 1..=3 {
+        assert!(
+            cluster.log_bytes(id, &tp) == leader_log,
+            "broker {id}'s log matches the new leader's"
+        );
+    }
+    cluster.wait_for_isr(new, "failover", &[1, 2, 3]).await;
     cluster.stop().await;
 }
