@@ -7,7 +7,6 @@
 
 use std::time::Duration;
 
-use sluice_metadata::proto::metadata as pb;
 use sluice_metadata::MetadataImage;
 
 use crate::broker_config::BrokerConfig;
@@ -60,20 +59,5 @@ impl Broker {
             })
         })
         .await
-    }
-
-    /// The endpoint of `broker` clients of this listener should use: the one with this
-    /// broker's listener name, else its first.
-    pub fn endpoint_of<'a>(&self, broker: &'a pb::Broker) -> Option<&'a pb::Endpoint> {
-        let listener = self
-            .config
-            .advertised_endpoints
-            .first()
-            .map(|e| e.name.as_str());
-        broker
-            .endpoints
-            .iter()
-            .find(|e| Some(e.name.as_str()) == listener)
-            .or(broker.endpoints.first())
     }
 }

@@ -44,6 +44,17 @@ pub struct BrokerConfig {
 }
 
 impl BrokerConfig {
+    /// The endpoint of `broker` that clients of this broker's listener use (and followers
+    /// fetch from): the one with the same listener name, else its first.
+    pub fn endpoint_of<'a>(&self, broker: &'a pb::Broker) -> Option<&'a pb::Endpoint> {
+        let listener = self.advertised_endpoints.first().map(|e| e.name.as_str());
+        broker
+            .endpoints
+            .iter()
+            .find(|e| Some(e.name.as_str()) == listener)
+            .or(broker.endpoints.first())
+    }
+
     /// A broker with Kafka's defaults, for `log_dir`, reaching `controllers`.
     pub fn new(broker_id: i32, log_dir: PathBuf, controllers: Vec<String>) -> Self {
         BrokerConfig {

@@ -5,6 +5,7 @@
 //! metadata stream); a refusal as stale (newer partition or leader epoch) makes the leader
 //! stop acting as leader for that partition.
 
+use sluice_record::now_ms;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,12 +14,6 @@ use sluice_metadata::proto::controller as api;
 
 use crate::broker::Broker;
 use crate::partition::{IsrChange, Partition};
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
 
 pub async fn run(broker: Arc<Broker>) {
     let lag_ms = broker.config.replica_lag_time_max_ms.max(10);

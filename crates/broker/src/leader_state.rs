@@ -79,10 +79,6 @@ impl LeaderState {
         self.high_watermark
     }
 
-    pub fn isr(&self) -> &[i32] {
-        &self.isr
-    }
-
     pub fn set_min_insync_replicas(&mut self, min: usize) {
         self.min_insync_replicas = min.max(1);
     }

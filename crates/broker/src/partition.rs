@@ -168,10 +168,6 @@ impl Partition {
         &self.log
     }
 
-    pub fn state(&self) -> PartitionState {
-        self.inner().state.clone()
-    }
-
     pub fn is_leader(&self) -> bool {
         self.inner().leader.is_some()
     }
@@ -633,5 +629,34 @@ mod tests {
         ));
         // leading again: the HW starts where it was, not at the log end
         assert_eq!(p.high_watermark(), Offset(2));
+    }
+
+    #[test]
+    fn isr_changes_are_proposed_once_until_settled_and_a_resigned_leader_proposes_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = partition(dir.path());
+        p.apply_state(&state(1, 0, 0, &[1, 2, 3]), 0);
+        p.append_as_leader(&mut records(2), 1, 0).unwrap();
+        p.on_follower_fetch(2, Offset(2), 10);
+        // follower 3 never fetched: out of sync once 1000 ms have passed
+        assert_eq!(p.propose_isr_change(500, 1000), None);
+        let change = p.propose_isr_change(2000, 1000).unwrap();
+        assert_eq!((change.new_isr, change.partition_epoch), (vec![1, 2], 0));
+        assert_eq!(
+            p.propose_isr_change(2001, 1000),
+            None,
+            "one change in flight"
+        );
+        p.isr_change_failed();
+        assert!(
+            p.propose_isr_change(2002, 1000).is_some(),
+            "retried after a failure"
+        );
+        // the committed state (a newer partition epoch) settles it
+        p.apply_state(&state(1, 0, 1, &[1, 2]), 2003);
+        assert_eq!(p.propose_isr_change(2004, 1000), None);
+        p.resign();
+        assert!(!p.is_leader());
+        assert_eq!(p.propose_isr_change(9999, 1000), None);
     }
 }

@@ -23,7 +23,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use sluice_metadata::error_code as ec;
 use sluice_protocol::{ClientConnection, ClientError};
-use sluice_record::{Offset, TopicPartition};
+use sluice_record::{now_ms, Offset, TopicPartition};
 use tokio::task::JoinHandle;
 
 use crate::partition::Partition;
@@ -139,12 +139,6 @@ impl Drop for ReplicaFetchers {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 fn topic_name(topic: &str) -> TopicName {
     TopicName(StrBytes::from_string(topic.to_string()))
 }
@@ -205,19 +199,22 @@ async fn truncate(
     followed: &[&(TopicPartition, Followed)],
     partitions: &FollowedSet,
 ) -> Result<(), ClientError> {
-    let mut asked = Vec::new();
+    // partition → (its follow state, the latest epoch in its log)
+    let mut asked: HashMap<&TopicPartition, (&Followed, i32)> = HashMap::new();
     for (tp, f) in followed {
         match f.partition.fetch_position().1 {
             // nothing appended yet: nothing can diverge
             None => mark(partitions, tp, f.leader_epoch, true),
-            Some(epoch) => asked.push((tp, f, epoch.0)),
+            Some(epoch) => {
+                asked.insert(tp, (f, epoch.0));
+            }
         }
     }
     if asked.is_empty() {
         return Ok(());
     }
     let mut topics: BTreeMap<&str, Vec<OffsetForLeaderPartition>> = BTreeMap::new();
-    for (tp, f, epoch) in &asked {
+    for (tp, (f, epoch)) in &asked {
         topics.entry(tp.topic.as_str()).or_default().push(
             OffsetForLeaderPartition::default()
                 .with_partition(tp.partition)
@@ -248,7 +245,7 @@ async fn truncate(
     for topic in &response.topics {
         for p in &topic.partitions {
             let tp = TopicPartition::new(topic.topic.0.to_string(), p.partition);
-            let Some((_, f, asked_epoch)) = asked.iter().find(|(t, _, _)| **t == tp) else {
+            let Some(&(f, asked_epoch)) = asked.get(&tp) else {
                 continue;
             };
             if p.error_code != ec::NONE {
@@ -283,10 +280,11 @@ async fn fetch(
     partitions: &FollowedSet,
 ) -> Result<(), ClientError> {
     let mut topics: BTreeMap<&str, Vec<FetchPartition>> = BTreeMap::new();
-    let mut offsets: HashMap<TopicPartition, Offset> = HashMap::new();
+    // what each fetched partition asked from, for reading the response
+    let mut sent: HashMap<&TopicPartition, (&Followed, Offset)> = HashMap::new();
     for (tp, f) in followed.iter().filter(|(_, f)| f.truncated) {
         let (leo, epoch) = f.partition.fetch_position();
-        offsets.insert(tp.clone(), leo);
+        sent.insert(tp, (f, leo));
         topics.entry(tp.topic.as_str()).or_default().push(
             FetchPartition::default()
                 .with_partition(tp.partition)
@@ -322,7 +320,7 @@ async fn fetch(
     for topic in &response.responses {
         for p in &topic.partitions {
             let tp = TopicPartition::new(topic.topic.0.to_string(), p.partition_index);
-            let Some((_, f)) = followed.iter().find(|(t, _)| *t == tp) else {
+            let Some(&(f, fetch_offset)) = sent.get(&tp) else {
                 continue;
             };
             match p.error_code {
@@ -337,7 +335,7 @@ async fn fetch(
                 }
                 ec::OFFSET_OUT_OF_RANGE => {
                     // our end is past the leader's: find the divergence again
-                    tracing::warn!(partition = %tp, fetch_offset = %offsets[&tp], "fetch offset out of range on the leader");
+                    tracing::warn!(partition = %tp, %fetch_offset, "fetch offset out of range on the leader");
                     mark(partitions, &tp, f.leader_epoch, false);
                     backoff = true;
                 }

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use sluice_log::{LogError, LogManager};
 use sluice_metadata::MetadataImage;
-use sluice_record::{Offset, TopicPartition};
+use sluice_record::{now_ms, Offset, TopicPartition};
 use tokio::sync::watch;
 
 use crate::broker_config::BrokerConfig;
@@ -32,12 +32,6 @@ pub struct ReplicaManager {
     synced: Mutex<(u64, bool)>,
     data_version: Arc<watch::Sender<u64>>,
     fetchers: ReplicaFetchers,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Kafka's `partition.metadata` content for a topic id.
@@ -217,17 +211,7 @@ impl ReplicaManager {
 
     /// `host:port` of `leader`'s listener of the same name as this broker's.
     fn leader_address(&self, image: &MetadataImage, leader: i32) -> Option<String> {
-        let listener = self
-            .config
-            .advertised_endpoints
-            .first()
-            .map(|e| e.name.as_str());
-        let broker = image.broker(leader)?;
-        let e = broker
-            .endpoints
-            .iter()
-            .find(|e| Some(e.name.as_str()) == listener)
-            .or(broker.endpoints.first())?;
+        let e = self.config.endpoint_of(image.broker(leader)?)?;
         Some(format!("{}:{}", e.host, e.port))
     }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::metadata_response::MetadataResponsePartition;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     ApiKey, CreateTopicsRequest, CreateTopicsResponse, MetadataRequest, MetadataResponse,
@@ -101,8 +102,8 @@ impl Cluster {
         self.brokers.insert(id, node);
     }
 
-    /// The partition's ISR as `via` reports it in Metadata.
-    async fn isr(&self, via: i32, topic: &str) -> Vec<i32> {
+    /// The partition's state as `via` reports it in Metadata.
+    async fn partition_metadata(&self, via: i32, topic: &str) -> MetadataResponsePartition {
         let mut c = self.client(via).await;
         let m: MetadataResponse = c
             .send(
@@ -115,32 +116,23 @@ impl Cluster {
             .unwrap();
         let t = m
             .topics
-            .iter()
+            .into_iter()
             .find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == topic))
             .unwrap();
-        let mut isr: Vec<i32> = t.partitions[0].isr_nodes.iter().map(|b| b.0).collect();
+        t.partitions.into_iter().next().unwrap()
+    }
+
+    /// The partition's ISR (sorted) as `via` reports it.
+    async fn isr(&self, via: i32, topic: &str) -> Vec<i32> {
+        let p = self.partition_metadata(via, topic).await;
+        let mut isr: Vec<i32> = p.isr_nodes.iter().map(|b| b.0).collect();
         isr.sort();
         isr
     }
 
     /// The partition's leader as `via` reports it.
     async fn leader(&self, via: i32, topic: &str) -> i32 {
-        let mut c = self.client(via).await;
-        let m: MetadataResponse = c
-            .send(
-                ApiKey::Metadata,
-                12,
-                &MetadataRequest::default().with_topics(None),
-                true,
-            )
-            .await
-            .unwrap();
-        let t = m
-            .topics
-            .iter()
-            .find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == topic))
-            .unwrap();
-        t.partitions[0].leader_id.0
+        self.partition_metadata(via, topic).await.leader_id.0
     }
 
     async fn wait_for_isr(&self, via: i32, topic: &str, expected: &[i32]) {
@@ -155,6 +147,27 @@ impl Cluster {
                 "ISR {isr:?}, waiting for {expected:?}"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until every broker's log of `tp` ends at `end`, then checks each is
+    /// byte-identical to `leader`'s.
+    async fn assert_logs_match(&self, leader: i32, tp: &TopicPartition, end: Offset) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self
+            .brokers
+            .keys()
+            .any(|id| self.log_end(*id, tp) != Some(end))
+        {
+            assert!(tokio::time::Instant::now() < deadline, "replicas caught up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let leader_log = self.log_bytes(leader, tp);
+        for id in self.brokers.keys() {
+            assert!(
+                self.log_bytes(*id, tp) == leader_log,
+                "broker {id}'s log matches the leader's"
+            );
         }
     }
 
@@ -221,16 +234,7 @@ async fn create_replicated(cluster: &Cluster, topic: &str) -> i32 {
         .await
         .unwrap();
     assert_eq!(r.topics[0].error_code, 0, "{:?}", r.topics[0]);
-    let m: MetadataResponse = c
-        .send(
-            ApiKey::Metadata,
-            12,
-            &MetadataRequest::default().with_topics(None),
-            true,
-        )
-        .await
-        .unwrap();
-    let partition = &m.topics[0].partitions[0];
+    let partition = cluster.partition_metadata(1, topic).await;
     assert_eq!(partition.isr_nodes.len(), 3);
     partition.leader_id.0
 }
@@ -264,21 +268,7 @@ async fn followers_replicate_and_acks_all_waits_for_the_isr() {
     produce_all(&cluster, leader, "replicated", 0..20).await;
     // acks=all answered ⇒ every ISR member had each batch; the logs are identical
     let tp = TopicPartition::new("replicated", 0);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while (1..=3).any(|id| cluster.log_end(id, &tp) != Some(Offset(200))) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "followers caught up"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let leader_log = cluster.log_bytes(leader, &tp);
-    for id in 1..=3 {
-        assert!(
-            cluster.log_bytes(id, &tp) == leader_log,
-            "broker {id}'s log matches the leader's"
-        );
-    }
+    cluster.assert_logs_match(leader, &tp, Offset(200)).await;
     cluster.stop().await;
 }
 
@@ -302,21 +292,7 @@ async fn a_stopped_follower_leaves_the_isr_and_rejoins_once_caught_up() {
     cluster.wait_for_isr(leader, "lagging", &[1, 2, 3]).await;
     produce_all(&cluster, leader, "lagging", 15..20).await;
     let tp = TopicPartition::new("lagging", 0);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while (1..=3).any(|id| cluster.log_end(id, &tp) != Some(Offset(200))) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "followers caught up"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let leader_log = cluster.log_bytes(leader, &tp);
-    for id in 1..=3 {
-        assert!(
-            cluster.log_bytes(id, &tp) == leader_log,
-            "broker {id}'s log matches the leader's"
-        );
-    }
+    cluster.assert_logs_match(leader, &tp, Offset(200)).await;
     cluster.stop().await;
 }
 
@@ -342,18 +318,7 @@ async fn when_the_leader_stops_an_in_sync_follower_takes_over_with_every_acknowl
     // the old leader comes back as a follower and catches up
     cluster.restart_broker(old).await;
     let tp = TopicPartition::new("failover", 0);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while (1..=3).any(|id| cluster.log_end(id, &tp) != Some(Offset(200))) {
-        assert!(tokio::time::Instant::now() < deadline, "replicas caught up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let leader_log = cluster.log_bytes(new, &tp);
-    for id in 1..=3 {
-        assert!(
-            cluster.log_bytes(id, &tp) == leader_log,
-            "broker {id}'s log matches the new leader's"
-        );
-    }
+    cluster.assert_logs_match(new, &tp, Offset(200)).await;
     cluster.wait_for_isr(new, "failover", &[1, 2, 3]).await;
     cluster.stop().await;
 }

@@ -28,3 +28,11 @@ pub use compression::Compression;
 pub use error::RecordError;
 pub use ids::{BrokerId, LeaderEpoch, Offset, TopicPartition};
 pub use record::{Header, Record, RecordIter, Records};
+
+/// Wall-clock time in milliseconds since the Unix epoch: what record timestamps
+/// (CreateTime) and log times are measured in. 0 if the clock is before 1970.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

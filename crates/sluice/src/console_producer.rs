@@ -10,7 +10,7 @@ use bytes::Bytes;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
-use sluice_record::{BatchBuilder, Compression};
+use sluice_record::{now_ms, BatchBuilder, Compression};
 
 use crate::kafka_client::{self, error_name, partition_for_key, Cluster};
 
@@ -30,12 +30,6 @@ pub fn parse_acks(acks: &str) -> Result<i16> {
         "all" | "-1" => Ok(-1),
         other => bail!("--acks must be 0, 1 or all, got {other:?}"),
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 pub async fn run(bootstrap: &str, topic: &str, options: &ProduceOptions) -> Result<String> {

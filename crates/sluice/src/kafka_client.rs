@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use kafka_protocol::messages::{ApiKey, MetadataRequest, MetadataResponse, TopicName};
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::protocol::StrBytes;
 use sluice_protocol::ClientConnection;
 
 pub const METADATA_VERSION: i16 = 12;
@@ -22,38 +22,17 @@ pub const DESCRIBE_CONFIGS_VERSION: i16 = 4;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One connection to one broker.
-pub struct Connection {
-    inner: ClientConnection,
-}
-
-impl Connection {
-    pub async fn connect(address: &str) -> Result<Connection> {
-        let inner = ClientConnection::connect(address, "sluice-cli", REQUEST_TIMEOUT)
-            .await
-            .with_context(|| format!("connecting to {address}"))?;
-        Ok(Connection { inner })
-    }
-
-    /// Sends a request; reads its response unless `expect_response` is false (acks=0).
-    pub async fn send<Req: Encodable, Resp: Decodable + Default>(
-        &mut self,
-        api_key: ApiKey,
-        version: i16,
-        request: &Req,
-        expect_response: bool,
-    ) -> Result<Resp> {
-        Ok(self
-            .inner
-            .send(api_key, version, request, expect_response)
-            .await?)
-    }
+pub async fn connect(address: &str) -> Result<ClientConnection> {
+    ClientConnection::connect(address, "sluice-cli", REQUEST_TIMEOUT)
+        .await
+        .with_context(|| format!("connecting to {address}"))
 }
 
 /// Connections to a cluster: a bootstrap broker, then each partition leader.
 pub struct Cluster {
-    bootstrap: Connection,
+    bootstrap: ClientConnection,
     brokers: BTreeMap<i32, String>,
-    connections: BTreeMap<i32, Connection>,
+    connections: BTreeMap<i32, ClientConnection>,
 }
 
 impl Cluster {
@@ -65,7 +44,7 @@ impl Cluster {
             .map(str::trim)
             .filter(|a| !a.is_empty())
         {
-            match Connection::connect(address).await {
+            match connect(address).await {
                 Ok(c) => {
                     return Ok(Cluster {
                         bootstrap: c,
@@ -79,7 +58,7 @@ impl Cluster {
         Err(last.unwrap_or_else(|| anyhow::anyhow!("no bootstrap broker given")))
     }
 
-    pub fn bootstrap(&mut self) -> &mut Connection {
+    pub fn bootstrap(&mut self) -> &mut ClientConnection {
         &mut self.bootstrap
     }
 
@@ -122,14 +101,14 @@ impl Cluster {
     }
 
     /// A connection to broker `id` (as Metadata advertised it).
-    pub async fn broker(&mut self, id: i32) -> Result<&mut Connection> {
+    pub async fn broker(&mut self, id: i32) -> Result<&mut ClientConnection> {
         if !self.connections.contains_key(&id) {
             let address = self
                 .brokers
                 .get(&id)
                 .with_context(|| format!("broker {id} is not in the cluster's metadata"))?
                 .clone();
-            let c = Connection::connect(&address).await?;
+            let c = connect(&address).await?;
             self.connections.insert(id, c);
         }
         self.connections

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use sluice_log::{AppendMode, LogConfig, LogManager};
-use sluice_record::{BatchBuilder, Compression, LeaderEpoch, TopicPartition};
+use sluice_record::{now_ms, BatchBuilder, Compression, LeaderEpoch, TopicPartition};
 
 mod console_consumer;
 mod console_producer;
@@ -293,12 +293,6 @@ fn run() -> Result<()> {
             &append_mode,
         ),
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn append_log(

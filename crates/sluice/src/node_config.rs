@@ -470,4 +470,48 @@ mod tests {
         assert_eq!(env_name("log.dirs"), "SLUICE_LOG_DIRS");
         assert_eq!(env_name("a-b_c"), "SLUICE_A__B___C");
     }
+
+    #[test]
+    fn broker_settings_use_kafkas_names() {
+        let o: Vec<String> = [
+            "node.id=3",
+            "log.dirs=/data/x",
+            "log.retention.hours=2",
+            "message.max.bytes=5000",
+            "replica.lag.time.max.ms=1234",
+            "auto.create.topics.enable=false",
+            "listeners=PLAINTEXT://0.0.0.0:9092,CONTROLLER://:9093",
+            "advertised.listeners=PLAINTEXT://kafka-3:19092",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let c = NodeConfig::load(None, |_| None, &o).unwrap();
+        let b = c.broker_config(vec![]).unwrap();
+        assert_eq!(b.broker_id, 3);
+        assert_eq!(b.log_dir, PathBuf::from("/data/x"));
+        assert_eq!(b.log.retention_ms, 2 * 3_600_000);
+        assert_eq!(b.log.max_message_bytes, 5000);
+        assert_eq!(b.replica_lag_time_max_ms, 1234);
+        assert!(!b.auto_create_topics_enable);
+        let (name, bind) = c.broker_listener().unwrap();
+        assert_eq!(
+            (name.as_str(), bind.as_str()),
+            ("PLAINTEXT", "0.0.0.0:9092")
+        );
+        let e = c
+            .advertised_endpoint(&name, "0.0.0.0:9092".parse().unwrap())
+            .unwrap();
+        assert_eq!((e.host.as_str(), e.port), ("kafka-3", 19092));
+        let bad = NodeConfig::load(
+            None,
+            |_| None,
+            &["log.dirs=/a,/b".to_string(), "node.id=1".to_string()],
+        )
+        .unwrap()
+        .broker_config(vec![])
+        .unwrap_err()
+        .to_string();
+        assert!(bad.contains("exactly one directory"), "{bad}");
+    }
 }

@@ -104,20 +104,25 @@ fn run(mut command: Command, input: &[u8], timeout: Duration) -> Output {
         // a client that exits early closes its stdin: not our failure
         let _ = stdin.write_all(&input);
     });
+    let output = run_to_end(child, timeout);
+    let _ = writer.join();
+    output
+}
+
+/// Waits for `child` to finish (killing it and failing past `timeout`), with its output.
+fn run_to_end(child: Child, timeout: Duration) -> Output {
     let (tx, rx) = mpsc::channel();
     let pid = child.id();
     std::thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
     });
-    let output = match rx.recv_timeout(timeout) {
+    match rx.recv_timeout(timeout) {
         Ok(output) => output.unwrap(),
         Err(_) => {
             let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-            panic!("{command:?} did not finish within {timeout:?}");
+            panic!("process {pid} did not finish within {timeout:?}");
         }
-    };
-    let _ = writer.join();
-    output
+    }
 }
 
 fn kcat(args: &[&str]) -> Command {
@@ -426,6 +431,35 @@ fn the_sluice_cli_and_kcat_read_each_others_records() {
     let out = run(sluice(&node, &["consume", "cli", "-c", "5"]), b"", t);
     check(&out, "sluice consume -c");
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 5);
+    // a reader that goes away (`sluice consume ... | head -1`) is not an error
+    let many: Vec<u8> = (0..20_000)
+        .flat_map(|i| format!("pipe-{i:05}\n").into_bytes())
+        .collect();
+    check(
+        &run(sluice(&node, &["produce", "pipe"]), &many, t),
+        "sluice produce",
+    );
+    let mut consumer = sluice(&node, &["consume", "pipe", "-e"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(consumer.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert_eq!(first, "pipe-00000\n");
+    let out = run_to_end(consumer, t);
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    check(
+        &run(sluice(&node, &["topic", "delete", "pipe"]), b"", t),
+        "sluice topic delete",
+    );
     // list and delete
     let out = run(sluice(&node, &["topic", "list"]), b"", t);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "cli\n");

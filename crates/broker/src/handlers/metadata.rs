@@ -100,7 +100,7 @@ fn build(
         .brokers()
         .filter(|b| !b.fenced)
         .filter_map(|b| {
-            let endpoint = broker.endpoint_of(b)?;
+            let endpoint = broker.config.endpoint_of(b)?;
             Some(
                 MetadataResponseBroker::default()
                     .with_node_id(BrokerId(b.broker_id))

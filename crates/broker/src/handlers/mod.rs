@@ -17,6 +17,7 @@ use kafka_protocol::messages::ApiKey;
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use sluice_protocol::response::encode_response;
 use sluice_protocol::{Chunk, RequestFrame};
+pub(crate) use sluice_record::now_ms;
 
 use crate::broker::Broker;
 use crate::connection::ConnectionError;
@@ -85,12 +86,6 @@ pub(crate) fn respond<T: Encodable>(
 
 pub(crate) fn str_bytes(s: impl Into<String>) -> StrBytes {
     StrBytes::from_string(s.into())
-}
-
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// A topic id from the image (16 bytes) as the wire's UUID.
