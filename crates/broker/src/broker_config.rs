@@ -38,6 +38,11 @@ pub struct BrokerConfig {
     pub retention_check_interval_ms: u64,
     /// `replica.lag.time.max.ms`: a follower not caught up for this long leaves the ISR.
     pub replica_lag_time_max_ms: i64,
+    /// `controlled.shutdown.enable`: on SIGTERM move leaderships away before stopping.
+    pub controlled_shutdown_enable: bool,
+    /// `sluice.controlled.shutdown.timeout.ms`: how long controlled shutdown may take
+    /// before the broker stops anyway.
+    pub controlled_shutdown_timeout_ms: u64,
     /// How often the high watermarks are checkpointed (Kafka:
     /// `replica.high.watermark.checkpoint.interval.ms`).
     pub high_watermark_checkpoint_interval_ms: u64,
@@ -72,6 +77,8 @@ impl BrokerConfig {
             topic_defaults: TopicDefaults::default(),
             retention_check_interval_ms: 300_000,
             replica_lag_time_max_ms: 30_000,
+            controlled_shutdown_enable: true,
+            controlled_shutdown_timeout_ms: 30_000,
             high_watermark_checkpoint_interval_ms: 5000,
         }
     }

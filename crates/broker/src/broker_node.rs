@@ -106,6 +106,46 @@ impl BrokerNode {
         true
     }
 
+    /// Controlled shutdown (before [`Self::shutdown`]): refuses new writes, waits until
+    /// the other ISR members of every partition led here hold the whole log, then asks
+    /// the controllers to fence this broker, which moves its leaderships to those members
+    /// in one metadata entry, and waits to see that. Returns whether it finished within
+    /// `timeout`; a leader whose ISR is only itself leaves its partition offline.
+    pub async fn controlled_shutdown(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let broker = &self.broker;
+        broker.replicas.close_for_writes();
+        // followers catch up with writes that were answered before the close
+        while !broker.replicas.followers_caught_up() {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!("controlled shutdown: followers did not catch up in time");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        broker.metadata.request_controlled_shutdown();
+        let me = broker.broker_id();
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let moved = broker
+            .metadata
+            .wait_until(remaining, |image| {
+                image.broker(me).is_some_and(|b| b.fenced)
+                    && image
+                        .topics()
+                        .all(|t| t.partitions.iter().all(|p| p.leader != me))
+            })
+            .await;
+        if moved {
+            tracing::info!(broker_id = me, "controlled shutdown: leaderships moved");
+        } else {
+            tracing::warn!(
+                broker_id = me,
+                "controlled shutdown: leaderships did not move in time"
+            );
+        }
+        moved
+    }
+
     /// Stops serving, then checkpoints and closes every log.
     pub async fn shutdown(self) -> Result<(), BrokerError> {
         self.listener.shutdown().await;

@@ -40,7 +40,16 @@ pub struct MetadataFollower {
     broker_epoch: Arc<AtomicI64>,
     fenced: Arc<AtomicBool>,
     caught_up: Arc<AtomicBool>,
+    shutdown: Arc<ShutdownRequest>,
     tasks: Vec<JoinHandle<()>>,
+}
+
+/// Set once, when this broker asks to be shut down (controlled shutdown); wakes the
+/// heartbeat loop so the request goes out at once.
+#[derive(Default)]
+struct ShutdownRequest {
+    wanted: AtomicBool,
+    wake: tokio::sync::Notify,
 }
 
 const RETRY: Duration = Duration::from_millis(100);
@@ -53,6 +62,7 @@ impl MetadataFollower {
         let broker_epoch = Arc::new(AtomicI64::new(-1));
         let fenced = Arc::new(AtomicBool::new(true));
         let caught_up = Arc::new(AtomicBool::new(false));
+        let shutdown = Arc::new(ShutdownRequest::default());
         let clients: Vec<ControllerClient<Channel>> = config
             .controllers
             .iter()
@@ -67,6 +77,7 @@ impl MetadataFollower {
                 Arc::clone(&broker_epoch),
                 Arc::clone(&fenced),
                 Arc::clone(&caught_up),
+                Arc::clone(&shutdown),
             )),
         ];
         MetadataFollower {
@@ -75,8 +86,17 @@ impl MetadataFollower {
             broker_epoch,
             fenced,
             caught_up,
+            shutdown,
             tasks,
         }
+    }
+
+    /// Asks the controllers to fence this broker for good (controlled shutdown): its
+    /// leaderships move to other ISR members and it leaves every ISR. Watch the image
+    /// for the result.
+    pub fn request_controlled_shutdown(&self) {
+        self.shutdown.wanted.store(true, Ordering::Release);
+        self.shutdown.wake.notify_one();
     }
 
     /// Runs `f` on the local image.
@@ -189,6 +209,7 @@ async fn heartbeat_loop(
     broker_epoch: Arc<AtomicI64>,
     fenced: Arc<AtomicBool>,
     caught_up: Arc<AtomicBool>,
+    shutdown: Arc<ShutdownRequest>,
 ) {
     if clients.is_empty() {
         return;
@@ -234,6 +255,7 @@ async fn heartbeat_loop(
                 broker_id: config.broker_id,
                 broker_epoch: broker_epoch.load(Ordering::Acquire),
                 metadata_index,
+                want_shut_down: shutdown.wanted.load(Ordering::Acquire),
             })
             .await;
         match heartbeat {
@@ -254,6 +276,9 @@ async fn heartbeat_loop(
                 next += 1;
             }
         }
-        tokio::time::sleep(interval).await;
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.wake.notified() => {}
+        }
     }
 }

@@ -8,6 +8,7 @@
 //! |ISR| < `min.insync.replicas` (Kafka's strict min ISR, KIP-966). Consumers read below the
 //! HW only.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use sluice_log::{LogError, LogReadInfo, SharedLog};
@@ -103,6 +104,9 @@ pub struct Partition {
     /// Bumped whenever a log end offset or high watermark moves: wakes long-polling
     /// fetches and parked acks=all produces.
     data_version: Arc<watch::Sender<u64>>,
+    /// Set (broker-wide) when controlled shutdown begins: producers are refused with
+    /// NOT_LEADER_OR_FOLLOWER so the followers can catch up before leadership moves.
+    writes_closed: Arc<AtomicBool>,
 }
 
 /// An ISR change a leader asks the controller for (AlterPartition).
@@ -128,6 +132,7 @@ impl Partition {
         log: SharedLog,
         checkpointed_high_watermark: Offset,
         data_version: Arc<watch::Sender<u64>>,
+        writes_closed: Arc<AtomicBool>,
     ) -> Self {
         let leo = sluice_log::lock(&log).log_end_offset();
         Partition {
@@ -149,6 +154,7 @@ impl Partition {
                 isr_change_pending: false,
             }),
             data_version,
+            writes_closed,
         }
     }
 
@@ -354,6 +360,11 @@ impl Partition {
         let Some(leader) = &mut inner.leader else {
             return Err(PartitionError::NotLeader);
         };
+        // checked under the state lock: once shutdown closed writes and saw HW = LEO, no
+        // append slips in behind it
+        if self.writes_closed.load(Ordering::SeqCst) {
+            return Err(PartitionError::NotLeader);
+        }
         if required_acks == -1 && !leader.has_min_isr() {
             return Err(PartitionError::NotEnoughReplicas { isr, min });
         }
@@ -503,6 +514,21 @@ impl Partition {
     pub fn leader_epoch(&self) -> i32 {
         self.inner().state.leader_epoch
     }
+
+    /// As leader with other ISR members: whether they all hold the whole log (HW = LEO),
+    /// so one of them can take over without losing a write. True when not leading, or
+    /// leading alone (no one could take over anyway).
+    pub fn followers_caught_up(&self) -> bool {
+        let inner = self.inner();
+        let Some(leader) = &inner.leader else {
+            return true;
+        };
+        if inner.state.isr.len() <= 1 {
+            return true;
+        }
+        let leo = sluice_log::lock(&self.log).log_end_offset();
+        leader.high_watermark() >= leo
+    }
 }
 
 #[cfg(test)]
@@ -532,6 +558,7 @@ mod tests {
             Arc::new(Mutex::new(log)),
             Offset::ZERO,
             Arc::new(watch::channel(0).0),
+            Arc::new(AtomicBool::new(false)),
         )
     }
 

@@ -9,6 +9,7 @@
 //! stale image at startup must not look like "every topic was deleted").
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use sluice_log::{LogError, LogManager};
@@ -31,6 +32,8 @@ pub struct ReplicaManager {
     /// The image index last synced, and whether it was known current then.
     synced: Mutex<(u64, bool)>,
     data_version: Arc<watch::Sender<u64>>,
+    /// Shared with every partition: set when controlled shutdown begins.
+    writes_closed: Arc<AtomicBool>,
     fetchers: ReplicaFetchers,
 }
 
@@ -53,6 +56,7 @@ impl ReplicaManager {
             checkpointed_high_watermarks: Mutex::new(high_watermarks),
             synced: Mutex::new((0, false)),
             data_version: Arc::new(watch::channel(0).0),
+            writes_closed: Arc::new(AtomicBool::new(false)),
             fetchers: ReplicaFetchers::new(config.broker_id),
             config,
         })
@@ -68,6 +72,17 @@ impl ReplicaManager {
             .unwrap_or_else(|p| p.into_inner())
             .get(tp)
             .cloned()
+    }
+
+    /// Controlled shutdown, first step: producers get NOT_LEADER_OR_FOLLOWER from now on
+    /// (they retry after a metadata refresh), while followers keep fetching.
+    pub fn close_for_writes(&self) {
+        self.writes_closed.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether every partition led here has its whole log on its other ISR members.
+    pub fn followers_caught_up(&self) -> bool {
+        self.partitions().iter().all(|p| p.followers_caught_up())
     }
 
     pub fn partitions(&self) -> Vec<Arc<Partition>> {
@@ -200,6 +215,7 @@ impl ReplicaManager {
             log,
             hw,
             Arc::clone(&self.data_version),
+            Arc::clone(&self.writes_closed),
         ));
         self.partitions
             .write()

@@ -241,10 +241,21 @@ async fn create_replicated(cluster: &Cluster, topic: &str) -> i32 {
 
 /// Produces batches `range` with acks=all to `leader`; each must get its offset.
 async fn produce_all(cluster: &Cluster, leader: i32, topic: &str, range: std::ops::Range<usize>) {
+    produce(cluster, leader, topic, range, -1).await;
+}
+
+/// Produces batches `range` with `acks` to `leader`; each must get its offset.
+async fn produce(
+    cluster: &Cluster,
+    leader: i32,
+    topic: &str,
+    range: std::ops::Range<usize>,
+    acks: i16,
+) {
     let mut p = cluster.client(leader).await;
     for i in range {
         let request = ProduceRequest::default()
-            .with_acks(-1)
+            .with_acks(acks)
             .with_timeout_ms(20_000)
             .with_topic_data(vec![TopicProduceData::default()
                 .with_name(name(topic))
@@ -320,5 +331,41 @@ async fn when_the_leader_stops_an_in_sync_follower_takes_over_with_every_acknowl
     let tp = TopicPartition::new("failover", 0);
     cluster.assert_logs_match(new, &tp, Offset(200)).await;
     cluster.wait_for_isr(new, "failover", &[1, 2, 3]).await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn controlled_shutdown_moves_leadership_without_losing_acks_1_writes() {
+    // sessions last a minute: only the controlled shutdown can move leadership here
+    let mut cluster = Cluster::start_with(3, 60_000, |_| {}).await;
+    let old = create_replicated(&cluster, "rolling").await;
+    // acks=1: answered after the leader's own append, before the followers have it
+    produce(&cluster, old, "rolling", 0..50, 1).await;
+    assert!(cluster.brokers[&old].controlled_shutdown(WAIT).await);
+    // the leader no longer takes writes: a producer is told to look elsewhere
+    let mut p = cluster.client(old).await;
+    let request = ProduceRequest::default()
+        .with_acks(1)
+        .with_timeout_ms(5_000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(name("rolling"))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(batch(99)))])]);
+    let r: ProduceResponse = p.send(ApiKey::Produce, 9, &request, true).await.unwrap();
+    assert_eq!(
+        r.responses[0].partition_responses[0].error_code,
+        sluice_metadata::error_code::NOT_LEADER_OR_FOLLOWER
+    );
+    cluster.stop_broker(old).await;
+    let survivor = (1..=3).find(|id| *id != old).unwrap();
+    let new = cluster.leader(survivor, "rolling").await;
+    assert!(new >= 0 && new != old, "leader {new} after {old} shut down");
+    // every acks=1 write is on the new leader: the next one lands at offset 500
+    produce_all(&cluster, new, "rolling", 50..60).await;
+    cluster.restart_broker(old).await;
+    let tp = TopicPartition::new("rolling", 0);
+    cluster.assert_logs_match(new, &tp, Offset(600)).await;
+    cluster.wait_for_isr(new, "rolling", &[1, 2, 3]).await;
     cluster.stop().await;
 }

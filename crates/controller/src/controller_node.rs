@@ -155,6 +155,15 @@ impl Core {
         records
     }
 
+    /// `record` (a registration or a fence of `broker_id`) with what fencing that broker
+    /// entails: it leaves every ISR and its leaderships move to live ISR members.
+    pub fn fencing(&self, record: Record, broker_id: i32) -> Vec<Record> {
+        let unclean = self.config.unclean_leader_election_enable;
+        self.with_consequences(record, |after| {
+            partition_election::on_broker_fenced(after, broker_id, unclean)
+        })
+    }
+
     pub fn image(&self) -> MetadataImage {
         self.state_machine.image()
     }
@@ -379,10 +388,7 @@ async fn fence_expired_brokers(core: &Core) -> Result<()> {
             broker_id,
             broker_epoch,
         });
-        let records = core.with_consequences(fence, |after| {
-            partition_election::on_broker_fenced(after, broker_id, unclean)
-        });
-        core.propose(records).await?;
+        core.propose(core.fencing(fence, broker_id)).await?;
     }
     // repairs, for changes an earlier batch lost to a concurrent one: fenced brokers
     // still leading or in an ISR they can leave, and offline partitions a live ISR member

@@ -148,10 +148,7 @@ impl api::controller_server::Controller for ControllerService {
                 .is_some_and(|b| b.incarnation_id != r.incarnation_id)
         });
         let records = if new_incarnation {
-            let unclean = self.core.config.unclean_leader_election_enable;
-            self.core.with_consequences(record, |after| {
-                crate::partition_election::on_broker_fenced(after, r.broker_id, unclean)
-            })
+            self.core.fencing(record, r.broker_id)
         } else {
             vec![record]
         };
@@ -212,6 +209,23 @@ impl api::controller_server::Controller for ControllerService {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .heartbeat(r.broker_id, Instant::now());
+        // controlled shutdown: fence now (leaderships move to other ISR members and the
+        // broker leaves every ISR, in one entry); never unfence again in this incarnation
+        if r.want_shut_down {
+            if !broker.fenced {
+                tracing::info!(broker_id = r.broker_id, "controlled shutdown: fencing");
+                let fence = Record::FenceBroker(pb::FenceBroker {
+                    broker_id: r.broker_id,
+                    broker_epoch: r.broker_epoch,
+                });
+                let records = self.core.fencing(fence, r.broker_id);
+                let outcomes = self.core.propose(records).await.map_err(status)?;
+                if let Some(o) = outcomes.first().filter(|o| !o.is_ok()) {
+                    return reply(o.error_code, o.message.clone(), false);
+                }
+            }
+            return reply(ec::NONE, String::new(), true);
+        }
         // a fenced broker is unfenced once it has caught up with its own registration
         if broker.fenced && r.metadata_index >= broker.broker_epoch as u64 {
             let unfence = Record::UnfenceBroker(pb::UnfenceBroker {

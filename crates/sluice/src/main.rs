@@ -430,6 +430,12 @@ fn run_node(config: Option<&std::path::Path>, overrides: &[String]) -> Result<()
         }
         tracing::warn!(node_id, "stopping");
         if let Some(b) = broker_node {
+            let config = &b.broker().config;
+            if config.controlled_shutdown_enable {
+                let timeout =
+                    std::time::Duration::from_millis(config.controlled_shutdown_timeout_ms);
+                b.controlled_shutdown(timeout).await;
+            }
             b.shutdown().await.context("stopping the broker")?;
         }
         if let Some(c) = controller_node {

@@ -209,6 +209,7 @@ async fn register_live_broker(client: &mut ControllerClient<tonic::transport::Ch
             broker_id: 7,
             broker_epoch: epoch,
             metadata_index: u64::MAX,
+            want_shut_down: false,
         })
         .await
         .unwrap()
