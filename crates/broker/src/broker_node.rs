@@ -129,10 +129,11 @@ impl BrokerNode {
         let moved = broker
             .metadata
             .wait_until(remaining, |image| {
-                image.broker(me).is_some_and(|b| b.fenced)
+                let fenced = image.broker(me).is_some_and(|b| b.fenced)
                     && image
                         .topics()
-                        .all(|t| t.partitions.iter().all(|p| p.leader != me))
+                        .all(|t| t.partitions.iter().all(|p| p.leader != me));
+                fenced || alone(image, me)
             })
             .await;
         if moved {
@@ -174,6 +175,18 @@ impl BrokerNode {
         broker.replicas.checkpoint_high_watermarks()?;
         Ok(())
     }
+}
+
+/// Whether no other live broker shares an ISR with `me`: leadership has nowhere to move
+/// and no leader waits for `me` (the whole cluster is stopping, or one broker runs alone),
+/// so controlled shutdown has nothing left to do — and the controller quorum may be gone.
+fn alone(image: &sluice_metadata::MetadataImage, me: i32) -> bool {
+    let live = image.live_broker_ids();
+    image.topics().all(|t| {
+        t.partitions.iter().all(|p| {
+            !p.replicas.contains(&me) || p.isr.iter().all(|b| *b == me || !live.contains(b))
+        })
+    })
 }
 
 fn new_incarnation_id() -> String {

@@ -1,6 +1,6 @@
-//! The leader's side of ISR changes: every `replica.lag.time.max.ms / 2` each led
-//! partition is asked whether its ISR should shrink (followers out of sync) or grow
-//! (followers caught up), and the changes go to the controller in one AlterPartition,
+//! The leader's side of ISR changes: every `replica.lag.time.max.ms / 2`, and as soon as
+//! a follower outside an ISR catches up, each led partition is asked whether its ISR
+//! should shrink (followers out of sync) or grow (followers caught up), and the changes go to the controller in one AlterPartition,
 //! compare-and-set on the partition epoch. The committed state comes back (and through the
 //! metadata stream); a refusal as stale (newer partition or leader epoch) makes the leader
 //! stop acting as leader for that partition.
@@ -19,7 +19,11 @@ pub async fn run(broker: Arc<Broker>) {
     let lag_ms = broker.config.replica_lag_time_max_ms.max(10);
     let every = Duration::from_millis((lag_ms / 2).max(10) as u64);
     loop {
-        tokio::time::sleep(every).await;
+        // shrinks wait for the periodic check; a follower that caught up joins at once
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = broker.replicas.isr_change_wanted() => {}
+        }
         let changes: Vec<(Arc<Partition>, IsrChange)> = broker
             .replicas
             .partitions()

@@ -169,17 +169,23 @@ impl LeaderState {
             .collect()
     }
 
-    /// Followers outside the ISR that may join it: they reached the HW and the start of
-    /// this leader's epoch (so they hold everything this leader may have committed).
-    pub fn ready_to_join(&self) -> Vec<i32> {
-        self.followers
-            .iter()
-            .filter(|(id, _)| !self.isr.contains(id) && !self.joining.contains(id))
-            .filter(|(_, f)| {
+    /// Whether `follower_id`, outside the ISR, may join it: it reached the HW and the
+    /// start of this leader's epoch (so it holds everything this leader may have committed).
+    pub fn can_join(&self, follower_id: i32) -> bool {
+        !self.isr.contains(&follower_id)
+            && !self.joining.contains(&follower_id)
+            && self.followers.get(&follower_id).is_some_and(|f| {
                 f.log_end_offset
                     .is_some_and(|leo| leo >= self.high_watermark && leo >= self.epoch_start_offset)
             })
-            .map(|(id, _)| *id)
+    }
+
+    /// Every follower that may join the ISR now (see [`Self::can_join`]).
+    pub fn ready_to_join(&self) -> Vec<i32> {
+        self.followers
+            .keys()
+            .copied()
+            .filter(|id| self.can_join(*id))
             .collect()
     }
 }

@@ -10,6 +10,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::Notify;
 
 use sluice_log::{LogError, LogReadInfo, SharedLog};
 use sluice_metadata::error_code as ec;
@@ -101,12 +102,21 @@ pub struct Partition {
     broker_id: i32,
     log: SharedLog,
     inner: Mutex<Inner>,
+    signals: Arc<PartitionSignals>,
+}
+
+/// Broker-wide signals every partition shares.
+#[derive(Default)]
+pub struct PartitionSignals {
     /// Bumped whenever a log end offset or high watermark moves: wakes long-polling
     /// fetches and parked acks=all produces.
-    data_version: Arc<watch::Sender<u64>>,
-    /// Set (broker-wide) when controlled shutdown begins: producers are refused with
+    pub data_version: watch::Sender<u64>,
+    /// Set when controlled shutdown begins: producers are refused with
     /// NOT_LEADER_OR_FOLLOWER so the followers can catch up before leadership moves.
-    writes_closed: Arc<AtomicBool>,
+    pub writes_closed: AtomicBool,
+    /// A follower outside the ISR caught up: the ISR task should propose it now rather
+    /// than at its next periodic check (Kafka expands the ISR on the fetch itself).
+    pub isr_change_wanted: Notify,
 }
 
 /// An ISR change a leader asks the controller for (AlterPartition).
@@ -131,8 +141,7 @@ impl Partition {
         broker_id: i32,
         log: SharedLog,
         checkpointed_high_watermark: Offset,
-        data_version: Arc<watch::Sender<u64>>,
-        writes_closed: Arc<AtomicBool>,
+        signals: Arc<PartitionSignals>,
     ) -> Self {
         let leo = sluice_log::lock(&log).log_end_offset();
         Partition {
@@ -153,8 +162,7 @@ impl Partition {
                 min_insync_replicas: 1,
                 isr_change_pending: false,
             }),
-            data_version,
-            writes_closed,
+            signals,
         }
     }
 
@@ -308,18 +316,25 @@ impl Partition {
     }
 
     fn bump(&self) {
-        self.data_version.send_modify(|v| *v = v.wrapping_add(1));
+        self.signals
+            .data_version
+            .send_modify(|v| *v = v.wrapping_add(1));
     }
 
     /// A follower's fetch from `fetch_offset` (its log end offset) reached the leader.
     pub fn on_follower_fetch(&self, follower_id: i32, fetch_offset: Offset, now_ms: i64) {
         let mut inner = self.inner();
+        let pending = inner.isr_change_pending;
         let Some(leader) = &mut inner.leader else {
             return;
         };
         let leo = sluice_log::lock(&self.log).log_end_offset();
-        if leader.on_follower_fetch(follower_id, fetch_offset, leo, now_ms) {
-            drop(inner);
+        let moved = leader.on_follower_fetch(follower_id, fetch_offset, leo, now_ms);
+        if !pending && leader.can_join(follower_id) {
+            self.signals.isr_change_wanted.notify_one();
+        }
+        drop(inner);
+        if moved {
             self.bump();
         }
     }
@@ -362,7 +377,7 @@ impl Partition {
         };
         // checked under the state lock: once shutdown closed writes and saw HW = LEO, no
         // append slips in behind it
-        if self.writes_closed.load(Ordering::SeqCst) {
+        if self.signals.writes_closed.load(Ordering::SeqCst) {
             return Err(PartitionError::NotLeader);
         }
         if required_acks == -1 && !leader.has_min_isr() {
@@ -557,8 +572,7 @@ mod tests {
             1,
             Arc::new(Mutex::new(log)),
             Offset::ZERO,
-            Arc::new(watch::channel(0).0),
-            Arc::new(AtomicBool::new(false)),
+            Arc::new(PartitionSignals::default()),
         )
     }
 

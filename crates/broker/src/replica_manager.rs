@@ -9,7 +9,7 @@
 //! stale image at startup must not look like "every topic was deleted").
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 
 use sluice_log::{LogError, LogManager};
@@ -18,7 +18,7 @@ use sluice_record::{now_ms, Offset, TopicPartition};
 use tokio::sync::watch;
 
 use crate::broker_config::BrokerConfig;
-use crate::partition::Partition;
+use crate::partition::{Partition, PartitionSignals};
 use crate::replica_fetcher::ReplicaFetchers;
 
 const PARTITION_METADATA: &str = "partition.metadata";
@@ -31,9 +31,7 @@ pub struct ReplicaManager {
     checkpointed_high_watermarks: Mutex<BTreeMap<TopicPartition, Offset>>,
     /// The image index last synced, and whether it was known current then.
     synced: Mutex<(u64, bool)>,
-    data_version: Arc<watch::Sender<u64>>,
-    /// Shared with every partition: set when controlled shutdown begins.
-    writes_closed: Arc<AtomicBool>,
+    signals: Arc<PartitionSignals>,
     fetchers: ReplicaFetchers,
 }
 
@@ -55,15 +53,14 @@ impl ReplicaManager {
             partitions: RwLock::new(HashMap::new()),
             checkpointed_high_watermarks: Mutex::new(high_watermarks),
             synced: Mutex::new((0, false)),
-            data_version: Arc::new(watch::channel(0).0),
-            writes_closed: Arc::new(AtomicBool::new(false)),
+            signals: Arc::new(PartitionSignals::default()),
             fetchers: ReplicaFetchers::new(config.broker_id),
             config,
         })
     }
 
     pub fn data_version(&self) -> watch::Receiver<u64> {
-        self.data_version.subscribe()
+        self.signals.data_version.subscribe()
     }
 
     pub fn partition(&self, tp: &TopicPartition) -> Option<Arc<Partition>> {
@@ -77,12 +74,18 @@ impl ReplicaManager {
     /// Controlled shutdown, first step: producers get NOT_LEADER_OR_FOLLOWER from now on
     /// (they retry after a metadata refresh), while followers keep fetching.
     pub fn close_for_writes(&self) {
-        self.writes_closed.store(true, Ordering::SeqCst);
+        self.signals.writes_closed.store(true, Ordering::SeqCst);
     }
 
     /// Whether every partition led here has its whole log on its other ISR members.
     pub fn followers_caught_up(&self) -> bool {
         self.partitions().iter().all(|p| p.followers_caught_up())
+    }
+
+    /// Resolves when a follower outside an ISR caught up (or at once if one did since
+    /// the last call).
+    pub async fn isr_change_wanted(&self) {
+        self.signals.isr_change_wanted.notified().await
     }
 
     pub fn partitions(&self) -> Vec<Arc<Partition>> {
@@ -214,8 +217,7 @@ impl ReplicaManager {
             self.config.broker_id,
             log,
             hw,
-            Arc::clone(&self.data_version),
-            Arc::clone(&self.writes_closed),
+            Arc::clone(&self.signals),
         ));
         self.partitions
             .write()

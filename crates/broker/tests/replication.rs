@@ -336,8 +336,10 @@ async fn when_the_leader_stops_an_in_sync_follower_takes_over_with_every_acknowl
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn controlled_shutdown_moves_leadership_without_losing_acks_1_writes() {
-    // sessions last a minute: only the controlled shutdown can move leadership here
-    let mut cluster = Cluster::start_with(3, 60_000, |_| {}).await;
+    // sessions last a minute: only the controlled shutdown can move leadership here; the
+    // periodic ISR check runs every 5 minutes: the restarted broker rejoins the ISR on
+    // the fetch that catches it up
+    let mut cluster = Cluster::start_with(3, 60_000, |c| c.replica_lag_time_max_ms = 600_000).await;
     let old = create_replicated(&cluster, "rolling").await;
     // acks=1: answered after the leader's own append, before the followers have it
     produce(&cluster, old, "rolling", 0..50, 1).await;

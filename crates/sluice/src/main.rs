@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use sluice_log::{AppendMode, LogConfig, LogManager};
 use sluice_record::{now_ms, BatchBuilder, Compression, LeaderEpoch, TopicPartition};
 
+mod cluster_status;
 mod console_consumer;
 mod console_producer;
 mod dump_log;
@@ -46,6 +47,20 @@ enum Command {
     Topic {
         #[command(subcommand)]
         command: TopicCommand,
+        /// Bootstrap brokers, host:port[,host:port...] (env SLUICE_BROKERS).
+        #[arg(
+            long,
+            short = 'b',
+            global = true,
+            env = "SLUICE_BROKERS",
+            default_value = "127.0.0.1:9092"
+        )]
+        brokers: String,
+    },
+    /// What clients see of the cluster: brokers, controller, partitions without a leader.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
         /// Bootstrap brokers, host:port[,host:port...] (env SLUICE_BROKERS).
         #[arg(
             long,
@@ -144,6 +159,16 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum ClusterCommand {
+    /// Print brokers, the active controller and partition health; exit 1 while a
+    /// partition has no leader (or fewer than --expect-brokers brokers are registered).
+    Status {
+        #[arg(long)]
+        expect_brokers: Option<usize>,
+    },
+}
+
+#[derive(Subcommand)]
 enum TopicCommand {
     /// Create a topic.
     Create {
@@ -227,6 +252,11 @@ fn run() -> Result<()> {
             print!("{out}");
             Ok(())
         }
+        Command::Cluster { command, brokers } => match command {
+            ClusterCommand::Status { expect_brokers } => {
+                client(cluster_status::status(&brokers, expect_brokers))
+            }
+        },
         Command::Produce {
             topic,
             brokers,

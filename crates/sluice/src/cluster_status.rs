@@ -1,0 +1,53 @@
+//! `sluice cluster status`: what a client sees of the cluster through Metadata — the
+//! brokers, the active controller, and how many partitions lack a leader or have a short
+//! ISR. Fails (one line) while a partition has no leader or fewer brokers than expected
+//! are registered, so scripts can wait for a healthy cluster with it.
+
+use anyhow::{bail, Result};
+
+use crate::kafka_client::Cluster;
+
+pub async fn status(bootstrap: &str, expect_brokers: Option<usize>) -> Result<()> {
+    let mut cluster = Cluster::connect(bootstrap).await?;
+    let metadata = cluster.metadata(None).await?;
+    let mut out = format!(
+        "cluster {} controller {}\n",
+        metadata.cluster_id.as_deref().unwrap_or("-"),
+        metadata.controller_id.0
+    );
+    let mut brokers: Vec<_> = metadata.brokers.iter().collect();
+    brokers.sort_by_key(|b| b.node_id.0);
+    for b in &brokers {
+        out += &format!("broker {} {}:{}\n", b.node_id.0, b.host, b.port);
+    }
+    let mut partitions = 0;
+    let mut offline = Vec::new();
+    let mut under_replicated = 0;
+    for t in &metadata.topics {
+        let name = t.name.as_ref().map_or("-", |n| n.0.as_str());
+        for p in &t.partitions {
+            partitions += 1;
+            if p.leader_id.0 < 0 {
+                offline.push(format!("{name}-{}", p.partition_index));
+            }
+            if p.isr_nodes.len() < p.replica_nodes.len() {
+                under_replicated += 1;
+            }
+        }
+    }
+    out += &format!(
+        "topics {} partitions {partitions} offline {} under-replicated {under_replicated}\n",
+        metadata.topics.len(),
+        offline.len()
+    );
+    // printed before any verdict: the state is what a waiting script wants to show
+    print!("{out}");
+    if let Some(expected) = expect_brokers.filter(|n| brokers.len() < *n) {
+        bail!("{} of {expected} brokers registered", brokers.len());
+    }
+    if !offline.is_empty() {
+        offline.sort();
+        bail!("partitions without a leader: {}", offline.join(", "));
+    }
+    Ok(())
+}
