@@ -24,12 +24,13 @@ pub async fn run(broker: Arc<Broker>) {
             _ = tokio::time::sleep(every) => {}
             _ = broker.replicas.isr_change_wanted() => {}
         }
+        let live = broker.with_image(|image| image.live_broker_ids());
         let changes: Vec<(Arc<Partition>, IsrChange)> = broker
             .replicas
             .partitions()
             .into_iter()
             .filter_map(|p| {
-                let change = p.propose_isr_change(now_ms(), lag_ms)?;
+                let change = p.propose_isr_change(now_ms(), lag_ms, |id| live.contains(&id))?;
                 Some((p, change))
             })
             .collect();

@@ -188,13 +188,16 @@ async fn watch_loop(
     }
 }
 
-/// Applies one event; replays at or below the applied index are skipped.
+/// Applies one event; replays at or below the applied index are skipped (an image at the
+/// applied index is taken: at index 0 it is the only carrier of the cluster id).
 fn apply_event(image: &mut MetadataImage, event: api::MetadataEvent) {
-    if event.index <= image.applied_index() {
-        return;
-    }
+    let applied = image.applied_index();
     match event.event {
-        Some(api::metadata_event::Event::Image(i)) => *image = MetadataImage::from_proto(i),
+        Some(api::metadata_event::Event::Image(i)) if event.index >= applied => {
+            *image = MetadataImage::from_proto(i)
+        }
+        Some(api::metadata_event::Event::Image(_)) => {}
+        Some(api::metadata_event::Event::Batch(_)) if event.index <= applied => {}
         Some(api::metadata_event::Event::Batch(batch)) => {
             image.apply(event.index, &batch);
         }

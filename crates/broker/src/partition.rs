@@ -258,9 +258,15 @@ impl Partition {
 
     /// As leader: the ISR it should have now — without followers out of sync for longer
     /// than `max_lag_ms`, with followers that caught up — if that differs from the
-    /// current one and no change is in flight. Marks the change in flight; joining
-    /// followers count for the HW from now on.
-    pub fn propose_isr_change(&self, now_ms: i64, max_lag_ms: i64) -> Option<IsrChange> {
+    /// current one and no change is in flight. Only followers `eligible` says may join
+    /// (live, unfenced brokers: the controller refuses others, KIP-841) are added. Marks the
+    /// change in flight; joining followers count for the HW from now on.
+    pub fn propose_isr_change(
+        &self,
+        now_ms: i64,
+        max_lag_ms: i64,
+        eligible: impl Fn(i32) -> bool,
+    ) -> Option<IsrChange> {
         let mut inner = self.inner();
         if inner.isr_change_pending {
             return None;
@@ -269,7 +275,8 @@ impl Partition {
         let state = inner.state.clone();
         let leader = inner.leader.as_mut()?;
         let out = leader.out_of_sync(leo, now_ms, max_lag_ms);
-        let join = leader.ready_to_join();
+        let mut join = leader.ready_to_join();
+        join.retain(|id| eligible(*id));
         if out.is_empty() && join.is_empty() {
             return None;
         }
@@ -680,24 +687,38 @@ mod tests {
         p.append_as_leader(&mut records(2), 1, 0).unwrap();
         p.on_follower_fetch(2, Offset(2), 10);
         // follower 3 never fetched: out of sync once 1000 ms have passed
-        assert_eq!(p.propose_isr_change(500, 1000), None);
-        let change = p.propose_isr_change(2000, 1000).unwrap();
+        assert_eq!(p.propose_isr_change(500, 1000, |_| true), None);
+        let change = p.propose_isr_change(2000, 1000, |_| true).unwrap();
         assert_eq!((change.new_isr, change.partition_epoch), (vec![1, 2], 0));
         assert_eq!(
-            p.propose_isr_change(2001, 1000),
+            p.propose_isr_change(2001, 1000, |_| true),
             None,
             "one change in flight"
         );
         p.isr_change_failed();
         assert!(
-            p.propose_isr_change(2002, 1000).is_some(),
+            p.propose_isr_change(2002, 1000, |_| true).is_some(),
             "retried after a failure"
         );
         // the committed state (a newer partition epoch) settles it
         p.apply_state(&state(1, 0, 1, &[1, 2]), 2003);
-        assert_eq!(p.propose_isr_change(2004, 1000), None);
+        assert_eq!(p.propose_isr_change(2004, 1000, |_| true), None);
         p.resign();
         assert!(!p.is_leader());
-        assert_eq!(p.propose_isr_change(9999, 1000), None);
+        assert_eq!(p.propose_isr_change(9999, 1000, |_| true), None);
+    }
+
+    #[test]
+    fn a_caught_up_follower_joins_the_isr_only_once_eligible() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = partition(dir.path());
+        p.apply_state(&state(1, 0, 0, &[1, 2]), 0);
+        p.append_as_leader(&mut records(2), 1, 0).unwrap();
+        p.on_follower_fetch(2, Offset(2), 10);
+        p.on_follower_fetch(3, Offset(2), 10);
+        // broker 3 caught up but is fenced (restarting, not yet unfenced): not proposed
+        assert_eq!(p.propose_isr_change(20, 1000, |id| id != 3), None);
+        let change = p.propose_isr_change(30, 1000, |_| true).unwrap();
+        assert_eq!(change.new_isr, vec![1, 2, 3]);
     }
 }

@@ -486,6 +486,11 @@ async fn a_deleted_topic_leaves_no_data_and_a_new_one_of_the_same_name_starts_em
         )
         .await;
     assert_eq!(m.topics[0].error_code, UNKNOWN_TOPIC_OR_PARTITION);
+    // the cluster id reaches brokers with the controller's image (no batch carries it)
+    assert_eq!(
+        m.cluster_id.as_ref().map(|id| id.as_str()),
+        Some("sluice-cluster")
+    );
     c.create_topic("reborn", 1, &[]).await;
     assert_eq!(c.fetch("reborn", 0, 0, 0).await.high_watermark, 0);
     assert_eq!(

@@ -598,10 +598,20 @@ impl api::controller_server::Controller for ControllerService {
         &self,
         request: Request<api::WatchMetadataRequest>,
     ) -> Result<Response<Self::WatchMetadataStream>, Status> {
-        let mut next = request.into_inner().from_index.saturating_add(1);
+        let from_index = request.into_inner().from_index;
+        let mut next = from_index.saturating_add(1);
         let core = Arc::clone(&self.core);
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
+            // a watcher with nothing (a broker process just started) gets the whole image
+            // first: it carries what no batch does (the cluster id), in one event
+            if from_index == 0 {
+                let image = core.image();
+                next = image.applied_index() + 1;
+                if tx.send(Ok(image_event(&image))).await.is_err() {
+                    return;
+                }
+            }
             let mut applied = core.state_machine.subscribe_applied();
             let mut stopping = core.stopping.clone();
             loop {
