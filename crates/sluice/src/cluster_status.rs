@@ -3,6 +3,8 @@
 //! ISR. Fails (one line) while a partition has no leader or fewer brokers than expected
 //! are registered, so scripts can wait for a healthy cluster with it.
 
+use std::io::Write;
+
 use anyhow::{bail, Result};
 
 use crate::kafka_client::Cluster;
@@ -40,8 +42,9 @@ pub async fn status(bootstrap: &str, expect_brokers: Option<usize>) -> Result<()
         metadata.topics.len(),
         offline.len()
     );
-    // printed before any verdict: the state is what a waiting script wants to show
-    print!("{out}");
+    // printed before any verdict: the state is what a waiting script wants to show (a
+    // reader that went away is an error the caller treats as a quiet exit)
+    std::io::stdout().lock().write_all(out.as_bytes())?;
     if let Some(expected) = expect_brokers.filter(|n| brokers.len() < *n) {
         bail!("{} of {expected} brokers registered", brokers.len());
     }

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# A three-node Sluice cluster on loopback (deploy/local-cluster.sh: combined broker +
+# controller nodes, release build) under librdkafka's rdkafka_performance:
+#   1. produce N records of 100 B with acks=1, then acks=all, to a topic with 6 partitions,
+#      RF=3, min.insync.replicas=2 (two runs each), with the brokers' CPU seconds;
+#   2. per-message latency (rdkafka_performance -l) at half the acks=all rate;
+#   3. failover: benches/failover_probe.py (confluent-kafka) writes acks=all every ms,
+#      kill -9 of the partition leader, time to the first write acknowledged after it;
+#      ROUNDS rounds, the killed node restarted and back in the ISR between rounds.
+# Usage: benches/cluster-perf.sh [N] [ROUNDS]   (default 2000000 5)
+# Extra node settings: SLUICE_NODE_OVERRIDES="key=value ..." (see deploy/local-cluster.sh).
+# Uses the cluster's fixed ports 19092/29092/39092 (+1 for the controllers).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+n=${1:-2000000}
+rounds=${2:-5}
+perf=.kafka-clients/bin/rdkafka_performance
+py=.kafka-clients/venv/bin/python
+[ -x "$perf" ] || bash scripts/install-kafka-clients.sh --perf >/dev/null
+[ -x "$py" ] || bash scripts/install-kafka-clients.sh >/dev/null
+cargo build --release -q -p sluice
+SLUICE_CLUSTER_DIR=$(mktemp -d /tmp/sluice-cluster-bench.XXXXXX)
+export SLUICE_CLUSTER_DIR
+trap 'deploy/local-cluster.sh down >/dev/null 2>&1 || true; rm -rf "$SLUICE_CLUSTER_DIR"' EXIT
+deploy/local-cluster.sh up >/dev/null
+b=127.0.0.1:19092,127.0.0.1:29092,127.0.0.1:39092
+sluice=./target/release/sluice
+$sluice topic create perf -p 6 -r 3 -c min.insync.replicas=2 -b $b >/dev/null
+$sluice topic create failover -p 1 -r 3 -c min.insync.replicas=2 -b $b >/dev/null
+
+# user+system CPU seconds of the three brokers so far
+cpu_s() {
+  local total=0 n
+  for n in 1 2 3; do
+    total=$((total + $(awk '{print $14+$15}' "/proc/$(cat "$SLUICE_CLUSTER_DIR/node-$n/sluice.pid")/stat")))
+  done
+  awk -v t="$total" 'BEGIN{printf "%.2f", t/100}'
+}
+produce() { # acks count [extra args]
+  local acks=$1 count=$2
+  shift 2
+  "$perf" -P -t perf -b "$b" -s 100 -c "$count" -a "$acks" -q \
+    -X linger.ms=5 -X batch.size=1000000 "$@" 2>&1 | grep -E "delivered" | tail -1
+}
+rate_of() { sed -n 's/.* \([0-9]*\) msgs\/s.*/\1/p'; }
+
+declare -A best=()
+for acks in 1 -1; do
+  for run in 1 2; do
+    c0=$(cpu_s)
+    out=$(produce "$acks" "$n")
+    c1=$(cpu_s)
+    echo "== produce acks=$acks run $run: $out"
+    echo "   brokers' CPU: $(awk -v a="$c0" -v b="$c1" 'BEGIN{printf "%.2f", b-a}') s"
+    r=$(echo "$out" | rate_of)
+    if [ -z "${best[$acks]:-}" ] || [ "$r" -gt "${best[$acks]}" ]; then best[$acks]=$r; fi
+  done
+done
+
+half=$((best[-1] / 2))
+lat=$SLUICE_CLUSTER_DIR/latency.txt
+for acks in 1 -1; do
+  out=$(produce "$acks" $((half * 5)) -r "$half" -l -A "$lat")
+  echo "== latency acks=$acks at $half msgs/s requested: $out"
+  sort -n "$lat" | awk '{a[NR]=$1} END{printf "   per-message latency: p50 %.2f ms, p99 %.2f ms, p99.9 %.2f ms, max %.2f ms (%d messages)\n",
+    a[int(NR*0.5)]/1000, a[int(NR*0.99)]/1000, a[int(NR*0.999)]/1000, a[NR]/1000, NR}'
+done
+
+for round in $(seq "$rounds"); do
+  controller=$($sluice cluster status -b "$b" | awk '/^cluster/{print $4}')
+  out=$("$py" benches/failover_probe.py "$b" failover "$SLUICE_CLUSTER_DIR" 2>/dev/null)
+  killed=$(echo "$out" | awk '{print $2}')
+  echo "== failover round $round: $out (controller leader before: $controller)"
+  deploy/local-cluster.sh restart "$killed" >/dev/null
+  for _ in $(seq 300); do
+    $sluice cluster status -b "$b" 2>/dev/null | grep -q "under-replicated 0" && break
+    sleep 0.1
+  done
+done
