@@ -460,6 +460,39 @@ fn the_sluice_cli_and_kcat_read_each_others_records() {
         &run(sluice(&node, &["topic", "delete", "pipe"]), b"", t),
         "sluice topic delete",
     );
+    // cluster status: what clients see, and a verdict in the exit code
+    let out = run(sluice(&node, &["cluster", "status"]), b"", t);
+    check(&out, "sluice cluster status");
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        status.starts_with("cluster sluice-cluster controller 1\nbroker 1 ")
+            && status.contains(" offline 0 "),
+        "{status}"
+    );
+    let out = run(
+        sluice(&node, &["cluster", "status", "--expect-brokers", "2"]),
+        b"",
+        t,
+    );
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: 1 of 2 brokers registered\n"
+    );
+    // ... and a reader gone before it prints is no error either
+    let mut status = sluice(&node, &["cluster", "status"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(status.stdout.take());
+    let out = run_to_end(status, t);
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     // list and delete
     let out = run(sluice(&node, &["topic", "list"]), b"", t);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "cli\n");
