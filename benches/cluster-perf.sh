@@ -67,10 +67,9 @@ for acks in 1 -1; do
 done
 
 for round in $(seq "$rounds"); do
-  controller=$($sluice cluster status -b "$b" | awk '/^cluster/{print $4}')
   out=$("$py" benches/failover_probe.py "$b" failover "$SLUICE_CLUSTER_DIR" 2>/dev/null)
   killed=$(echo "$out" | awk '{print $2}')
-  echo "== failover round $round: $out (controller leader before: $controller)"
+  echo "== failover round $round: $out"
   deploy/local-cluster.sh restart "$killed" >/dev/null
   for _ in $(seq 300); do
     $sluice cluster status -b "$b" 2>/dev/null | grep -q "under-replicated 0" && break
