@@ -42,8 +42,8 @@ pub struct ControllerConfig {
     pub broker_session_timeout_ms: u64,
     /// `broker.heartbeat.interval.ms` (Kafka: 2000); the failure detector checks this often.
     pub broker_heartbeat_interval_ms: u64,
-    /// Raft election timeout, lower bound (`controller.quorum.election.timeout.ms` is 1000 in
-    /// Kafka; the upper bound is twice this).
+    /// `controller.quorum.election.timeout.ms` (1000, as Kafka): about how long after the
+    /// leader's last heartbeat a follower starts an election (see [`raft_timeouts`]).
     pub election_timeout_ms: u64,
     /// Raft heartbeat (`controller.quorum.fetch.timeout.ms`-like).
     pub raft_heartbeat_interval_ms: u64,
@@ -188,11 +188,12 @@ impl ControllerNode {
         let log_store = RaftLogStore::open(&config.metadata_dir).map_err(storage)?;
         let state_machine = MetadataStateMachine::open(&config.metadata_dir, &config.cluster_id)
             .map_err(storage)?;
+        let (election_timeout_min, election_timeout_max) = raft_timeouts(&config);
         let raft_config = Config {
             cluster_name: config.cluster_id.clone(),
             heartbeat_interval: config.raft_heartbeat_interval_ms,
-            election_timeout_min: config.election_timeout_ms,
-            election_timeout_max: config.election_timeout_ms * 2,
+            election_timeout_min,
+            election_timeout_max,
             install_snapshot_timeout: config.election_timeout_ms.max(1000),
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.metadata_snapshot_entries),
             // snapshot bytes travel as a JSON array (~3.5 bytes per byte): keep chunks small
@@ -320,6 +321,21 @@ impl ControllerNode {
     }
 }
 
+/// openraft's (election_timeout_min, election_timeout_max) for the Kafka-style setting.
+/// A follower that knew a leader campaigns only after its leader lease (openraft 0.9:
+/// `election_timeout_max`) plus a random timeout in [min, max) — with min = T and
+/// max = 2T that was 3–4 × T (3.4 s measured at 1000 ms). With min = T/2 and
+/// max = 3T/4 it is 1.25–1.5 × T, and the lease still expires before any candidate asks
+/// for votes. Both stay clear of the heartbeat interval.
+fn raft_timeouts(config: &ControllerConfig) -> (u64, u64) {
+    let heartbeat = config.raft_heartbeat_interval_ms.max(1);
+    let min = (config.election_timeout_ms / 2).max(heartbeat * 2);
+    let max = (config.election_timeout_ms * 3 / 4)
+        .max(heartbeat * 3)
+        .max(min + heartbeat);
+    (min, max)
+}
+
 /// While this node leads: fences brokers whose session expired, and gives offline
 /// partitions a leader when one of their ISR is live.
 async fn leader_loop(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
@@ -413,5 +429,29 @@ pub(crate) fn batch_of(records: Vec<Record>) -> MetadataBatch {
             .into_iter()
             .map(|r| MetadataRecord { record: Some(r) })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timeouts(election_timeout_ms: u64, raft_heartbeat_interval_ms: u64) -> (u64, u64) {
+        let mut c = ControllerConfig::new(1, BTreeMap::new(), PathBuf::new());
+        c.election_timeout_ms = election_timeout_ms;
+        c.raft_heartbeat_interval_ms = raft_heartbeat_interval_ms;
+        raft_timeouts(&c)
+    }
+
+    #[test]
+    fn a_follower_campaigns_about_the_configured_timeout_after_losing_its_leader() {
+        // the defaults `sluice broker` derives: heartbeat = timeout / 5
+        let (min, max) = timeouts(1000, 200);
+        // lease (max) + random [min, max): 1.25–1.5 s, not 3–4 s
+        assert_eq!((max + min, max + max), (1250, 1500));
+        for (t, hb) in [(1000, 200), (300, 60), (300, 50), (500, 100), (100, 100)] {
+            let (min, max) = timeouts(t, hb);
+            assert!(min > hb && max > min, "{t}/{hb}: {min}..{max}");
+        }
     }
 }
