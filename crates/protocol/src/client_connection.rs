@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -116,9 +116,13 @@ impl ClientConnection {
                     format!("response size {size}"),
                 ));
             }
-            let mut buf = vec![0u8; size as usize];
-            stream.read_exact(&mut buf).await?;
-            Ok(Some(Bytes::from(buf)))
+            match crate::frame::read_exactly(stream, size as usize).await? {
+                Ok(body) => Ok(Some(body.freeze())),
+                Err(got) => Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("response cut after {got} of {size} bytes"),
+                )),
+            }
         };
         let response = tokio::time::timeout(timeout, io)
             .await
