@@ -115,13 +115,17 @@ impl BrokerNode {
         let deadline = tokio::time::Instant::now() + timeout;
         let broker = &self.broker;
         broker.replicas.close_for_writes();
-        // followers catch up with writes that were answered before the close
+        // followers catch up with writes that were answered before the close (every HW or
+        // ISR move bumps the data version)
+        let mut data_version = broker.replicas.data_version();
         while !broker.replicas.followers_caught_up() {
-            if tokio::time::Instant::now() >= deadline {
+            if !matches!(
+                tokio::time::timeout_at(deadline, data_version.changed()).await,
+                Ok(Ok(()))
+            ) {
                 tracing::warn!("controlled shutdown: followers did not catch up in time");
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         broker.metadata.request_controlled_shutdown();
         let me = broker.broker_id();

@@ -1,7 +1,8 @@
 //! The leader's side of ISR changes: every `replica.lag.time.max.ms / 2`, and as soon as
 //! a follower outside an ISR catches up, each led partition is asked whether its ISR
-//! should shrink (followers out of sync) or grow (followers caught up), and the changes go to the controller in one AlterPartition,
-//! compare-and-set on the partition epoch. The committed state comes back (and through the
+//! should shrink (followers out of sync) or grow (caught-up followers that are live and
+//! unfenced), and the changes go to the controller in one AlterPartition, compare-and-set
+//! on the partition epoch. The committed state comes back (and through the
 //! metadata stream); a refusal as stale (newer partition or leader epoch) makes the leader
 //! stop acting as leader for that partition.
 

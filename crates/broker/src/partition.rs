@@ -10,13 +10,12 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::Notify;
 
 use sluice_log::{LogError, LogReadInfo, SharedLog};
 use sluice_metadata::error_code as ec;
 use sluice_metadata::proto::metadata as pb;
 use sluice_record::{LeaderEpoch, Offset, TopicPartition};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use crate::leader_state::LeaderState;
 

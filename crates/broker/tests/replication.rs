@@ -239,6 +239,18 @@ async fn create_replicated(cluster: &Cluster, topic: &str) -> i32 {
     partition.leader_id.0
 }
 
+/// Batch `i` for partition 0 of `topic`.
+fn produce_request(topic: &str, i: usize, acks: i16) -> ProduceRequest {
+    ProduceRequest::default()
+        .with_acks(acks)
+        .with_timeout_ms(20_000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(name(topic))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(batch(i)))])])
+}
+
 /// Produces batches `range` with acks=all to `leader`; each must get its offset.
 async fn produce_all(cluster: &Cluster, leader: i32, topic: &str, range: std::ops::Range<usize>) {
     produce(cluster, leader, topic, range, -1).await;
@@ -254,14 +266,7 @@ async fn produce(
 ) {
     let mut p = cluster.client(leader).await;
     for i in range {
-        let request = ProduceRequest::default()
-            .with_acks(acks)
-            .with_timeout_ms(20_000)
-            .with_topic_data(vec![TopicProduceData::default()
-                .with_name(name(topic))
-                .with_partition_data(vec![PartitionProduceData::default()
-                    .with_index(0)
-                    .with_records(Some(batch(i)))])]);
+        let request = produce_request(topic, i, acks);
         let r: ProduceResponse = p.send(ApiKey::Produce, 9, &request, true).await.unwrap();
         let answer = &r.responses[0].partition_responses[0];
         assert_eq!(
@@ -346,14 +351,7 @@ async fn controlled_shutdown_moves_leadership_without_losing_acks_1_writes() {
     assert!(cluster.brokers[&old].controlled_shutdown(WAIT).await);
     // the leader no longer takes writes: a producer is told to look elsewhere
     let mut p = cluster.client(old).await;
-    let request = ProduceRequest::default()
-        .with_acks(1)
-        .with_timeout_ms(5_000)
-        .with_topic_data(vec![TopicProduceData::default()
-            .with_name(name("rolling"))
-            .with_partition_data(vec![PartitionProduceData::default()
-                .with_index(0)
-                .with_records(Some(batch(99)))])]);
+    let request = produce_request("rolling", 99, 1);
     let r: ProduceResponse = p.send(ApiKey::Produce, 9, &request, true).await.unwrap();
     assert_eq!(
         r.responses[0].partition_responses[0].error_code,
@@ -370,4 +368,29 @@ async fn controlled_shutdown_moves_leadership_without_losing_acks_1_writes() {
     cluster.assert_logs_match(new, &tp, Offset(600)).await;
     cluster.wait_for_isr(new, "rolling", &[1, 2, 3]).await;
     cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn controlled_shutdown_of_the_last_broker_standing_does_not_wait_for_a_gone_quorum() {
+    let mut cluster = Cluster::start_with(3, 1000, |_| {}).await;
+    let leader = create_replicated(&cluster, "last").await;
+    for id in (1..=3).filter(|id| *id != leader) {
+        cluster.stop_broker(id).await;
+    }
+    // the controller fences both: no live broker shares the leader's ISR any more
+    let node = &cluster.brokers[&leader];
+    let alone = node
+        .broker()
+        .wait_for_image(WAIT, |image| {
+            image
+                .partition("last", 0)
+                .is_some_and(|p| p.isr == vec![leader])
+        })
+        .await;
+    assert!(alone, "the followers are fenced");
+    // the whole cluster is stopping: the quorum is already gone, leadership has nowhere
+    // to go, and the broker must not wait for a controller that will not answer
+    cluster.controller.take().unwrap().shutdown().await;
+    assert!(cluster.brokers[&leader].controlled_shutdown(WAIT).await);
+    cluster.stop_broker(leader).await;
 }

@@ -47,41 +47,21 @@ enum Command {
     Topic {
         #[command(subcommand)]
         command: TopicCommand,
-        /// Bootstrap brokers, host:port[,host:port...] (env SLUICE_BROKERS).
-        #[arg(
-            long,
-            short = 'b',
-            global = true,
-            env = "SLUICE_BROKERS",
-            default_value = "127.0.0.1:9092"
-        )]
-        brokers: String,
+        #[command(flatten)]
+        bootstrap: Bootstrap,
     },
     /// What clients see of the cluster: brokers, controller, partitions without a leader.
     Cluster {
         #[command(subcommand)]
         command: ClusterCommand,
-        /// Bootstrap brokers, host:port[,host:port...] (env SLUICE_BROKERS).
-        #[arg(
-            long,
-            short = 'b',
-            global = true,
-            env = "SLUICE_BROKERS",
-            default_value = "127.0.0.1:9092"
-        )]
-        brokers: String,
+        #[command(flatten)]
+        bootstrap: Bootstrap,
     },
     /// Produce stdin lines as records to TOPIC (like kcat -P).
     Produce {
         topic: String,
-        /// Bootstrap brokers (env SLUICE_BROKERS).
-        #[arg(
-            long,
-            short = 'b',
-            env = "SLUICE_BROKERS",
-            default_value = "127.0.0.1:9092"
-        )]
-        brokers: String,
+        #[command(flatten)]
+        bootstrap: Bootstrap,
         /// 0, 1 or all.
         #[arg(long, default_value = "all")]
         acks: String,
@@ -101,14 +81,8 @@ enum Command {
     /// Print records of TOPIC, one per line (like kcat -C).
     Consume {
         topic: String,
-        /// Bootstrap brokers (env SLUICE_BROKERS).
-        #[arg(
-            long,
-            short = 'b',
-            env = "SLUICE_BROKERS",
-            default_value = "127.0.0.1:9092"
-        )]
-        brokers: String,
+        #[command(flatten)]
+        bootstrap: Bootstrap,
         /// beginning, end, or an offset.
         #[arg(long, short = 'o', default_value = "beginning")]
         offset: String,
@@ -156,6 +130,20 @@ enum Command {
         #[arg(long, default_value = "hybrid")]
         append_mode: String,
     },
+}
+
+/// Where a client command connects first.
+#[derive(clap::Args)]
+struct Bootstrap {
+    /// Bootstrap brokers, host:port[,host:port...] (env SLUICE_BROKERS).
+    #[arg(
+        long = "brokers",
+        short = 'b',
+        global = true,
+        env = "SLUICE_BROKERS",
+        default_value = "127.0.0.1:9092"
+    )]
+    brokers: String,
 }
 
 #[derive(Subcommand)]
@@ -225,7 +213,8 @@ fn run() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Broker { config, overrides } => run_node(config.as_deref(), &overrides),
-        Command::Topic { command, brokers } => {
+        Command::Topic { command, bootstrap } => {
+            let brokers = bootstrap.brokers;
             let out = client(async {
                 match command {
                     TopicCommand::Create {
@@ -252,14 +241,14 @@ fn run() -> Result<()> {
             print!("{out}");
             Ok(())
         }
-        Command::Cluster { command, brokers } => match command {
+        Command::Cluster { command, bootstrap } => match command {
             ClusterCommand::Status { expect_brokers } => {
-                client(cluster_status::status(&brokers, expect_brokers))
+                client(cluster_status::status(&bootstrap.brokers, expect_brokers))
             }
         },
         Command::Produce {
             topic,
-            brokers,
+            bootstrap,
             acks,
             key,
             partition,
@@ -279,13 +268,13 @@ fn run() -> Result<()> {
                 compression,
                 batch_records,
             };
-            let summary = client(console_producer::run(&brokers, &topic, &options))?;
+            let summary = client(console_producer::run(&bootstrap.brokers, &topic, &options))?;
             eprintln!("{summary}");
             Ok(())
         }
         Command::Consume {
             topic,
-            brokers,
+            bootstrap,
             offset,
             partition,
             format,
@@ -301,7 +290,12 @@ fn run() -> Result<()> {
             };
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
-            client(console_consumer::run(&brokers, &topic, &options, &mut out))
+            client(console_consumer::run(
+                &bootstrap.brokers,
+                &topic,
+                &options,
+                &mut out,
+            ))
         }
         Command::DumpLog {
             files,

@@ -5,43 +5,21 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use sluice_metadata::proto::controller as api;
 use sluice_metadata::proto::controller::controller_client::ControllerClient;
 use sluice_metadata::proto::metadata as pb;
 
+mod common;
+use common::{free_ports, NodeProcess};
 const WAIT: Duration = Duration::from_secs(30);
-
-/// A `sluice broker` process, killed (SIGKILL) on drop.
-struct NodeProcess {
-    child: Child,
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 struct ProcessCluster {
     dir: tempfile::TempDir,
     ports: BTreeMap<u64, u16>,
     nodes: BTreeMap<u64, NodeProcess>,
-}
-
-/// Ports the OS hands out now; released for the processes to bind (a small race that the
-/// voter list, which must be known up front, makes unavoidable).
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
 }
 
 impl ProcessCluster {

@@ -6,25 +6,21 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
+
+mod common;
+use common::{check, python, run, run_to_end, NodeProcess};
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One `sluice broker` process (combined mode, ports from the OS), killed on drop.
 struct Node {
-    child: Child,
+    _process: NodeProcess,
     bootstrap: String,
     data_dir: PathBuf,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Node {
@@ -77,50 +73,10 @@ impl Node {
             }
         }
         Node {
-            child,
+            _process: NodeProcess { child },
             bootstrap: bootstrap.expect("the broker printed its PLAINTEXT address"),
             data_dir,
             _dir: dir,
-        }
-    }
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// Runs a client to completion with `input` on stdin, bounded by `timeout`.
-fn run(mut command: Command, input: &[u8], timeout: Duration) -> Output {
-    command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = command.spawn().unwrap_or_else(|e| {
-        panic!("cannot run {command:?} (scripts/install-kafka-clients.sh installs it): {e}")
-    });
-    let mut stdin = child.stdin.take().unwrap();
-    let input = input.to_vec();
-    let writer = std::thread::spawn(move || {
-        // a client that exits early closes its stdin: not our failure
-        let _ = stdin.write_all(&input);
-    });
-    let output = run_to_end(child, timeout);
-    let _ = writer.join();
-    output
-}
-
-/// Waits for `child` to finish (killing it and failing past `timeout`), with its output.
-fn run_to_end(child: Child, timeout: Duration) -> Output {
-    let (tx, rx) = mpsc::channel();
-    let pid = child.id();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(timeout) {
-        Ok(output) => output.unwrap(),
-        Err(_) => {
-            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-            panic!("process {pid} did not finish within {timeout:?}");
         }
     }
 }
@@ -129,15 +85,6 @@ fn kcat(args: &[&str]) -> Command {
     let mut c = Command::new("kcat");
     c.args(args);
     c
-}
-
-fn check(output: &Output, what: &str) {
-    assert!(
-        output.status.success(),
-        "{what} failed: {}\nstderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 /// 100,000 distinct lines of varied length and content.
@@ -280,12 +227,6 @@ fn kcat_finds_offsets_by_timestamp() {
     assert_eq!(query(0), "times [0] offset 0");
     // past every record: the end (-1 in Kafka's answer)
     assert_eq!(query(now_ms() + 3_600_000), "times [0] offset -1");
-}
-
-fn python() -> PathBuf {
-    std::env::var_os("SLUICE_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join(".kafka-clients/venv/bin/python"))
 }
 
 #[test]

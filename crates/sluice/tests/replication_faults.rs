@@ -16,7 +16,7 @@
 //! of three controllers; they run three broker-only nodes and one controller-only node.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -24,20 +24,10 @@ use std::time::{Duration, Instant};
 
 use sluice_record::RecordBatches;
 
+mod common;
+use common::{check, free_ports, python, run, run_to_end, NodeProcess};
 const WAIT: Duration = Duration::from_secs(60);
 const CONTROLLER_ID: i32 = 9;
-
-/// A running `sluice broker` process, killed (SIGKILL) on drop.
-struct NodeProcess {
-    child: Child,
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Layout {
@@ -57,19 +47,6 @@ struct ProcessCluster {
     brokers: BTreeMap<i32, NodeProcess>,
     controller: Option<NodeProcess>,
     paused: BTreeSet<i32>,
-}
-
-/// Ports the OS hands out now, released for the processes to bind: the voter list and
-/// the bootstrap list must be known before the processes start (and a restarted node
-/// comes back on its own port, as a real one does).
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -404,51 +381,6 @@ impl ProcessCluster {
     }
 }
 
-/// Runs `command` to completion with `input` on stdin, bounded by `timeout`.
-fn run(mut command: Command, input: &[u8], timeout: Duration) -> Output {
-    command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = command.spawn().unwrap_or_else(|e| {
-        panic!("cannot run {command:?} (scripts/install-kafka-clients.sh installs it): {e}")
-    });
-    let mut stdin = child.stdin.take().unwrap();
-    let input = input.to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
-    let output = wait_output(child, timeout);
-    let _ = writer.join();
-    output
-}
-
-/// Waits for `child` (killing it and failing past `timeout`), with its output.
-fn wait_output(child: Child, timeout: Duration) -> Output {
-    let (tx, rx) = mpsc::channel();
-    let pid = child.id();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(timeout) {
-        Ok(output) => output.unwrap(),
-        Err(_) => {
-            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-            panic!("process {pid} did not finish within {timeout:?}");
-        }
-    }
-}
-
-fn check(output: &Output, what: &str) {
-    assert!(
-        output.status.success(),
-        "{what} failed: {}\nstdout: {}\nstderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 /// kcat producing `lines` to `topic` partition 0 with `acks`, no retries by the client.
 fn kcat_produce(bootstrap: &str, topic: &str, acks: &str, lines: &[String]) -> Output {
     let mut command = Command::new("kcat");
@@ -506,14 +438,6 @@ fn values(records: &[(i32, i64, String)]) -> Vec<&str> {
 
 fn lines(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i}")).collect()
-}
-
-fn python() -> PathBuf {
-    std::env::var_os("SLUICE_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.kafka-clients/venv/bin/python")
-        })
 }
 
 fn read_progress(path: &Path) -> u64 {
@@ -594,7 +518,7 @@ fn every_acknowledged_record_survives_kill_9_of_each_partition_leader() {
         });
     }
     std::fs::write(&stop, b"").unwrap();
-    let out = wait_output(producer, Duration::from_secs(300));
+    let out = run_to_end(producer, Duration::from_secs(300));
     check(&out, "acked_producer.py");
 
     // every acknowledged record, exactly once, at its acknowledged offset
