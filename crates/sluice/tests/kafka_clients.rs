@@ -7,11 +7,10 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 mod common;
-use common::{check, python, run, run_to_end, NodeProcess};
+use common::{check, python, run, run_to_end, stdout_lines, NodeProcess};
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -48,16 +47,7 @@ impl Node {
             .stderr(log)
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
+        let rx = stdout_lines(&mut child);
         let mut bootstrap = None;
         let deadline = std::time::Instant::now() + START_TIMEOUT;
         loop {

@@ -16,7 +16,6 @@
 //! of three controllers; they run three broker-only nodes and one controller-only node.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -25,7 +24,7 @@ use std::time::{Duration, Instant};
 use sluice_record::RecordBatches;
 
 mod common;
-use common::{check, free_ports, python, run, run_to_end, NodeProcess};
+use common::{check, free_ports, python, run, run_to_end, stdout_lines, NodeProcess};
 const WAIT: Duration = Duration::from_secs(60);
 const CONTROLLER_ID: i32 = 9;
 
@@ -166,16 +165,7 @@ impl ProcessCluster {
             .stderr(log)
             .spawn()
             .expect("spawn sluice broker");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
+        let rx = stdout_lines(&mut child);
         (NodeProcess { child }, rx)
     }
 
