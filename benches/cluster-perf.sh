@@ -5,9 +5,12 @@
 #      RF=3, min.insync.replicas=2 (two runs each), with the brokers' CPU seconds;
 #   2. per-message latency (rdkafka_performance -l) at half the acks=all rate;
 #   3. failover: benches/failover_probe.py (confluent-kafka) writes acks=all every ms,
-#      kill -9 of the partition leader, time to the first write acknowledged after it;
+#      kill -9 of the partition leader, time to the first write acknowledged after it
+#      (alternate rounds kill the node leading the controller quorum / another one);
 #      ROUNDS rounds, the killed node restarted and back in the ISR between rounds.
 # Usage: benches/cluster-perf.sh [N] [ROUNDS]   (default 2000000 5)
+# SLUICE_BENCH="produce latency failover" (the default) picks the parts to run; latency
+# needs produce (it runs at half the best acks=all rate).
 # Extra node settings: SLUICE_NODE_OVERRIDES="key=value ..." (see deploy/local-cluster.sh).
 # Uses the cluster's fixed ports 19092/29092/39092 (+1 for the controllers).
 set -euo pipefail
@@ -26,7 +29,7 @@ deploy/local-cluster.sh up >/dev/null
 b=127.0.0.1:19092,127.0.0.1:29092,127.0.0.1:39092
 sluice=./target/release/sluice
 $sluice topic create perf -p 6 -r 3 -c min.insync.replicas=2 -b $b >/dev/null
-$sluice topic create failover -p 1 -r 3 -c min.insync.replicas=2 -b $b >/dev/null
+$sluice topic create failover -p 3 -r 3 -c min.insync.replicas=2 -b $b >/dev/null
 
 # user+system CPU seconds of the three brokers so far
 cpu_s() {
@@ -44,8 +47,11 @@ produce() { # acks count [extra args]
 }
 rate_of() { sed -n 's/.* \([0-9]*\) msgs\/s.*/\1/p'; }
 
+parts=${SLUICE_BENCH:-produce latency failover}
+want() { [[ " $parts " == *" $1 "* ]]; }
+
 declare -A best=()
-for acks in 1 -1; do
+want produce && for acks in 1 -1; do
   for run in 1 2; do
     c0=$(cpu_s)
     out=$(produce "$acks" "$n")
@@ -57,19 +63,37 @@ for acks in 1 -1; do
   done
 done
 
-half=$((best[-1] / 2))
 lat=$SLUICE_CLUSTER_DIR/latency.txt
-for acks in 1 -1; do
+want latency && want produce && for acks in 1 -1; do
+  half=$((best[-1] / 2))
   out=$(produce "$acks" $((half * 5)) -r "$half" -l -A "$lat")
   echo "== latency acks=$acks at $half msgs/s requested: $out"
   sort -n "$lat" | awk '{a[NR]=$1} END{printf "   per-message latency: p50 %.2f ms, p99 %.2f ms, p99.9 %.2f ms, max %.2f ms (%d messages)\n",
     a[int(NR*0.5)]/1000, a[int(NR*0.99)]/1000, a[int(NR*0.999)]/1000, a[NR]/1000, NR}'
 done
 
-for round in $(seq "$rounds"); do
-  out=$("$py" benches/failover_probe.py "$b" failover "$SLUICE_CLUSTER_DIR" 2>/dev/null)
+# the node leading the controller quorum: the latest "controller leader" line by term
+quorum_leader() {
+  local n
+  for n in 1 2 3; do
+    sed -n "s/.*failure detector started.* term=\([0-9]*\).*/\1 $n/p" "$SLUICE_CLUSTER_DIR/node-$n/sluice.log"
+  done | sort -n | tail -1 | awk '{print $2}'
+}
+# a partition of the failover topic whose leader is (odd rounds) or is not (even rounds)
+# the quorum leader: killing the quorum leader's node also costs a controller election
+pick_partition() { # quorum_leader round
+  $sluice topic describe failover -b "$b" |
+    sed -n 's/.*Partition: \([0-9]*\)\tLeader: \([0-9-]*\).*/\1 \2/p' |
+    awk -v ql="$1" -v odd=$(($2 % 2)) '
+      { if ((odd && $2 == ql) || (!odd && $2 != ql && $2 >= 0)) { print $1; found = 1; exit } }
+      END { if (!found) print 0 }'
+}
+want failover && for round in $(seq "$rounds"); do
+  ql=$(quorum_leader)
+  part=$(pick_partition "$ql" "$round")
+  out=$("$py" benches/failover_probe.py "$b" failover "$SLUICE_CLUSTER_DIR" "$part" 2>/dev/null)
   killed=$(echo "$out" | awk '{print $2}')
-  echo "== failover round $round: $out"
+  echo "== failover round $round: $out$([ "$killed" = "$ql" ] && echo " (it led the controller quorum)")"
   deploy/local-cluster.sh restart "$killed" >/dev/null
   for _ in $(seq 300); do
     $sluice cluster status -b "$b" 2>/dev/null | grep -q "under-replicated 0" && break

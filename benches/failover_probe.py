@@ -1,4 +1,4 @@
-"""Failover time: acks=all writes every millisecond to partition 0 of TOPIC
+"""Failover time: acks=all writes every millisecond to PARTITION (default 0) of TOPIC
 (confluent-kafka, i.e. librdkafka, default settings), kill -9 of that partition's leader,
 then two times from the kill:
 - elected_ms: until Metadata from a surviving broker names a new leader (polled every
@@ -7,12 +7,13 @@ then two times from the kill:
   leader: the old one is dead; acknowledgements already in flight at the kill are
   excluded by ignoring the first 10 ms). This includes the client noticing the change.
 
-usage: failover_probe.py BOOTSTRAP TOPIC CLUSTER_DIR
+usage: failover_probe.py BOOTSTRAP TOPIC CLUSTER_DIR [PARTITION]
 CLUSTER_DIR is deploy/local-cluster.sh's directory (node-N/sluice.pid). Prints
 "killed N elected_ms E failover_ms F"; the caller restarts node N.
 """
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import time
 from confluent_kafka import Producer
 
 bootstrap, topic, cluster_dir = sys.argv[1:4]
+partition = int(sys.argv[4]) if len(sys.argv) > 4 else 0
 producer = Producer(
     {
         "bootstrap.servers": bootstrap,
@@ -40,13 +42,17 @@ def on_delivery(err, msg):
 def produce_for(seconds, until=None):
     end = time.perf_counter() + seconds
     while time.perf_counter() < end and not (until and until()):
-        producer.produce(topic, b"x" * 100, partition=0, on_delivery=on_delivery)
+        producer.produce(topic, b"x" * 100, partition=partition, on_delivery=on_delivery)
         producer.poll(0.001)
 
 
 produce_for(2.0)  # warm: connections made, leader known
+# librdkafka re-queries Metadata for a partition whose leader is down on a fixed 1 s tick
+# counted from the producer's start: kill at a random phase of it, or every round would
+# see the same quantisation
+produce_for(random.uniform(0.0, 1.0))
 assert acked_at, "no write acknowledged before the kill"
-leader = producer.list_topics(topic, timeout=10).topics[topic].partitions[0].leader
+leader = producer.list_topics(topic, timeout=10).topics[topic].partitions[partition].leader
 with open(os.path.join(cluster_dir, f"node-{leader}", "sluice.pid")) as f:
     pid = int(f.read().strip())
 # the watcher asks one survivor, with `sluice topic describe` (one Metadata request)
@@ -58,9 +64,10 @@ sluice = os.environ.get("SLUICE_BIN", "target/release/sluice")
 def leader_seen_by_survivor():
     out = subprocess.run([sluice, "topic", "describe", topic, "-b", survivor],
                          capture_output=True, text=True, timeout=10).stdout
-    for field in out.split("\t"):
-        if field.startswith("Leader: "):
-            value = field[len("Leader: "):].strip()
+    for line in out.splitlines():
+        fields = dict(f.split(": ", 1) for f in line.split("\t") if ": " in f)
+        if fields.get("Partition") == str(partition):
+            value = fields.get("Leader", "").strip()
             return int(value) if value.lstrip("-").isdigit() else -1
     return leader
 killed_at = time.perf_counter()
@@ -74,7 +81,7 @@ def recovered():
 elected_at = None
 deadline = killed_at + 30
 while elected_at is None and time.perf_counter() < deadline:
-    producer.produce(topic, b"x" * 100, partition=0, on_delivery=on_delivery)
+    producer.produce(topic, b"x" * 100, partition=partition, on_delivery=on_delivery)
     producer.poll(0.001)
     if leader_seen_by_survivor() not in (leader, -1):
         elected_at = time.perf_counter()

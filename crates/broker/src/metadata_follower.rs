@@ -1,6 +1,8 @@
 //! The broker's side of the control plane, through the Controller gRPC API only:
 //! - registration and heartbeats (a broker starts fenced and is unfenced by a heartbeat
 //!   that shows it applied the metadata up to its own registration);
+//! - `BrokerAlive` pings to every controller, so whichever is elected next knows this
+//!   broker is alive;
 //! - `WatchMetadata` from the index this broker has applied, each event applied to its own
 //!   [`MetadataImage`] with the same rules the controllers use.
 //!
@@ -70,6 +72,11 @@ impl MetadataFollower {
             .collect();
         let tasks = vec![
             tokio::spawn(watch_loop(clients.clone(), Arc::clone(&image), applied_tx)),
+            tokio::spawn(alive_loop(
+                config.broker_id,
+                config.heartbeat_interval_ms,
+                clients.clone(),
+            )),
             tokio::spawn(heartbeat_loop(
                 config,
                 clients,
@@ -202,6 +209,30 @@ fn apply_event(image: &mut MetadataImage, event: api::MetadataEvent) {
             image.apply(event.index, &batch);
         }
         None => {}
+    }
+}
+
+/// Pings every controller each heartbeat interval, concurrently, each with the interval
+/// as its deadline (a dead controller never delays the others), so each controller knows
+/// this broker is alive whichever of them is elected next.
+async fn alive_loop(
+    broker_id: i32,
+    heartbeat_interval_ms: u64,
+    clients: Vec<ControllerClient<Channel>>,
+) {
+    let interval = Duration::from_millis(heartbeat_interval_ms.max(10));
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        for client in &clients {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                let ping = client.broker_alive(api::BrokerAliveRequest { broker_id });
+                // an unreachable controller is the heartbeat loop's concern
+                let _ = tokio::time::timeout(interval, ping).await;
+            });
+        }
     }
 }
 

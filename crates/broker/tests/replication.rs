@@ -102,19 +102,24 @@ impl Cluster {
         self.brokers.insert(id, node);
     }
 
+    /// Metadata for every topic, as `via` answers it.
+    async fn metadata(&self, via: i32) -> MetadataResponse {
+        let mut c = self.client(via).await;
+        c.send(
+            ApiKey::Metadata,
+            12,
+            &MetadataRequest::default().with_topics(None),
+            true,
+        )
+        .await
+        .unwrap()
+    }
+
     /// The partition's state as `via` reports it in Metadata.
     async fn partition_metadata(&self, via: i32, topic: &str) -> MetadataResponsePartition {
-        let mut c = self.client(via).await;
-        let m: MetadataResponse = c
-            .send(
-                ApiKey::Metadata,
-                12,
-                &MetadataRequest::default().with_topics(None),
-                true,
-            )
+        let t = self
+            .metadata(via)
             .await
-            .unwrap();
-        let t = m
             .topics
             .into_iter()
             .find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == topic))
@@ -329,6 +334,17 @@ async fn when_the_leader_stops_an_in_sync_follower_takes_over_with_every_acknowl
         assert!(tokio::time::Instant::now() < deadline, "a new leader");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    // the fenced broker stays in Metadata's broker list (so librdkafka does not
+    // decommission it while migrating its partitions), named offline, in no ISR
+    let metadata = cluster.metadata(survivor).await;
+    let listed: Vec<i32> = metadata.brokers.iter().map(|b| b.node_id.0).collect();
+    assert!(listed.contains(&old), "brokers {listed:?}");
+    let p = cluster.partition_metadata(survivor, "failover").await;
+    assert_eq!(
+        p.offline_replicas.iter().map(|b| b.0).collect::<Vec<_>>(),
+        [old]
+    );
+    assert!(!p.isr_nodes.iter().any(|b| b.0 == old), "{p:?}");
     // every acknowledged record is there, and writing goes on at the next offset
     produce_all(&cluster, new, "failover", 10..20).await;
     // the old leader comes back as a follower and catches up

@@ -216,7 +216,10 @@ impl ControllerNode {
 
         let (stop, stop_rx) = watch::channel(false);
         let core = Arc::new(Core {
-            failure_detector: Mutex::new(FailureDetector::new(config.broker_session_timeout_ms)),
+            failure_detector: Mutex::new(FailureDetector::new(
+                config.broker_session_timeout_ms,
+                Instant::now(),
+            )),
             stopping: stop_rx.clone(),
             config,
             raft: raft.clone(),
@@ -340,8 +343,7 @@ fn raft_timeouts(config: &ControllerConfig) -> (u64, u64) {
 /// partitions a leader when one of their ISR is live.
 async fn leader_loop(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
     let tick = Duration::from_millis((core.config.broker_heartbeat_interval_ms / 4).clamp(10, 500));
-    // the term this node last started leading in: leading again in a later term (even
-    // after a brief loss) restarts every session, as heartbeats went elsewhere meanwhile
+    // the term this node last started leading in
     let mut led_term: Option<u64> = None;
     loop {
         tokio::select! {
@@ -358,17 +360,13 @@ async fn leader_loop(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
             if core.raft.ensure_linearizable().await.is_err() {
                 continue;
             }
-            let now = Instant::now();
-            let mut fd = core
-                .failure_detector
+            let registered = core
+                .state_machine
+                .with_image(|image| image.brokers().map(|b| b.broker_id).collect::<Vec<_>>());
+            core.failure_detector
                 .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            fd.reset();
-            core.state_machine.with_image(|image| {
-                for b in image.brokers() {
-                    fd.heartbeat(b.broker_id, now);
-                }
-            });
+                .unwrap_or_else(|p| p.into_inner())
+                .take_over(&registered);
             led_term = Some(term);
             tracing::info!(
                 node = core.config.node_id,

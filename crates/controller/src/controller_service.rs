@@ -253,6 +253,20 @@ impl api::controller_server::Controller for ControllerService {
         }
     }
 
+    /// Recorded here whether or not this node leads (never forwarded): see
+    /// [`crate::failure_detector`].
+    async fn broker_alive(
+        &self,
+        request: Request<api::BrokerAliveRequest>,
+    ) -> Result<Response<api::BrokerAliveResponse>, Status> {
+        self.core
+            .failure_detector
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .heartbeat(request.get_ref().broker_id, Instant::now());
+        Ok(Response::new(api::BrokerAliveResponse {}))
+    }
+
     async fn create_topics(
         &self,
         request: Request<api::CreateTopicsRequest>,

@@ -629,3 +629,58 @@ async fn a_restarted_broker_is_fenced_out_of_every_isr_until_it_heartbeats() {
     }
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_fences_at_once_a_broker_that_went_silent_with_the_old_leader() {
+    let mut cluster = Cluster::start(3000).await;
+    let old = cluster.leader().await;
+    let (_, heartbeats_1) = broker(&cluster, old, 1).await;
+    let (_, heartbeats_2) = broker(&cluster, old, 2).await;
+    let node = &cluster.nodes[&old];
+    wait_until("brokers unfenced", || {
+        node.image().live_broker_ids() == vec![1, 2]
+    })
+    .await;
+    // broker 1 pings every controller, as real brokers do; broker 2 only heartbeats the
+    // leader, so the followers never hear from it
+    let mut clients = Vec::new();
+    for id in cluster.nodes.keys() {
+        clients.push(cluster.client(*id).await);
+    }
+    let pings_1 = tokio::spawn(async move {
+        loop {
+            for c in &mut clients {
+                let _ = c
+                    .broker_alive(api::BrokerAliveRequest { broker_id: 1 })
+                    .await;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    // longer than a session: the followers have been observing for a whole one
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    // both brokers and the controller leader die together
+    pings_1.abort();
+    heartbeats_1.abort();
+    heartbeats_2.abort();
+    cluster.stop(old).await;
+    let new = cluster.leader().await;
+    assert_ne!(new, old);
+    let node = &cluster.nodes[&new];
+    // the new leader has not heard from broker 2 for over a session: fenced on taking
+    // over; broker 1's session runs from its last ping (a new leader that started every
+    // broker a fresh session would fence both together, broker 1 first)
+    wait_until("broker 2 fenced", || {
+        node.image().broker(2).is_some_and(|b| b.fenced)
+    })
+    .await;
+    assert!(
+        node.image().broker(1).is_some_and(|b| !b.fenced),
+        "broker 1 was fenced before its session from its last ping expired"
+    );
+    wait_until("broker 1 fenced", || {
+        node.image().broker(1).is_some_and(|b| b.fenced)
+    })
+    .await;
+    cluster.shutdown().await;
+}

@@ -58,7 +58,7 @@ pub const KAFKA_3_9_RANGES: &[ApiRange] = &[
     range(ApiKey::OffsetForLeaderEpoch, 2, 4),
     range(ApiKey::DescribeConfigs, 1, 4),
     range(ApiKey::CreatePartitions, 0, 3),
-    range(ApiKey::DescribeCluster, 0, 1),
+    range(ApiKey::DescribeCluster, 0, 2),
 ];
 
 /// UNSUPPORTED_VERSION.

@@ -1,13 +1,15 @@
-//! `sluice cluster status`: what a client sees of the cluster through Metadata — the
-//! brokers, the active controller, and how many partitions lack a leader or have a short
-//! ISR. Fails (one line) while a partition has no leader or fewer brokers than expected
-//! are registered, so scripts can wait for a healthy cluster with it.
+//! `sluice cluster status`: what a client sees of the cluster through Metadata and
+//! DescribeCluster — the brokers (fenced ones marked), the active controller, and how
+//! many partitions lack a leader or have a short ISR. Fails (one line) while a partition
+//! has no leader or fewer brokers than expected are live (registered and unfenced), so
+//! scripts can wait for a healthy cluster with it.
 
 use std::io::Write;
 
 use anyhow::{bail, Result};
+use kafka_protocol::messages::{ApiKey, DescribeClusterRequest, DescribeClusterResponse};
 
-use crate::kafka_client::Cluster;
+use crate::kafka_client::{error_name, Cluster, DESCRIBE_CLUSTER_VERSION};
 
 pub async fn status(bootstrap: &str, expect_brokers: Option<usize>) -> Result<()> {
     let mut cluster = Cluster::connect(bootstrap).await?;
@@ -17,11 +19,28 @@ pub async fn status(bootstrap: &str, expect_brokers: Option<usize>) -> Result<()
         metadata.cluster_id.as_deref().unwrap_or("-"),
         metadata.controller_id.0
     );
-    let mut brokers: Vec<_> = metadata.brokers.iter().collect();
-    brokers.sort_by_key(|b| b.node_id.0);
-    for b in &brokers {
-        out += &format!("broker {} {}:{}\n", b.node_id.0, b.host, b.port);
+    let request = DescribeClusterRequest::default()
+        .with_include_fenced_brokers(true)
+        .with_endpoint_type(1);
+    let described: DescribeClusterResponse = cluster
+        .bootstrap()
+        .send(
+            ApiKey::DescribeCluster,
+            DESCRIBE_CLUSTER_VERSION,
+            &request,
+            true,
+        )
+        .await?;
+    if described.error_code != 0 {
+        bail!("DescribeCluster: {}", error_name(described.error_code));
     }
+    let mut brokers: Vec<_> = described.brokers.iter().collect();
+    brokers.sort_by_key(|b| b.broker_id.0);
+    for b in &brokers {
+        let fenced = if b.is_fenced { " fenced" } else { "" };
+        out += &format!("broker {} {}:{}{fenced}\n", b.broker_id.0, b.host, b.port);
+    }
+    let live = brokers.iter().filter(|b| !b.is_fenced).count();
     let mut partitions = 0;
     let mut offline = Vec::new();
     let mut under_replicated = 0;
@@ -45,8 +64,8 @@ pub async fn status(bootstrap: &str, expect_brokers: Option<usize>) -> Result<()
     // printed before any verdict: the state is what a waiting script wants to show (a
     // reader that went away is an error the caller treats as a quiet exit)
     std::io::stdout().lock().write_all(out.as_bytes())?;
-    if let Some(expected) = expect_brokers.filter(|n| brokers.len() < *n) {
-        bail!("{} of {expected} brokers registered", brokers.len());
+    if let Some(expected) = expect_brokers.filter(|n| live < *n) {
+        bail!("{live} of {expected} brokers live");
     }
     if !offline.is_empty() {
         offline.sort();

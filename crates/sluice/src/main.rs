@@ -4,7 +4,7 @@
 //!
 //! This is the only crate that parses command lines and configuration.
 
-use std::io::BufRead;
+use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
@@ -149,7 +149,7 @@ struct Bootstrap {
 #[derive(Subcommand)]
 enum ClusterCommand {
     /// Print brokers, the active controller and partition health; exit 1 while a
-    /// partition has no leader (or fewer than --expect-brokers brokers are registered).
+    /// partition has no leader (or fewer than --expect-brokers brokers are live).
     Status {
         #[arg(long)]
         expect_brokers: Option<usize>,
@@ -204,14 +204,22 @@ fn main() {
 }
 
 fn run() -> Result<()> {
+    let cli = Cli::parse();
+    // a broker logs its state changes (elections, fencing, ISR moves) by default, as Kafka
+    // does at INFO; the command-line tools only warnings. RUST_LOG overrides both.
+    let default_filter = match cli.command {
+        Command::Broker { .. } => "info,openraft=warn",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    match cli.command {
         Command::Broker { config, overrides } => run_node(config.as_deref(), &overrides),
         Command::Topic { command, bootstrap } => {
             let brokers = bootstrap.brokers;
@@ -416,7 +424,7 @@ fn run_node(config: Option<&std::path::Path>, overrides: &[String]) -> Result<()
                 .await
                 .context("starting the controller")?;
             println!("listening CONTROLLER {bound}");
-            tracing::warn!(node_id, address = %bound, "controller started");
+            tracing::info!(node_id, address = %bound, "controller started");
             controller_node = Some(node);
         }
         let mut broker_node = None;
@@ -452,7 +460,7 @@ fn run_node(config: Option<&std::path::Path>, overrides: &[String]) -> Result<()
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
         }
-        tracing::warn!(node_id, "stopping");
+        tracing::info!(node_id, "stopping");
         if let Some(b) = broker_node {
             let config = &b.broker().config;
             if config.controlled_shutdown_enable {

@@ -408,7 +408,7 @@ fn the_sluice_cli_and_kcat_read_each_others_records() {
     assert!(!out.status.success());
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
-        "error: 1 of 2 brokers registered\n"
+        "error: 1 of 2 brokers live\n"
     );
     // ... and a reader gone before it prints is no error either
     let mut status = sluice(&node, &["cluster", "status"])

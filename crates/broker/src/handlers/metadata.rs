@@ -96,9 +96,15 @@ fn build(
     version: i16,
     requested: Option<&[(Option<String>, uuid::Uuid)]>,
 ) -> MetadataResponse {
+    // every registered broker, fenced ones too (Kafka lists only unfenced brokers): a
+    // librdkafka (>= 2.10) client decommissions a broker that drops out of this list, and
+    // when that happens in the same response that moves the broker's leaderships away,
+    // the decommission races the partitions' migration to the new leader and parks them
+    // on no broker until the client's next 1 s scan (seen in its debug log: "Reverting
+    // from preferred replica ... to leader -1"). Leaders and ISRs never name a fenced
+    // broker; offline_replicas names it; DescribeCluster tells fenced from live.
     let brokers = image
         .brokers()
-        .filter(|b| !b.fenced)
         .filter_map(|b| {
             let endpoint = broker.config.endpoint_of(b)?;
             Some(
