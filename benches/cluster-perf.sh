@@ -64,12 +64,22 @@ want produce && for acks in 1 -1; do
 done
 
 lat=$SLUICE_CLUSTER_DIR/latency.txt
+percentiles() {
+  sort -n "$lat" | awk '{a[NR]=$1} END{printf "   per-message latency: p50 %.2f ms, p99 %.2f ms, p99.9 %.2f ms, max %.2f ms (%d messages)\n",
+    a[int(NR*0.5)]/1000, a[int(NR*0.99)]/1000, a[int(NR*0.999)]/1000, a[NR]/1000, NR}'
+}
 want latency && want produce && for acks in 1 -1; do
   half=$((best[-1] / 2))
   out=$(produce "$acks" $((half * 5)) -r "$half" -l -A "$lat")
   echo "== latency acks=$acks at $half msgs/s requested: $out"
-  sort -n "$lat" | awk '{a[NR]=$1} END{printf "   per-message latency: p50 %.2f ms, p99 %.2f ms, p99.9 %.2f ms, max %.2f ms (%d messages)\n",
-    a[int(NR*0.5)]/1000, a[int(NR*0.99)]/1000, a[int(NR*0.999)]/1000, a[NR]/1000, NR}'
+  percentiles
+done
+# below saturation: rdkafka_performance's rate limiter alone takes a core, so these show
+# what the brokers add when the client is not queueing (linger.ms=1)
+want latency && for rate in 100000 200000 300000; do
+  out=$(produce -1 $((rate * 5)) -r "$rate" -l -A "$lat" -X linger.ms=1)
+  echo "== latency acks=-1 linger.ms=1 at $rate msgs/s requested: $out"
+  percentiles
 done
 
 # the node leading the controller quorum: the latest "controller leader" line by term
