@@ -337,7 +337,7 @@ mod tests {
         let segment_bytes = 3 * MMAP_ALLOCATE_CHUNK_BYTES;
         let mut records = FileRecords::open(&path, AppendMode::Mmap, segment_bytes, true).unwrap();
         let mut model = Vec::new();
-        let mut append = |records: &mut FileRecords, model: &mut Vec<u8>, len: usize| {
+        let append = |records: &mut FileRecords, model: &mut Vec<u8>, len: usize| {
             let bytes: Vec<u8> = (0..len).map(|i| (model.len() + i) as u8 ^ 0x5a).collect();
             let position = records.append(&bytes).unwrap();
             assert_eq!(position, model.len() as u64);
