@@ -519,6 +519,22 @@ impl Partition {
         Ok(())
     }
 
+    /// A follower whose fetch offset fell below the leader's log start (retention deleted
+    /// what it lacks): drops its whole log and starts empty at `offset`, the leader's log
+    /// start (Kafka's `truncateFullyAndStartAt`). Everything dropped lies below the
+    /// leader's log start, so nothing the leader still serves is lost.
+    pub fn truncate_fully_and_start_at(&self, offset: Offset) -> Result<(), PartitionError> {
+        let mut inner = self.inner();
+        if inner.leader.is_some() {
+            return Err(PartitionError::NotFollower);
+        }
+        sluice_log::lock(&self.log).truncate_fully_and_start_at(offset)?;
+        tracing::warn!(partition = %self.topic_partition, %offset, "follower behind the leader's log start: log restarted there");
+        // HW <= LEO, and the leader's HW is at least its log start
+        inner.high_watermark = offset;
+        Ok(())
+    }
+
     /// (log end offset, latest leader epoch in the log): where a follower fetches from.
     pub fn fetch_position(&self) -> (Offset, Option<LeaderEpoch>) {
         let log = sluice_log::lock(&self.log);

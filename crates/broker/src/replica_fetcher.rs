@@ -333,6 +333,15 @@ async fn fetch(
                         backoff = true;
                     }
                 }
+                ec::OFFSET_OUT_OF_RANGE if fetch_offset.0 < p.log_start_offset => {
+                    // retention on the leader deleted what we lack: start over at its
+                    // log start (Kafka's truncateFullyAndStartAt) and go on fetching
+                    let start = Offset(p.log_start_offset);
+                    if let Err(e) = f.partition.truncate_fully_and_start_at(start) {
+                        tracing::warn!(partition = %tp, error = %e, "restarting the log at the leader's log start failed");
+                        backoff = true;
+                    }
+                }
                 ec::OFFSET_OUT_OF_RANGE => {
                     // our end is past the leader's: find the divergence again
                     tracing::warn!(partition = %tp, %fetch_offset, "fetch offset out of range on the leader");

@@ -167,21 +167,35 @@ impl Cluster {
             assert!(tokio::time::Instant::now() < deadline, "replicas caught up");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let leader_log = self.log_bytes(leader, tp);
+        // compared from the latest log start: retention runs on each replica on its own
+        let from = self
+            .brokers
+            .keys()
+            .map(|id| self.log_start(*id, tp))
+            .max()
+            .unwrap_or(Offset::ZERO);
+        let leader_log = self.log_bytes(leader, tp, from);
         for id in self.brokers.keys() {
             assert!(
-                self.log_bytes(*id, tp) == leader_log,
+                self.log_bytes(*id, tp, from) == leader_log,
                 "broker {id}'s log matches the leader's"
             );
         }
     }
 
-    fn log_bytes(&self, id: i32, tp: &TopicPartition) -> Vec<u8> {
+    fn log_start(&self, id: i32, tp: &TopicPartition) -> Offset {
+        let p = self.brokers[&id].broker().replicas.partition(tp).unwrap();
+        let log = sluice_log::lock(p.log());
+        log.log_start_offset()
+    }
+
+    /// The log's bytes from the batch holding `from` (at or above its log start).
+    fn log_bytes(&self, id: i32, tp: &TopicPartition, from: Offset) -> Vec<u8> {
         let p = self.brokers[&id].broker().replicas.partition(tp).unwrap();
         let log = sluice_log::lock(p.log());
         let end = log.log_end_offset();
         let mut out = Vec::new();
-        let mut at = Offset::ZERO;
+        let mut at = from;
         while at < end {
             let read = log.read(at, 1 << 24, end, true).unwrap();
             out.extend(read.region.unwrap().read_to_vec().unwrap());
@@ -224,15 +238,31 @@ fn batch(i: usize) -> Bytes {
 }
 
 async fn create_replicated(cluster: &Cluster, topic: &str) -> i32 {
+    create_replicated_with(cluster, topic, &[]).await
+}
+
+/// One partition, RF=3, min.insync.replicas=2 and `configs`; returns its leader.
+async fn create_replicated_with(
+    cluster: &Cluster,
+    topic: &str,
+    configs: &[(&'static str, &'static str)],
+) -> i32 {
     let mut c = cluster.client(1).await;
+    let configs = [("min.insync.replicas", "2")]
+        .iter()
+        .chain(configs)
+        .map(|(k, v)| {
+            CreatableTopicConfig::default()
+                .with_name(StrBytes::from_static_str(k))
+                .with_value(Some(StrBytes::from_static_str(v)))
+        })
+        .collect();
     let create = CreateTopicsRequest::default()
         .with_topics(vec![CreatableTopic::default()
             .with_name(name(topic))
             .with_num_partitions(1)
             .with_replication_factor(3)
-            .with_configs(vec![CreatableTopicConfig::default()
-                .with_name(StrBytes::from_static_str("min.insync.replicas"))
-                .with_value(Some(StrBytes::from_static_str("2")))])])
+            .with_configs(configs)])
         .with_timeout_ms(30_000);
     let r: CreateTopicsResponse = c
         .send(ApiKey::CreateTopics, 7, &create, true)
@@ -409,4 +439,44 @@ async fn controlled_shutdown_of_the_last_broker_standing_does_not_wait_for_a_gon
     cluster.controller.take().unwrap().shutdown().await;
     assert!(cluster.brokers[&leader].controlled_shutdown(WAIT).await);
     cluster.stop_broker(leader).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_behind_the_leaders_log_start_restarts_its_log_there_and_rejoins() {
+    let mut cluster = Cluster::start_with(3, 60_000, |c| {
+        c.replica_lag_time_max_ms = 1000;
+        c.retention_check_interval_ms = 100;
+    })
+    .await;
+    // small segments, and retention keeps only the newest few
+    let leader = create_replicated_with(
+        &cluster,
+        "retained",
+        &[("segment.bytes", "2000"), ("retention.bytes", "4000")],
+    )
+    .await;
+    produce_all(&cluster, leader, "retained", 0..5).await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let tp = TopicPartition::new("retained", 0);
+    let follower_end = cluster.log_end(follower, &tp).unwrap();
+    cluster.stop_broker(follower).await;
+    // the leader drops the stopped follower from the ISR, goes on with two, and its
+    // retention deletes segments past where the follower stopped
+    produce_all(&cluster, leader, "retained", 5..60).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while cluster.log_start(leader, &tp) <= follower_end {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "retention on the leader"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // back: its fetch offset is below the leader's log start (OFFSET_OUT_OF_RANGE); it
+    // starts its log over there, catches up and rejoins
+    cluster.restart_broker(follower).await;
+    cluster.wait_for_isr(leader, "retained", &[1, 2, 3]).await;
+    assert!(cluster.log_start(follower, &tp) > follower_end);
+    produce_all(&cluster, leader, "retained", 60..65).await;
+    cluster.assert_logs_match(leader, &tp, Offset(650)).await;
+    cluster.stop().await;
 }
