@@ -1,8 +1,9 @@
 //! One controller: the Raft node, its gRPC listener (Raft RPCs and the Controller API on
 //! the same port), and, while it is the Raft leader, the failure detector loop.
 //!
-//! The quorum initialises itself once from `controller.quorum.voters` (every voter calls
-//! `initialize` with the same membership; all but the first are refused, harmlessly);
+//! The quorum initialises itself once from `controller.quorum.voters` (the lowest voter
+//! id calls `initialize` at once, the others only if still uninitialised two election
+//! timeouts later, all with the same membership; late calls are refused, harmlessly);
 //! restarts reuse the stored vote, log and snapshot.
 
 use std::collections::BTreeMap;
@@ -268,9 +269,24 @@ impl ControllerNode {
                 .iter()
                 .map(|(id, addr)| (*id, BasicNode::new(addr)))
                 .collect();
-            if let Err(e) = raft.initialize(members).await {
-                tracing::info!(error = %e, "quorum already initialising elsewhere");
-            }
+            // the lowest voter id initialises at once; the others only if nobody has
+            // reached them after two election timeouts (that voter is down), which keeps
+            // openraft's "Can not initialize" errors out of a normal first start
+            let first = core.config.voters.keys().next() == Some(&core.config.node_id);
+            let delay = if first {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(core.config.election_timeout_ms * 2)
+            };
+            let raft = raft.clone();
+            tasks.push(tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                if matches!(raft.is_initialized().await, Ok(false)) {
+                    if let Err(e) = raft.initialize(members).await {
+                        tracing::info!(error = %e, "quorum already initialising elsewhere");
+                    }
+                }
+            }));
         }
 
         tasks.push(tokio::spawn(leader_loop(Arc::clone(&core), stop_rx)));
