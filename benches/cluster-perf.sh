@@ -11,7 +11,8 @@
 # Usage: benches/cluster-perf.sh [N] [ROUNDS]   (default 2000000 5)
 # SLUICE_BENCH="produce latency failover" (the default) picks the parts to run; latency
 # needs produce (it runs at half the best acks=all rate).
-# Extra node settings: SLUICE_NODE_OVERRIDES="key=value ..." (see deploy/local-cluster.sh).
+# Extra node settings: SLUICE_NODE_OVERRIDES="key=value ..." (see deploy/local-cluster.sh);
+# SLUICE_BENCH_KEEP=1 keeps the cluster's directory and logs.
 # Uses the cluster's fixed ports 19092/29092/39092 (+1 for the controllers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +25,9 @@ py=.kafka-clients/venv/bin/python
 cargo build --release -q -p sluice
 SLUICE_CLUSTER_DIR=$(mktemp -d /tmp/sluice-cluster-bench.XXXXXX)
 export SLUICE_CLUSTER_DIR
-trap 'deploy/local-cluster.sh down >/dev/null 2>&1 || true; rm -rf "$SLUICE_CLUSTER_DIR"' EXIT
+# SLUICE_BENCH_KEEP=1 keeps the cluster's directory (node logs) for a look afterwards
+trap 'deploy/local-cluster.sh down >/dev/null 2>&1 || true
+  if [ -n "${SLUICE_BENCH_KEEP:-}" ]; then echo "kept $SLUICE_CLUSTER_DIR"; else rm -rf "$SLUICE_CLUSTER_DIR"; fi' EXIT
 deploy/local-cluster.sh up >/dev/null
 b=127.0.0.1:19092,127.0.0.1:29092,127.0.0.1:39092
 sluice=./target/release/sluice
@@ -101,7 +104,8 @@ pick_partition() { # quorum_leader round
 want failover && for round in $(seq "$rounds"); do
   ql=$(quorum_leader)
   part=$(pick_partition "$ql" "$round")
-  out=$("$py" benches/failover_probe.py "$b" failover "$SLUICE_CLUSTER_DIR" "$part" 2>/dev/null)
+  out=$("$py" benches/failover_probe.py "$b" failover "$SLUICE_CLUSTER_DIR" "$part" 2>>"$SLUICE_CLUSTER_DIR/failover_probe.err") ||
+    { echo "== failover round $round: the probe failed:" >&2; tail -5 "$SLUICE_CLUSTER_DIR/failover_probe.err" >&2; exit 1; }
   killed=$(echo "$out" | awk '{print $2}')
   echo "== failover round $round: $out$([ "$killed" = "$ql" ] && echo " (it led the controller quorum)")"
   deploy/local-cluster.sh restart "$killed" >/dev/null
