@@ -9,7 +9,7 @@ then two times from the kill:
 
 usage: failover_probe.py BOOTSTRAP TOPIC CLUSTER_DIR [PARTITION]
 CLUSTER_DIR is deploy/local-cluster.sh's directory (node-N/sluice.pid). Prints
-"killed N elected_ms E failover_ms F"; the caller restarts node N.
+"killed N elected_ms E failover_ms F at HH:MM:SS.mmm UTC"; the caller restarts node N.
 """
 
 import os
@@ -71,6 +71,7 @@ def leader_seen_by_survivor():
             return int(value) if value.lstrip("-").isdigit() else -1
     return leader
 killed_at = time.perf_counter()
+killed_wall = time.strftime("%H:%M:%S", time.gmtime()) + f"{time.time() % 1:.3f}"[1:]
 os.kill(pid, signal.SIGKILL)
 
 
@@ -92,4 +93,5 @@ if not after:
     sys.exit("no write acknowledged within 30 s of the kill")
 producer.flush(30)
 elected_ms = "-" if elected_at is None else f"{(elected_at - killed_at) * 1000:.0f}"
-print(f"killed {leader} elected_ms {elected_ms} failover_ms {(after[0] - killed_at) * 1000:.0f}")
+print(f"killed {leader} elected_ms {elected_ms} failover_ms {(after[0] - killed_at) * 1000:.0f}"
+      f" at {killed_wall} UTC")
