@@ -343,16 +343,31 @@ impl ControllerNode {
 /// openraft's (election_timeout_min, election_timeout_max) for the Kafka-style setting.
 /// A follower that knew a leader campaigns only after its leader lease (openraft 0.9:
 /// `election_timeout_max`) plus a random timeout in [min, max) — with min = T and
-/// max = 2T that was 3–4 × T (3.4 s measured at 1000 ms). With min = T/2 and
-/// max = 3T/4 it is 1.25–1.5 × T, and the lease still expires before any candidate asks
-/// for votes. Both stay clear of the heartbeat interval.
+/// max = 2T that was 3–4 × T (3.4 s measured at 1000 ms). The band used is min = T/2,
+/// max = 3T/4 (both clear of the heartbeat interval), and the lease still expires before
+/// any candidate asks for votes.
+///
+/// openraft 0.9 draws each node's random timeout once per process, so two followers whose
+/// draws are close split the vote in every election (seen: three terms, 1.75 s). So each
+/// voter gets its own slot of the band by its place among the voters (the lowest id
+/// first), with jitter in the first half of the slot only: different voters' timers are at
+/// least half a slot apart. A follower campaigns 1.04–1.42 × T after the leader's last
+/// heartbeat with three voters.
 fn raft_timeouts(config: &ControllerConfig) -> (u64, u64) {
     let heartbeat = config.raft_heartbeat_interval_ms.max(1);
     let min = (config.election_timeout_ms / 2).max(heartbeat * 2);
     let max = (config.election_timeout_ms * 3 / 4)
         .max(heartbeat * 3)
         .max(min + heartbeat);
-    (min, max)
+    let voters = config.voters.len().max(1) as u64;
+    let place = config
+        .voters
+        .keys()
+        .position(|id| *id == config.node_id)
+        .unwrap_or(0) as u64;
+    let slot = ((max - min) / voters).max(2);
+    let node_min = min + place * slot;
+    (node_min, node_min + slot / 2)
 }
 
 /// While this node leads: fences brokers whose session expired, and gives offline
@@ -450,22 +465,43 @@ pub(crate) fn batch_of(records: Vec<Record>) -> MetadataBatch {
 mod tests {
     use super::*;
 
-    fn timeouts(election_timeout_ms: u64, raft_heartbeat_interval_ms: u64) -> (u64, u64) {
-        let mut c = ControllerConfig::new(1, BTreeMap::new(), PathBuf::new());
+    /// Voter `node_id` of voters 1..=3.
+    fn timeouts(
+        node_id: u64,
+        election_timeout_ms: u64,
+        raft_heartbeat_interval_ms: u64,
+    ) -> (u64, u64) {
+        let voters = (1..=3).map(|id| (id, String::new())).collect();
+        let mut c = ControllerConfig::new(node_id, voters, PathBuf::new());
         c.election_timeout_ms = election_timeout_ms;
         c.raft_heartbeat_interval_ms = raft_heartbeat_interval_ms;
         raft_timeouts(&c)
     }
 
+    /// When a follower campaigns after its leader's last heartbeat: lease (max) + [min, max).
+    fn campaign_window(node_id: u64, t: u64, hb: u64) -> (u64, u64) {
+        let (min, max) = timeouts(node_id, t, hb);
+        (max + min, max + max)
+    }
+
     #[test]
     fn a_follower_campaigns_about_the_configured_timeout_after_losing_its_leader() {
-        // the defaults `sluice broker` derives: heartbeat = timeout / 5
-        let (min, max) = timeouts(1000, 200);
-        // lease (max) + random [min, max): 1.25–1.5 s, not 3–4 s
-        assert_eq!((max + min, max + max), (1250, 1500));
+        // the defaults `sluice broker` derives: heartbeat = timeout / 5; 1.04–1.42 s, not
+        // 3–4 s
+        assert_eq!(campaign_window(1, 1000, 200), (1041, 1082));
+        assert_eq!(campaign_window(3, 1000, 200), (1373, 1414));
         for (t, hb) in [(1000, 200), (300, 60), (300, 50), (500, 100), (100, 100)] {
-            let (min, max) = timeouts(t, hb);
-            assert!(min > hb && max > min, "{t}/{hb}: {min}..{max}");
+            let mut windows = Vec::new();
+            for id in 1..=3 {
+                let (min, max) = timeouts(id, t, hb);
+                assert!(min > hb && max > min, "{t}/{hb}: {min}..{max}");
+                windows.push(campaign_window(id, t, hb));
+            }
+            // different voters never campaign at the same moment (openraft 0.9 draws each
+            // node's timeout once per process, so a collision would repeat every election)
+            for pair in windows.windows(2) {
+                assert!(pair[0].1 < pair[1].0, "{t}/{hb}: {windows:?}");
+            }
         }
     }
 }
