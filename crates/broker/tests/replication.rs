@@ -16,6 +16,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use sluice_broker::{BrokerConfig, BrokerNode};
 use sluice_controller::{ControllerConfig, ControllerNode};
+use sluice_log::Log;
 use sluice_metadata::proto::metadata as pb;
 use sluice_protocol::ClientConnection;
 use sluice_record::{BatchBuilder, Compression, Offset, TopicPartition};
@@ -183,31 +184,35 @@ impl Cluster {
         }
     }
 
-    fn log_start(&self, id: i32, tp: &TopicPartition) -> Offset {
-        let p = self.brokers[&id].broker().replicas.partition(tp).unwrap();
+    /// Runs `f` on broker `id`'s log of `tp` (None if it has no such replica).
+    fn with_log<T>(&self, id: i32, tp: &TopicPartition, f: impl FnOnce(&Log) -> T) -> Option<T> {
+        let p = self.brokers[&id].broker().replicas.partition(tp)?;
         let log = sluice_log::lock(p.log());
-        log.log_start_offset()
+        Some(f(&log))
+    }
+
+    fn log_start(&self, id: i32, tp: &TopicPartition) -> Offset {
+        self.with_log(id, tp, Log::log_start_offset).unwrap()
     }
 
     /// The log's bytes from the batch holding `from` (at or above its log start).
     fn log_bytes(&self, id: i32, tp: &TopicPartition, from: Offset) -> Vec<u8> {
-        let p = self.brokers[&id].broker().replicas.partition(tp).unwrap();
-        let log = sluice_log::lock(p.log());
-        let end = log.log_end_offset();
-        let mut out = Vec::new();
-        let mut at = from;
-        while at < end {
-            let read = log.read(at, 1 << 24, end, true).unwrap();
-            out.extend(read.region.unwrap().read_to_vec().unwrap());
-            at = read.next_offset;
-        }
-        out
+        self.with_log(id, tp, |log| {
+            let end = log.log_end_offset();
+            let mut out = Vec::new();
+            let mut at = from;
+            while at < end {
+                let read = log.read(at, 1 << 24, end, true).unwrap();
+                out.extend(read.region.unwrap().read_to_vec().unwrap());
+                at = read.next_offset;
+            }
+            out
+        })
+        .unwrap()
     }
 
     fn log_end(&self, id: i32, tp: &TopicPartition) -> Option<Offset> {
-        let p = self.brokers[&id].broker().replicas.partition(tp)?;
-        let end = sluice_log::lock(p.log()).log_end_offset();
-        Some(end)
+        self.with_log(id, tp, Log::log_end_offset)
     }
 
     async fn stop(mut self) {

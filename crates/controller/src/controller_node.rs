@@ -502,6 +502,10 @@ mod tests {
             for pair in windows.windows(2) {
                 assert!(pair[0].1 < pair[1].0, "{t}/{hb}: {windows:?}");
             }
+            // and every voter's lease (its max) has run out when the first one asks for
+            // votes, so it is not refused for a lease
+            let longest_lease = (1..=3).map(|id| timeouts(id, t, hb).1).max().unwrap();
+            assert!(longest_lease < windows[0].0, "{t}/{hb}: {windows:?}");
         }
     }
 }

@@ -44,6 +44,11 @@ fn config(id: u64, cluster: &Cluster) -> ControllerConfig {
 
 impl Cluster {
     async fn start(session_timeout_ms: u64) -> Cluster {
+        Self::start_only(session_timeout_ms, &[1, 2, 3]).await
+    }
+
+    /// Three voters, of which only `running` are started (the others' ports stay closed).
+    async fn start_only(session_timeout_ms: u64, running: &[u64]) -> Cluster {
         let mut listeners = BTreeMap::new();
         for id in 1..=3u64 {
             listeners.insert(
@@ -60,7 +65,7 @@ impl Cluster {
             nodes: BTreeMap::new(),
             session_timeout_ms,
         };
-        for (id, listener) in listeners {
+        for (id, listener) in listeners.into_iter().filter(|(id, _)| running.contains(id)) {
             let node = ControllerNode::start(config(id, &cluster), listener)
                 .await
                 .unwrap();
@@ -682,5 +687,21 @@ async fn a_new_leader_fences_at_once_a_broker_that_went_silent_with_the_old_lead
         node.image().broker(1).is_some_and(|b| b.fenced)
     })
     .await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quorum_forms_on_first_start_without_its_lowest_voter() {
+    // voter 1 initialises the quorum at once; with it down the others do so themselves
+    // after two election timeouts
+    let mut cluster = Cluster::start_only(60_000, &[2, 3]).await;
+    let leader = cluster.leader().await;
+    assert_ne!(leader, 1);
+    let (_, heartbeats) = broker(&cluster, leader, 7).await;
+    heartbeats.abort();
+    // voter 1 comes up later and catches up with what was committed without it
+    cluster.restart(1).await;
+    let images = cluster.converged_images(leader).await;
+    assert!(images.iter().all(|i| i.broker(7).is_some()));
     cluster.shutdown().await;
 }

@@ -585,6 +585,20 @@ fn with_one_replica_alive_acks_all_is_refused_and_nothing_uncommitted_is_exposed
     cluster.wait_for(topic, "the ISR shrinks to the leader", |rows| {
         rows[0].isr == vec![leader]
     });
+    // `sluice cluster status` marks the fenced brokers, and --expect-brokers counts the
+    // live ones only
+    let out = cluster.sluice(&["cluster", "status", "--expect-brokers", "3"]);
+    let status = String::from_utf8_lossy(&out.stdout);
+    for id in 1..=3 {
+        let fenced = status
+            .lines()
+            .any(|l| l.starts_with(&format!("broker {id} ")) && l.ends_with(" fenced"));
+        assert_eq!(fenced, id != leader, "broker {id}: {status}");
+    }
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: 1 of 3 brokers live\n"
+    );
     let refused = kcat_produce(&cluster.bootstrap(), topic, "all", &lines("refused", 1));
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
