@@ -1,8 +1,8 @@
 //! The broker's side of the control plane, through the Controller gRPC API only:
 //! - registration and heartbeats (a broker starts fenced and is unfenced by a heartbeat
 //!   that shows it applied the metadata up to its own registration);
-//! - `BrokerAlive` pings to every controller, so whichever is elected next knows this
-//!   broker is alive;
+//! - an `Alive` stream to every controller, so whichever is elected next knows this
+//!   broker is alive, and each learns at once when this process dies;
 //! - `WatchMetadata` from the index this broker has applied, each event applied to its own
 //!   [`MetadataImage`] with the same rules the controllers use.
 //!
@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use sluice_metadata::alive_stream::hold_alive_stream;
 use sluice_metadata::error_code as ec;
 use sluice_metadata::proto::controller as api;
 use sluice_metadata::proto::controller::controller_client::ControllerClient;
@@ -212,28 +213,25 @@ fn apply_event(image: &mut MetadataImage, event: api::MetadataEvent) {
     }
 }
 
-/// Pings every controller each heartbeat interval, concurrently, each with the interval
-/// as its deadline (a dead controller never delays the others), so each controller knows
-/// this broker is alive whichever of them is elected next.
+/// Holds an `Alive` stream to every controller, a ping each heartbeat interval, so each
+/// controller knows this broker is alive whichever of them is elected next, and learns at
+/// once when this process dies (its streams end). Aborting this task ends the streams.
 async fn alive_loop(
     broker_id: i32,
     heartbeat_interval_ms: u64,
     clients: Vec<ControllerClient<Channel>>,
 ) {
     let interval = Duration::from_millis(heartbeat_interval_ms.max(10));
-    let mut ticks = tokio::time::interval(interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticks.tick().await;
-        for client in &clients {
-            let mut client = client.clone();
-            tokio::spawn(async move {
-                let ping = client.broker_alive(api::BrokerAliveRequest { broker_id });
-                // an unreachable controller is the heartbeat loop's concern
-                let _ = tokio::time::timeout(interval, ping).await;
-            });
-        }
+    let mut streams = tokio::task::JoinSet::new();
+    for client in clients {
+        streams.spawn(hold_alive_stream(
+            client,
+            api::alive_ping::Sender::BrokerId(broker_id),
+            interval,
+            RETRY,
+        ));
     }
+    while streams.join_next().await.is_some() {}
 }
 
 async fn heartbeat_loop(

@@ -12,6 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use openraft::{BasicNode, Config, ServerState, SnapshotPolicy};
+use sluice_metadata::alive_stream::hold_alive_stream;
+use sluice_metadata::proto::controller::alive_ping::Sender as AliveSender;
+use sluice_metadata::proto::controller::controller_client::ControllerClient;
 use sluice_metadata::proto::controller::controller_server::ControllerServer;
 use sluice_metadata::proto::metadata as pb;
 use sluice_metadata::{ApplyOutcome, MetadataBatch, MetadataImage, MetadataRecord, Record};
@@ -23,7 +26,7 @@ use crate::failure_detector::FailureDetector;
 use crate::partition_election;
 use crate::raft_log_store::RaftLogStore;
 use crate::raft_network::{
-    pb::raft_server::RaftServer, GrpcNetworkFactory, RaftService, MAX_MESSAGE_BYTES,
+    channel, pb::raft_server::RaftServer, GrpcNetworkFactory, RaftService, MAX_MESSAGE_BYTES,
 };
 use crate::raft_types::{NodeId, Raft};
 use crate::state_machine::MetadataStateMachine;
@@ -107,12 +110,27 @@ pub(crate) struct Core {
     pub raft: Raft,
     pub state_machine: MetadataStateMachine,
     pub log_store: RaftLogStore,
-    pub failure_detector: Mutex<FailureDetector>,
+    /// Brokers' liveness (see [`crate::failure_detector`]).
+    pub failure_detector: Mutex<FailureDetector<i32>>,
+    /// The other voters' liveness, from their `Alive` streams to this node.
+    pub peer_liveness: Mutex<FailureDetector<NodeId>>,
+    /// Woken when a broker's `Alive` stream ends, so the leader fences it at once.
+    pub liveness_changed: tokio::sync::Notify,
     /// Becomes true when the node stops: long-lived streams end with it.
     pub stopping: watch::Receiver<bool>,
 }
 
 impl Core {
+    pub fn lock_failure_detector(&self) -> std::sync::MutexGuard<'_, FailureDetector<i32>> {
+        self.failure_detector
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn lock_peer_liveness(&self) -> std::sync::MutexGuard<'_, FailureDetector<NodeId>> {
+        self.peer_liveness.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn is_leader(&self) -> bool {
         let m = self.raft.metrics().borrow().clone();
         m.state == ServerState::Leader && m.current_leader == Some(self.config.node_id)
@@ -221,6 +239,11 @@ impl ControllerNode {
                 config.broker_session_timeout_ms,
                 Instant::now(),
             )),
+            peer_liveness: Mutex::new(FailureDetector::new(
+                config.election_timeout_ms,
+                Instant::now(),
+            )),
+            liveness_changed: tokio::sync::Notify::new(),
             stopping: stop_rx.clone(),
             config,
             raft: raft.clone(),
@@ -290,6 +313,23 @@ impl ControllerNode {
         }
 
         tasks.push(tokio::spawn(leader_loop(Arc::clone(&core), stop_rx)));
+        // every voter holds an Alive stream to every other voter: its end tells them this
+        // process is gone
+        let ping_interval = Duration::from_millis(core.config.broker_heartbeat_interval_ms.max(10));
+        for (id, address) in &core.config.voters {
+            if *id == core.config.node_id {
+                continue;
+            }
+            let Ok(peer) = channel(address) else {
+                continue;
+            };
+            tasks.push(tokio::spawn(hold_alive_stream(
+                ControllerClient::new(peer),
+                AliveSender::ControllerId(core.config.node_id),
+                ping_interval,
+                Duration::from_millis(100),
+            )));
+        }
         Ok(ControllerNode {
             core,
             tasks,
@@ -312,6 +352,13 @@ impl ControllerNode {
 
     pub fn current_leader(&self) -> Option<NodeId> {
         self.core.current_leader()
+    }
+
+    /// Turns this node's own election timer off or on (for tests: with it off, only a
+    /// lost leader's ended `Alive` stream makes this node campaign).
+    #[doc(hidden)]
+    pub fn set_election_timer(&self, enabled: bool) {
+        self.core.raft.runtime_config().elect(enabled);
     }
 
     /// A copy of this node's metadata image.
@@ -354,6 +401,11 @@ impl ControllerNode {
 /// least half a slot apart. A follower campaigns 1.04–1.42 × T after the leader's last
 /// heartbeat with three voters.
 fn raft_timeouts(config: &ControllerConfig) -> (u64, u64) {
+    raft_timeouts_of(config, config.node_id)
+}
+
+/// [`raft_timeouts`] of voter `node_id`.
+fn raft_timeouts_of(config: &ControllerConfig, node_id: NodeId) -> (u64, u64) {
     let heartbeat = config.raft_heartbeat_interval_ms.max(1);
     let min = (config.election_timeout_ms / 2).max(heartbeat * 2);
     let max = (config.election_timeout_ms * 3 / 4)
@@ -363,12 +415,86 @@ fn raft_timeouts(config: &ControllerConfig) -> (u64, u64) {
     let place = config
         .voters
         .keys()
-        .position(|id| *id == config.node_id)
+        .position(|id| *id == node_id)
         .unwrap_or(0) as u64;
     let slot = ((max - min) / voters).max(2);
     let node_min = min + place * slot;
     (node_min, node_min + slot / 2)
 }
+
+/// The longest leader lease among the voters (openraft 0.9: a voter's
+/// `election_timeout_max`): once that long has passed since a leader's last heartbeat, no
+/// voter refuses a candidate on account of it.
+fn longest_leader_lease_ms(config: &ControllerConfig) -> u64 {
+    config
+        .voters
+        .keys()
+        .map(|id| raft_timeouts_of(config, *id).1)
+        .max()
+        .unwrap_or_else(|| raft_timeouts(config).1)
+}
+
+/// An `Alive` stream ended (not because this node is stopping).
+pub(crate) fn alive_stream_ended(core: &Arc<Core>, sender: AliveSender, stream_id: u64) {
+    let now = Instant::now();
+    match sender {
+        AliveSender::BrokerId(broker_id) => {
+            let gone = core
+                .lock_failure_detector()
+                .stream_ended(broker_id, stream_id, now);
+            if gone {
+                tracing::info!(
+                    broker_id,
+                    "broker's Alive stream ended: its process is gone"
+                );
+                core.liveness_changed.notify_one();
+            }
+        }
+        AliveSender::ControllerId(peer) => {
+            let gone = core.lock_peer_liveness().stream_ended(peer, stream_id, now);
+            if gone && core.current_leader() == Some(peer) {
+                tokio::spawn(campaign_for_lost_leader(Arc::clone(core), peer));
+            }
+        }
+    }
+}
+
+/// The quorum leader `lost`'s process is gone (its `Alive` stream to this node ended). The
+/// lowest surviving voter campaigns as soon as every voter's leader lease has run out,
+/// instead of after its own lease plus election timeout; the others keep their timers (a
+/// backup, and no split vote). Nothing happens if the leader is heard from again or a new
+/// leader is known by then. Campaigning is always safe in Raft; a needless one only costs
+/// an election.
+async fn campaign_for_lost_leader(core: Arc<Core>, lost: NodeId) {
+    let me = core.config.node_id;
+    let first_survivor = core.config.voters.keys().find(|id| **id != lost);
+    if first_survivor != Some(&me) {
+        return;
+    }
+    // the lease counts from each voter's last heartbeat from the leader, which came before
+    // its stream to this node ended
+    let wait = Duration::from_millis(longest_leader_lease_ms(&core.config) + LEASE_MARGIN_MS);
+    let mut stop = core.stopping.clone();
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => {}
+        _ = stop.wait_for(|s| *s) => return,
+    }
+    let still_gone = core.lock_peer_liveness().is_gone(lost);
+    if !still_gone || core.current_leader() != Some(lost) {
+        return;
+    }
+    tracing::info!(
+        node = me,
+        lost_leader = lost,
+        "the controller leader's process is gone: campaigning"
+    );
+    if let Err(e) = core.raft.trigger().elect().await {
+        tracing::warn!(error = %e, "could not start an election");
+    }
+}
+
+/// Added to the longest leader lease before campaigning for a lost leader: timer slack.
+const LEASE_MARGIN_MS: u64 = 10;
 
 /// While this node leads: fences brokers whose session expired, and gives offline
 /// partitions a leader when one of their ISR is live.
@@ -379,6 +505,7 @@ async fn leader_loop(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(tick) => {}
+            _ = core.liveness_changed.notified() => {}
             _ = stop.changed() => return,
         }
         if !core.is_leader() {
@@ -394,10 +521,7 @@ async fn leader_loop(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
             let registered = core
                 .state_machine
                 .with_image(|image| image.brokers().map(|b| b.broker_id).collect::<Vec<_>>());
-            core.failure_detector
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take_over(&registered);
+            core.lock_failure_detector().take_over(&registered);
             led_term = Some(term);
             tracing::info!(
                 node = core.config.node_id,
@@ -414,10 +538,7 @@ async fn leader_loop(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
 async fn fence_expired_brokers(core: &Core) -> Result<()> {
     let unfenced = core.state_machine.with_image(|i| i.live_broker_ids());
     let expired = {
-        let fd = core
-            .failure_detector
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let fd = core.lock_failure_detector();
         fd.expired(&unfenced, Instant::now())
     };
     let unclean = core.config.unclean_leader_election_enable;

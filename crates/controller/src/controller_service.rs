@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use futures::Stream;
 use sluice_metadata::error_code as ec;
 use sluice_metadata::proto::controller as api;
+use sluice_metadata::proto::controller::alive_ping::Sender as AliveSender;
 use sluice_metadata::proto::controller::controller_client::ControllerClient;
 use sluice_metadata::proto::metadata as pb;
 use sluice_metadata::{ApplyOutcome, MetadataImage, Partition, Record, Topic, NO_LEADER};
@@ -158,9 +159,7 @@ impl api::controller_server::Controller for ControllerService {
             .state_machine
             .with_image(|i| i.broker(r.broker_id).map_or(-1, |b| b.broker_epoch));
         self.core
-            .failure_detector
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .lock_failure_detector()
             .heartbeat(r.broker_id, Instant::now());
         let outcome = outcomes.into_iter().next().unwrap_or_else(ApplyOutcome::ok);
         Ok(Response::new(api::RegisterBrokerResponse {
@@ -205,9 +204,7 @@ impl api::controller_server::Controller for ControllerService {
             );
         }
         self.core
-            .failure_detector
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .lock_failure_detector()
             .heartbeat(r.broker_id, Instant::now());
         // controlled shutdown: fence now (leaderships move to other ISR members and the
         // broker leaves every ISR, in one entry); never unfence again in this incarnation
@@ -254,17 +251,51 @@ impl api::controller_server::Controller for ControllerService {
     }
 
     /// Recorded here whether or not this node leads (never forwarded): see
-    /// [`crate::failure_detector`].
-    async fn broker_alive(
+    /// [`crate::failure_detector`]. Answered only when the stream ends or this node stops.
+    async fn alive(
         &self,
-        request: Request<api::BrokerAliveRequest>,
-    ) -> Result<Response<api::BrokerAliveResponse>, Status> {
-        self.core
-            .failure_detector
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .heartbeat(request.get_ref().broker_id, Instant::now());
-        Ok(Response::new(api::BrokerAliveResponse {}))
+        request: Request<tonic::Streaming<api::AlivePing>>,
+    ) -> Result<Response<api::AliveResponse>, Status> {
+        let mut pings = request.into_inner();
+        let mut stopping = self.core.stopping.clone();
+        // the sender and this stream's id, from its first ping
+        let mut opened: Option<(AliveSender, u64)> = None;
+        loop {
+            let ping = tokio::select! {
+                ping = pings.message() => ping,
+                // the node is stopping: end the stream, which says nothing of the sender
+                _ = stopping.wait_for(|s| *s) => return Ok(Response::new(api::AliveResponse {})),
+            };
+            // an error is a broken connection: the same as an end
+            let Ok(Some(api::AlivePing {
+                sender: Some(sender),
+            })) = ping
+            else {
+                break;
+            };
+            let now = Instant::now();
+            match (sender, opened) {
+                (AliveSender::BrokerId(b), Some(_)) => {
+                    self.core.lock_failure_detector().heartbeat(b, now)
+                }
+                (AliveSender::ControllerId(c), Some(_)) => {
+                    self.core.lock_peer_liveness().heartbeat(c, now)
+                }
+                (AliveSender::BrokerId(b), None) => {
+                    opened = Some((
+                        sender,
+                        self.core.lock_failure_detector().stream_opened(b, now),
+                    ))
+                }
+                (AliveSender::ControllerId(c), None) => {
+                    opened = Some((sender, self.core.lock_peer_liveness().stream_opened(c, now)))
+                }
+            }
+        }
+        if let Some((sender, stream_id)) = opened {
+            crate::controller_node::alive_stream_ended(&self.core, sender, stream_id);
+        }
+        Ok(Response::new(api::AliveResponse {}))
     }
 
     async fn create_topics(

@@ -1,42 +1,90 @@
-//! Broker liveness, kept by every controller: the time of each broker's last heartbeat
-//! or `BrokerAlive` ping, in memory only (liveness is not in the metadata log). Only the
-//! Raft leader acts on it: a broker whose session expired (`broker.session.timeout.ms`
-//! without word from it) is due to be fenced.
+//! Liveness, kept by every controller for brokers and for its fellow voters: the time of
+//! each sender's last heartbeat or `Alive` ping, and whether its `Alive` stream has ended
+//! since, in memory only (liveness is not in the metadata log). Only the Raft leader acts
+//! on the brokers' view: a broker whose session expired (`broker.session.timeout.ms`
+//! without word from it) or whose stream ended with nothing heard since is due to be
+//! fenced.
 //!
 //! Every broker pings every controller, so a newly elected leader already knows who is
 //! alive: a broker it has heard nothing from since it started observing, for longer than
 //! the session timeout, is fenced at once (it most likely died with the old leader). A
 //! broker never heard from gets a session starting when this controller started
 //! observing, so a controller that has just started never fences anyone early.
+//!
+//! A stream's end counts only if it was the sender's latest stream, and word from the
+//! sender after it (a new stream, a heartbeat) makes the sender alive again: a process
+//! that is still running says so within one heartbeat interval.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 #[derive(Debug)]
-pub struct FailureDetector {
+pub struct FailureDetector<K> {
     session_timeout: Duration,
     /// When this controller started receiving heartbeats and pings.
     observing_since: Instant,
-    last_heartbeat: BTreeMap<i32, Instant>,
+    last_heartbeat: BTreeMap<K, Instant>,
+    /// Each sender's latest `Alive` stream.
+    streams: BTreeMap<K, AliveStream>,
+    next_stream_id: u64,
 }
 
-impl FailureDetector {
+#[derive(Debug, Clone, Copy)]
+struct AliveStream {
+    id: u64,
+    ended_at: Option<Instant>,
+}
+
+impl<K: Ord + Copy> FailureDetector<K> {
     pub fn new(session_timeout_ms: u64, observing_since: Instant) -> Self {
         FailureDetector {
             session_timeout: Duration::from_millis(session_timeout_ms),
             observing_since,
             last_heartbeat: BTreeMap::new(),
+            streams: BTreeMap::new(),
+            next_stream_id: 0,
         }
     }
 
-    pub fn heartbeat(&mut self, broker_id: i32, now: Instant) {
-        let t = self.last_heartbeat.entry(broker_id).or_insert(now);
+    pub fn heartbeat(&mut self, sender: K, now: Instant) {
+        let t = self.last_heartbeat.entry(sender).or_insert(now);
         *t = (*t).max(now);
+    }
+
+    /// The first ping of a new `Alive` stream from `sender`: it becomes the sender's latest
+    /// stream. Returns the id to pass to [`FailureDetector::stream_ended`].
+    pub fn stream_opened(&mut self, sender: K, now: Instant) -> u64 {
+        self.next_stream_id += 1;
+        let id = self.next_stream_id;
+        self.streams
+            .insert(sender, AliveStream { id, ended_at: None });
+        self.heartbeat(sender, now);
+        id
+    }
+
+    /// `sender`'s stream `stream_id` ended. Returns true when that leaves the sender gone
+    /// (it was its latest stream and nothing was heard from it since).
+    pub fn stream_ended(&mut self, sender: K, stream_id: u64, now: Instant) -> bool {
+        match self.streams.get_mut(&sender) {
+            Some(s) if s.id == stream_id => s.ended_at = Some(now),
+            _ => return false,
+        }
+        self.is_gone(sender)
+    }
+
+    /// True when the sender's latest stream ended and nothing was heard from it since.
+    pub fn is_gone(&self, sender: K) -> bool {
+        let Some(ended_at) = self.streams.get(&sender).and_then(|s| s.ended_at) else {
+            return false;
+        };
+        self.last_heartbeat
+            .get(&sender)
+            .is_none_or(|heard| ended_at >= *heard)
     }
 
     /// Call when this node becomes the Raft leader: a registered broker never heard from
     /// gets a session counted from when this controller started observing.
-    pub fn take_over(&mut self, registered: &[i32]) {
+    pub fn take_over(&mut self, registered: &[K]) {
         for b in registered {
             self.last_heartbeat
                 .entry(*b)
@@ -44,14 +92,17 @@ impl FailureDetector {
         }
     }
 
-    pub fn is_alive(&self, broker_id: i32, now: Instant) -> bool {
-        self.last_heartbeat
-            .get(&broker_id)
-            .is_some_and(|t| now.saturating_duration_since(*t) < self.session_timeout)
+    pub fn is_alive(&self, sender: K, now: Instant) -> bool {
+        !self.is_gone(sender)
+            && self
+                .last_heartbeat
+                .get(&sender)
+                .is_some_and(|t| now.saturating_duration_since(*t) < self.session_timeout)
     }
 
-    /// Brokers among `unfenced` whose session has expired (or who never heartbeated here).
-    pub fn expired(&self, unfenced: &[i32], now: Instant) -> Vec<i32> {
+    /// Senders among `unfenced` whose session has expired, who never heartbeated here, or
+    /// whose stream ended with nothing heard since.
+    pub fn expired(&self, unfenced: &[K], now: Instant) -> Vec<K> {
         unfenced
             .iter()
             .copied()
@@ -103,5 +154,33 @@ mod tests {
         fresh.take_over(&[1, 2]);
         assert!(fresh.expired(&[1, 2], t0 + ms(99)).is_empty());
         assert_eq!(fresh.expired(&[1, 2], t0 + ms(100)), vec![1, 2]);
+    }
+
+    #[test]
+    fn an_ended_stream_expires_its_sender_at_once_until_it_is_heard_from_again() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut fd = FailureDetector::new(10_000, t0);
+        let s1 = fd.stream_opened(1, t0);
+        let s2 = fd.stream_opened(2, t0);
+        fd.heartbeat(1, t0 + ms(5));
+        assert!(fd.stream_ended(1, s1, t0 + ms(10)));
+        assert!(fd.is_gone(1));
+        assert_eq!(fd.expired(&[1, 2], t0 + ms(11)), vec![1]);
+        // a heartbeat after the end: the process is still running
+        fd.heartbeat(1, t0 + ms(20));
+        assert!(!fd.is_gone(1));
+        assert!(fd.expired(&[1, 2], t0 + ms(21)).is_empty());
+        // a stream replaced by a newer one: its end says nothing
+        let s2_new = fd.stream_opened(2, t0 + ms(30));
+        assert!(!fd.stream_ended(2, s2, t0 + ms(40)));
+        assert!(fd.is_alive(2, t0 + ms(41)));
+        assert!(fd.stream_ended(2, s2_new, t0 + ms(50)));
+        assert!(!fd.is_alive(2, t0 + ms(51)));
+        // a new stream after the end: alive again
+        fd.stream_opened(2, t0 + ms(60));
+        assert!(fd.is_alive(2, t0 + ms(61)));
+        // a sender that never opened a stream is not gone
+        assert!(!fd.is_gone(3));
     }
 }

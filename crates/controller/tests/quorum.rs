@@ -647,16 +647,28 @@ async fn a_new_leader_fences_at_once_a_broker_that_went_silent_with_the_old_lead
     })
     .await;
     // broker 1 pings every controller, as real brokers do; broker 2 only heartbeats the
-    // leader, so the followers never hear from it
-    let mut clients = Vec::new();
+    // leader, so the followers never hear from it. Broker 1's streams stay open when its
+    // pings stop (a host that vanished without closing its connections)
+    let mut silent_streams = Vec::new();
+    let mut ping_senders = Vec::new();
     for id in cluster.nodes.keys() {
-        clients.push(cluster.client(*id).await);
+        let mut client = cluster.client(*id).await;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        silent_streams.push(tokio::spawn(async move {
+            let _ = client
+                .alive(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await;
+        }));
+        ping_senders.push(tx);
     }
+    let senders = ping_senders.clone();
     let pings_1 = tokio::spawn(async move {
         loop {
-            for c in &mut clients {
-                let _ = c
-                    .broker_alive(api::BrokerAliveRequest { broker_id: 1 })
+            for tx in &senders {
+                let _ = tx
+                    .send(api::AlivePing {
+                        sender: Some(api::alive_ping::Sender::BrokerId(1)),
+                    })
                     .await;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -687,6 +699,94 @@ async fn a_new_leader_fences_at_once_a_broker_that_went_silent_with_the_old_lead
         node.image().broker(1).is_some_and(|b| b.fenced)
     })
     .await;
+    drop(ping_senders);
+    cluster.shutdown().await;
+    for s in silent_streams {
+        s.abort();
+    }
+}
+
+/// Holds broker `broker_id`'s `Alive` stream to every controller until aborted.
+async fn alive_streams(cluster: &Cluster, broker_id: i32) -> Vec<JoinHandle<()>> {
+    let mut streams = Vec::new();
+    for id in cluster.nodes.keys() {
+        streams.push(tokio::spawn(
+            sluice_metadata::alive_stream::hold_alive_stream(
+                cluster.client(*id).await,
+                api::alive_ping::Sender::BrokerId(broker_id),
+                Duration::from_millis(100),
+                Duration::from_millis(100),
+            ),
+        ));
+    }
+    streams
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_whose_process_is_gone_is_fenced_at_once_not_after_its_session() {
+    // a session far longer than the test waits: only the streams' end can fence
+    let cluster = Cluster::start(600_000).await;
+    let leader = cluster.leader().await;
+    let (_, heartbeats_1) = broker(&cluster, leader, 1).await;
+    let (_, heartbeats_2) = broker(&cluster, leader, 2).await;
+    let streams_1 = alive_streams(&cluster, 1).await;
+    let streams_2 = alive_streams(&cluster, 2).await;
+    let node = &cluster.nodes[&leader];
+    wait_until("brokers unfenced", || {
+        node.image().live_broker_ids() == vec![1, 2]
+    })
+    .await;
+    // let every stream deliver pings for a while
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // broker 1's process dies: its heartbeats stop and its connections close
+    heartbeats_1.abort();
+    for s in &streams_1 {
+        s.abort();
+    }
+    wait_until("broker 1 fenced", || {
+        node.image().broker(1).is_some_and(|b| b.fenced)
+    })
+    .await;
+    assert!(
+        node.image().broker(2).is_some_and(|b| !b.fenced),
+        "broker 2 is alive and was fenced"
+    );
+    // broker 2's streams break but it keeps heartbeating: a live process is not fenced
+    for s in &streams_2 {
+        s.abort();
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        node.image().broker(2).is_some_and(|b| !b.fenced),
+        "broker 2 still heartbeats and was fenced"
+    );
+    heartbeats_2.abort();
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_quorum_leaders_process_is_gone_the_lowest_survivor_campaigns() {
+    let mut cluster = Cluster::start(600_000).await;
+    let old = cluster.leader().await;
+    // the survivors' own election timers are off: only the end of the old leader's
+    // Alive streams can start an election
+    for (id, node) in &cluster.nodes {
+        if *id != old {
+            node.set_election_timer(false);
+        }
+    }
+    let (_, heartbeats) = broker(&cluster, old, 1).await;
+    // let the voters' streams to each other open
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    heartbeats.abort();
+    cluster.stop(old).await;
+    let new = cluster.leader().await;
+    let lowest_survivor = *cluster.nodes.keys().next().unwrap();
+    assert_eq!(new, lowest_survivor);
+    // the new leader commits
+    let mut client = cluster.client(new).await;
+    let created = create_topic(&mut client, "after-failover", 1, 1).await;
+    assert_eq!(created.error_code, 0, "{}", created.error_message);
     cluster.shutdown().await;
 }
 

@@ -6,6 +6,7 @@
 //! Invariant: [`MetadataImage::apply`] is deterministic — the same batches in the same
 //! order give the same image on every node — and never panics on any record.
 
+pub mod alive_stream;
 pub mod error_code;
 mod image;
 pub mod topic_name;
