@@ -422,16 +422,37 @@ fn raft_timeouts_of(config: &ControllerConfig, node_id: NodeId) -> (u64, u64) {
     (node_min, node_min + slot / 2)
 }
 
-/// The longest leader lease among the voters (openraft 0.9: a voter's
-/// `election_timeout_max`): once that long has passed since a leader's last heartbeat, no
-/// voter refuses a candidate on account of it.
-fn longest_leader_lease_ms(config: &ControllerConfig) -> u64 {
-    config
+/// Who campaigns when the quorum leader `lost` is gone, and how long after: a candidate
+/// needs votes from enough other voters to make a majority with its own, and a voter
+/// refuses while its leader lease (openraft 0.9: its `election_timeout_max`, counted from
+/// its last heartbeat from the leader) runs. So the survivor whose needed voters' leases
+/// run out first campaigns (lowest id on a tie); `None` if the survivors cannot make a
+/// majority.
+fn lost_leader_candidate(config: &ControllerConfig, lost: NodeId) -> Option<(NodeId, u64)> {
+    let survivors: Vec<NodeId> = config
         .voters
         .keys()
-        .map(|id| raft_timeouts_of(config, *id).1)
-        .max()
-        .unwrap_or_else(|| raft_timeouts(config).1)
+        .copied()
+        .filter(|id| *id != lost)
+        .collect();
+    let other_votes_needed = config.voters.len() / 2;
+    let lease = |id: NodeId| raft_timeouts_of(config, id).1;
+    survivors
+        .iter()
+        .filter_map(|candidate| {
+            let mut leases: Vec<u64> = survivors
+                .iter()
+                .filter(|id| *id != candidate)
+                .map(|id| lease(*id))
+                .collect();
+            leases.sort_unstable();
+            let wait_ms = match other_votes_needed {
+                0 => 0,
+                n => *leases.get(n - 1)?,
+            };
+            Some((*candidate, wait_ms))
+        })
+        .min_by_key(|(id, wait_ms)| (*wait_ms, *id))
 }
 
 /// An `Alive` stream ended (not because this node is stopping).
@@ -459,21 +480,23 @@ pub(crate) fn alive_stream_ended(core: &Arc<Core>, sender: AliveSender, stream_i
     }
 }
 
-/// The quorum leader `lost`'s process is gone (its `Alive` stream to this node ended). The
-/// lowest surviving voter campaigns as soon as every voter's leader lease has run out,
-/// instead of after its own lease plus election timeout; the others keep their timers (a
-/// backup, and no split vote). Nothing happens if the leader is heard from again or a new
-/// leader is known by then. Campaigning is always safe in Raft; a needless one only costs
-/// an election.
+/// The quorum leader `lost`'s process is gone (its `Alive` stream to this node ended). One
+/// survivor ([`lost_leader_candidate`]) campaigns as soon as the leases it needs have run
+/// out, instead of after its own lease plus election timeout; the others keep their timers
+/// (a backup, and no split vote). Nothing happens if the leader is heard from again or a
+/// new leader is known by then. Campaigning is always safe in Raft; a needless one only
+/// costs an election.
 async fn campaign_for_lost_leader(core: Arc<Core>, lost: NodeId) {
     let me = core.config.node_id;
-    let first_survivor = core.config.voters.keys().find(|id| **id != lost);
-    if first_survivor != Some(&me) {
+    let Some((candidate, wait_ms)) = lost_leader_candidate(&core.config, lost) else {
+        return;
+    };
+    if candidate != me {
         return;
     }
-    // the lease counts from each voter's last heartbeat from the leader, which came before
-    // its stream to this node ended
-    let wait = Duration::from_millis(longest_leader_lease_ms(&core.config) + LEASE_MARGIN_MS);
+    // each voter's lease counts from its last heartbeat from the leader, which came before
+    // the leader's stream to this node ended
+    let wait = Duration::from_millis(wait_ms + LEASE_MARGIN_MS);
     let mut stop = core.stopping.clone();
     tokio::select! {
         _ = tokio::time::sleep(wait) => {}
@@ -628,5 +651,42 @@ mod tests {
             let longest_lease = (1..=3).map(|id| timeouts(id, t, hb).1).max().unwrap();
             assert!(longest_lease < windows[0].0, "{t}/{hb}: {windows:?}");
         }
+    }
+
+    #[test]
+    fn a_lost_leaders_survivor_campaigns_when_the_lease_of_the_vote_it_needs_runs_out() {
+        let config = |voters: std::ops::RangeInclusive<u64>| {
+            let voters = voters.map(|id| (id, String::new())).collect();
+            let mut c = ControllerConfig::new(1, voters, PathBuf::new());
+            c.election_timeout_ms = 500;
+            c.raft_heartbeat_interval_ms = 100;
+            c
+        };
+        let three = config(1..=3);
+        let lease = |id| raft_timeouts_of(&three, id).1;
+        assert!(lease(1) < lease(2) && lease(2) < lease(3));
+        // two survivors: each needs the other's vote; the one whose partner's lease is
+        // shorter goes, and sooner than any survivor's own timer would fire
+        assert_eq!(lost_leader_candidate(&three, 1), Some((3, lease(2))));
+        assert_eq!(lost_leader_candidate(&three, 2), Some((3, lease(1))));
+        assert_eq!(lost_leader_candidate(&three, 3), Some((2, lease(1))));
+        for lost in 1..=3 {
+            let (_, wait_ms) = lost_leader_candidate(&three, lost).unwrap();
+            let first_timer = (1..=3u64)
+                .filter(|id| *id != lost)
+                .map(|id| {
+                    let (min, max) = raft_timeouts_of(&three, id);
+                    max + min
+                })
+                .min()
+                .unwrap();
+            assert!(wait_ms + LEASE_MARGIN_MS < first_timer, "lost {lost}");
+        }
+        // five voters: a candidate needs two other votes, so the second-shortest lease
+        let five = config(1..=5);
+        let lease5 = |id| raft_timeouts_of(&five, id).1;
+        assert_eq!(lost_leader_candidate(&five, 1), Some((4, lease5(3))));
+        // one voter alone: nobody to campaign
+        assert_eq!(lost_leader_candidate(&config(1..=1), 1), None);
     }
 }
