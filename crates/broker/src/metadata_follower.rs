@@ -165,7 +165,14 @@ async fn watch_loop(
         return;
     }
     let mut next = 0usize;
+    // controllers tried in a row without getting an event: pause once all were tried, so
+    // the broker moves to the next controller at once when its stream breaks
+    let mut fruitless = 0usize;
     loop {
+        if fruitless >= clients.len() {
+            tokio::time::sleep(RETRY).await;
+            fruitless = 0;
+        }
         let mut client = clients[next % clients.len()].clone();
         next += 1;
         let from_index = image
@@ -179,12 +186,14 @@ async fn watch_loop(
             Ok(s) => s.into_inner(),
             Err(e) => {
                 tracing::debug!(error = %e, "watch metadata: trying the next controller");
-                tokio::time::sleep(RETRY).await;
+                fruitless += 1;
                 continue;
             }
         };
+        fruitless += 1;
         // until the stream ends or fails: then the next controller
         while let Ok(Some(event)) = stream.message().await {
+            fruitless = 0;
             let applied = {
                 let mut image = image.write().unwrap_or_else(|p| p.into_inner());
                 apply_event(&mut image, event);
@@ -192,7 +201,6 @@ async fn watch_loop(
             };
             applied_tx.send_replace(applied);
         }
-        tokio::time::sleep(RETRY).await;
     }
 }
 
