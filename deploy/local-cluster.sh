@@ -128,8 +128,15 @@ stop_nodes() {
 }
 
 wait_healthy() {
-  local deadline=$((SECONDS + UP_TIMEOUT_S)) out
+  local deadline=$((SECONDS + UP_TIMEOUT_S)) out n
   while true; do
+    # a node that exited (a bad setting, a port in use) will not come back: say why now
+    for n in "${NODES[@]}"; do
+      if [[ -z $(running_pid "$n") ]]; then
+        tail -n 5 "$(node_dir "$n")/sluice.log" >&2
+        die "node $n exited while starting (log: $(node_dir "$n")/sluice.log)"
+      fi
+    done
     if out=$("$BIN" cluster status --brokers "$BOOTSTRAP" --expect-brokers 3 2>&1); then
       echo "$out"
       return 0
