@@ -93,6 +93,9 @@ struct Inner {
     min_insync_replicas: usize,
     /// An AlterPartition for this partition is in flight.
     isr_change_pending: bool,
+    /// The last leadership of this broker that ended: its leader epoch and its high
+    /// watermark then. An acks=all append of that epoch is committed only below it.
+    ended_leadership: Option<(i32, Offset)>,
 }
 
 pub struct Partition {
@@ -131,6 +134,20 @@ pub struct AppendResult {
     pub base_offset: Offset,
     pub last_offset: Offset,
     pub log_start_offset: Offset,
+    /// The leader epoch the batch was appended in.
+    pub leader_epoch: i32,
+}
+
+/// Where an acks=all append stands ([`Partition::acks_all_outcome`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcksAllOutcome {
+    /// The high watermark has not passed it yet, and this broker still leads in its epoch.
+    Waiting,
+    /// Committed: the high watermark passed it while this broker led in its epoch.
+    Committed,
+    /// This broker stopped leading before it was committed: it may be truncated, so it
+    /// must not be acknowledged (NOT_LEADER_OR_FOLLOWER; the producer retries).
+    LeadershipLost,
 }
 
 impl Partition {
@@ -160,6 +177,7 @@ impl Partition {
                 high_watermark: checkpointed_high_watermark.min(leo),
                 min_insync_replicas: 1,
                 isr_change_pending: false,
+                ended_leadership: None,
             }),
             signals,
         }
@@ -220,6 +238,10 @@ impl Partition {
         );
         let new_epoch = p.leader_epoch != current.leader_epoch;
         inner.isr_change_pending = false;
+        if new_epoch {
+            // the leadership of the old epoch (if this broker had it) ends here
+            Self::end_leadership(&mut inner);
+        }
         inner.state = PartitionState {
             leader: p.leader,
             leader_epoch: p.leader_epoch,
@@ -243,10 +265,7 @@ impl Partition {
                     now_ms,
                 ));
             }
-            (_, false) => {
-                inner.high_watermark = Self::high_watermark_of(&inner);
-                inner.leader = None;
-            }
+            (_, false) => Self::end_leadership(&mut inner),
         }
         if let Some(leader) = &mut inner.leader {
             leader.maybe_advance_high_watermark(leo);
@@ -315,10 +334,55 @@ impl Partition {
         let mut inner = self.inner();
         if inner.leader.is_some() {
             tracing::warn!(partition = %self.topic_partition, "leadership is stale: no longer acting as leader");
-            inner.high_watermark = Self::high_watermark_of(&inner);
-            inner.leader = None;
+            Self::end_leadership(&mut inner);
         }
         inner.isr_change_pending = false;
+        drop(inner);
+        self.bump();
+    }
+
+    /// The partition is no longer hosted here (deleted or reassigned): stop leading, so
+    /// parked acks=all requests are answered at once.
+    pub fn stop(&self) {
+        let mut inner = self.inner();
+        Self::end_leadership(&mut inner);
+        drop(inner);
+        self.bump();
+    }
+
+    /// Stops leading (if leading), remembering the epoch and high watermark it ended at.
+    fn end_leadership(inner: &mut Inner) {
+        if let Some(leader) = inner.leader.take() {
+            let hw = leader.high_watermark();
+            inner.high_watermark = hw;
+            inner.ended_leadership = Some((inner.state.leader_epoch, hw));
+        }
+    }
+
+    /// Where an acks=all append ending at `last_offset`, made in `leader_epoch`, stands.
+    /// Only the high watermark of that leadership counts: once it ended, a later high
+    /// watermark (as follower, or leading again) may cover other records written at
+    /// those offsets after a truncation.
+    pub fn acks_all_outcome(&self, last_offset: Offset, leader_epoch: i32) -> AcksAllOutcome {
+        let inner = self.inner();
+        let hw = match (&inner.leader, inner.ended_leadership) {
+            (Some(leader), _) if inner.state.leader_epoch == leader_epoch => {
+                leader.high_watermark()
+            }
+            (_, Some((epoch, hw))) if epoch == leader_epoch => {
+                return if hw > last_offset {
+                    AcksAllOutcome::Committed
+                } else {
+                    AcksAllOutcome::LeadershipLost
+                };
+            }
+            _ => return AcksAllOutcome::LeadershipLost,
+        };
+        if hw > last_offset {
+            AcksAllOutcome::Committed
+        } else {
+            AcksAllOutcome::Waiting
+        }
     }
 
     fn bump(&self) {
@@ -375,7 +439,8 @@ impl Partition {
         now_ms: i64,
     ) -> Result<AppendResult, PartitionError> {
         let mut inner = self.inner();
-        let epoch = LeaderEpoch(inner.state.leader_epoch);
+        let leader_epoch = inner.state.leader_epoch;
+        let epoch = LeaderEpoch(leader_epoch);
         let isr = inner.state.isr.len();
         let min = inner.min_insync_replicas;
         let Some(leader) = &mut inner.leader else {
@@ -401,6 +466,7 @@ impl Partition {
             base_offset: info.base_offset,
             last_offset: info.last_offset,
             log_start_offset,
+            leader_epoch,
         })
     }
 
@@ -660,6 +726,46 @@ mod tests {
         ));
         p.append_as_leader(&mut records(1), 1, 3).unwrap();
         assert_eq!(p.high_watermark(), Offset(5), "not advanced below min ISR");
+    }
+
+    #[test]
+    fn an_acks_all_append_is_committed_only_by_the_leadership_that_wrote_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = partition(dir.path());
+        p.apply_state(&state(1, 1, 0, &[1, 2, 3]), 0);
+        let first = p.append_as_leader(&mut records(3), -1, 0).unwrap();
+        let second = p.append_as_leader(&mut records(2), -1, 0).unwrap();
+        assert_eq!(first.leader_epoch, 1);
+        let outcome = |a: &AppendResult| p.acks_all_outcome(a.last_offset, a.leader_epoch);
+        assert_eq!(outcome(&first), AcksAllOutcome::Waiting);
+        // the followers reach the first batch only: it is committed
+        p.on_follower_fetch(2, Offset(3), 1);
+        p.on_follower_fetch(3, Offset(3), 1);
+        assert_eq!(outcome(&first), AcksAllOutcome::Committed);
+        assert_eq!(outcome(&second), AcksAllOutcome::Waiting);
+        // broker 2 takes over in epoch 2 (this one was fenced while alive): the second
+        // batch is lost to the waiting producer at once, not left to time out
+        p.apply_state(&state(2, 2, 1, &[2, 3]), 2);
+        assert_eq!(outcome(&first), AcksAllOutcome::Committed);
+        assert_eq!(outcome(&second), AcksAllOutcome::LeadershipLost);
+        // as follower: truncated to the new leader's log, then the new leader's records at
+        // the same offsets, with a high watermark past the lost batch. The old batch must
+        // still not count as committed
+        p.truncate_to(Offset(3)).unwrap();
+        let mut theirs = records(4);
+        sluice_record::stamp_base_offset(&mut theirs, Offset(3)).unwrap();
+        p.append_as_follower(&theirs, Offset(7), 3).unwrap();
+        assert_eq!(p.high_watermark(), Offset(7));
+        assert_eq!(outcome(&second), AcksAllOutcome::LeadershipLost);
+        // leading again in a later epoch changes nothing for the old append
+        p.apply_state(&state(1, 3, 2, &[1, 2, 3]), 4);
+        assert_eq!(outcome(&second), AcksAllOutcome::LeadershipLost);
+        assert_eq!(outcome(&first), AcksAllOutcome::Committed);
+        // a resigned leader's parked appends are answered too
+        let third = p.append_as_leader(&mut records(1), -1, 5).unwrap();
+        assert_eq!(outcome(&third), AcksAllOutcome::Waiting);
+        p.resign();
+        assert_eq!(outcome(&third), AcksAllOutcome::LeadershipLost);
     }
 
     #[test]

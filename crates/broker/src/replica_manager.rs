@@ -235,10 +235,14 @@ impl ReplicaManager {
 
     fn remove(&self, tp: &TopicPartition) {
         self.fetchers.unfollow(tp);
-        self.partitions
+        let removed = self
+            .partitions
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(tp);
+        if let Some(partition) = removed {
+            partition.stop();
+        }
         self.delete_log(tp);
     }
 

@@ -765,7 +765,8 @@ async fn a_broker_whose_process_is_gone_is_fenced_at_once_not_after_its_session(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn when_the_quorum_leaders_process_is_gone_a_survivor_campaigns_without_waiting_for_its_timer() {
+async fn when_the_quorum_leaders_process_is_gone_a_survivor_campaigns_without_waiting_for_its_timer(
+) {
     let mut cluster = Cluster::start(600_000).await;
     let old = cluster.leader().await;
     // the survivors' own election timers are off: only the end of the old leader's

@@ -37,6 +37,7 @@ const KEYS: &[(&str, &str)] = &[
     ("socket.request.max.bytes", "104857600"),
     ("log.retention.check.interval.ms", "300000"),
     ("replica.lag.time.max.ms", "30000"),
+    ("replica.high.watermark.checkpoint.interval.ms", "5000"),
     ("controlled.shutdown.enable", "true"),
     ("sluice.controlled.shutdown.timeout.ms", "30000"),
     ("sluice.fetch.sendfile.enable", "true"),
@@ -301,6 +302,8 @@ impl NodeConfig {
         c.delete_topic_enable = self.parse("delete.topic.enable")?;
         c.retention_check_interval_ms = self.parse("log.retention.check.interval.ms")?;
         c.replica_lag_time_max_ms = self.parse("replica.lag.time.max.ms")?;
+        c.high_watermark_checkpoint_interval_ms =
+            self.parse("replica.high.watermark.checkpoint.interval.ms")?;
         c.controlled_shutdown_enable = self.parse("controlled.shutdown.enable")?;
         c.controlled_shutdown_timeout_ms = self.parse("sluice.controlled.shutdown.timeout.ms")?;
         let mode = self.get("sluice.log.append.mode")?;

@@ -5,7 +5,9 @@
 //! acks=0: no response (an error closes the connection, as in Kafka, so the client
 //! notices); acks=1: answered after the local append; acks=all (-1): refused with
 //! NOT_ENOUGH_REPLICAS when |ISR| < `min.insync.replicas`, else parked until the high
-//! watermark passes the batch (REQUEST_TIMED_OUT at the request's timeout).
+//! watermark passes the batch (REQUEST_TIMED_OUT at the request's timeout), or until this
+//! broker stops leading in the epoch it appended in (NOT_LEADER_OR_FOLLOWER at once: the
+//! batch may be truncated, so only that leadership's high watermark can commit it).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +21,7 @@ use sluice_record::{Offset, TopicPartition};
 use super::{decode, now_ms, respond, str_bytes, Answer};
 use crate::broker::Broker;
 use crate::connection::ConnectionError;
-use crate::partition::Partition;
+use crate::partition::{AcksAllOutcome, Partition};
 
 /// A partition answer waiting for the high watermark (acks=all).
 struct Parked {
@@ -27,6 +29,14 @@ struct Parked {
     partition: usize,
     waiting_on: Arc<Partition>,
     last_offset: Offset,
+    leader_epoch: i32,
+}
+
+impl Parked {
+    fn outcome(&self) -> AcksAllOutcome {
+        self.waiting_on
+            .acks_all_outcome(self.last_offset, self.leader_epoch)
+    }
 }
 
 pub async fn handle(request: &RequestFrame, broker: &Broker) -> Result<Answer, ConnectionError> {
@@ -52,12 +62,13 @@ pub async fn handle(request: &RequestFrame, broker: &Broker) -> Result<Answer, C
                 Ok((partition, result)) => {
                     answer.base_offset = result.base_offset.0;
                     answer.log_start_offset = result.log_start_offset.0;
-                    if acks == -1 && partition.high_watermark() <= result.last_offset {
+                    if acks == -1 {
                         parked.push(Parked {
                             topic: response.responses.len(),
                             partition: partitions.len(),
                             waiting_on: partition,
                             last_offset: result.last_offset,
+                            leader_epoch: result.leader_epoch,
                         });
                     }
                 }
@@ -86,11 +97,14 @@ pub async fn handle(request: &RequestFrame, broker: &Broker) -> Result<Answer, C
         let timeout = Duration::from_millis(body.timeout_ms.max(0) as u64);
         wait_for_high_watermark(broker, &parked, timeout).await;
         for p in &parked {
-            if p.waiting_on.high_watermark() <= p.last_offset {
-                let answer = &mut response.responses[p.topic].partition_responses[p.partition];
-                answer.error_code = ec::REQUEST_TIMED_OUT;
-                answer.base_offset = -1;
-            }
+            let code = match p.outcome() {
+                AcksAllOutcome::Committed => continue,
+                AcksAllOutcome::Waiting => ec::REQUEST_TIMED_OUT,
+                AcksAllOutcome::LeadershipLost => ec::NOT_LEADER_OR_FOLLOWER,
+            };
+            let answer = &mut response.responses[p.topic].partition_responses[p.partition];
+            answer.error_code = code;
+            answer.base_offset = -1;
         }
     }
     respond(request, &response)
@@ -133,7 +147,7 @@ async fn wait_for_high_watermark(broker: &Broker, parked: &[Parked], timeout: Du
     loop {
         if parked
             .iter()
-            .all(|p| p.waiting_on.high_watermark() > p.last_offset)
+            .all(|p| p.outcome() != AcksAllOutcome::Waiting)
         {
             return;
         }
