@@ -660,6 +660,31 @@ fn a_deposed_leader_truncates_its_uncommitted_batches_and_matches_the_new_leader
         &kcat_produce(&cluster.bootstrap_of(old), topic, "1", &lines("stale", 20)),
         "kcat acks=1 to the leader alone",
     );
+    // an acks=all producer through the leader alone: its records are appended and parked,
+    // waiting for followers that do not fetch
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/parked_producer.py");
+    let parked = Command::new(python())
+        .arg(script)
+        .arg(cluster.bootstrap_of(old))
+        .args([topic, "0", "parked", "--count", "10"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect(
+            "run parked_producer.py (scripts/install-kafka-clients.sh installs confluent-kafka)",
+        );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cluster
+        .batches(old, topic, 0, i64::MAX)
+        .iter()
+        .any(|b| contains(b, b"parked-"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the parked producer's records never reached the leader's log"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let written = cluster.batches(old, topic, 0, i64::MAX);
     assert!(
         written.len() > 1 && written.iter().any(|b| contains(b, b"stale-")),
@@ -685,11 +710,53 @@ fn a_deposed_leader_truncates_its_uncommitted_batches_and_matches_the_new_leader
     cluster.wait_for(topic, "the deposed leader rejoins the ISR", |rows| {
         rows[0].isr.len() == 3
     });
+    // the deposed leader answers its parked acks=all requests when it learns of the new
+    // epoch, not after the request timeout (120 s here, beyond this bound); librdkafka may
+    // then send them again to the new leader
+    let reports = run_to_end(parked, Duration::from_secs(90));
+    let reports = String::from_utf8_lossy(&reports.stdout).to_string();
     let read = kcat_read_all(&cluster.bootstrap(), topic);
+    let by_offset: BTreeMap<i64, &str> = read.iter().map(|(_, o, v)| (*o, v.as_str())).collect();
+    let mut acked = 0;
+    for report in reports.lines() {
+        let fields: Vec<&str> = report.split_whitespace().collect();
+        match fields.as_slice() {
+            // an acknowledgement names the offset its record is at: never one of the
+            // deposed leader's truncated offsets, now holding the new leader's records
+            ["ok", _, offset, value] => {
+                let offset: i64 = offset.parse().unwrap();
+                assert_eq!(
+                    by_offset.get(&offset).copied(),
+                    Some(*value),
+                    "acknowledged at {offset} but not there: {reports}"
+                );
+                acked += 1;
+            }
+            ["err", _, value] => assert!(
+                !read.iter().any(|(_, _, v)| v == value),
+                "{value} failed but is in the log: {reports}"
+            ),
+            _ => panic!("unexpected report {report:?}: {reports}"),
+        }
+    }
+    assert_eq!(
+        reports.lines().count(),
+        10,
+        "one report per record: {reports}"
+    );
     let mut expected = lines("committed", 100);
     expected.extend(lines("fresh", 30));
-    assert_eq!(values(&read), expected);
-    cluster.assert_replicas_identical(topic, 0, 130);
+    let unparked: Vec<&str> = values(&read)
+        .into_iter()
+        .filter(|v| !v.starts_with("parked-"))
+        .collect();
+    assert_eq!(unparked, expected);
+    assert_eq!(
+        read.len(),
+        130 + acked,
+        "every parked record in the log was acknowledged"
+    );
+    cluster.assert_replicas_identical(topic, 0, read.len() as i64);
     assert!(
         !cluster
             .batches(old, topic, 0, i64::MAX)
