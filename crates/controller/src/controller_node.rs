@@ -516,7 +516,7 @@ async fn campaign_for_lost_leader(core: Arc<Core>, lost: NodeId) {
     }
 }
 
-/// Added to the longest leader lease before campaigning for a lost leader: timer slack.
+/// Added to the needed leases before campaigning for a lost leader: timer slack.
 const LEASE_MARGIN_MS: u64 = 10;
 
 /// While this node leads: fences brokers whose session expired, and gives offline
