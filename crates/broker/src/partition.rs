@@ -365,23 +365,19 @@ impl Partition {
     /// those offsets after a truncation.
     pub fn acks_all_outcome(&self, last_offset: Offset, leader_epoch: i32) -> AcksAllOutcome {
         let inner = self.inner();
-        let hw = match (&inner.leader, inner.ended_leadership) {
+        let (hw, still_leading) = match (&inner.leader, inner.ended_leadership) {
             (Some(leader), _) if inner.state.leader_epoch == leader_epoch => {
-                leader.high_watermark()
+                (leader.high_watermark(), true)
             }
-            (_, Some((epoch, hw))) if epoch == leader_epoch => {
-                return if hw > last_offset {
-                    AcksAllOutcome::Committed
-                } else {
-                    AcksAllOutcome::LeadershipLost
-                };
-            }
+            (_, Some((epoch, hw))) if epoch == leader_epoch => (hw, false),
             _ => return AcksAllOutcome::LeadershipLost,
         };
         if hw > last_offset {
             AcksAllOutcome::Committed
-        } else {
+        } else if still_leading {
             AcksAllOutcome::Waiting
+        } else {
+            AcksAllOutcome::LeadershipLost
         }
     }
 
@@ -766,6 +762,24 @@ mod tests {
         assert_eq!(outcome(&third), AcksAllOutcome::Waiting);
         p.resign();
         assert_eq!(outcome(&third), AcksAllOutcome::LeadershipLost);
+    }
+
+    #[test]
+    fn a_removed_partition_answers_its_parked_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = partition(dir.path());
+        p.apply_state(&state(1, 1, 0, &[1, 2, 3]), 0);
+        let a = p.append_as_leader(&mut records(2), -1, 0).unwrap();
+        assert_eq!(
+            p.acks_all_outcome(a.last_offset, a.leader_epoch),
+            AcksAllOutcome::Waiting
+        );
+        p.stop();
+        assert!(!p.is_leader());
+        assert_eq!(
+            p.acks_all_outcome(a.last_offset, a.leader_epoch),
+            AcksAllOutcome::LeadershipLost
+        );
     }
 
     #[test]

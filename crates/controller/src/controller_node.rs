@@ -112,7 +112,8 @@ pub(crate) struct Core {
     pub log_store: RaftLogStore,
     /// Brokers' liveness (see [`crate::failure_detector`]).
     pub failure_detector: Mutex<FailureDetector<i32>>,
-    /// The other voters' liveness, from their `Alive` streams to this node.
+    /// The other voters' liveness, from their `Alive` streams to this node; only whether
+    /// a voter's stream ended is used (Raft has its own timers), not its session.
     pub peer_liveness: Mutex<FailureDetector<NodeId>>,
     /// Woken when a broker's `Alive` stream ends, so the leader fences it at once.
     pub liveness_changed: tokio::sync::Notify,
@@ -129,6 +130,22 @@ impl Core {
 
     pub fn lock_peer_liveness(&self) -> std::sync::MutexGuard<'_, FailureDetector<NodeId>> {
         self.peer_liveness.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A ping on an open `Alive` stream.
+    pub fn alive_ping(&self, sender: AliveSender, now: Instant) {
+        match sender {
+            AliveSender::BrokerId(b) => self.lock_failure_detector().heartbeat(b, now),
+            AliveSender::ControllerId(c) => self.lock_peer_liveness().heartbeat(c, now),
+        }
+    }
+
+    /// The first ping of a new `Alive` stream: returns the stream's id.
+    pub fn alive_stream_opened(&self, sender: AliveSender, now: Instant) -> u64 {
+        match sender {
+            AliveSender::BrokerId(b) => self.lock_failure_detector().stream_opened(b, now),
+            AliveSender::ControllerId(c) => self.lock_peer_liveness().stream_opened(c, now),
+        }
     }
 
     pub fn is_leader(&self) -> bool {

@@ -274,22 +274,9 @@ impl api::controller_server::Controller for ControllerService {
                 break;
             };
             let now = Instant::now();
-            match (sender, opened) {
-                (AliveSender::BrokerId(b), Some(_)) => {
-                    self.core.lock_failure_detector().heartbeat(b, now)
-                }
-                (AliveSender::ControllerId(c), Some(_)) => {
-                    self.core.lock_peer_liveness().heartbeat(c, now)
-                }
-                (AliveSender::BrokerId(b), None) => {
-                    opened = Some((
-                        sender,
-                        self.core.lock_failure_detector().stream_opened(b, now),
-                    ))
-                }
-                (AliveSender::ControllerId(c), None) => {
-                    opened = Some((sender, self.core.lock_peer_liveness().stream_opened(c, now)))
-                }
+            match opened {
+                Some(_) => self.core.alive_ping(sender, now),
+                None => opened = Some((sender, self.core.alive_stream_opened(sender, now))),
             }
         }
         if let Some((sender, stream_id)) = opened {

@@ -521,4 +521,24 @@ mod tests {
         .to_string();
         assert!(bad.contains("exactly one directory"), "{bad}");
     }
+
+    #[test]
+    fn the_high_watermark_checkpoint_interval_is_kafkas_setting() {
+        let load = |o: &[&str]| {
+            let o: Vec<String> = o.iter().map(|s| s.to_string()).collect();
+            NodeConfig::load(None, |_| None, &o)
+                .unwrap()
+                .broker_config(vec![])
+                .unwrap()
+                .high_watermark_checkpoint_interval_ms
+        };
+        assert_eq!(load(&["node.id=1"]), 5000);
+        assert_eq!(
+            load(&[
+                "node.id=1",
+                "replica.high.watermark.checkpoint.interval.ms=250"
+            ]),
+            250
+        );
+    }
 }

@@ -62,14 +62,16 @@ pub async fn handle(request: &RequestFrame, broker: &Broker) -> Result<Answer, C
                 Ok((partition, result)) => {
                     answer.base_offset = result.base_offset.0;
                     answer.log_start_offset = result.log_start_offset.0;
-                    if acks == -1 {
-                        parked.push(Parked {
-                            topic: response.responses.len(),
-                            partition: partitions.len(),
-                            waiting_on: partition,
-                            last_offset: result.last_offset,
-                            leader_epoch: result.leader_epoch,
-                        });
+                    let parked_answer = Parked {
+                        topic: response.responses.len(),
+                        partition: partitions.len(),
+                        waiting_on: partition,
+                        last_offset: result.last_offset,
+                        leader_epoch: result.leader_epoch,
+                    };
+                    // committed already (a leader alone in its ISR): nothing to wait for
+                    if acks == -1 && parked_answer.outcome() != AcksAllOutcome::Committed {
+                        parked.push(parked_answer);
                     }
                 }
                 Err((code, message)) => {
