@@ -77,7 +77,7 @@ write_config() {
 "num.partitions" = 3
 # fast failover on one host or a LAN (see docs/operations.md); Kafka's 9000/2000 suit
 # hosts with long pauses
-"broker.session.timeout.ms" = 1500
+"broker.session.timeout.ms" = 1000
 "broker.heartbeat.interval.ms" = 100
 "controller.quorum.election.timeout.ms" = 500
 EOF

@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-kafka-clients.sh
+cargo build --release -p sluice --bin sluice
 cargo test --workspace --release "$@"

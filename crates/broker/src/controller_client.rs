@@ -62,9 +62,11 @@ impl ControllerClients {
                     self.next.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(_) => {
+                    // the next call starts elsewhere: this controller may be paused
+                    self.next.fetch_add(1, Ordering::Relaxed);
                     return Err(tonic::Status::deadline_exceeded(
                         "controller did not answer",
-                    ))
+                    ));
                 }
             }
             if tokio::time::Instant::now() + RETRY >= deadline {

@@ -6,7 +6,10 @@
 //! - `WatchMetadata` from the index this broker has applied, each event applied to its own
 //!   [`MetadataImage`] with the same rules the controllers use.
 //!
-//! Any controller will do: on an error the follower moves to the next one in the list.
+//! Any controller will do: on an error the follower moves to the next one in the list, and
+//! so it does when a controller stops answering though its connection stays open (a
+//! paused process): a metadata stream silent past `WATCH_STALL_TIMEOUT` (the controller
+//! sends a keep-alive every `WATCH_KEEPALIVE`), a heartbeat unanswered past 1 s.
 //! Invariant: the local image's `applied_index` only grows; an event at or below it (a
 //! replay after reconnecting) is skipped.
 
@@ -19,7 +22,7 @@ use sluice_metadata::error_code as ec;
 use sluice_metadata::proto::controller as api;
 use sluice_metadata::proto::controller::controller_client::ControllerClient;
 use sluice_metadata::proto::metadata as pb;
-use sluice_metadata::MetadataImage;
+use sluice_metadata::{MetadataImage, WATCH_STALL_TIMEOUT};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
@@ -56,6 +59,9 @@ struct ShutdownRequest {
 }
 
 const RETRY: Duration = Duration::from_millis(100);
+/// A heartbeat (or registration) not answered by then goes to the next controller: a
+/// paused controller never answers, and its connection stays open.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl MetadataFollower {
     /// Starts following; returns at once (use [`MetadataFollower::wait_until`]).
@@ -191,8 +197,20 @@ async fn watch_loop(
             }
         };
         fruitless += 1;
-        // until the stream ends or fails: then the next controller
-        while let Ok(Some(event)) = stream.message().await {
+        // until the stream ends, fails or stalls: then the next controller
+        loop {
+            let event = match tokio::time::timeout(WATCH_STALL_TIMEOUT, stream.message()).await {
+                Ok(Ok(Some(event))) => event,
+                Ok(_) => break,
+                Err(_) => {
+                    tracing::warn!(
+                        controller = (next - 1) % clients.len(),
+                        stalled_ms = WATCH_STALL_TIMEOUT.as_millis() as u64,
+                        "metadata stream stalled (controller paused or hung): moving to the next controller"
+                    );
+                    break;
+                }
+            };
             fruitless = 0;
             let applied = {
                 let mut image = image.write().unwrap_or_else(|p| p.into_inner());
@@ -217,7 +235,7 @@ fn apply_event(image: &mut MetadataImage, event: api::MetadataEvent) {
         Some(api::metadata_event::Event::Batch(batch)) => {
             image.apply(event.index, &batch);
         }
-        None => {}
+        Some(api::metadata_event::Event::KeepAlive(_)) | None => {}
     }
 }
 
@@ -259,14 +277,21 @@ async fn heartbeat_loop(
     loop {
         let mut client = clients[next % clients.len()].clone();
         if broker_epoch.load(Ordering::Acquire) < 0 {
-            let registered = client
-                .register_broker(api::RegisterBrokerRequest {
+            let registered = tokio::time::timeout(
+                HEARTBEAT_TIMEOUT,
+                client.register_broker(api::RegisterBrokerRequest {
                     broker_id: config.broker_id,
                     incarnation_id: config.incarnation_id.clone(),
                     endpoints: config.endpoints.clone(),
                     rack: config.rack.clone(),
-                })
-                .await;
+                }),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(tonic::Status::deadline_exceeded(
+                    "registration not answered",
+                ))
+            });
             match registered {
                 Ok(r) if r.get_ref().error_code == 0 => {
                     broker_epoch.store(r.get_ref().broker_epoch, Ordering::Release);
@@ -290,14 +315,17 @@ async fn heartbeat_loop(
             }
         }
         let metadata_index = *applied.borrow();
-        let heartbeat = client
-            .broker_heartbeat(api::BrokerHeartbeatRequest {
+        let heartbeat = tokio::time::timeout(
+            HEARTBEAT_TIMEOUT,
+            client.broker_heartbeat(api::BrokerHeartbeatRequest {
                 broker_id: config.broker_id,
                 broker_epoch: broker_epoch.load(Ordering::Acquire),
                 metadata_index,
                 want_shut_down: shutdown.wanted.load(Ordering::Acquire),
-            })
-            .await;
+            }),
+        )
+        .await
+        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("heartbeat not answered")));
         match heartbeat {
             Ok(r) => {
                 let r = r.into_inner();

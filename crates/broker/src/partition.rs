@@ -254,16 +254,27 @@ impl Partition {
         match (&mut inner.leader, leads) {
             (Some(leader), true) if !new_epoch => leader.set_isr(&p.isr),
             (_, true) => {
-                let hw = Self::high_watermark_of(&inner).min(leo);
-                inner.leader = Some(LeaderState::new(
-                    self.broker_id,
-                    &p.replicas,
-                    &p.isr,
-                    inner.min_insync_replicas,
-                    hw,
-                    leo,
-                    now_ms,
-                ));
+                // the epoch starts at the log end before anything is appended in it, so
+                // OffsetForLeaderEpoch answers for it from the first moment (KIP-101)
+                let assigned = sluice_log::lock(&self.log)
+                    .assign_epoch_start_offset(LeaderEpoch(p.leader_epoch));
+                match assigned {
+                    Ok(()) => {
+                        let hw = Self::high_watermark_of(&inner).min(leo);
+                        inner.leader = Some(LeaderState::new(
+                            self.broker_id,
+                            &p.replicas,
+                            &p.isr,
+                            inner.min_insync_replicas,
+                            hw,
+                            leo,
+                            now_ms,
+                        ));
+                    }
+                    Err(e) => {
+                        tracing::error!(partition = %self.topic_partition, leader_epoch = p.leader_epoch, error = %e, "cannot record the new leader epoch in the log: not leading");
+                    }
+                }
             }
             (_, false) => Self::end_leadership(&mut inner),
         }
@@ -604,10 +615,8 @@ impl Partition {
     }
 
     /// This log's own end offset for `epoch` (see [`Self::end_offset_for_epoch`]).
-    pub fn local_end_offset_for_epoch(&self, epoch: i32) -> Offset {
-        sluice_log::lock(&self.log)
-            .end_offset_for_epoch(LeaderEpoch(epoch))
-            .1
+    pub fn local_end_offset_for_epoch(&self, epoch: i32) -> (LeaderEpoch, Offset) {
+        sluice_log::lock(&self.log).end_offset_for_epoch(LeaderEpoch(epoch))
     }
 
     pub fn leader_epoch(&self) -> i32 {
@@ -780,6 +789,21 @@ mod tests {
             p.acks_all_outcome(a.last_offset, a.leader_epoch),
             AcksAllOutcome::LeadershipLost
         );
+    }
+
+    #[test]
+    fn a_new_leader_knows_its_epoch_before_its_first_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = partition(dir.path());
+        p.apply_state(&state(2, 1, 0, &[1, 2, 3]), 0);
+        let mut theirs = records(4);
+        sluice_record::stamp_partition_leader_epoch(&mut theirs, LeaderEpoch(1)).unwrap();
+        p.append_as_follower(&theirs, Offset(4), 1).unwrap();
+        // elected in epoch 3 (epoch 2 was a leader this broker never fetched from)
+        p.apply_state(&state(1, 3, 1, &[1, 3]), 2);
+        assert!(p.is_leader());
+        assert_eq!(p.end_offset_for_epoch(3, 3).unwrap(), (3, 4));
+        assert_eq!(p.end_offset_for_epoch(3, 2).unwrap(), (1, 4));
     }
 
     #[test]

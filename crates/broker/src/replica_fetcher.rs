@@ -6,7 +6,11 @@
 //! Before a partition's first fetch under a new leader epoch, the follower asks the leader
 //! (OffsetForLeaderEpoch) where its own latest epoch ends there and truncates only the
 //! divergent suffix: to min(leader's end offset for that epoch, its own end offset for
-//! it) (KIP-101, KIP-279; an epoch the leader does not know falls back to the HW).
+//! it) (KIP-101). When the leader answers with an epoch this log lacks, it truncates to
+//! where its own largest epoch below that one ends and asks again (KIP-279). An answer of
+//! "unknown epoch" truncates nothing: the follower asks again later. (Kafka falls back to
+//! the high watermark there, which is the loss KIP-101 was about; a Sluice leader records
+//! its epoch when elected, so it never answers "unknown" for an epoch a follower holds.)
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -23,7 +27,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use sluice_metadata::error_code as ec;
 use sluice_protocol::{ClientConnection, ClientError};
-use sluice_record::{now_ms, Offset, TopicPartition};
+use sluice_record::{now_ms, LeaderEpoch, Offset, TopicPartition};
 use tokio::task::JoinHandle;
 
 use crate::partition::Partition;
@@ -170,8 +174,9 @@ async fn run(broker_id: i32, address: String, partitions: FollowedSet) {
         let result = async {
             let untruncated: Vec<&(TopicPartition, Followed)> =
                 followed.iter().filter(|(_, f)| !f.truncated).collect();
-            if !untruncated.is_empty() {
-                truncate(c, broker_id, &untruncated, &partitions).await?;
+            if !untruncated.is_empty() && truncate(c, broker_id, &untruncated, &partitions).await? {
+                // KIP-279: ask again at once, with the epochs latest after the truncation
+                return Ok(());
             }
             fetch(c, broker_id, &followed, &partitions).await
         }
@@ -198,7 +203,7 @@ async fn truncate(
     broker_id: i32,
     followed: &[&(TopicPartition, Followed)],
     partitions: &FollowedSet,
-) -> Result<(), ClientError> {
+) -> Result<bool, ClientError> {
     // partition → (its follow state, the latest epoch in its log)
     let mut asked: HashMap<&TopicPartition, (&Followed, i32)> = HashMap::new();
     for (tp, f) in followed {
@@ -211,7 +216,7 @@ async fn truncate(
         }
     }
     if asked.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
     let mut topics: BTreeMap<&str, Vec<OffsetForLeaderPartition>> = BTreeMap::new();
     for (tp, (f, epoch)) in &asked {
@@ -242,6 +247,8 @@ async fn truncate(
             true,
         )
         .await?;
+    // some partition truncated part way and asks again at once (KIP-279's iteration)
+    let mut again = false;
     for topic in &response.topics {
         for p in &topic.partitions {
             let tp = TopicPartition::new(topic.topic.0.to_string(), p.partition);
@@ -253,24 +260,68 @@ async fn truncate(
                 continue;
             }
             let (local_end, _) = f.partition.fetch_position();
-            let target = if p.leader_epoch < 0 {
-                // the leader knows no epoch at or below ours: fall back to the HW
-                f.partition.high_watermark()
-            } else {
-                let ours = f.partition.local_end_offset_for_epoch(p.leader_epoch);
-                Offset(p.end_offset).min(ours)
+            let local = f.partition.local_end_offset_for_epoch(p.leader_epoch);
+            let step = truncation_step((p.leader_epoch, p.end_offset), local, local_end);
+            let (target, done) = match step {
+                TruncationStep::Unknown => {
+                    // a leader records its epoch when elected, so this is an anomaly (a
+                    // stale leader, a damaged checkpoint): keep every record and ask again
+                    tracing::warn!(partition = %tp, asked_epoch, leader_epoch = p.leader_epoch, end_offset = p.end_offset, "the leader knows no epoch at or below ours: not truncating, asking again");
+                    continue;
+                }
+                TruncationStep::Again(target) => (target, false),
+                TruncationStep::Done(target) => (target, true),
             };
             if target < local_end {
                 tracing::warn!(partition = %tp, from = %local_end, to = %target, asked_epoch, leader_epoch = p.leader_epoch, "truncating the divergent suffix");
+            }
+            if target <= local_end {
                 if let Err(e) = f.partition.truncate_to(target) {
                     tracing::error!(partition = %tp, error = %e, "truncation failed");
                     continue;
                 }
             }
+            if !done {
+                again = true;
+                continue;
+            }
             mark(partitions, &tp, f.leader_epoch, true);
         }
     }
-    Ok(())
+    Ok(again)
+}
+
+/// What a follower does with the leader's OffsetForLeaderEpoch answer for its latest epoch
+/// (KIP-101, KIP-279).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TruncationStep {
+    /// Truncate to this offset (when below the log end) and start fetching.
+    Done(Offset),
+    /// This log lacks the epoch the leader answered with: truncate to where this log's
+    /// largest epoch below it ends, then ask again with the epoch latest after that.
+    Again(Offset),
+    /// The leader knows no epoch at or below the one asked: truncate nothing (falling back
+    /// to the high watermark is the very loss KIP-101 fixed) and ask again later.
+    Unknown,
+}
+
+/// `leader`: the leader's answer (its largest epoch at most the one asked, where that
+/// epoch ends in its log); `local`: this log's own answer for the leader's epoch;
+/// `local_end`: this log's end offset.
+fn truncation_step(
+    leader: (i32, i64),
+    local: (LeaderEpoch, Offset),
+    local_end: Offset,
+) -> TruncationStep {
+    let (leader_epoch, leader_end) = leader;
+    let (local_epoch, local_epoch_end) = local;
+    if leader_epoch < 0 || leader_end < 0 || local_epoch_end.0 < 0 {
+        return TruncationStep::Unknown;
+    }
+    if local_epoch.0 != leader_epoch {
+        return TruncationStep::Again(local_epoch_end.min(local_end));
+    }
+    TruncationStep::Done(Offset(leader_end).min(local_epoch_end).min(local_end))
 }
 
 async fn fetch(
@@ -360,4 +411,42 @@ async fn fetch(
         tokio::time::sleep(RETRY).await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(leader: (i32, i64), local: (i32, i64), local_end: i64) -> TruncationStep {
+        truncation_step(
+            leader,
+            (LeaderEpoch(local.0), Offset(local.1)),
+            Offset(local_end),
+        )
+    }
+
+    #[test]
+    fn the_divergent_suffix_goes_and_nothing_else() {
+        use TruncationStep::*;
+        // the leader has our latest epoch and it ends earlier there
+        assert_eq!(step((5, 90), (5, 120), 120), Done(Offset(90)));
+        // it ends later there: keep everything
+        assert_eq!(step((5, 150), (5, 120), 120), Done(Offset(120)));
+        // we have an epoch (7) the leader never wrote; the leader answers with its largest
+        // epoch below it (5, ending where its next epoch starts, 100), which we have too
+        assert_eq!(step((5, 100), (5, 110), 130), Done(Offset(100)));
+        // KIP-279: the leader answers with an epoch we lack (4): truncate to where our
+        // largest epoch below it ends, then ask again
+        assert_eq!(step((4, 80), (3, 60), 130), Again(Offset(60)));
+        // an epoch we began with no record in it: the truncation drops only the epoch
+        assert_eq!(step((4, 80), (3, 130), 130), Again(Offset(130)));
+    }
+
+    #[test]
+    fn an_unknown_epoch_truncates_nothing() {
+        // before the fix this fell back to the high watermark, dropping records the
+        // leader held (2,692 acknowledged ones in the fault run)
+        assert_eq!(step((-1, -1), (-1, -1), 39853), TruncationStep::Unknown);
+        assert_eq!(step((7, -1), (7, 39853), 39853), TruncationStep::Unknown);
+    }
 }

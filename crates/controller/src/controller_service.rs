@@ -18,7 +18,9 @@ use sluice_metadata::proto::controller as api;
 use sluice_metadata::proto::controller::alive_ping::Sender as AliveSender;
 use sluice_metadata::proto::controller::controller_client::ControllerClient;
 use sluice_metadata::proto::metadata as pb;
-use sluice_metadata::{ApplyOutcome, MetadataImage, Partition, Record, Topic, NO_LEADER};
+use sluice_metadata::{
+    ApplyOutcome, MetadataImage, Partition, Record, Topic, NO_LEADER, WATCH_KEEPALIVE,
+};
 use tonic::{Request, Response, Status};
 
 use crate::controller_node::Core;
@@ -646,6 +648,8 @@ impl api::controller_server::Controller for ControllerService {
             }
             let mut applied = core.state_machine.subscribe_applied();
             let mut stopping = core.stopping.clone();
+            let mut keep_alive = tokio::time::interval(WATCH_KEEPALIVE);
+            keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 let upto = *applied.borrow_and_update();
                 if next <= upto {
@@ -682,6 +686,19 @@ impl api::controller_server::Controller for ControllerService {
                 }
                 tokio::select! {
                     changed = applied.changed() => if changed.is_err() { return },
+                    _ = keep_alive.tick() => {
+                        let event = api::MetadataEvent {
+                            index: next.saturating_sub(1),
+                            event: Some(api::metadata_event::Event::KeepAlive(
+                                api::WatchKeepAlive {},
+                            )),
+                        };
+                        // never waits: a watcher too slow to drain its keep-alives has
+                        // entries queued, which tell it the same
+                        if let Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) = tx.try_send(Ok(event)) {
+                            return;
+                        }
+                    }
                     _ = tx.closed() => return,
                     // the node is stopping: end the stream so the watcher moves on
                     _ = stopping.wait_for(|s| *s) => return,

@@ -508,7 +508,6 @@ async fn follow(
             .expect("watch timed out")
             .unwrap()
             .expect("stream ended");
-        indexes.push(event.index);
         match event.event.unwrap() {
             api::metadata_event::Event::Image(i) => {
                 image = sluice_metadata::MetadataImage::from_proto(i)
@@ -516,7 +515,9 @@ async fn follow(
             api::metadata_event::Event::Batch(b) => {
                 image.apply(event.index, &b);
             }
+            api::metadata_event::Event::KeepAlive(_) => continue,
         }
+        indexes.push(event.index);
     }
     (image, indexes)
 }
@@ -565,6 +566,28 @@ async fn watchers_rebuild_the_same_image_from_the_stream() {
         "{indexes:?} after {from}"
     );
     assert_eq!(image.topics().count(), 1, "only the new topic");
+
+    // an idle stream says the controller is alive: keep-alives carrying its applied index
+    let applied = node.image().applied_index();
+    let mut stream = client
+        .watch_metadata(api::WatchMetadataRequest {
+            from_index: applied,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for _ in 0..3 {
+        let event = tokio::time::timeout(sluice_metadata::WATCH_STALL_TIMEOUT, stream.message())
+            .await
+            .expect("an idle watch hears from its controller within the stall timeout")
+            .unwrap()
+            .expect("stream open");
+        assert!(matches!(
+            event.event,
+            Some(api::metadata_event::Event::KeepAlive(_))
+        ));
+        assert_eq!(event.index, applied);
+    }
     task.abort();
     cluster.shutdown().await;
 }

@@ -448,9 +448,13 @@ impl Log {
 
     /// Removes everything at or after `offset` (followers, on divergence). A batch is never
     /// split: if `offset` falls inside one, that whole batch goes and the log end offset
-    /// ends up below `offset`.
+    /// ends up below `offset`. Leader epochs starting at or after `offset` are dropped even
+    /// when no record is (an epoch a leader began with no record written in it).
     pub fn truncate_to(&mut self, offset: Offset) -> Result<()> {
         if offset >= self.log_end_offset {
+            if offset == self.log_end_offset {
+                self.leader_epochs.truncate_from_end(offset)?;
+            }
             return Ok(());
         }
         if offset <= self.log_start_offset {
@@ -668,6 +672,19 @@ impl Log {
 
     pub fn latest_epoch(&self) -> Option<LeaderEpoch> {
         self.leader_epochs.latest_epoch()
+    }
+
+    /// A broker that becomes leader in `epoch` records that the epoch starts at the log end
+    /// offset before anything is appended in it (Kafka's `maybeAssignEpochStartOffset`), so
+    /// OffsetForLeaderEpoch knows the epoch from the first moment it leads: a follower whose
+    /// latest epoch the leader never wrote learns where the leader's log diverges from it
+    /// (the start of the next epoch the leader knows), not "unknown epoch". The same epoch
+    /// again is a no-op; an older one is `EpochRegression`.
+    pub fn assign_epoch_start_offset(&mut self, epoch: LeaderEpoch) -> Result<()> {
+        if self.closed {
+            return Err(LogError::Closed);
+        }
+        self.leader_epochs.assign(epoch, self.log_end_offset)
     }
 
     /// OffsetForLeaderEpoch for this log (see [`LeaderEpochCache::end_offset_for`]).

@@ -343,6 +343,50 @@ fn leader_epochs_answer_offset_for_leader_epoch() {
 }
 
 #[test]
+fn an_epoch_assigned_at_election_is_known_before_its_first_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small_config(MODES[0]);
+    let mut log = open(dir.path(), &config);
+    log.append_as_leader(
+        &mut batch(10, T0, 10, Compression::None),
+        LeaderEpoch(1),
+        T0,
+    )
+    .unwrap();
+    // elected in epoch 4 with nothing written in it yet
+    log.assign_epoch_start_offset(LeaderEpoch(4)).unwrap();
+    assert_eq!(
+        log.end_offset_for_epoch(LeaderEpoch(4)),
+        (LeaderEpoch(4), Offset(10))
+    );
+    // an epoch between (another leader's, never seen here) ends where epoch 4 starts
+    assert_eq!(
+        log.end_offset_for_epoch(LeaderEpoch(3)),
+        (LeaderEpoch(1), Offset(10))
+    );
+    // the same epoch again is a no-op; an older one is refused
+    log.assign_epoch_start_offset(LeaderEpoch(4)).unwrap();
+    assert!(matches!(
+        log.assign_epoch_start_offset(LeaderEpoch(2)),
+        Err(LogError::EpochRegression { .. })
+    ));
+    // appending in it keeps the start
+    log.append_as_leader(&mut batch(5, T0, 5, Compression::None), LeaderEpoch(4), T0)
+        .unwrap();
+    assert_eq!(
+        log.end_offset_for_epoch(LeaderEpoch(3)),
+        (LeaderEpoch(1), Offset(10))
+    );
+    // as follower, truncating at an epoch's start drops the epoch, even with no record
+    // to remove (an epoch begun with nothing written in it)
+    log.truncate_to(Offset(10)).unwrap();
+    assert_eq!(log.latest_epoch(), Some(LeaderEpoch(1)));
+    log.assign_epoch_start_offset(LeaderEpoch(6)).unwrap();
+    log.truncate_to(Offset(10)).unwrap();
+    assert_eq!(log.latest_epoch(), Some(LeaderEpoch(1)));
+}
+
+#[test]
 fn flush_policy_moves_the_recovery_point() {
     let dir = tempfile::tempdir().unwrap();
     let config = LogConfig {

@@ -13,6 +13,17 @@ pub mod topic_name;
 
 pub use image::{ApplyOutcome, MetadataImage};
 
+/// How often a controller's `WatchMetadata` stream sends a keep-alive (the index it has
+/// applied), so a watcher can tell a live, idle controller from a paused one.
+pub const WATCH_KEEPALIVE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// A watcher that hears nothing on its `WatchMetadata` stream for this long, not even a
+/// keep-alive, moves to another controller: a paused (SIGSTOP) or hung controller keeps
+/// its connections open, and its stream would otherwise stall until the transport's
+/// keep-alive gives up (3 s). Five keep-alives: a live controller is never that late but
+/// under a stall of its own, and moving costs one reconnect.
+pub const WATCH_STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Generated protobuf types and gRPC stubs. Module paths mirror the proto packages
 /// (`sluice.metadata.v1` → `metadata::v1`): generated code refers across packages by
 /// relative path.

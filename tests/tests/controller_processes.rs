@@ -12,8 +12,7 @@ use sluice_metadata::proto::controller as api;
 use sluice_metadata::proto::controller::controller_client::ControllerClient;
 use sluice_metadata::proto::metadata as pb;
 
-mod common;
-use common::{free_ports, NodeProcess};
+use sluice_system_tests::{free_ports, sluice_bin, NodeProcess};
 const WAIT: Duration = Duration::from_secs(30);
 
 struct ProcessCluster {
@@ -56,7 +55,7 @@ impl ProcessCluster {
         );
         std::fs::write(self.config_path(id), config).unwrap();
         let log = std::fs::File::create(self.dir.path().join(format!("node-{id}.log"))).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        let child = Command::new(sluice_bin())
             .args(["broker", "--config"])
             .arg(self.config_path(id))
             .env("RUST_LOG", "info")
@@ -254,7 +253,7 @@ fn bad_configs_get_one_line_errors() {
         ("not toml at all [", "parsing config"),
     ] {
         std::fs::write(&path, contents).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        let out = Command::new(sluice_bin())
             .args(["broker", "--config"])
             .arg(&path)
             .output()

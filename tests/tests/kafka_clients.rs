@@ -5,12 +5,13 @@
 //! test rather than skipping it.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-mod common;
-use common::{check, python, run, run_to_end, stdout_lines, NodeProcess};
+use sluice_system_tests::{
+    check, client_script, python, run, run_to_end, sluice_bin, stdout_lines, NodeProcess,
+};
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -40,7 +41,7 @@ impl Node {
             args.push(s);
         }
         let log = std::fs::File::create(dir.path().join("broker.log")).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        let mut child = Command::new(sluice_bin())
             .args(&args)
             .env("RUST_LOG", "sluice=info,sluice_broker=info")
             .stdout(Stdio::piped())
@@ -140,7 +141,7 @@ fn kcat_round_trips_100k_messages_with_every_codec() {
             sent.len()
         );
         // the batches are stored as the producer compressed them
-        let dump = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        let dump = Command::new(sluice_bin())
             .arg("dump-log")
             .arg(node.data_dir.join(format!("{topic}-0")))
             .output()
@@ -222,8 +223,7 @@ fn kcat_finds_offsets_by_timestamp() {
 #[test]
 fn confluent_kafka_round_trips_keys_values_and_headers() {
     let node = Node::start(&[]);
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/confluent_round_trip.py");
+    let script = client_script("confluent_round_trip.py");
     let mut command = Command::new(python());
     command.arg(script).arg(&node.bootstrap);
     let out = run(command, b"", Duration::from_secs(180));
@@ -237,7 +237,7 @@ fn confluent_kafka_round_trips_keys_values_and_headers() {
 }
 
 fn sluice(node: &Node, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    let mut c = Command::new(sluice_bin());
     c.args(args).env("SLUICE_BROKERS", &node.bootstrap);
     c
 }
@@ -438,8 +438,7 @@ fn the_sluice_cli_and_kcat_read_each_others_records() {
 #[test]
 fn kafka_python_round_trips_through_its_admin_producer_and_consumer() {
     let node = Node::start(&[]);
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/kafka_python_round_trip.py");
+    let script = client_script("kafka_python_round_trip.py");
     let mut command = Command::new(python());
     command.arg(script).arg(&node.bootstrap);
     let out = run(command, b"", Duration::from_secs(180));
