@@ -7,7 +7,9 @@
 #   3. failover: benches/failover_probe.py (confluent-kafka) writes acks=all every ms,
 #      kill -9 of the partition leader, time to the first write acknowledged after it
 #      (alternate rounds kill the node leading the controller quorum / another one);
-#      ROUNDS rounds, the killed node restarted and back in the ISR between rounds.
+#      ROUNDS rounds, the killed node restarted and back in the ISR between rounds;
+#      SLUICE_FAILOVER_SIGNAL=STOP pauses the leader (SIGSTOP) instead, resumed between
+#      rounds.
 # Usage: benches/cluster-perf.sh [N] [ROUNDS]   (default 2000000 5)
 # SLUICE_BENCH="produce latency failover" (the default) picks the parts to run; latency
 # needs produce (it runs at half the best acks=all rate).
@@ -108,7 +110,11 @@ want failover && for round in $(seq "$rounds"); do
     { echo "== failover round $round: the probe failed:" >&2; tail -5 "$SLUICE_CLUSTER_DIR/failover_probe.err" >&2; exit 1; }
   killed=$(echo "$out" | awk '{print $2}')
   echo "== failover round $round: $out$([ "$killed" = "$ql" ] && echo " (it led the controller quorum)")"
-  deploy/local-cluster.sh restart "$killed" >/dev/null
+  if [[ ${SLUICE_FAILOVER_SIGNAL:-KILL} == STOP ]]; then
+    kill -CONT "$(cat "$SLUICE_CLUSTER_DIR/node-$killed/sluice.pid")"
+  else
+    deploy/local-cluster.sh restart "$killed" >/dev/null
+  fi
   for _ in $(seq 300); do
     $sluice cluster status -b "$b" 2>/dev/null | grep -q "under-replicated 0" && break
     sleep 0.1

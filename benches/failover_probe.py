@@ -7,9 +7,13 @@ then two times from the kill:
   leader: the old one is dead; acknowledgements already in flight at the kill are
   excluded by ignoring the first 10 ms). This includes the client noticing the change.
 
+With SLUICE_FAILOVER_SIGNAL=STOP the leader is paused (SIGSTOP: its connections stay
+open, nothing answers) instead of killed.
+
 usage: failover_probe.py BOOTSTRAP TOPIC CLUSTER_DIR [PARTITION]
 CLUSTER_DIR is deploy/local-cluster.sh's directory (node-N/sluice.pid). Prints
-"killed N elected_ms E failover_ms F at HH:MM:SS.mmm UTC"; the caller restarts node N.
+"killed N elected_ms E failover_ms F at HH:MM:SS.mmm UTC" ("paused N ..." with STOP); the
+caller restarts (or resumes) node N.
 """
 
 import os
@@ -70,9 +74,10 @@ def leader_seen_by_survivor():
             value = fields.get("Leader", "").strip()
             return int(value) if value.lstrip("-").isdigit() else -1
     return leader
+pause = os.environ.get("SLUICE_FAILOVER_SIGNAL", "KILL") == "STOP"
 killed_at = time.perf_counter()
 killed_wall = time.strftime("%H:%M:%S", time.gmtime()) + f"{time.time() % 1:.3f}"[1:]
-os.kill(pid, signal.SIGKILL)
+os.kill(pid, signal.SIGSTOP if pause else signal.SIGKILL)
 
 
 def recovered():
@@ -93,5 +98,5 @@ if not after:
     sys.exit("no write acknowledged within 30 s of the kill")
 producer.flush(30)
 elected_ms = "-" if elected_at is None else f"{(elected_at - killed_at) * 1000:.0f}"
-print(f"killed {leader} elected_ms {elected_ms} failover_ms {(after[0] - killed_at) * 1000:.0f}"
+print(f"{'paused' if pause else 'killed'} {leader} elected_ms {elected_ms} failover_ms {(after[0] - killed_at) * 1000:.0f}"
       f" at {killed_wall} UTC")
