@@ -35,6 +35,8 @@ pub struct ProcessCluster {
     brokers: BTreeMap<i32, NodeProcess>,
     controller: Option<NodeProcess>,
     paused: BTreeSet<i32>,
+    /// Brokers whose `log.dirs` is not the default `data-<id>` in the cluster's dir.
+    data_dirs: BTreeMap<i32, PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +49,16 @@ pub struct PartitionRow {
 impl ProcessCluster {
     /// Starts the cluster and waits until every node says it is ready.
     pub fn start(layout: Layout, settings: &[&str]) -> Self {
+        Self::start_with_data_dirs(layout, settings, &[])
+    }
+
+    /// [`Self::start`], with the given brokers' `log.dirs` elsewhere (a small tmpfs, say).
+    /// Controllers keep their metadata log in the cluster's own dir (`meta-<id>`).
+    pub fn start_with_data_dirs(
+        layout: Layout,
+        settings: &[&str],
+        data_dirs: &[(i32, PathBuf)],
+    ) -> Self {
         let ports = free_ports(6);
         let broker_ports: BTreeMap<i32, u16> = (1..=3).zip(ports[..3].iter().copied()).collect();
         let controller_ports = match layout {
@@ -62,6 +74,7 @@ impl ProcessCluster {
             brokers: BTreeMap::new(),
             controller: None,
             paused: BTreeSet::new(),
+            data_dirs: data_dirs.iter().cloned().collect(),
         };
         let mut starting = Vec::new();
         if layout == Layout::DedicatedController {
@@ -90,7 +103,10 @@ impl ProcessCluster {
     }
 
     pub fn data_dir(&self, id: i32) -> PathBuf {
-        self.dir.path().join(format!("data-{id}"))
+        self.data_dirs
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| self.dir.path().join(format!("data-{id}")))
     }
 
     pub fn log_path(&self, id: i32) -> PathBuf {
@@ -103,6 +119,10 @@ impl ProcessCluster {
             format!("node.id={id}"),
             format!("controller.quorum.voters={}", self.voters()),
             format!("log.dirs={}", self.data_dir(id).display()),
+            format!(
+                "metadata.log.dir={}",
+                self.dir.path().join(format!("meta-{id}")).display()
+            ),
             "controller.quorum.election.timeout.ms=500".to_string(),
         ];
         let broker_listener = |port: u16| format!("PLAINTEXT://127.0.0.1:{port}");
@@ -181,6 +201,12 @@ impl ProcessCluster {
         self.wait_ready(id, &ready);
     }
 
+    /// How node `id`'s process ended, if it has (a crash, say).
+    pub fn exit_status(&mut self, id: i32) -> Option<std::process::ExitStatus> {
+        let node = self.brokers.get_mut(&id).expect("a started node");
+        node.child.try_wait().ok().flatten()
+    }
+
     /// kill -9.
     pub fn kill(&mut self, id: i32) {
         drop(self.brokers.remove(&id).expect("a running node"));
@@ -228,17 +254,27 @@ impl ProcessCluster {
     }
 
     pub fn create_topic(&self, topic: &str, partitions: i32) {
-        let out = self.sluice(&[
+        self.create_topic_with(topic, partitions, &[]);
+    }
+
+    /// [`Self::create_topic`] with more topic configs (`key=value`).
+    pub fn create_topic_with(&self, topic: &str, partitions: i32, configs: &[&str]) {
+        let partition_count = partitions.to_string();
+        let mut args = vec![
             "topic",
             "create",
             topic,
             "-p",
-            &partitions.to_string(),
+            &partition_count,
             "-r",
             "3",
             "-c",
             "min.insync.replicas=2",
-        ]);
+        ];
+        for c in configs {
+            args.extend(["-c", c]);
+        }
+        let out = self.sluice(&args);
         check(&out, "sluice topic create");
         self.wait_for(topic, "every ISR holds all three brokers", |rows| {
             rows.len() == partitions as usize && rows.iter().all(|r| r.isr.len() == 3)

@@ -187,6 +187,7 @@ async fn register_live_broker(client: &mut ControllerClient<tonic::transport::Ch
             broker_epoch: epoch,
             metadata_index: u64::MAX,
             want_shut_down: false,
+            log_dir_offline: false,
         })
         .await
         .unwrap()

@@ -47,14 +47,17 @@ impl BrokerNode {
             }
         }
         let replicas = tokio::task::block_in_place(|| ReplicaManager::open(config.clone()))?;
-        let metadata = MetadataFollower::start(MetadataFollowerConfig {
-            broker_id: config.broker_id,
-            incarnation_id: new_incarnation_id(),
-            endpoints: config.advertised_endpoints.clone(),
-            rack: config.rack.clone(),
-            controllers: config.controllers.clone(),
-            heartbeat_interval_ms: config.heartbeat_interval_ms,
-        });
+        let metadata = MetadataFollower::start(
+            MetadataFollowerConfig {
+                broker_id: config.broker_id,
+                incarnation_id: new_incarnation_id(),
+                endpoints: config.advertised_endpoints.clone(),
+                rack: config.rack.clone(),
+                controllers: config.controllers.clone(),
+                heartbeat_interval_ms: config.heartbeat_interval_ms,
+            },
+            Arc::clone(replicas.log_dir_health()),
+        );
         let controllers = ControllerClients::new(&config.controllers);
         let listener_config = ListenerConfig {
             socket_request_max_bytes: config.socket_request_max_bytes,
@@ -70,6 +73,7 @@ impl BrokerNode {
             tokio::spawn(follow_metadata(Arc::clone(&broker))),
             tokio::spawn(housekeeping(Arc::clone(&broker))),
             tokio::spawn(crate::isr_changes::run(Arc::clone(&broker))),
+            tokio::spawn(probe_offline_log_dir(Arc::clone(&broker))),
         ];
         let listener =
             BrokerListener::start_with(listener, listener_config, Some(Arc::clone(&broker)))?;
@@ -227,6 +231,11 @@ async fn housekeeping(broker: Arc<Broker>) {
     let mut last_retention = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(tick).await;
+        let health = broker.replicas.log_dir_health();
+        if health.is_offline() {
+            // nothing is written to an offline directory; the probe brings it back
+            continue;
+        }
         let run_retention = last_retention.elapsed() >= retention_every;
         if run_retention {
             last_retention = tokio::time::Instant::now();
@@ -237,8 +246,29 @@ async fn housekeeping(broker: Arc<Broker>) {
             b.replicas.checkpoint_high_watermarks()
         })
         .await;
-        if let Ok(Err(e)) = done {
-            tracing::error!(error = %e, "log housekeeping failed");
+        match done {
+            // a storage failure takes the directory offline (logged once, there)
+            Ok(Err(e @ LogError::Io { .. })) => {
+                let _ = health.check(Err::<(), _>(e));
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "log housekeeping failed"),
+            _ => {}
         }
+    }
+}
+
+/// While the log directory is offline, probes it every second until it takes writes again
+/// (see [`crate::log_dir_health`]).
+async fn probe_offline_log_dir(broker: Arc<Broker>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if !broker.replicas.log_dir_health().is_offline() {
+            continue;
+        }
+        let b = Arc::clone(&broker);
+        let _ = tokio::task::spawn_blocking(move || {
+            b.replicas.log_dir_health().probe(&b.config.log_dir)
+        })
+        .await;
     }
 }

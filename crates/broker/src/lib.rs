@@ -15,6 +15,7 @@ pub mod handlers;
 pub mod isr_changes;
 pub mod leader_state;
 pub mod listener;
+pub mod log_dir_health;
 pub mod metadata_follower;
 pub mod partition;
 pub mod replica_fetcher;

@@ -27,6 +27,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
+use crate::log_dir_health::LogDirHealth;
+
 #[derive(Debug, Clone)]
 pub struct MetadataFollowerConfig {
     pub broker_id: i32,
@@ -64,8 +66,9 @@ const RETRY: Duration = Duration::from_millis(100);
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl MetadataFollower {
-    /// Starts following; returns at once (use [`MetadataFollower::wait_until`]).
-    pub fn start(config: MetadataFollowerConfig) -> Self {
+    /// Starts following; returns at once (use [`MetadataFollower::wait_until`]). The
+    /// heartbeats report `log_dir`'s state (an offline directory gets this broker fenced).
+    pub fn start(config: MetadataFollowerConfig, log_dir: Arc<LogDirHealth>) -> Self {
         let image = Arc::new(RwLock::new(MetadataImage::default()));
         let (applied_tx, applied) = watch::channel(0u64);
         let broker_epoch = Arc::new(AtomicI64::new(-1));
@@ -88,10 +91,13 @@ impl MetadataFollower {
                 config,
                 clients,
                 applied.clone(),
-                Arc::clone(&broker_epoch),
-                Arc::clone(&fenced),
-                Arc::clone(&caught_up),
-                Arc::clone(&shutdown),
+                HeartbeatState {
+                    broker_epoch: Arc::clone(&broker_epoch),
+                    fenced: Arc::clone(&fenced),
+                    caught_up: Arc::clone(&caught_up),
+                    shutdown: Arc::clone(&shutdown),
+                    log_dir,
+                },
             )),
         ];
         MetadataFollower {
@@ -260,15 +266,29 @@ async fn alive_loop(
     while streams.join_next().await.is_some() {}
 }
 
-async fn heartbeat_loop(
-    config: MetadataFollowerConfig,
-    clients: Vec<ControllerClient<Channel>>,
-    applied: watch::Receiver<u64>,
+/// What the heartbeat loop reads (shutdown wanted, log directory state) and sets (epoch,
+/// fenced, caught up), shared with the [`MetadataFollower`].
+struct HeartbeatState {
     broker_epoch: Arc<AtomicI64>,
     fenced: Arc<AtomicBool>,
     caught_up: Arc<AtomicBool>,
     shutdown: Arc<ShutdownRequest>,
+    log_dir: Arc<LogDirHealth>,
+}
+
+async fn heartbeat_loop(
+    config: MetadataFollowerConfig,
+    clients: Vec<ControllerClient<Channel>>,
+    applied: watch::Receiver<u64>,
+    state: HeartbeatState,
 ) {
+    let HeartbeatState {
+        broker_epoch,
+        fenced,
+        caught_up,
+        shutdown,
+        log_dir,
+    } = state;
     if clients.is_empty() {
         return;
     }
@@ -322,6 +342,7 @@ async fn heartbeat_loop(
                 broker_epoch: broker_epoch.load(Ordering::Acquire),
                 metadata_index,
                 want_shut_down: shutdown.wanted.load(Ordering::Acquire),
+                log_dir_offline: log_dir.is_offline(),
             }),
         )
         .await
@@ -347,6 +368,8 @@ async fn heartbeat_loop(
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = shutdown.wake.notified() => {}
+            // the log directory went offline or came back: tell the controller now
+            _ = log_dir.changed() => {}
         }
     }
 }

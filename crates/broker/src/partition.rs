@@ -18,6 +18,7 @@ use sluice_record::{LeaderEpoch, Offset, TopicPartition};
 use tokio::sync::{watch, Notify};
 
 use crate::leader_state::LeaderState;
+use crate::log_dir_health::LogDirHealth;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionState {
@@ -40,6 +41,8 @@ pub enum PartitionError {
     UnknownLeaderEpoch { request: i32, current: i32 },
     #[error("{isr} in-sync replicas, below min.insync.replicas {min}")]
     NotEnoughReplicas { isr: usize, min: usize },
+    #[error("the log directory is offline (it cannot take writes)")]
+    LogDirOffline,
     #[error(transparent)]
     Log(#[from] LogError),
 }
@@ -53,6 +56,7 @@ impl PartitionError {
             PartitionError::FencedLeaderEpoch { .. } => ec::FENCED_LEADER_EPOCH,
             PartitionError::UnknownLeaderEpoch { .. } => ec::UNKNOWN_LEADER_EPOCH,
             PartitionError::NotEnoughReplicas { .. } => ec::NOT_ENOUGH_REPLICAS,
+            PartitionError::LogDirOffline => ec::KAFKA_STORAGE_ERROR,
             PartitionError::Log(e) => match e {
                 LogError::OffsetOutOfRange { .. } => ec::OFFSET_OUT_OF_RANGE,
                 LogError::RecordSetTooLarge { .. } => ec::RECORD_LIST_TOO_LARGE,
@@ -119,6 +123,8 @@ pub struct PartitionSignals {
     /// A follower outside the ISR caught up: the ISR task should propose it now rather
     /// than at its next periodic check (Kafka expands the ISR on the fetch itself).
     pub isr_change_wanted: Notify,
+    /// Whether the log directory takes writes; every log write's outcome goes through it.
+    pub log_dir: Arc<LogDirHealth>,
 }
 
 /// An ISR change a leader asks the controller for (AlterPartition).
@@ -256,8 +262,10 @@ impl Partition {
             (_, true) => {
                 // the epoch starts at the log end before anything is appended in it, so
                 // OffsetForLeaderEpoch answers for it from the first moment (KIP-101)
-                let assigned = sluice_log::lock(&self.log)
-                    .assign_epoch_start_offset(LeaderEpoch(p.leader_epoch));
+                let assigned = self.signals.log_dir.check(
+                    sluice_log::lock(&self.log)
+                        .assign_epoch_start_offset(LeaderEpoch(p.leader_epoch)),
+                );
                 match assigned {
                     Ok(()) => {
                         let hw = Self::high_watermark_of(&inner).min(leo);
@@ -461,9 +469,15 @@ impl Partition {
         if required_acks == -1 && !leader.has_min_isr() {
             return Err(PartitionError::NotEnoughReplicas { isr, min });
         }
+        if self.signals.log_dir.is_offline() {
+            return Err(PartitionError::LogDirOffline);
+        }
         let (info, log_start_offset, leo) = {
             let mut log = sluice_log::lock(&self.log);
-            let info = log.append_as_leader(records, epoch, now_ms)?;
+            let info = self
+                .signals
+                .log_dir
+                .check(log.append_as_leader(records, epoch, now_ms))?;
             (info, log.log_start_offset(), log.log_end_offset())
         };
         leader.maybe_advance_high_watermark(leo);
@@ -560,10 +574,15 @@ impl Partition {
         if inner.leader.is_some() {
             return Err(PartitionError::NotFollower);
         }
+        if self.signals.log_dir.is_offline() {
+            return Err(PartitionError::LogDirOffline);
+        }
         let leo = {
             let mut log = sluice_log::lock(&self.log);
             if !records.is_empty() {
-                log.append_as_follower(records, now_ms)?;
+                self.signals
+                    .log_dir
+                    .check(log.append_as_follower(records, now_ms))?;
             }
             log.log_end_offset()
         };
@@ -582,7 +601,7 @@ impl Partition {
         }
         let leo = {
             let mut log = sluice_log::lock(&self.log);
-            log.truncate_to(offset)?;
+            self.signals.log_dir.check(log.truncate_to(offset))?;
             log.log_end_offset()
         };
         if inner.high_watermark > leo {
@@ -601,7 +620,9 @@ impl Partition {
         if inner.leader.is_some() {
             return Err(PartitionError::NotFollower);
         }
-        sluice_log::lock(&self.log).truncate_fully_and_start_at(offset)?;
+        self.signals
+            .log_dir
+            .check(sluice_log::lock(&self.log).truncate_fully_and_start_at(offset))?;
         tracing::warn!(partition = %self.topic_partition, %offset, "follower behind the leader's log start: log restarted there");
         // HW <= LEO, and the leader's HW is at least its log start
         inner.high_watermark = offset;
@@ -621,6 +642,11 @@ impl Partition {
 
     pub fn leader_epoch(&self) -> i32 {
         self.inner().state.leader_epoch
+    }
+
+    /// Whether this broker's log directory is offline (see [`LogDirHealth`]).
+    pub fn log_dir_offline(&self) -> bool {
+        self.signals.log_dir.is_offline()
     }
 
     /// As leader with other ISR members: whether they all hold the whole log (HW = LEO),

@@ -158,6 +158,12 @@ async fn run(broker_id: i32, address: String, partitions: FollowedSet) {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         }
+        // nothing can be appended to an offline log directory: wait for it to come back
+        // (the controller fenced this broker; it rejoins ISRs by catching up afterwards)
+        if followed.iter().any(|(_, f)| f.partition.log_dir_offline()) {
+            tokio::time::sleep(RETRY).await;
+            continue;
+        }
         let c = match connection.as_mut() {
             Some(c) => c,
             None => {

@@ -18,6 +18,7 @@ use sluice_record::{now_ms, Offset, TopicPartition};
 use tokio::sync::watch;
 
 use crate::broker_config::BrokerConfig;
+use crate::log_dir_health::LogDirHealth;
 use crate::partition::{Partition, PartitionSignals};
 use crate::replica_fetcher::ReplicaFetchers;
 
@@ -57,6 +58,11 @@ impl ReplicaManager {
             fetchers: ReplicaFetchers::new(config.broker_id),
             config,
         })
+    }
+
+    /// Whether the log directory takes writes (shared by every partition).
+    pub fn log_dir_health(&self) -> &Arc<LogDirHealth> {
+        &self.signals.log_dir
     }
 
     pub fn data_version(&self) -> watch::Receiver<u64> {
@@ -279,8 +285,14 @@ impl ReplicaManager {
     }
 
     /// Checkpoints and closes every log (writes the clean-shutdown marker last).
+    /// With the log directory offline nothing more is written to it, the marker neither:
+    /// the next start recovers every log from its recovery point (CRC-checked).
     pub fn shutdown(self) -> Result<(), LogError> {
         self.fetchers.shutdown();
+        if self.signals.log_dir.is_offline() {
+            tracing::warn!("the log directory is offline: closing without the clean-shutdown marker (the next start runs a full recovery)");
+            return Ok(());
+        }
         self.checkpoint_high_watermarks()?;
         self.partitions
             .write()

@@ -77,7 +77,10 @@ async fn create_topic(address: &str, name: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_node_quorum_is_followed() {
     let (_dirs, voters, nodes) = quorum(1).await;
-    let follower = MetadataFollower::start(follower_config(1, voters.values().cloned().collect()));
+    let follower = MetadataFollower::start(
+        follower_config(1, voters.values().cloned().collect()),
+        Default::default(),
+    );
     assert!(
         follower
             .wait_until(WAIT, |i| i.broker(1).is_some_and(|b| !b.fenced))
@@ -104,7 +107,10 @@ async fn a_single_node_quorum_is_followed() {
 async fn the_follower_moves_on_when_its_controller_stops() {
     let (_dirs, voters, mut nodes) = quorum(3).await;
     // the follower lists node 1 first: it watches node 1
-    let follower = MetadataFollower::start(follower_config(5, voters.values().cloned().collect()));
+    let follower = MetadataFollower::start(
+        follower_config(5, voters.values().cloned().collect()),
+        Default::default(),
+    );
     assert!(
         follower
             .wait_until(WAIT, |i| i.broker(5).is_some_and(|b| !b.fenced))

@@ -209,10 +209,16 @@ impl api::controller_server::Controller for ControllerService {
             .lock_failure_detector()
             .heartbeat(r.broker_id, Instant::now());
         // controlled shutdown: fence now (leaderships move to other ISR members and the
-        // broker leaves every ISR, in one entry); never unfence again in this incarnation
-        if r.want_shut_down {
+        // broker leaves every ISR, in one entry); never unfence again in this incarnation.
+        // An offline log directory: the same, until a heartbeat says it is back
+        if r.want_shut_down || r.log_dir_offline {
             if !broker.fenced {
-                tracing::info!(broker_id = r.broker_id, "controlled shutdown: fencing");
+                let why = if r.want_shut_down {
+                    "controlled shutdown"
+                } else {
+                    "its log directory is offline"
+                };
+                tracing::info!(broker_id = r.broker_id, "{why}: fencing");
                 let fence = Record::FenceBroker(pb::FenceBroker {
                     broker_id: r.broker_id,
                     broker_epoch: r.broker_epoch,

@@ -176,6 +176,7 @@ async fn broker(cluster: &Cluster, via: u64, broker_id: i32) -> (i64, JoinHandle
                     broker_epoch: epoch,
                     metadata_index: u64::MAX,
                     want_shut_down: false,
+                    log_dir_offline: false,
                 })
                 .await;
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -636,6 +637,7 @@ async fn a_restarted_broker_is_fenced_out_of_every_isr_until_it_heartbeats() {
             broker_epoch: reg.broker_epoch - 1,
             metadata_index: u64::MAX,
             want_shut_down: false,
+            log_dir_offline: false,
         })
         .await
         .unwrap()
@@ -647,6 +649,7 @@ async fn a_restarted_broker_is_fenced_out_of_every_isr_until_it_heartbeats() {
             broker_epoch: reg.broker_epoch,
             metadata_index: u64::MAX,
             want_shut_down: false,
+            log_dir_offline: false,
         })
         .await
         .unwrap()

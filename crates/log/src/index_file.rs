@@ -3,7 +3,14 @@
 //! `log.index.size.max.bytes`; when the segment rolls or closes it is trimmed to the entries
 //! it holds, so on disk a sealed index is exactly `entries * N` bytes.
 //!
-//! Invariant: `entries * N <= mapped length`; entries past `entries` are garbage.
+//! The preallocation only sizes the file (a sparse hole): disk blocks are reserved with
+//! `posix_fallocate`, [`ALLOCATION_STEP_BYTES`] at a time, before an entry is written into
+//! the map ([`IndexFile::reserve`]). Writing into a hole of a full file system through a
+//! mapping is SIGBUS, which kills the process (seen on a full tmpfs); a reservation that
+//! fails is an `ENOSPC` error the caller sees before anything is written.
+//!
+//! Invariants: `entries * N <= allocated_bytes <= mapped length` while writable (entries
+//! are written only into reserved bytes); entries past `entries` are garbage.
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -12,11 +19,16 @@ use memmap2::MmapMut;
 
 use crate::{LogError, Result};
 
+/// Disk reserved for an index at a time.
+pub(crate) const ALLOCATION_STEP_BYTES: usize = 64 * 1024;
+
 pub(crate) struct IndexFile<const N: usize> {
     path: PathBuf,
     file: File,
     mmap: Option<MmapMut>,
     entries: usize,
+    /// Bytes from the start known to be backed by disk blocks.
+    allocated_bytes: usize,
 }
 
 impl<const N: usize> IndexFile<N> {
@@ -37,6 +49,7 @@ impl<const N: usize> IndexFile<N> {
             file,
             mmap: None,
             entries: len / N,
+            allocated_bytes: len / N * N,
         };
         index.remap(writable_max_bytes.map_or(len, |max| (max / N * N).max(index.entries * N)))?;
         Ok(index)
@@ -47,6 +60,7 @@ impl<const N: usize> IndexFile<N> {
         self.file
             .set_len(len as u64)
             .map_err(LogError::io(&self.path))?;
+        self.allocated_bytes = self.allocated_bytes.min(len).max(self.entries * N);
         if len > 0 {
             // SAFETY: the file is owned by this index and not resized while mapped; the
             // only resizes go through this function after dropping the old mapping.
@@ -84,7 +98,30 @@ impl<const N: usize> IndexFile<N> {
         out
     }
 
-    /// Appends an entry; the caller checks [`IndexFile::is_full`] first.
+    /// Makes sure the next `entries` entries (as many as fit) are backed by disk blocks,
+    /// so [`IndexFile::push`] cannot fault. ENOSPC here is an error, never a SIGBUS later.
+    pub fn reserve(&mut self, entries: usize) -> Result<()> {
+        let mapped = self.mmap.as_ref().map_or(0, |m| m.len());
+        let needed = ((self.entries + entries) * N).min(mapped);
+        if needed <= self.allocated_bytes {
+            return Ok(());
+        }
+        let end = needed
+            .div_ceil(ALLOCATION_STEP_BYTES)
+            .saturating_mul(ALLOCATION_STEP_BYTES)
+            .min(mapped);
+        let (offset, len) = (
+            self.allocated_bytes as i64,
+            (end - self.allocated_bytes) as i64,
+        );
+        nix::fcntl::posix_fallocate(&self.file, offset, len)
+            .map_err(|e| LogError::io(&self.path)(std::io::Error::from(e)))?;
+        self.allocated_bytes = end;
+        Ok(())
+    }
+
+    /// Appends an entry; the caller checks [`IndexFile::is_full`] and
+    /// [`IndexFile::reserve`]s room first.
     pub fn push(&mut self, entry: [u8; N]) {
         assert!(
             !self.is_full(),
@@ -92,6 +129,13 @@ impl<const N: usize> IndexFile<N> {
             self.path.display()
         );
         let at = self.entries * N;
+        assert!(
+            at + N <= self.allocated_bytes,
+            "index entry written into unreserved disk space {} (entry {}, {} bytes reserved)",
+            self.path.display(),
+            self.entries,
+            self.allocated_bytes
+        );
         let map = self.mmap.as_mut().expect("a non-full index is mapped");
         map[at..at + N].copy_from_slice(&entry);
         self.entries += 1;

@@ -29,7 +29,7 @@ mod offset_index;
 mod segment;
 mod time_index;
 
-pub use checkpoint::{sync_dir, write_atomically, OffsetCheckpointFile};
+pub use checkpoint::{disk_space, sync_dir, write_atomically, OffsetCheckpointFile};
 pub use config::{AppendMode, LogConfig, HYBRID_MMAP_MAX_APPEND_BYTES};
 pub use error::{LogError, Result};
 pub use file_records::FileRegion;

@@ -206,6 +206,8 @@ impl LogSegment {
                     tracing::warn!(path = %self.log.path().display(), "index full during recovery; truncating");
                     break;
                 }
+                self.offset_index.reserve(1)?;
+                self.time_index.reserve(1)?;
                 self.index_batch(valid_end, &BatchInfo::of(h));
                 valid_end += h.total_size() as u64;
             }
@@ -238,7 +240,11 @@ impl LogSegment {
 
     /// Appends a record set (whole, validated, stamped batches) with one write and indexes
     /// each batch. Returns the position of the first batch.
+    /// Disk for the index entries is reserved first: a full disk fails the append before
+    /// anything is written.
     pub(crate) fn append(&mut self, bytes: &[u8], batches: &[BatchInfo]) -> Result<u64> {
+        self.offset_index.reserve(batches.len())?;
+        self.time_index.reserve(batches.len())?;
         let position = self.log.append(bytes)?;
         let mut at = position;
         for b in batches {
@@ -416,6 +422,7 @@ impl LogSegment {
     /// The segment stops taking appends (rolled, or closing): the time index gets its final
     /// entry, indexes and file are trimmed to what they hold.
     pub fn seal(&mut self) -> Result<()> {
+        self.time_index.reserve(1)?;
         self.time_index
             .maybe_append(self.max_timestamp_so_far, self.offset_of_max_timestamp);
         self.offset_index.trim()?;

@@ -125,6 +125,11 @@ impl TimeIndex {
         self.file.trim()
     }
 
+    /// Reserves disk for the next `entries` entries (see `IndexFile::reserve`).
+    pub fn reserve(&mut self, entries: usize) -> Result<()> {
+        self.file.reserve(entries)
+    }
+
     pub fn make_writable(&mut self, max_bytes: usize) -> Result<()> {
         self.file.make_writable(max_bytes)
     }

@@ -1,15 +1,59 @@
-//! `sluice cluster status`: what a client sees of the cluster through Metadata and
-//! DescribeCluster — the brokers (fenced ones marked), the active controller, and how
-//! many partitions lack a leader or have a short ISR. Fails (one line) while a partition
-//! has no leader or fewer brokers than expected are live (registered and unfenced), so
-//! scripts can wait for a healthy cluster with it.
+//! `sluice cluster status`: what a client sees of the cluster through Metadata,
+//! DescribeCluster and each broker's DescribeLogDirs — the brokers (fenced ones marked,
+//! with their log directory's free space, or "log-dir offline" when it cannot take
+//! writes), the active controller, and how many partitions lack a leader or have a short
+//! ISR. Fails (one line) while a partition has no leader, a log directory is offline or
+//! fewer brokers than expected are live (registered and unfenced), so scripts can wait for
+//! a healthy cluster with it.
 
 use std::io::Write;
 
 use anyhow::{bail, Result};
-use kafka_protocol::messages::{ApiKey, DescribeClusterRequest, DescribeClusterResponse};
+use kafka_protocol::messages::{
+    ApiKey, DescribeClusterRequest, DescribeClusterResponse, DescribeLogDirsRequest,
+    DescribeLogDirsResponse,
+};
 
-use crate::kafka_client::{error_name, Cluster, DESCRIBE_CLUSTER_VERSION};
+use crate::kafka_client::{
+    error_name, Cluster, DESCRIBE_CLUSTER_VERSION, DESCRIBE_LOG_DIRS_VERSION,
+};
+
+/// What one broker says of its log directory, for its status line.
+async fn log_dir_state(cluster: &mut Cluster, id: i32) -> (String, bool) {
+    let asked = async {
+        let c = cluster.broker(id).await?;
+        let r: DescribeLogDirsResponse = c
+            .send(
+                ApiKey::DescribeLogDirs,
+                DESCRIBE_LOG_DIRS_VERSION,
+                &DescribeLogDirsRequest::default().with_topics(Some(Vec::new())),
+                true,
+            )
+            .await?;
+        anyhow::Ok(r)
+    };
+    match asked.await {
+        Err(_) => (" log-dir unknown (unreachable)".into(), false),
+        Ok(r) => match r.results.first() {
+            Some(d) if d.error_code != 0 => (
+                format!(
+                    " log-dir offline {} ({})",
+                    d.log_dir.as_str(),
+                    error_name(d.error_code)
+                ),
+                true,
+            ),
+            Some(d) if d.usable_bytes >= 0 => (
+                format!(
+                    " free {:.1} GiB",
+                    d.usable_bytes as f64 / (1u64 << 30) as f64
+                ),
+                false,
+            ),
+            _ => (String::new(), false),
+        },
+    }
+}
 
 pub async fn status(bootstrap: &str, expect_brokers: Option<usize>) -> Result<()> {
     let mut cluster = Cluster::connect(bootstrap).await?;
@@ -36,9 +80,17 @@ pub async fn status(bootstrap: &str, expect_brokers: Option<usize>) -> Result<()
     }
     let mut brokers: Vec<_> = described.brokers.iter().collect();
     brokers.sort_by_key(|b| b.broker_id.0);
+    let mut offline_log_dirs = Vec::new();
     for b in &brokers {
         let fenced = if b.is_fenced { " fenced" } else { "" };
-        out += &format!("broker {} {}:{}{fenced}\n", b.broker_id.0, b.host, b.port);
+        let (log_dir, offline) = log_dir_state(&mut cluster, b.broker_id.0).await;
+        if offline {
+            offline_log_dirs.push(b.broker_id.0.to_string());
+        }
+        out += &format!(
+            "broker {} {}:{}{fenced}{log_dir}\n",
+            b.broker_id.0, b.host, b.port
+        );
     }
     let live = brokers.iter().filter(|b| !b.is_fenced).count();
     let mut partitions = 0;
@@ -70,6 +122,12 @@ pub async fn status(bootstrap: &str, expect_brokers: Option<usize>) -> Result<()
     if !offline.is_empty() {
         offline.sort();
         bail!("partitions without a leader: {}", offline.join(", "));
+    }
+    if !offline_log_dirs.is_empty() {
+        bail!(
+            "log directory offline on broker {}",
+            offline_log_dirs.join(", ")
+        );
     }
     Ok(())
 }

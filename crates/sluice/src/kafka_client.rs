@@ -19,6 +19,7 @@ pub const FETCH_VERSION: i16 = 12;
 pub const LIST_OFFSETS_VERSION: i16 = 7;
 pub const DESCRIBE_CONFIGS_VERSION: i16 = 4;
 pub const DESCRIBE_CLUSTER_VERSION: i16 = 2;
+pub const DESCRIBE_LOG_DIRS_VERSION: i16 = 4;
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 

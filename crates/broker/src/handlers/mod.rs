@@ -5,6 +5,7 @@
 
 mod admin;
 mod describe;
+mod describe_log_dirs;
 mod fetch;
 mod find_coordinator;
 mod list_offsets;
@@ -35,6 +36,7 @@ pub const HANDLED_APIS: &[ApiKey] = &[
     ApiKey::DescribeCluster,
     ApiKey::FindCoordinator,
     ApiKey::OffsetForLeaderEpoch,
+    ApiKey::DescribeLogDirs,
 ];
 
 /// What a handler hands back: chunks to write, or nothing (acks=0 produce).
@@ -53,6 +55,7 @@ pub async fn handle(request: &RequestFrame, broker: &Broker) -> Result<Answer, C
         ApiKey::DescribeCluster => describe::describe_cluster(request, broker).await,
         ApiKey::FindCoordinator => find_coordinator::handle(request, broker).await,
         ApiKey::OffsetForLeaderEpoch => offset_for_leader_epoch::handle(request, broker).await,
+        ApiKey::DescribeLogDirs => describe_log_dirs::handle(request, broker).await,
         api_key => Err(ConnectionError::UnsupportedVersion {
             api_key,
             api_version: request.api_version,
