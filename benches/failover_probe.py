@@ -27,14 +27,20 @@ from confluent_kafka import Producer
 
 bootstrap, topic, cluster_dir = sys.argv[1:4]
 partition = int(sys.argv[4]) if len(sys.argv) > 4 else 0
-producer = Producer(
-    {
-        "bootstrap.servers": bootstrap,
-        "acks": "all",
-        "linger.ms": 0,
-        "message.timeout.ms": 30000,
-    }
-)
+pause = os.environ.get("SLUICE_FAILOVER_SIGNAL", "KILL") == "STOP"
+settings = {
+    "bootstrap.servers": bootstrap,
+    "acks": "all",
+    "linger.ms": 0,
+    "message.timeout.ms": 30000,
+}
+if pause:
+    # a paused broker keeps its connections open: librdkafka holds the partition's later
+    # messages behind the requests in flight to it until request.timeout.ms (30 s by
+    # default) expires them, whatever the cluster does. With 1 s, failover_ms shows the
+    # cluster's part plus at most that second; elected_ms is the cluster's part alone.
+    settings["request.timeout.ms"] = 1000
+producer = Producer(settings)
 acked_at = []
 
 
@@ -74,7 +80,6 @@ def leader_seen_by_survivor():
             value = fields.get("Leader", "").strip()
             return int(value) if value.lstrip("-").isdigit() else -1
     return leader
-pause = os.environ.get("SLUICE_FAILOVER_SIGNAL", "KILL") == "STOP"
 killed_at = time.perf_counter()
 killed_wall = time.strftime("%H:%M:%S", time.gmtime()) + f"{time.time() % 1:.3f}"[1:]
 os.kill(pid, signal.SIGSTOP if pause else signal.SIGKILL)

@@ -191,10 +191,13 @@ async fn watch_loop(
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .applied_index();
-        let mut stream = match client
-            .watch_metadata(api::WatchMetadataRequest { from_index })
-            .await
-        {
+        let opened = tokio::time::timeout(
+            HEARTBEAT_TIMEOUT,
+            client.watch_metadata(api::WatchMetadataRequest { from_index }),
+        )
+        .await
+        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("watch not answered")));
+        let mut stream = match opened {
             Ok(s) => s.into_inner(),
             Err(e) => {
                 tracing::debug!(error = %e, "watch metadata: trying the next controller");

@@ -113,6 +113,8 @@ impl ReplicaManager {
         }
         let me = self.config.broker_id;
         let mut wanted: HashMap<TopicPartition, ()> = HashMap::new();
+        // every partition this image assigns here has a log (else the next sync retries)
+        let mut complete = true;
         for topic in image.topics() {
             let min_isr = self
                 .config
@@ -126,14 +128,22 @@ impl ReplicaManager {
                 wanted.insert(tp.clone(), ());
                 let partition = match self.partition(&tp) {
                     Some(existing) if existing.topic_id() == topic.topic_id.as_slice() => existing,
+                    // nothing is created in an offline log directory: once it is back
+                    _ if self.signals.log_dir.is_offline() => {
+                        complete = false;
+                        continue;
+                    }
                     existing => {
                         if existing.is_some() {
                             self.remove(&tp);
                         }
-                        match self.create(&tp, &topic.topic_id, &topic.configs) {
+                        let created = self.create(&tp, &topic.topic_id, &topic.configs);
+                        match self.signals.log_dir.check(created) {
                             Ok(p) => p,
                             Err(e) => {
                                 tracing::error!(partition = %tp, error = %e, "cannot open partition log");
+                                // try again at the next sync, not only at the next change
+                                complete = false;
                                 continue;
                             }
                         }
@@ -174,7 +184,9 @@ impl ReplicaManager {
                 self.delete_log(&tp);
             }
         }
-        *synced = (image.applied_index(), caught_up);
+        if complete {
+            *synced = (image.applied_index(), caught_up);
+        }
     }
 
     fn create(

@@ -9,8 +9,10 @@
 //! mapping is SIGBUS, which kills the process (seen on a full tmpfs); a reservation that
 //! fails is an `ENOSPC` error the caller sees before anything is written.
 //!
-//! Invariants: `entries * N <= allocated_bytes <= mapped length` while writable (entries
-//! are written only into reserved bytes); entries past `entries` are garbage.
+//! Invariants: `allocated_bytes <= mapped length`, and only bytes below `allocated_bytes`
+//! are written (it starts at 0 on open: a file left at its preallocated, sparse length by
+//! a crash is reserved again before recovery writes into it); entries past `entries` are
+//! garbage.
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -49,7 +51,7 @@ impl<const N: usize> IndexFile<N> {
             file,
             mmap: None,
             entries: len / N,
-            allocated_bytes: len / N * N,
+            allocated_bytes: 0,
         };
         index.remap(writable_max_bytes.map_or(len, |max| (max / N * N).max(index.entries * N)))?;
         Ok(index)
@@ -60,7 +62,7 @@ impl<const N: usize> IndexFile<N> {
         self.file
             .set_len(len as u64)
             .map_err(LogError::io(&self.path))?;
-        self.allocated_bytes = self.allocated_bytes.min(len).max(self.entries * N);
+        self.allocated_bytes = self.allocated_bytes.min(len);
         if len > 0 {
             // SAFETY: the file is owned by this index and not resized while mapped; the
             // only resizes go through this function after dropping the old mapping.

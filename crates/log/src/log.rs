@@ -340,10 +340,14 @@ impl Log {
         ) {
             self.roll(now_ms)?;
         }
-        let position = self.active_mut().append(records, infos)?;
+        // the epochs first: if their checkpoint cannot be written nothing is appended, and
+        // an epoch entry at the log end with no record after it is harmless (as one made
+        // at election); the other way round a failed checkpoint left a batch in the
+        // segment past the log end offset
         for &(epoch, start) in epochs {
             self.leader_epochs.assign(epoch, start)?;
         }
+        let position = self.active_mut().append(records, infos)?;
         let old_end = self.log_end_offset;
         self.log_end_offset = last.last_offset.next();
         assert!(self.log_end_offset > old_end, "log end offset must grow");
