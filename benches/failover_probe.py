@@ -36,10 +36,11 @@ settings = {
 }
 if pause:
     # a paused broker keeps its connections open: librdkafka holds the partition's later
-    # messages behind the requests in flight to it until request.timeout.ms (30 s by
-    # default) expires them, whatever the cluster does. With 1 s, failover_ms shows the
-    # cluster's part plus at most that second; elected_ms is the cluster's part alone.
-    settings["request.timeout.ms"] = 1000
+    # messages behind the requests in flight to it until its client-side timeout expires
+    # them (socket.timeout.ms, 60 s by default, capped by message.timeout.ms), whatever the
+    # cluster does. With 1 s, failover_ms shows the cluster's part plus at most that
+    # second; elected_ms is the cluster's part alone.
+    settings["socket.timeout.ms"] = 1000
 producer = Producer(settings)
 acked_at = []
 
