@@ -5,7 +5,9 @@
 //! the OS, where the test clients live, and a three-node [`ProcessCluster`].
 
 pub mod process_cluster;
-pub use process_cluster::{kcat_produce, kcat_read_all, Layout, PartitionRow, ProcessCluster};
+pub use process_cluster::{
+    kcat_produce, kcat_produce_with, kcat_read_all, Layout, PartitionRow, ProcessCluster,
+};
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};

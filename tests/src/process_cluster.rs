@@ -398,24 +398,25 @@ impl ProcessCluster {
 
 /// kcat producing `lines` to `topic` partition 0 with `acks`, no retries by the client.
 pub fn kcat_produce(bootstrap: &str, topic: &str, acks: &str, lines: &[String]) -> Output {
+    let acks = format!("acks={acks}");
+    let settings = ["-p", "0", "-X", &acks, "-X", "message.send.max.retries=0"];
+    kcat_produce_with(bootstrap, topic, &settings, lines)
+}
+
+/// kcat producing `lines` to `topic` with more kcat arguments (`-X key=value`, `-K :`,
+/// ...), each message bounded by a 20 s timeout.
+pub fn kcat_produce_with(
+    bootstrap: &str,
+    topic: &str,
+    settings: &[&str],
+    lines: &[String],
+) -> Output {
     let mut command = Command::new("kcat");
-    command.args([
-        "-b",
-        bootstrap,
-        "-P",
-        "-t",
-        topic,
-        "-p",
-        "0",
-        "-X",
-        &format!("acks={acks}"),
-        "-X",
-        "message.send.max.retries=0",
-        "-X",
-        "message.timeout.ms=20000",
-    ]);
+    command.args(["-b", bootstrap, "-P", "-t", topic]);
+    command.args(settings);
+    command.args(["-X", "message.timeout.ms=20000"]);
     let input: String = lines.iter().map(|l| format!("{l}\n")).collect();
-    run(command, input.as_bytes(), Duration::from_secs(60))
+    run(command, input.as_bytes(), Duration::from_secs(120))
 }
 
 /// Every record of `topic` a consumer can read (below the HW): (partition, offset, value).

@@ -13,9 +13,8 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
-use sluice_system_tests::{check, kcat_read_all, run, Layout, ProcessCluster};
+use sluice_system_tests::{check, kcat_produce_with, kcat_read_all, Layout, ProcessCluster};
 
 /// A tmpfs mounted at a fresh temp dir, unmounted on drop (after the cluster using it has
 /// been dropped: declare it first).
@@ -76,24 +75,9 @@ fn fill(path: &Path) -> u64 {
 }
 
 /// kcat producing `lines` (keyed, spread over the partitions) with acks=all and its
-/// default retries, each message bounded by a 20 s timeout.
+/// default retries.
 fn produce(bootstrap: &str, topic: &str, lines: &[String]) -> std::process::Output {
-    let mut command = Command::new("kcat");
-    command.args([
-        "-b",
-        bootstrap,
-        "-P",
-        "-t",
-        topic,
-        "-K",
-        ":",
-        "-X",
-        "acks=all",
-        "-X",
-        "message.timeout.ms=20000",
-    ]);
-    let input: String = lines.iter().map(|l| format!("{l}\n")).collect();
-    run(command, input.as_bytes(), Duration::from_secs(120))
+    kcat_produce_with(bootstrap, topic, &["-K", ":", "-X", "acks=all"], lines)
 }
 
 fn offline_lines(cluster: &ProcessCluster, id: i32) -> usize {
