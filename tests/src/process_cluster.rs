@@ -207,6 +207,22 @@ impl ProcessCluster {
         node.child.try_wait().ok().flatten()
     }
 
+    /// SIGTERM (controlled shutdown, then a clean close of every log) and waits for the
+    /// process to exit.
+    pub fn stop(&mut self, id: i32) {
+        self.signal(id, "-TERM");
+        let mut node = self.brokers.remove(&id).expect("a running node");
+        let deadline = Instant::now() + WAIT;
+        while node.child.try_wait().ok().flatten().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "node {id} did not stop within {WAIT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.paused.remove(&id);
+    }
+
     /// kill -9.
     pub fn kill(&mut self, id: i32) {
         drop(self.brokers.remove(&id).expect("a running node"));

@@ -49,6 +49,9 @@ struct Followed {
     leader_epoch: i32,
     /// The divergent suffix (if any) was removed for this leader epoch.
     truncated: bool,
+    /// The offset of the last corrupt batch the leader sent that was logged (once per
+    /// batch, not per fetch).
+    corrupt_reported: Option<i64>,
 }
 
 type FollowedSet = Arc<Mutex<BTreeMap<TopicPartition, Followed>>>;
@@ -118,6 +121,7 @@ impl ReplicaFetchers {
                     partition,
                     leader_epoch,
                     truncated: false,
+                    corrupt_reported: None,
                 },
             );
         }
@@ -192,6 +196,43 @@ async fn run(broker_id: i32, address: String, partitions: FollowedSet) {
             connection = None;
             tokio::time::sleep(RETRY).await;
         }
+    }
+}
+
+/// A batch that failed its checks in a fetched record set.
+#[derive(Debug)]
+struct Damage {
+    /// Its base offset as its header says (-1 if the header itself is cut short).
+    offset: i64,
+    error: sluice_record::RecordError,
+}
+
+/// Splits a fetched record set at its first batch that fails its checks (length, magic,
+/// CRC32C): the whole batches before it, and the damage.
+fn split_at_damage(records: &[u8]) -> (&[u8], Option<Damage>) {
+    let mut valid = 0usize;
+    for batch in sluice_record::RecordBatches::new(records, usize::MAX) {
+        match batch {
+            Ok(b) => valid += b.size_bytes(),
+            Err(error) => {
+                let offset = sluice_record::BatchHeader::parse(&records[valid..])
+                    .map_or(-1, |h| h.base_offset.0);
+                return (&records[..valid], Some(Damage { offset, error }));
+            }
+        }
+    }
+    (records, None)
+}
+
+/// Whether the corrupt batch at `offset` of `tp` is new (then remembered): each is logged
+/// once, not at every fetch that brings it again.
+fn first_report(partitions: &FollowedSet, tp: &TopicPartition, offset: i64) -> bool {
+    match lock(partitions).get_mut(tp) {
+        Some(f) if f.corrupt_reported != Some(offset) => {
+            f.corrupt_reported = Some(offset);
+            true
+        }
+        _ => false,
     }
 }
 
@@ -384,10 +425,18 @@ async fn fetch(
                 ec::NONE => {
                     let records = p.records.as_deref().unwrap_or_default();
                     let leader_hw = Offset(p.high_watermark.max(0));
-                    if let Err(e) = f.partition.append_as_follower(records, leader_hw, now_ms()) {
+                    // the batches before a corrupt one are kept: only the damage is refused
+                    let (valid, damage) = split_at_damage(records);
+                    if let Err(e) = f.partition.append_as_follower(valid, leader_hw, now_ms()) {
                         tracing::warn!(partition = %tp, error = %e, "follower append failed");
                         mark(partitions, &tp, f.leader_epoch, false);
                         backoff = true;
+                    }
+                    if let Some(damage) = damage {
+                        backoff = true;
+                        if first_report(partitions, &tp, damage.offset) {
+                            tracing::error!(partition = %tp, offset = damage.offset, source = c.address(), error = %damage.error, "the leader sent a corrupt batch: kept every batch before it, not taking it");
+                        }
                     }
                 }
                 ec::OFFSET_OUT_OF_RANGE if fetch_offset.0 < p.log_start_offset => {
@@ -446,6 +495,36 @@ mod tests {
         assert_eq!(step((4, 80), (3, 60), 130), Again(Offset(60)));
         // an epoch we began with no record in it: the truncation drops only the epoch
         assert_eq!(step((4, 80), (3, 130), 130), Again(Offset(130)));
+    }
+
+    #[test]
+    fn a_record_set_splits_at_its_first_damaged_batch() {
+        let mut set = Vec::new();
+        let mut ends = Vec::new();
+        for base in [0i64, 3, 6] {
+            let mut b = sluice_record::BatchBuilder::new(sluice_record::Compression::None);
+            for _ in 0..3 {
+                b.append(1, None, Some(b"value"), &[]);
+            }
+            let mut bytes = b.build().unwrap();
+            sluice_record::stamp_base_offset(&mut bytes, Offset(base)).unwrap();
+            set.extend_from_slice(&bytes);
+            ends.push(set.len());
+        }
+        let (valid, damage) = split_at_damage(&set);
+        assert_eq!(valid.len(), set.len());
+        assert!(damage.is_none());
+        // a flipped byte in the last batch's records: the first two are kept
+        let last = set.len() - 2;
+        set[last] ^= 0x40;
+        let (valid, damage) = split_at_damage(&set);
+        assert_eq!(valid.len(), ends[1]);
+        assert_eq!(damage.map(|d| d.offset), Some(6));
+        // damage in the first batch keeps nothing
+        set[ends[0] - 2] ^= 0x40;
+        let (valid, damage) = split_at_damage(&set);
+        assert!(valid.is_empty());
+        assert_eq!(damage.map(|d| d.offset), Some(0));
     }
 
     #[test]
