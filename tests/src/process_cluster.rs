@@ -43,6 +43,8 @@ pub struct ProcessCluster {
 pub struct PartitionRow {
     pub partition: i32,
     pub leader: i32,
+    /// Preferred leader first; the controller elects the first live ISR member in it.
+    pub replicas: Vec<i32>,
     pub isr: Vec<i32>,
 }
 
@@ -318,6 +320,7 @@ impl ProcessCluster {
                 .map(|l| PartitionRow {
                     partition: field(l, "Partition: ").parse().unwrap(),
                     leader: field(l, "Leader: ").parse().unwrap_or(-1),
+                    replicas: ids(field(l, "Replicas: ")),
                     isr: ids(field(l, "Isr: ")),
                 })
                 .collect(),

@@ -6,6 +6,7 @@
 //! sockets; [`handlers`] one module per Kafka API; [`replica_manager`] and [`partition`]
 //! the data; [`metadata_follower`] and [`controller_client`] the control plane's side.
 
+pub mod batch_damage;
 pub mod broker;
 pub mod broker_config;
 pub mod broker_node;

@@ -100,6 +100,10 @@ struct Inner {
     /// The last leadership of this broker that ended: its leader epoch and its high
     /// watermark then. An acks=all append of that epoch is committed only below it.
     ended_leadership: Option<(i32, Offset)>,
+    /// This replica's log holds a damaged batch from here (found serving a follower): as
+    /// leader it asks to leave the ISR so an intact replica takes over; as follower it
+    /// truncates here and fetches the rest again.
+    damaged_from: Option<Offset>,
 }
 
 pub struct Partition {
@@ -184,6 +188,7 @@ impl Partition {
                 min_insync_replicas: 1,
                 isr_change_pending: false,
                 ended_leadership: None,
+                damaged_from: None,
             }),
             signals,
         }
@@ -310,6 +315,26 @@ impl Partition {
         }
         let leo = sluice_log::lock(&self.log).log_end_offset();
         let state = inner.state.clone();
+        if inner.leader.is_some() && inner.damaged_from.is_some() {
+            // a damaged leader leaves the ISR: the controller elects an intact member
+            let new_isr: Vec<i32> = state
+                .isr
+                .iter()
+                .copied()
+                .filter(|id| *id != self.broker_id)
+                .collect();
+            if new_isr.is_empty() {
+                return None;
+            }
+            inner.isr_change_pending = true;
+            tracing::warn!(partition = %self.topic_partition, isr = ?state.isr, new_isr = ?new_isr, "this replica is damaged: leaving the ISR so an intact replica leads");
+            return Some(IsrChange {
+                topic_partition: self.topic_partition.clone(),
+                leader_epoch: state.leader_epoch,
+                partition_epoch: state.partition_epoch,
+                new_isr,
+            });
+        }
         let leader = inner.leader.as_mut()?;
         let out = leader.out_of_sync(leo, now_ms, max_lag_ms);
         let mut join = leader.ready_to_join();
@@ -512,8 +537,63 @@ impl Partition {
             FetchIsolation::HighWatermark => high_watermark,
             FetchIsolation::LogEnd => log.log_end_offset(),
         };
-        let info = log.read(fetch_offset, max_bytes, max_offset, min_one_batch)?;
+        let mut info = log.read(fetch_offset, max_bytes, max_offset, min_one_batch)?;
+        drop(log);
+        if isolation == FetchIsolation::LogEnd {
+            self.check_served_batches(&mut info);
+        }
         Ok((info, high_watermark))
+    }
+
+    /// What a follower is sent is checked first (a pread and a CRC32C pass: replication
+    /// is a fraction of the traffic consumers' zero-copy reads are): a damaged batch is cut
+    /// off with what follows it, and this replica marks itself damaged from there.
+    fn check_served_batches(&self, info: &mut LogReadInfo) {
+        let Some(region) = &mut info.region else {
+            return;
+        };
+        let bytes = match region.read_to_vec() {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::warn!(partition = %self.topic_partition, error = %e, "reading what a follower fetches failed");
+                return;
+            }
+        };
+        let (valid, damage) = crate::batch_damage::split_at_damage(&bytes);
+        let Some(damage) = damage else {
+            return;
+        };
+        let valid = valid.len() as u64;
+        if valid == 0 {
+            info.region = None;
+        } else {
+            region.length = valid;
+        }
+        let offset = Offset(damage.offset.max(0));
+        let mut inner = self.inner();
+        if inner.damaged_from.is_none_or(|d| offset < d) {
+            tracing::error!(partition = %self.topic_partition, offset = offset.0, error = %damage.error, "a batch in this replica's log is damaged (found serving a follower): not serving it; leaving the ISR, then truncating it and fetching it again");
+            inner.damaged_from = Some(offset);
+            drop(inner);
+            self.signals.isr_change_wanted.notify_one();
+        }
+    }
+
+    /// As follower: where this replica's log is damaged, if it is (see [`Self::read`]).
+    pub fn damaged_from(&self) -> Option<Offset> {
+        let inner = self.inner();
+        inner.damaged_from.filter(|_| inner.leader.is_none())
+    }
+
+    /// As follower: cuts the damaged suffix off (it is fetched again from the leader).
+    pub fn truncate_damage(&self) -> Result<(), PartitionError> {
+        let Some(offset) = self.damaged_from() else {
+            return Ok(());
+        };
+        self.truncate_to(offset)?;
+        tracing::warn!(partition = %self.topic_partition, offset = offset.0, "truncated the damaged suffix: fetching it again from the leader");
+        self.inner().damaged_from = None;
+        Ok(())
     }
 
     /// (log start offset, high watermark, log end offset) for a leader, epoch-checked.

@@ -30,6 +30,7 @@ use sluice_protocol::{ClientConnection, ClientError};
 use sluice_record::{now_ms, LeaderEpoch, Offset, TopicPartition};
 use tokio::task::JoinHandle;
 
+use crate::batch_damage::split_at_damage;
 use crate::partition::Partition;
 
 /// Fetch version used between brokers (topic names, flexible).
@@ -199,31 +200,6 @@ async fn run(broker_id: i32, address: String, partitions: FollowedSet) {
     }
 }
 
-/// A batch that failed its checks in a fetched record set.
-#[derive(Debug)]
-struct Damage {
-    /// Its base offset as its header says (-1 if the header itself is cut short).
-    offset: i64,
-    error: sluice_record::RecordError,
-}
-
-/// Splits a fetched record set at its first batch that fails its checks (length, magic,
-/// CRC32C): the whole batches before it, and the damage.
-fn split_at_damage(records: &[u8]) -> (&[u8], Option<Damage>) {
-    let mut valid = 0usize;
-    for batch in sluice_record::RecordBatches::new(records, usize::MAX) {
-        match batch {
-            Ok(b) => valid += b.size_bytes(),
-            Err(error) => {
-                let offset = sluice_record::BatchHeader::parse(&records[valid..])
-                    .map_or(-1, |h| h.base_offset.0);
-                return (&records[..valid], Some(Damage { offset, error }));
-            }
-        }
-    }
-    (records, None)
-}
-
 /// Whether the corrupt batch at `offset` of `tp` is new (then remembered): each is logged
 /// once, not at every fetch that brings it again.
 fn first_report(partitions: &FollowedSet, tp: &TopicPartition, offset: i64) -> bool {
@@ -254,6 +230,11 @@ async fn truncate(
     // partition → (its follow state, the latest epoch in its log)
     let mut asked: HashMap<&TopicPartition, (&Followed, i32)> = HashMap::new();
     for (tp, f) in followed {
+        // a damaged suffix (found while this replica led) goes first: it is fetched again
+        if let Err(e) = f.partition.truncate_damage() {
+            tracing::error!(partition = %tp, error = %e, "truncating the damaged suffix failed");
+            continue;
+        }
         match f.partition.fetch_position().1 {
             // nothing appended yet: nothing can diverge
             None => mark(partitions, tp, f.leader_epoch, true),

@@ -769,14 +769,16 @@ fn check_alter(
     let mut isr = item.new_isr.clone();
     isr.sort_unstable();
     isr.dedup();
-    if !isr.contains(&leader)
+    // a leader may leave the ISR (its replica is damaged) if a live member remains: that
+    // member leads in a new leader epoch
+    if isr.is_empty()
         || isr.iter().any(|b| !current.replicas.contains(b))
         || isr.iter().any(|b| *b != leader && !live.contains(b))
     {
         return fail(
             ec::INELIGIBLE_REPLICA,
             format!(
-                "ISR {:?} must hold the leader and only live replicas",
+                "ISR {:?} must be non-empty and hold only live replicas",
                 item.new_isr
             ),
         );
@@ -789,10 +791,19 @@ fn check_alter(
         .filter(|r| isr.contains(r))
         .collect();
     debug_assert!(current.leader != NO_LEADER);
-    let next = Partition {
-        isr,
-        partition_epoch: current.partition_epoch + 1,
-        ..current.clone()
+    let next = match isr.first() {
+        Some(new_leader) if !isr.contains(&leader) => Partition {
+            leader: *new_leader,
+            leader_epoch: current.leader_epoch + 1,
+            isr: isr.clone(),
+            partition_epoch: current.partition_epoch + 1,
+            ..current.clone()
+        },
+        _ => Partition {
+            isr,
+            partition_epoch: current.partition_epoch + 1,
+            ..current.clone()
+        },
     };
     (ec::NONE, String::new(), Some(next))
 }

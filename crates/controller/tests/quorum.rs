@@ -301,6 +301,47 @@ async fn elect_replicate_fail_over_and_restart() {
         p0.partition_epoch + 1
     );
 
+    // a leader whose replica is damaged leaves the ISR: the first remaining member in
+    // replica order leads, in a new leader epoch
+    let p1 = orders.partitions[1].clone();
+    let rest: Vec<i32> = p1.isr.iter().copied().filter(|b| *b != p1.leader).collect();
+    let leave = |new_isr: Vec<i32>| api::AlterPartitionRequest {
+        broker_id: p1.leader,
+        broker_epoch: brokers[(p1.leader - 1) as usize].0,
+        partitions: vec![api::AlterPartitionItem {
+            topic: "orders".into(),
+            partition: 1,
+            leader_epoch: p1.leader_epoch,
+            new_isr,
+            partition_epoch: p1.partition_epoch,
+        }],
+    };
+    let nobody = client
+        .alter_partition(leave(Vec::new()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        nobody.partitions[0].error_code,
+        i32::from(ec::INELIGIBLE_REPLICA),
+        "an empty ISR is refused"
+    );
+    let left = client
+        .alter_partition(leave(rest.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        left.partitions[0].error_code, 0,
+        "{}",
+        left.partitions[0].error_message
+    );
+    let after = left.partitions[0].state.clone().unwrap();
+    let first_rest = *p1.replicas.iter().find(|b| rest.contains(b)).unwrap();
+    assert_eq!(after.leader, first_rest);
+    assert_eq!(after.leader_epoch, p1.leader_epoch + 1);
+    assert!(!after.isr.contains(&p1.leader));
+
     // partitions are added all at once; fewer than now is refused
     let grow = |count: i32| api::CreatePartitionsRequest {
         topics: vec![api::PartitionCount {
