@@ -579,10 +579,24 @@ impl Partition {
         }
     }
 
-    /// As follower: where this replica's log is damaged, if it is (see [`Self::read`]).
+    /// As follower outside the ISR: where this replica's log is damaged, if it is (see
+    /// [`Self::read`]). Never while in the ISR: truncating there could leave an electable
+    /// replica without committed records.
     pub fn damaged_from(&self) -> Option<Offset> {
         let inner = self.inner();
-        inner.damaged_from.filter(|_| inner.leader.is_none())
+        let in_isr = inner.state.isr.contains(&self.broker_id);
+        inner
+            .damaged_from
+            .filter(|_| inner.leader.is_none() && !in_isr)
+    }
+
+    /// As follower still in the ISR with a damaged log: it does not fetch, so its leader
+    /// drops it from the ISR once new records arrive; then it truncates and fetches.
+    pub fn damaged_in_isr(&self) -> bool {
+        let inner = self.inner();
+        inner.damaged_from.is_some()
+            && inner.leader.is_none()
+            && inner.state.isr.contains(&self.broker_id)
     }
 
     /// As follower: cuts the damaged suffix off (it is fetched again from the leader).
@@ -895,6 +909,43 @@ mod tests {
             p.acks_all_outcome(a.last_offset, a.leader_epoch),
             AcksAllOutcome::LeadershipLost
         );
+    }
+
+    #[test]
+    fn a_damaged_replica_leaves_the_isr_before_it_truncates_the_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = partition(dir.path());
+        p.apply_state(&state(1, 1, 0, &[1, 2, 3]), 0);
+        for _ in 0..3 {
+            p.append_as_leader(&mut records(4), 1, 0).unwrap();
+        }
+        // a byte of the last batch flips on disk
+        let segment = dir.path().join("t-0").join("00000000000000000000.log");
+        let mut bytes = std::fs::read(&segment).unwrap();
+        let size = sluice_log::lock(p.log()).size_bytes() as usize;
+        bytes[size - 3] ^= 0x5a;
+        std::fs::write(&segment, bytes).unwrap();
+        // serving a follower finds it: the two intact batches go out, the damaged one not
+        let (read, _) = p
+            .read(Offset::ZERO, 1 << 20, FetchIsolation::LogEnd, true, -1)
+            .unwrap();
+        let region = read.region.unwrap();
+        assert_eq!(region.length as usize, size / 3 * 2);
+        // as leader it asks to leave the ISR
+        let change = p.propose_isr_change(1, 30_000, |_| true).unwrap();
+        assert_eq!(change.new_isr, vec![2, 3]);
+        // a follower still in the ISR keeps its log (and does not fetch)
+        p.apply_state(&state(2, 2, 1, &[1, 2, 3]), 2);
+        assert!(p.damaged_in_isr());
+        assert_eq!(p.damaged_from(), None);
+        p.truncate_damage().unwrap();
+        assert_eq!(sluice_log::lock(p.log()).log_end_offset(), Offset(12));
+        // out of the ISR it truncates the damage
+        p.apply_state(&state(2, 2, 2, &[2, 3]), 3);
+        assert_eq!(p.damaged_from(), Some(Offset(8)));
+        p.truncate_damage().unwrap();
+        assert_eq!(sluice_log::lock(p.log()).log_end_offset(), Offset(8));
+        assert_eq!(p.damaged_from(), None);
     }
 
     #[test]

@@ -361,7 +361,15 @@ async fn fetch(
     let mut topics: BTreeMap<&str, Vec<FetchPartition>> = BTreeMap::new();
     // what each fetched partition asked from, for reading the response
     let mut sent: HashMap<&TopicPartition, (&Followed, Offset)> = HashMap::new();
-    for (tp, f) in followed.iter().filter(|(_, f)| f.truncated) {
+    for (tp, f) in followed
+        .iter()
+        .filter(|(_, f)| f.truncated && !f.partition.damaged_in_isr())
+    {
+        // damaged, and out of the ISR since the last truncation step: cut the damage now
+        if let Err(e) = f.partition.truncate_damage() {
+            tracing::error!(partition = %tp, error = %e, "truncating the damaged suffix failed");
+            continue;
+        }
         let (leo, epoch) = f.partition.fetch_position();
         sent.insert(tp, (f, leo));
         topics.entry(tp.topic.as_str()).or_default().push(
