@@ -257,8 +257,8 @@ async fn housekeeping(broker: Arc<Broker>) {
     }
 }
 
-/// While the log directory is offline, probes it every second until it takes writes again
-/// (see [`crate::log_dir_health`]).
+/// While the log directory is offline, asks it each second for a probe (which runs only
+/// for a full disk, once its backoff has passed: see [`crate::log_dir_health`]).
 async fn probe_offline_log_dir(broker: Arc<Broker>) {
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;

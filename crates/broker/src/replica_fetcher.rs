@@ -25,13 +25,14 @@ use kafka_protocol::messages::{
     OffsetForLeaderEpochResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
+use sluice_log::LogError;
 use sluice_metadata::error_code as ec;
 use sluice_protocol::{ClientConnection, ClientError};
 use sluice_record::{now_ms, LeaderEpoch, Offset, TopicPartition};
 use tokio::task::JoinHandle;
 
 use crate::batch_damage::split_at_damage;
-use crate::partition::Partition;
+use crate::partition::{Partition, PartitionError};
 
 /// Fetch version used between brokers (topic names, flexible).
 const FETCH_VERSION: i16 = 12;
@@ -414,18 +415,23 @@ async fn fetch(
                 ec::NONE => {
                     let records = p.records.as_deref().unwrap_or_default();
                     let leader_hw = Offset(p.high_watermark.max(0));
-                    // the batches before a corrupt one are kept: only the damage is refused
-                    let (valid, damage) = split_at_damage(records);
-                    if let Err(e) = f.partition.append_as_follower(valid, leader_hw, now_ms()) {
+                    let mut appended = f.partition.append_as_follower(records, leader_hw, now_ms());
+                    // a damaged batch: the log refused the whole set (checked once, there);
+                    // the batches before the damage are kept, only the damage is refused
+                    if let Err(PartitionError::Log(LogError::InvalidRecord(_))) = appended {
+                        let (valid, damage) = split_at_damage(records);
+                        appended = f.partition.append_as_follower(valid, leader_hw, now_ms());
+                        if let Some(damage) = damage {
+                            backoff = true;
+                            if first_report(partitions, &tp, damage.offset) {
+                                tracing::error!(partition = %tp, offset = damage.offset, source = c.address(), error = %damage.error, "the leader sent a corrupt batch: kept every batch before it, not taking it");
+                            }
+                        }
+                    }
+                    if let Err(e) = appended {
                         tracing::warn!(partition = %tp, error = %e, "follower append failed");
                         mark(partitions, &tp, f.leader_epoch, false);
                         backoff = true;
-                    }
-                    if let Some(damage) = damage {
-                        backoff = true;
-                        if first_report(partitions, &tp, damage.offset) {
-                            tracing::error!(partition = %tp, offset = damage.offset, source = c.address(), error = %damage.error, "the leader sent a corrupt batch: kept every batch before it, not taking it");
-                        }
                     }
                 }
                 ec::OFFSET_OUT_OF_RANGE if fetch_offset.0 < p.log_start_offset => {

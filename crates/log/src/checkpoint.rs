@@ -156,20 +156,6 @@ pub(crate) fn read_epoch_entries(path: &Path) -> Result<Vec<(LeaderEpoch, Offset
         })
 }
 
-/// (total, usable) bytes of the file system holding `path` (statvfs; usable = what an
-/// unprivileged writer may still take).
-pub fn disk_space(path: &Path) -> Result<(u64, u64)> {
-    let stat = nix::sys::statvfs::statvfs(path).map_err(|e| LogError::Io {
-        path: path.to_path_buf(),
-        source: std::io::Error::from(e),
-    })?;
-    let block = stat.fragment_size();
-    Ok((
-        stat.blocks().saturating_mul(block),
-        stat.blocks_available().saturating_mul(block),
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,14 +29,14 @@ mod offset_index;
 mod segment;
 mod time_index;
 
-pub use checkpoint::{disk_space, sync_dir, write_atomically, OffsetCheckpointFile};
+pub use checkpoint::{sync_dir, write_atomically, OffsetCheckpointFile};
 pub use config::{AppendMode, LogConfig, HYBRID_MMAP_MAX_APPEND_BYTES};
 pub use error::{LogError, Result};
 pub use file_records::FileRegion;
 pub use leader_epoch::{EpochEntry, LeaderEpochCache, LEADER_EPOCH_CHECKPOINT};
 pub use log::{AppendInfo, LoadReport, Log, LogReadInfo};
 pub use log_manager::{
-    lock, LogManager, SharedLog, CLEAN_SHUTDOWN_MARKER, CLUSTER_METADATA_DIR,
+    disk_space, lock, LogManager, SharedLog, CLEAN_SHUTDOWN_MARKER, CLUSTER_METADATA_DIR,
     RECOVERY_POINT_CHECKPOINT, REPLICATION_OFFSET_CHECKPOINT,
 };
 pub use offset_index::{OffsetIndex, OffsetPosition};

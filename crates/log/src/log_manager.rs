@@ -213,3 +213,17 @@ impl LogManager {
         sync_dir(&self.data_dir)
     }
 }
+
+/// (total, usable) bytes of the file system holding `path` (statvfs; usable = what an
+/// unprivileged writer may still take).
+pub fn disk_space(path: &Path) -> Result<(u64, u64)> {
+    let stat = nix::sys::statvfs::statvfs(path).map_err(|e| LogError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::from(e),
+    })?;
+    let block = stat.fragment_size();
+    Ok((
+        stat.blocks().saturating_mul(block),
+        stat.blocks_available().saturating_mul(block),
+    ))
+}
