@@ -12,8 +12,12 @@
 //! batch to a follower makes it leave the ISR: the intact replica leads, the damaged one
 //! truncates the damage and fetches it again, and every record reads back.
 //!
-//! Not yet built (the rest of item 3): finding damage on consumer reads and by a
-//! background scrub (`log.scrub.bytes.per.second`).
+//! A consumer read finds damage no follower asks for: bytes a clean restart loaded are
+//! checked the first time they are served; the damaged leader answers KAFKA_STORAGE_ERROR
+//! at the damaged batch and leaves the ISR, and the consumer reads every record from the
+//! intact replica that leads then (before, kcat hung at the bad offset with no error).
+//! The background scrub (`log.scrub.bytes.per.second`) finds damage in a sealed segment
+//! that nothing reads, with the same outcome.
 
 use std::time::{Duration, Instant};
 
@@ -24,13 +28,28 @@ use sluice_system_tests::{check, kcat_produce, kcat_read_all, Layout, ProcessClu
 /// Flips a byte in the records of the last batch of `dir`'s newest segment; returns that
 /// batch's base offset.
 fn damage_last_batch(dir: &std::path::Path) -> i64 {
+    damage_last_batch_of(dir, Segment::Newest)
+}
+
+enum Segment {
+    Oldest,
+    Newest,
+}
+
+/// Flips a byte in the records of the last batch of `dir`'s oldest or newest segment;
+/// returns that batch's base offset.
+fn damage_last_batch_of(dir: &std::path::Path, which: Segment) -> i64 {
     let mut segments: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "log"))
         .collect();
     segments.sort();
-    let newest = segments.last().expect("a segment");
+    let newest = match which {
+        Segment::Oldest => segments.first(),
+        Segment::Newest => segments.last(),
+    }
+    .expect("a segment");
     let mut bytes = std::fs::read(newest).unwrap();
     let mut start = 0usize;
     let mut last = None;
@@ -58,6 +77,8 @@ fn a_damaged_leader_alone_serves_only_the_intact_batches_and_reports_it_once() {
         &[
             "broker.session.timeout.ms=2000",
             "broker.heartbeat.interval.ms=200",
+            // no scrub: a follower's read is what finds the damage
+            "log.scrub.bytes.per.second=0",
         ],
     );
     let topic = "damaged";
@@ -136,6 +157,8 @@ fn a_damaged_leader_gives_way_to_an_intact_replica_and_repairs_itself() {
         &[
             "broker.session.timeout.ms=2000",
             "broker.heartbeat.interval.ms=200",
+            // no scrub: a follower's read is what finds the damage
+            "log.scrub.bytes.per.second=0",
         ],
     );
     let topic = "repaired";
@@ -185,4 +208,128 @@ fn a_damaged_leader_gives_way_to_an_intact_replica_and_repairs_itself() {
             && log.contains("truncated the damaged suffix"),
         "the damaged node says what it found and did"
     );
+}
+
+/// Produces `rounds` × 50 records with acks=all; returns their values in order.
+fn produce_rounds(cluster: &ProcessCluster, topic: &str, rounds: usize) -> Vec<String> {
+    let mut values = Vec::new();
+    for round in 0..rounds {
+        let lines: Vec<String> = (0..50).map(|i| format!("r{round}-{i}")).collect();
+        check(
+            &kcat_produce(&cluster.bootstrap(), topic, "all", &lines),
+            "kcat acks=all",
+        );
+        values.extend(lines);
+    }
+    values
+}
+
+/// Stops a follower of `topic`-0, lets `damage` spoil its log, restarts it and makes it
+/// the leader (the old leader is killed and stays down). Returns (damaged, old leader,
+/// intact): the intact node follows the damaged one with the whole log already.
+fn damaged_node_leads(
+    cluster: &mut ProcessCluster,
+    topic: &str,
+    damage: impl FnOnce(&std::path::Path),
+) -> (i32, i32, i32) {
+    let row = cluster.describe(topic).unwrap().remove(0);
+    let leader = row.leader;
+    // the first replica after the leader: elected when the leader goes
+    let damaged = *row.replicas.iter().find(|id| **id != leader).unwrap();
+    let intact = (1..=3).find(|id| *id != leader && *id != damaged).unwrap();
+    cluster.stop(damaged);
+    damage(&cluster.data_dir(damaged).join(format!("{topic}-0")));
+    cluster.restart(damaged);
+    cluster.wait_for(topic, "the damaged node back in the ISR", |rows| {
+        rows[0].isr.contains(&damaged)
+    });
+    cluster.kill(leader);
+    (damaged, leader, intact)
+}
+
+fn damage_reports(cluster: &ProcessCluster, id: i32, found_by: &str) -> Vec<String> {
+    let log = std::fs::read_to_string(cluster.log_path(id)).unwrap();
+    damage_lines(&log)
+        .into_iter()
+        .filter(|l| l.contains(found_by))
+        .collect()
+}
+
+#[test]
+fn a_consumer_read_finds_damage_and_reads_everything_from_the_intact_replica() {
+    let mut cluster = ProcessCluster::start(
+        Layout::DedicatedController,
+        &[
+            "broker.session.timeout.ms=2000",
+            "broker.heartbeat.interval.ms=200",
+            // no scrub: only the consumer's read can find the damage
+            "log.scrub.bytes.per.second=0",
+        ],
+    );
+    let topic = "consumed";
+    cluster.create_topic(topic, 1);
+    let values = produce_rounds(&cluster, topic, 4);
+    let (damaged, old_leader, intact) = damaged_node_leads(&mut cluster, topic, |dir| {
+        damage_last_batch(dir);
+    });
+    cluster.wait_for(topic, "the damaged node leads", |rows| {
+        rows[0].leader == damaged
+    });
+    // its follower already holds everything: no follower read touches the damage
+    let read: Vec<String> = kcat_read_all(&cluster.bootstrap(), topic)
+        .into_iter()
+        .map(|(_, _, v)| v)
+        .collect();
+    assert_eq!(read, values, "every record, once, in order");
+    let reports = damage_reports(&cluster, damaged, "serving a consumer");
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    cluster.wait_for(topic, "the intact replica leads", |rows| {
+        rows[0].leader == intact
+    });
+    cluster.restart(old_leader);
+    cluster.wait_for(topic, "all three in the ISR", |rows| rows[0].isr.len() == 3);
+    cluster.assert_replicas_identical(topic, 0, values.len() as i64);
+}
+
+#[test]
+fn the_scrub_finds_damage_in_a_sealed_segment_nothing_reads() {
+    let cluster = ProcessCluster::start(
+        Layout::DedicatedController,
+        &[
+            "broker.session.timeout.ms=2000",
+            "broker.heartbeat.interval.ms=200",
+            // several segments; the damage goes into the oldest, which nothing reads
+            "log.segment.bytes=4096",
+            "log.scrub.bytes.per.second=1048576",
+            "sluice.log.scrub.interval.ms=200",
+        ],
+    );
+    let topic = "scrubbed";
+    cluster.create_topic(topic, 1);
+    let values = produce_rounds(&cluster, topic, 8);
+    cluster.wait_for(topic, "all three in the ISR", |rows| rows[0].isr.len() == 3);
+    let damaged = cluster.leader_of(topic, 0);
+    // the bit flips under the running leader, in a segment it no longer writes
+    damage_last_batch_of(
+        &cluster.data_dir(damaged).join(format!("{topic}-0")),
+        Segment::Oldest,
+    );
+    cluster.wait_for(
+        topic,
+        "an intact replica leads, the damaged one repaired and back in the ISR",
+        |rows| rows[0].leader != damaged && rows[0].isr.len() == 3,
+    );
+    let reports = damage_reports(&cluster, damaged, "the scrub");
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    let log = std::fs::read_to_string(cluster.log_path(damaged)).unwrap();
+    assert!(
+        log.contains("truncated the damaged suffix"),
+        "the damaged node repairs itself"
+    );
+    let read: Vec<String> = kcat_read_all(&cluster.bootstrap(), topic)
+        .into_iter()
+        .map(|(_, _, v)| v)
+        .collect();
+    assert_eq!(read, values, "every record, once, in order");
+    cluster.assert_replicas_identical(topic, 0, values.len() as i64);
 }

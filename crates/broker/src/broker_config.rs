@@ -9,6 +9,9 @@ use sluice_metadata::proto::metadata as pb;
 
 use crate::topic_config::TopicDefaults;
 
+/// `log.scrub.bytes.per.second` by default: a pass over 100 GiB takes about 3.5 hours.
+pub const DEFAULT_SCRUB_BYTES_PER_SECOND: u64 = 8 * 1024 * 1024;
+
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
     /// `node.id`.
@@ -46,6 +49,12 @@ pub struct BrokerConfig {
     /// How often the high watermarks are checkpointed (Kafka:
     /// `replica.high.watermark.checkpoint.interval.ms`).
     pub high_watermark_checkpoint_interval_ms: u64,
+    /// `log.scrub.bytes.per.second`: how fast the background scrub reads the logs to check
+    /// every batch (0: no scrub). Sluice's own; Kafka has no scrub.
+    pub scrub_bytes_per_second: u64,
+    /// `sluice.log.scrub.interval.ms`: the least time from the start of one scrub pass to
+    /// the start of the next (a small log is not read over and over).
+    pub scrub_interval_ms: u64,
 }
 
 impl BrokerConfig {
@@ -80,6 +89,8 @@ impl BrokerConfig {
             controlled_shutdown_enable: true,
             controlled_shutdown_timeout_ms: 30_000,
             high_watermark_checkpoint_interval_ms: 5000,
+            scrub_bytes_per_second: DEFAULT_SCRUB_BYTES_PER_SECOND,
+            scrub_interval_ms: 60_000,
         }
     }
 }

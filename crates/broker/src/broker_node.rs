@@ -1,6 +1,6 @@
 //! A running broker role: the data directory (ReplicaManager), the metadata follower, the
 //! Kafka listener, and the background work — following metadata into local partitions,
-//! retention, and high-watermark checkpoints. [`BrokerNode::shutdown`] stops accepting,
+//! retention, high-watermark checkpoints, and the scrub. [`BrokerNode::shutdown`] stops accepting,
 //! checkpoints and closes every log cleanly.
 
 use std::net::SocketAddr;
@@ -74,6 +74,7 @@ impl BrokerNode {
             tokio::spawn(housekeeping(Arc::clone(&broker))),
             tokio::spawn(crate::isr_changes::run(Arc::clone(&broker))),
             tokio::spawn(probe_offline_log_dir(Arc::clone(&broker))),
+            tokio::spawn(crate::log_scrubber::run(Arc::clone(&broker))),
         ];
         let listener =
             BrokerListener::start_with(listener, listener_config, Some(Arc::clone(&broker)))?;

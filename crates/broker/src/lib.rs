@@ -6,7 +6,6 @@
 //! sockets; [`handlers`] one module per Kafka API; [`replica_manager`] and [`partition`]
 //! the data; [`metadata_follower`] and [`controller_client`] the control plane's side.
 
-pub mod batch_damage;
 pub mod broker;
 pub mod broker_config;
 pub mod broker_node;
@@ -17,6 +16,7 @@ pub mod isr_changes;
 pub mod leader_state;
 pub mod listener;
 pub mod log_dir_health;
+mod log_scrubber;
 pub mod metadata_follower;
 pub mod partition;
 pub mod replica_fetcher;

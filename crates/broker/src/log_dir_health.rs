@@ -89,7 +89,7 @@ impl LogDirHealth {
         result
     }
 
-    fn take_offline(&self, error: &LogError) {
+    pub(crate) fn take_offline(&self, error: &LogError) {
         let mut state = self.state();
         if self.offline.swap(true, Ordering::AcqRel) {
             return;

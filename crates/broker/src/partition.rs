@@ -18,6 +18,9 @@ use sluice_record::{LeaderEpoch, Offset, TopicPartition};
 use tokio::sync::{watch, Notify};
 
 use crate::leader_state::LeaderState;
+
+/// Reads checked before they are served are read in pieces of this size.
+const CHECK_CHUNK_BYTES: usize = 1024 * 1024;
 use crate::log_dir_health::LogDirHealth;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +46,8 @@ pub enum PartitionError {
     NotEnoughReplicas { isr: usize, min: usize },
     #[error("the log directory is offline (it cannot take writes)")]
     LogDirOffline,
+    #[error("this replica's log is damaged at the offset asked for")]
+    Damaged,
     #[error(transparent)]
     Log(#[from] LogError),
 }
@@ -56,7 +61,7 @@ impl PartitionError {
             PartitionError::FencedLeaderEpoch { .. } => ec::FENCED_LEADER_EPOCH,
             PartitionError::UnknownLeaderEpoch { .. } => ec::UNKNOWN_LEADER_EPOCH,
             PartitionError::NotEnoughReplicas { .. } => ec::NOT_ENOUGH_REPLICAS,
-            PartitionError::LogDirOffline => ec::KAFKA_STORAGE_ERROR,
+            PartitionError::LogDirOffline | PartitionError::Damaged => ec::KAFKA_STORAGE_ERROR,
             PartitionError::Log(e) => match e {
                 LogError::OffsetOutOfRange { .. } => ec::OFFSET_OUT_OF_RANGE,
                 LogError::RecordSetTooLarge { .. } => ec::RECORD_LIST_TOO_LARGE,
@@ -100,7 +105,7 @@ struct Inner {
     /// The last leadership of this broker that ended: its leader epoch and its high
     /// watermark then. An acks=all append of that epoch is committed only below it.
     ended_leadership: Option<(i32, Offset)>,
-    /// This replica's log holds a damaged batch from here (found serving a follower): as
+    /// This replica's log holds a damaged batch from here (found by a read or the scrub): as
     /// leader it asks to leave the ISR so an intact replica takes over; as follower it
     /// truncates here and fetches the rest again.
     damaged_from: Option<Offset>,
@@ -517,6 +522,10 @@ impl Partition {
     }
 
     /// Reads whole batches from `fetch_offset` for a consumer (below the HW) or a follower.
+    /// Bytes never checked since this broker loaded them are checked before they are
+    /// served (once; see [`Self::check_read`]). Nothing at or past a damaged batch is
+    /// served: a consumer fetching there gets KAFKA_STORAGE_ERROR (it asks for metadata
+    /// again and finds the intact replica that leads by then), a follower gets nothing.
     pub fn read(
         &self,
         fetch_offset: Offset,
@@ -531,52 +540,109 @@ impl Partition {
         }
         self.check_leader_epoch(&inner.state, current_leader_epoch)?;
         let high_watermark = Self::high_watermark_of(&inner);
+        let damaged_from = inner.damaged_from;
         drop(inner);
+        if damaged_from.is_some_and(|d| fetch_offset >= d)
+            && isolation == FetchIsolation::HighWatermark
+        {
+            return Err(PartitionError::Damaged);
+        }
         let log = sluice_log::lock(&self.log);
         let max_offset = match isolation {
             FetchIsolation::HighWatermark => high_watermark,
             FetchIsolation::LogEnd => log.log_end_offset(),
         };
+        let max_offset = damaged_from.map_or(max_offset, |d| max_offset.min(d));
         let mut info = log.read(fetch_offset, max_bytes, max_offset, min_one_batch)?;
         drop(log);
-        if isolation == FetchIsolation::LogEnd {
-            self.check_served_batches(&mut info);
+        if info.unchecked {
+            let found_by = match isolation {
+                FetchIsolation::HighWatermark => "serving a consumer",
+                FetchIsolation::LogEnd => "serving a follower",
+            };
+            self.check_read(&mut info, fetch_offset, found_by)?;
         }
         Ok((info, high_watermark))
     }
 
-    /// What a follower is sent is checked first (a pread and a CRC32C pass: replication
-    /// is a fraction of the traffic consumers' zero-copy reads are): a damaged batch is cut
-    /// off with what follows it, and this replica marks itself damaged from there.
-    fn check_served_batches(&self, info: &mut LogReadInfo) {
+    /// Checks a read's region (a pread and a CRC32C pass, outside the log's lock) and
+    /// records what passed as checked; a damaged batch is cut off with what follows it and
+    /// reported (see [`Self::report_damage`]).
+    fn check_read(
+        &self,
+        info: &mut LogReadInfo,
+        fetch_offset: Offset,
+        found_by: &'static str,
+    ) -> Result<(), PartitionError> {
         let Some(region) = &mut info.region else {
-            return;
+            return Ok(());
         };
-        let bytes = match region.read_to_vec() {
-            Ok(bytes) => bytes,
+        let check = match sluice_log::check_region(region, fetch_offset, CHECK_CHUNK_BYTES) {
+            Ok(check) => check,
+            // the file was truncated under the read (this replica stopped leading)
+            Err(_) if self.truncated_since(info.truncations) => {
+                info.region = None;
+                return Ok(());
+            }
             Err(e) => {
-                tracing::warn!(partition = %self.topic_partition, error = %e, "reading what a follower fetches failed");
-                return;
+                let dir = sluice_log::lock(&self.log).dir().to_path_buf();
+                let e = LogError::io(dir)(e);
+                self.signals.log_dir.take_offline(&e);
+                return Err(PartitionError::from(e));
             }
         };
-        let (valid, damage) = crate::batch_damage::split_at_damage(&bytes);
-        let Some(damage) = damage else {
-            return;
+        sluice_log::lock(&self.log).mark_checked(
+            info.segment_base,
+            region.position,
+            check.valid_bytes,
+        );
+        if check.damage.is_some() && self.truncated_since(info.truncations) {
+            info.region = None;
+            return Ok(());
+        }
+        let Some(damage) = check.damage else {
+            return Ok(());
         };
-        let valid = valid.len() as u64;
-        if valid == 0 {
+        info.next_offset = damage.offset;
+        if check.valid_bytes == 0 {
             info.region = None;
         } else {
-            region.length = valid;
+            region.length = check.valid_bytes;
         }
-        let offset = Offset(damage.offset.max(0));
+        self.report_damage(damage, found_by);
+        Ok(())
+    }
+
+    /// A batch of this replica's log failed its checks (`found_by` a read or the scrub):
+    /// nothing from there on is served; as leader this replica leaves the ISR so an intact
+    /// replica takes over, as follower it truncates the damage once out of the ISR and
+    /// fetches it again. Logged once per damage found lower in the log.
+    pub fn report_damage(&self, damage: sluice_log::Damage, found_by: &'static str) {
         let mut inner = self.inner();
-        if inner.damaged_from.is_none_or(|d| offset < d) {
-            tracing::error!(partition = %self.topic_partition, offset = offset.0, error = %damage.error, "a batch in this replica's log is damaged (found serving a follower): not serving it; leaving the ISR, then truncating it and fetching it again");
-            inner.damaged_from = Some(offset);
-            drop(inner);
-            self.signals.isr_change_wanted.notify_one();
+        if inner.damaged_from.is_some_and(|d| d <= damage.offset) {
+            return;
         }
+        let leading = inner.leader.is_some();
+        tracing::error!(partition = %self.topic_partition, offset = damage.offset.0, found_by, leading, error = %damage.error, "a batch in this replica's log is damaged: not serving it or anything after it; leaving the ISR, then truncating it and fetching it again");
+        inner.damaged_from = Some(damage.offset);
+        drop(inner);
+        self.signals.isr_change_wanted.notify_one();
+    }
+
+    /// Whether the log was truncated since it counted `truncations` (bytes read from its
+    /// files before may not be what it holds now).
+    pub fn truncated_since(&self, truncations: u64) -> bool {
+        sluice_log::lock(&self.log).truncations() != truncations
+    }
+
+    /// What the scrub checks in this replica's log (see [`sluice_log::Log::scrub_regions`]).
+    pub fn scrub_regions(&self) -> Vec<sluice_log::ScrubRegion> {
+        sluice_log::lock(&self.log).scrub_regions()
+    }
+
+    /// The scrub found bytes `[position, position + length)` of a segment valid.
+    pub fn mark_checked(&self, segment_base: Offset, position: u64, length: u64) {
+        sluice_log::lock(&self.log).mark_checked(segment_base, position, length);
     }
 
     /// As follower outside the ISR: where this replica's log is damaged, if it is (see
@@ -919,18 +985,43 @@ mod tests {
         for _ in 0..3 {
             p.append_as_leader(&mut records(4), 1, 0).unwrap();
         }
-        // a byte of the last batch flips on disk
+        // bytes appended were checked before they were written: not read back
+        let (read, _) = p
+            .read(Offset::ZERO, 1 << 20, FetchIsolation::LogEnd, true, -1)
+            .unwrap();
+        assert!(!read.unchecked);
+        let size = sluice_log::lock(p.log()).size_bytes() as usize;
+        sluice_log::lock(p.log()).close().unwrap();
+        drop(p);
+        // a byte of the last batch flips on disk; a clean restart does not scan the log
         let segment = dir.path().join("t-0").join("00000000000000000000.log");
         let mut bytes = std::fs::read(&segment).unwrap();
-        let size = sluice_log::lock(p.log()).size_bytes() as usize;
         bytes[size - 3] ^= 0x5a;
         std::fs::write(&segment, bytes).unwrap();
+        let p = partition(dir.path());
+        p.apply_state(&state(1, 1, 0, &[1, 2, 3]), 0);
         // serving a follower finds it: the two intact batches go out, the damaged one not
         let (read, _) = p
             .read(Offset::ZERO, 1 << 20, FetchIsolation::LogEnd, true, -1)
             .unwrap();
         let region = read.region.unwrap();
         assert_eq!(region.length as usize, size / 3 * 2);
+        assert_eq!(read.next_offset, Offset(8));
+        // the intact batches were checked once; the damage is not served again
+        let (read, _) = p
+            .read(Offset::ZERO, 1 << 20, FetchIsolation::LogEnd, true, -1)
+            .unwrap();
+        assert!(!read.unchecked);
+        assert_eq!(read.region.unwrap().length as usize, size / 3 * 2);
+        let (read, _) = p
+            .read(Offset(8), 1 << 20, FetchIsolation::LogEnd, true, -1)
+            .unwrap();
+        assert!(read.region.is_none());
+        // a consumer asking for it gets KAFKA_STORAGE_ERROR (and looks for the new leader)
+        let err = p
+            .read(Offset(8), 1 << 20, FetchIsolation::HighWatermark, true, -1)
+            .unwrap_err();
+        assert_eq!(err.error_code(), ec::KAFKA_STORAGE_ERROR);
         // as leader it asks to leave the ISR
         let change = p.propose_isr_change(1, 30_000, |_| true).unwrap();
         assert_eq!(change.new_isr, vec![2, 3]);

@@ -31,8 +31,8 @@ use sluice_protocol::{ClientConnection, ClientError};
 use sluice_record::{now_ms, LeaderEpoch, Offset, TopicPartition};
 use tokio::task::JoinHandle;
 
-use crate::batch_damage::split_at_damage;
 use crate::partition::{Partition, PartitionError};
+use sluice_log::split_at_damage;
 
 /// Fetch version used between brokers (topic names, flexible).
 const FETCH_VERSION: i16 = 12;
@@ -419,12 +419,12 @@ async fn fetch(
                     // a damaged batch: the log refused the whole set (checked once, there);
                     // the batches before the damage are kept, only the damage is refused
                     if let Err(PartitionError::Log(LogError::InvalidRecord(_))) = appended {
-                        let (valid, damage) = split_at_damage(records);
+                        let (valid, damage) = split_at_damage(records, fetch_offset);
                         appended = f.partition.append_as_follower(valid, leader_hw, now_ms());
                         if let Some(damage) = damage {
                             backoff = true;
-                            if first_report(partitions, &tp, damage.offset) {
-                                tracing::error!(partition = %tp, offset = damage.offset, source = c.address(), error = %damage.error, "the leader sent a corrupt batch: kept every batch before it, not taking it");
+                            if first_report(partitions, &tp, damage.offset.0) {
+                                tracing::error!(partition = %tp, offset = damage.offset.0, source = c.address(), error = %damage.error, "the leader sent a corrupt batch: kept every batch before it, not taking it");
                             }
                         }
                     }
@@ -506,20 +506,20 @@ mod tests {
             set.extend_from_slice(&bytes);
             ends.push(set.len());
         }
-        let (valid, damage) = split_at_damage(&set);
+        let (valid, damage) = split_at_damage(&set, Offset(0));
         assert_eq!(valid.len(), set.len());
         assert!(damage.is_none());
         // a flipped byte in the last batch's records: the first two are kept
         let last = set.len() - 2;
         set[last] ^= 0x40;
-        let (valid, damage) = split_at_damage(&set);
+        let (valid, damage) = split_at_damage(&set, Offset(0));
         assert_eq!(valid.len(), ends[1]);
-        assert_eq!(damage.map(|d| d.offset), Some(6));
+        assert_eq!(damage.map(|d| d.offset), Some(Offset(6)));
         // damage in the first batch keeps nothing
         set[ends[0] - 2] ^= 0x40;
-        let (valid, damage) = split_at_damage(&set);
+        let (valid, damage) = split_at_damage(&set, Offset(0));
         assert!(valid.is_empty());
-        assert_eq!(damage.map(|d| d.offset), Some(0));
+        assert_eq!(damage.map(|d| d.offset), Some(Offset(0)));
     }
 
     #[test]

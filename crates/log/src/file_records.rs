@@ -39,6 +39,16 @@ impl FileRegion {
         Arc::clone(&self.file)
     }
 
+    /// The region without its first `bytes` bytes.
+    pub fn skip(&self, bytes: u64) -> FileRegion {
+        let bytes = bytes.min(self.length);
+        FileRegion {
+            file: Arc::clone(&self.file),
+            position: self.position + bytes,
+            length: self.length - bytes,
+        }
+    }
+
     /// Copies the region into memory (tests, tools, and the non-sendfile fallback).
     pub fn read_to_vec(&self) -> std::io::Result<Vec<u8>> {
         let mut buf = vec![0u8; self.length as usize];

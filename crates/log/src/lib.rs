@@ -17,6 +17,7 @@
 //! pass bounds in (`max_offset`, `deletable_below`) and persist high watermarks through
 //! [`LogManager::write_high_watermarks`].
 
+mod batch_damage;
 mod checkpoint;
 mod config;
 mod error;
@@ -28,13 +29,15 @@ mod log_manager;
 mod offset_index;
 mod segment;
 mod time_index;
+mod unchecked_bytes;
 
+pub use batch_damage::{check_chunk, check_region, split_at_damage, Damage, RegionCheck};
 pub use checkpoint::{sync_dir, write_atomically, OffsetCheckpointFile};
 pub use config::{AppendMode, LogConfig, HYBRID_MMAP_MAX_APPEND_BYTES};
 pub use error::{LogError, Result};
 pub use file_records::FileRegion;
 pub use leader_epoch::{EpochEntry, LeaderEpochCache, LEADER_EPOCH_CHECKPOINT};
-pub use log::{AppendInfo, LoadReport, Log, LogReadInfo};
+pub use log::{AppendInfo, LoadReport, Log, LogReadInfo, ScrubRegion};
 pub use log_manager::{
     disk_space, lock, LogManager, SharedLog, CLEAN_SHUTDOWN_MARKER, CLUSTER_METADATA_DIR,
     RECOVERY_POINT_CHECKPOINT, REPLICATION_OFFSET_CHECKPOINT,

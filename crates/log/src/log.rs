@@ -46,6 +46,25 @@ pub struct LogReadInfo {
     pub next_offset: Offset,
     pub log_start_offset: Offset,
     pub log_end_offset: Offset,
+    /// The segment the region is in (its base offset).
+    pub segment_base: Offset,
+    /// Some bytes of the region were loaded from disk and never checked: the caller checks
+    /// them (outside the log's lock) and reports with [`Log::mark_checked`].
+    pub unchecked: bool,
+    /// The log's [`Log::truncations`] when it was read.
+    pub truncations: u64,
+}
+
+/// A region the scrub checks: a sealed segment whole, or the unchecked part of the active
+/// one.
+#[derive(Debug, Clone)]
+pub struct ScrubRegion {
+    pub segment_base: Offset,
+    pub region: FileRegion,
+    /// The region's first batch starts at or below this offset.
+    pub first_offset_at_most: Offset,
+    /// The log's [`Log::truncations`] when the region was taken.
+    pub truncations: u64,
 }
 
 /// What loading the log found and repaired.
@@ -70,6 +89,8 @@ pub struct Log {
     last_flush_ms: i64,
     load_report: LoadReport,
     closed: bool,
+    /// How many times the log was truncated since it was opened.
+    truncations: u64,
 }
 
 fn parse_base_offset(name: &str, suffix: &str) -> Option<Offset> {
@@ -223,6 +244,7 @@ impl Log {
             last_flush_ms: now_ms,
             load_report: report,
             closed: false,
+            truncations: 0,
         })
     }
 
@@ -410,6 +432,9 @@ impl Log {
             next_offset: from_offset,
             log_start_offset: self.log_start_offset,
             log_end_offset: self.log_end_offset,
+            segment_base: from_offset,
+            unchecked: false,
+            truncations: self.truncations,
         };
         let max_offset = max_offset.min(self.log_end_offset);
         if from_offset >= max_offset {
@@ -427,11 +452,53 @@ impl Log {
             }
             if let Some(read) = segment.read(start, max_bytes, max_offset, min_one_batch)? {
                 info.next_offset = read.next_offset;
+                info.segment_base = segment.base_offset();
+                info.unchecked = segment.is_unchecked(&read.region);
                 info.region = (read.region.length > 0).then_some(read.region);
                 return Ok(info);
             }
         }
         Ok(info)
+    }
+
+    /// Bytes `[position, position + length)` of segment `segment_base` were checked (by a
+    /// read or the scrub) and hold whole, valid batches. A segment since deleted or
+    /// truncated is no matter: what was checked is not unchecked again.
+    pub fn mark_checked(&mut self, segment_base: Offset, position: u64, length: u64) {
+        if let Some(segment) = self.segments.get_mut(&segment_base) {
+            segment.mark_checked(position, length);
+        }
+    }
+
+    /// What a scrub pass over this log checks: every sealed segment whole (bytes rot after
+    /// they were checked too), and the bytes of the active one loaded unchecked.
+    pub fn scrub_regions(&self) -> Vec<ScrubRegion> {
+        let active = self.active().base_offset();
+        let mut regions = Vec::new();
+        for (&base, segment) in &self.segments {
+            if base != active {
+                regions.push(ScrubRegion {
+                    segment_base: base,
+                    region: segment.whole_region(),
+                    first_offset_at_most: base,
+                    truncations: self.truncations,
+                });
+                continue;
+            }
+            for region in segment.unchecked_regions() {
+                regions.push(ScrubRegion {
+                    segment_base: base,
+                    first_offset_at_most: if region.position == 0 {
+                        base
+                    } else {
+                        Offset(i64::MAX)
+                    },
+                    region,
+                    truncations: self.truncations,
+                });
+            }
+        }
+        regions
     }
 
     /// ListOffsets by timestamp: the first record whose timestamp is at least `timestamp`,
@@ -464,6 +531,7 @@ impl Log {
         if offset <= self.log_start_offset {
             return self.truncate_fully_and_start_at(offset);
         }
+        self.truncations += 1;
         let doomed: Vec<Offset> = self.segments.range(offset..).map(|(b, _)| *b).collect();
         for base in doomed {
             if let Some(segment) = self.segments.remove(&base) {
@@ -484,6 +552,7 @@ impl Log {
     /// Deletes every segment and starts an empty log at `offset` (a follower whose fetch
     /// offset fell outside the leader's log).
     pub fn truncate_fully_and_start_at(&mut self, offset: Offset) -> Result<()> {
+        self.truncations += 1;
         for (_, segment) in std::mem::take(&mut self.segments) {
             segment.delete()?;
         }
@@ -695,6 +764,13 @@ impl Log {
     pub fn end_offset_for_epoch(&self, epoch: LeaderEpoch) -> (LeaderEpoch, Offset) {
         self.leader_epochs
             .end_offset_for(epoch, self.log_end_offset)
+    }
+
+    /// How many times the log was truncated since it was opened: bytes read from a segment
+    /// file are what the log held only if this did not change meanwhile (a truncated
+    /// file may have taken other batches at the same positions since).
+    pub fn truncations(&self) -> u64 {
+        self.truncations
     }
 
     pub fn load_report(&self) -> LoadReport {

@@ -16,6 +16,7 @@ use crate::config::LogConfig;
 use crate::file_records::{FileRecords, FileRegion};
 use crate::offset_index::OffsetIndex;
 use crate::time_index::TimeIndex;
+use crate::unchecked_bytes::UncheckedBytes;
 use crate::{LogError, Result};
 
 pub const LOG_SUFFIX: &str = "log";
@@ -66,6 +67,9 @@ pub struct LogSegment {
     created_ms: i64,
     index_interval_bytes: usize,
     index_size_max_bytes: usize,
+    /// Bytes loaded from disk whose batches nothing has checked yet (see
+    /// [`UncheckedBytes`]).
+    unchecked: UncheckedBytes,
 }
 
 pub fn segment_file(dir: &Path, base_offset: Offset, suffix: &str) -> PathBuf {
@@ -97,14 +101,16 @@ impl LogSegment {
         now_ms: i64,
     ) -> Result<Self> {
         let index_max = writable.then_some(config.index_size_max_bytes);
+        let log = FileRecords::open(
+            &segment_file(dir, base_offset, LOG_SUFFIX),
+            config.append_mode,
+            config.segment_bytes,
+            writable,
+        )?;
         Ok(LogSegment {
             base_offset,
-            log: FileRecords::open(
-                &segment_file(dir, base_offset, LOG_SUFFIX),
-                config.append_mode,
-                config.segment_bytes,
-                writable,
-            )?,
+            unchecked: UncheckedBytes::whole(log.size()),
+            log,
             offset_index: OffsetIndex::open(
                 &segment_file(dir, base_offset, INDEX_SUFFIX),
                 base_offset,
@@ -216,6 +222,7 @@ impl LogSegment {
             self.log.truncate_to(valid_end)?;
         }
         self.log.set_size(valid_end);
+        self.unchecked.clear();
         Ok(file_len - valid_end)
     }
 
@@ -409,6 +416,7 @@ impl LogSegment {
         self.time_index.truncate_to(h.base_offset);
         let removed = self.log.size() - position;
         self.log.truncate_to(position)?;
+        self.unchecked.truncate(position);
         self.load_state()?;
         Ok(removed)
     }
@@ -485,6 +493,26 @@ impl LogSegment {
 
     pub fn log_path(&self) -> &Path {
         self.log.path()
+    }
+
+    /// Whether any byte of `region` (of this segment's file) is still unchecked.
+    pub fn is_unchecked(&self, region: &FileRegion) -> bool {
+        self.unchecked
+            .overlaps(region.position..region.position + region.length)
+    }
+
+    /// Bytes `[position, position + length)` were checked and hold whole, valid batches.
+    pub fn mark_checked(&mut self, position: u64, length: u64) {
+        self.unchecked.remove(position..position + length);
+    }
+
+    /// The unchecked ranges, as regions (the scrub).
+    pub fn unchecked_regions(&self) -> Vec<FileRegion> {
+        self.unchecked
+            .ranges()
+            .iter()
+            .map(|r| self.log.region(r.start, r.end - r.start))
+            .collect()
     }
 
     /// Every byte of the segment as a region (tools, replica comparison in tests).

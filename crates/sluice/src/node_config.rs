@@ -38,6 +38,8 @@ const KEYS: &[(&str, &str)] = &[
     ("log.retention.check.interval.ms", "300000"),
     ("replica.lag.time.max.ms", "30000"),
     ("replica.high.watermark.checkpoint.interval.ms", "5000"),
+    ("log.scrub.bytes.per.second", "8388608"),
+    ("sluice.log.scrub.interval.ms", "60000"),
     ("controlled.shutdown.enable", "true"),
     ("sluice.controlled.shutdown.timeout.ms", "30000"),
     ("sluice.fetch.sendfile.enable", "true"),
@@ -304,6 +306,8 @@ impl NodeConfig {
         c.replica_lag_time_max_ms = self.parse("replica.lag.time.max.ms")?;
         c.high_watermark_checkpoint_interval_ms =
             self.parse("replica.high.watermark.checkpoint.interval.ms")?;
+        c.scrub_bytes_per_second = self.parse("log.scrub.bytes.per.second")?;
+        c.scrub_interval_ms = self.parse("sluice.log.scrub.interval.ms")?;
         c.controlled_shutdown_enable = self.parse("controlled.shutdown.enable")?;
         c.controlled_shutdown_timeout_ms = self.parse("sluice.controlled.shutdown.timeout.ms")?;
         let mode = self.get("sluice.log.append.mode")?;
