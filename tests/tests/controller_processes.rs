@@ -188,6 +188,7 @@ async fn register_live_broker(client: &mut ControllerClient<tonic::transport::Ch
             metadata_index: u64::MAX,
             want_shut_down: false,
             log_dir_offline: false,
+            offline_replicas: Vec::new(),
         })
         .await
         .unwrap()

@@ -57,6 +57,7 @@ impl BrokerNode {
                 heartbeat_interval_ms: config.heartbeat_interval_ms,
             },
             Arc::clone(replicas.log_dir_health()),
+            Arc::clone(replicas.offline_replicas()),
         );
         let controllers = ControllerClients::new(&config.controllers);
         let listener_config = ListenerConfig {

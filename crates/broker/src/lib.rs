@@ -18,6 +18,7 @@ pub mod listener;
 pub mod log_dir_health;
 mod log_scrubber;
 pub mod metadata_follower;
+pub mod offline_replicas;
 pub mod partition;
 pub mod replica_fetcher;
 pub mod replica_manager;

@@ -28,6 +28,7 @@ use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
 use crate::log_dir_health::LogDirHealth;
+use crate::offline_replicas::OfflineReplicas;
 
 #[derive(Debug, Clone)]
 pub struct MetadataFollowerConfig {
@@ -67,8 +68,13 @@ const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl MetadataFollower {
     /// Starts following; returns at once (use [`MetadataFollower::wait_until`]). The
-    /// heartbeats report `log_dir`'s state (an offline directory gets this broker fenced).
-    pub fn start(config: MetadataFollowerConfig, log_dir: Arc<LogDirHealth>) -> Self {
+    /// heartbeats report `log_dir`'s state (an offline directory gets this broker fenced)
+    /// and `offline_replicas` (the replicas whose log cannot be opened leave their ISRs).
+    pub fn start(
+        config: MetadataFollowerConfig,
+        log_dir: Arc<LogDirHealth>,
+        offline_replicas: Arc<OfflineReplicas>,
+    ) -> Self {
         let image = Arc::new(RwLock::new(MetadataImage::default()));
         let (applied_tx, applied) = watch::channel(0u64);
         let broker_epoch = Arc::new(AtomicI64::new(-1));
@@ -97,6 +103,7 @@ impl MetadataFollower {
                     caught_up: Arc::clone(&caught_up),
                     shutdown: Arc::clone(&shutdown),
                     log_dir,
+                    offline_replicas,
                 },
             )),
         ];
@@ -277,6 +284,7 @@ struct HeartbeatState {
     caught_up: Arc<AtomicBool>,
     shutdown: Arc<ShutdownRequest>,
     log_dir: Arc<LogDirHealth>,
+    offline_replicas: Arc<OfflineReplicas>,
 }
 
 async fn heartbeat_loop(
@@ -291,6 +299,7 @@ async fn heartbeat_loop(
         caught_up,
         shutdown,
         log_dir,
+        offline_replicas,
     } = state;
     if clients.is_empty() {
         return;
@@ -346,6 +355,15 @@ async fn heartbeat_loop(
                 metadata_index,
                 want_shut_down: shutdown.wanted.load(Ordering::Acquire),
                 log_dir_offline: log_dir.is_offline(),
+                offline_replicas: offline_replicas
+                    .snapshot()
+                    .into_iter()
+                    .map(|(tp, r)| api::OfflineReplica {
+                        topic: tp.topic,
+                        topic_id: r.topic_id,
+                        partition: tp.partition,
+                    })
+                    .collect(),
             }),
         )
         .await
@@ -373,6 +391,8 @@ async fn heartbeat_loop(
             _ = shutdown.wake.notified() => {}
             // the log directory went offline or came back: tell the controller now
             _ = log_dir.changed() => {}
+            // a replica's log failed to open or opened again: the same
+            _ = offline_replicas.changed() => {}
         }
     }
 }

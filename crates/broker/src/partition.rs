@@ -863,6 +863,7 @@ mod tests {
             leader,
             leader_epoch,
             partition_epoch,
+            offline_replicas: Vec::new(),
         }
     }
 

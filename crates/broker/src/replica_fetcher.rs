@@ -11,6 +11,11 @@
 //! "unknown epoch" truncates nothing: the follower asks again later. (Kafka falls back to
 //! the high watermark there, which is the loss KIP-101 was about; a Sluice leader records
 //! its epoch when elected, so it never answers "unknown" for an epoch a follower holds.)
+//!
+//! A partition the leader refuses (not leading it, a log it cannot open, an epoch not yet
+//! known) or whose records cannot be appended is left out of the fetches for `RETRY`,
+//! alone: the others keep fetching at full speed (as Kafka delays only the failing
+//! partition). One that keeps failing is logged at WARN once, and again when it recovers.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -43,6 +48,8 @@ const REPLICA_FETCH_WAIT_MAX_MS: i32 = 500;
 const REPLICA_FETCH_MAX_BYTES: i32 = 1024 * 1024;
 const REPLICA_FETCH_RESPONSE_MAX_BYTES: i32 = 10 * 1024 * 1024;
 const RETRY: Duration = Duration::from_millis(200);
+/// Failures in a row (about a second of them) before a partition is logged at WARN.
+const FAILURES_BEFORE_WARN: u32 = 5;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
@@ -54,6 +61,10 @@ struct Followed {
     /// The offset of the last corrupt batch the leader sent that was logged (once per
     /// batch, not per fetch).
     corrupt_reported: Option<i64>,
+    /// Left out of fetches until then, after a failure.
+    retry_at: Option<tokio::time::Instant>,
+    /// Failures in a row.
+    failures: u32,
 }
 
 type FollowedSet = Arc<Mutex<BTreeMap<TopicPartition, Followed>>>;
@@ -124,6 +135,8 @@ impl ReplicaFetchers {
                     leader_epoch,
                     truncated: false,
                     corrupt_reported: None,
+                    retry_at: None,
+                    failures: 0,
                 },
             );
         }
@@ -156,12 +169,15 @@ fn topic_name(topic: &str) -> TopicName {
 async fn run(broker_id: i32, address: String, partitions: FollowedSet) {
     let mut connection: Option<ClientConnection> = None;
     loop {
-        let followed: Vec<(TopicPartition, Followed)> = lock(&partitions)
+        let now = tokio::time::Instant::now();
+        let (followed, waiting): (Vec<_>, Vec<_>) = lock(&partitions)
             .iter()
             .map(|(tp, f)| (tp.clone(), f.clone()))
-            .collect();
+            .partition(|(_, f)| f.retry_at.is_none_or(|at| at <= now));
         if followed.is_empty() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // every partition waits out a failure (or there is none): until the first is due
+            let due = waiting.iter().filter_map(|(_, f)| f.retry_at).min();
+            tokio::time::sleep_until(due.unwrap_or(now + Duration::from_millis(50))).await;
             continue;
         }
         // nothing can be appended to an offline log directory: wait for it to come back
@@ -198,6 +214,36 @@ async fn run(broker_id: i32, address: String, partitions: FollowedSet) {
             connection = None;
             tokio::time::sleep(RETRY).await;
         }
+    }
+}
+
+/// `tp` failed (`error`): it is left out of fetches for `RETRY`; the failure that makes
+/// it keep failing is logged at WARN, once.
+fn failed(
+    partitions: &FollowedSet,
+    tp: &TopicPartition,
+    source: &str,
+    error: &dyn std::fmt::Display,
+) {
+    if let Some(f) = lock(partitions).get_mut(tp) {
+        f.retry_at = Some(tokio::time::Instant::now() + RETRY);
+        f.failures = f.failures.saturating_add(1);
+        if f.failures == FAILURES_BEFORE_WARN {
+            tracing::warn!(partition = %tp, source, error = %error, failures = f.failures, "replica fetch keeps failing for this partition: retrying it every 200 ms, the others fetch on");
+        } else {
+            tracing::debug!(partition = %tp, source, error = %error, "replica fetch failed for this partition");
+        }
+    }
+}
+
+/// `tp` was fetched (its failures, if any, are over).
+fn succeeded(partitions: &FollowedSet, tp: &TopicPartition) {
+    if let Some(f) = lock(partitions).get_mut(tp) {
+        if f.failures >= FAILURES_BEFORE_WARN {
+            tracing::warn!(partition = %tp, failures = f.failures, "replica fetch recovered for this partition");
+        }
+        f.failures = 0;
+        f.retry_at = None;
     }
 }
 
@@ -285,7 +331,12 @@ async fn truncate(
                 continue;
             };
             if p.error_code != ec::NONE {
-                tracing::debug!(partition = %tp, error = p.error_code, "OffsetForLeaderEpoch refused");
+                failed(
+                    partitions,
+                    &tp,
+                    c.address(),
+                    &format_args!("OffsetForLeaderEpoch error {}", p.error_code),
+                );
                 continue;
             }
             let (local_end, _) = f.partition.fetch_position();
@@ -404,7 +455,6 @@ async fn fetch(
                 .collect(),
         );
     let response: FetchResponse = c.send(ApiKey::Fetch, FETCH_VERSION, &request, true).await?;
-    let mut backoff = false;
     for topic in &response.responses {
         for p in &topic.partitions {
             let tp = TopicPartition::new(topic.topic.0.to_string(), p.partition_index);
@@ -422,16 +472,20 @@ async fn fetch(
                         let (valid, damage) = split_at_damage(records, fetch_offset);
                         appended = f.partition.append_as_follower(valid, leader_hw, now_ms());
                         if let Some(damage) = damage {
-                            backoff = true;
                             if first_report(partitions, &tp, damage.offset.0) {
                                 tracing::error!(partition = %tp, offset = damage.offset.0, source = c.address(), error = %damage.error, "the leader sent a corrupt batch: kept every batch before it, not taking it");
                             }
+                            failed(partitions, &tp, c.address(), &damage.error);
+                            continue;
                         }
                     }
-                    if let Err(e) = appended {
-                        tracing::warn!(partition = %tp, error = %e, "follower append failed");
-                        mark(partitions, &tp, f.leader_epoch, false);
-                        backoff = true;
+                    match appended {
+                        Ok(_) => succeeded(partitions, &tp),
+                        Err(e) => {
+                            tracing::warn!(partition = %tp, error = %e, "follower append failed");
+                            mark(partitions, &tp, f.leader_epoch, false);
+                            failed(partitions, &tp, c.address(), &e);
+                        }
                     }
                 }
                 ec::OFFSET_OUT_OF_RANGE if fetch_offset.0 < p.log_start_offset => {
@@ -440,25 +494,27 @@ async fn fetch(
                     let start = Offset(p.log_start_offset);
                     if let Err(e) = f.partition.truncate_fully_and_start_at(start) {
                         tracing::warn!(partition = %tp, error = %e, "restarting the log at the leader's log start failed");
-                        backoff = true;
+                        failed(partitions, &tp, c.address(), &e);
                     }
                 }
                 ec::OFFSET_OUT_OF_RANGE => {
                     // our end is past the leader's: find the divergence again
                     tracing::warn!(partition = %tp, %fetch_offset, "fetch offset out of range on the leader");
                     mark(partitions, &tp, f.leader_epoch, false);
-                    backoff = true;
+                    failed(partitions, &tp, c.address(), &"OFFSET_OUT_OF_RANGE");
                 }
                 code => {
-                    // not the leader (yet/any more), fenced epoch: the metadata will move us
-                    tracing::debug!(partition = %tp, error = code, "replica fetch refused");
-                    backoff = true;
+                    // not the leader (yet/any more), fenced epoch, a log it cannot open:
+                    // the metadata will move us
+                    failed(
+                        partitions,
+                        &tp,
+                        c.address(),
+                        &format_args!("Fetch error {code}"),
+                    );
                 }
             }
         }
-    }
-    if backoff {
-        tokio::time::sleep(RETRY).await;
     }
     Ok(())
 }

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 
 use crate::broker_config::BrokerConfig;
 use crate::log_dir_health::LogDirHealth;
+use crate::offline_replicas::OfflineReplicas;
 use crate::partition::{Partition, PartitionSignals};
 use crate::replica_fetcher::ReplicaFetchers;
 
@@ -33,7 +34,21 @@ pub struct ReplicaManager {
     /// The image index last synced, and whether it was known current then.
     synced: Mutex<(u64, bool)>,
     signals: Arc<PartitionSignals>,
+    /// Replicas assigned here whose log cannot be opened (reported to the controller).
+    offline_replicas: Arc<OfflineReplicas>,
     fetchers: ReplicaFetchers,
+}
+
+/// Whether a failure to open a partition's log is the directory's (a full disk, a failing
+/// device: every log would fail) rather than that one log's (a stray file where its
+/// directory goes, too many open files, a damaged directory).
+fn is_log_dir_failure(e: &LogError) -> bool {
+    const EIO: i32 = 5;
+    const ENOSPC: i32 = 28;
+    const EROFS: i32 = 30;
+    const EDQUOT: i32 = 122;
+    matches!(e, LogError::Io { source, .. }
+        if matches!(source.raw_os_error(), Some(EIO | ENOSPC | EROFS | EDQUOT)))
 }
 
 /// Kafka's `partition.metadata` content for a topic id.
@@ -55,9 +70,15 @@ impl ReplicaManager {
             checkpointed_high_watermarks: Mutex::new(high_watermarks),
             synced: Mutex::new((0, false)),
             signals: Arc::new(PartitionSignals::default()),
+            offline_replicas: Arc::new(OfflineReplicas::default()),
             fetchers: ReplicaFetchers::new(config.broker_id),
             config,
         })
+    }
+
+    /// The replicas whose log cannot be opened (the heartbeat reports them).
+    pub fn offline_replicas(&self) -> &Arc<OfflineReplicas> {
+        &self.offline_replicas
     }
 
     /// Whether the log directory takes writes (shared by every partition).
@@ -133,15 +154,30 @@ impl ReplicaManager {
                         complete = false;
                         continue;
                     }
+                    // a log that failed to open is tried again once its wait is over
+                    _ if !self
+                        .offline_replicas
+                        .may_try(&tp, std::time::Instant::now()) =>
+                    {
+                        complete = false;
+                        continue;
+                    }
                     existing => {
                         if existing.is_some() {
                             self.remove(&tp);
                         }
-                        let created = self.create(&tp, &topic.topic_id, &topic.configs);
-                        match self.signals.log_dir.check(created) {
-                            Ok(p) => p,
+                        match self.create(&tp, &topic.topic_id, &topic.configs) {
+                            Ok(p) => {
+                                self.offline_replicas.cleared(&tp, true);
+                                p
+                            }
                             Err(e) => {
-                                tracing::error!(partition = %tp, error = %e, "cannot open partition log");
+                                if is_log_dir_failure(&e) {
+                                    tracing::error!(partition = %tp, error = %e, "cannot open partition log");
+                                    let _ = self.signals.log_dir.check(Err::<(), _>(e));
+                                } else {
+                                    self.offline_replicas.failed(&tp, &topic.topic_id, &e);
+                                }
                                 // try again at the next sync, not only at the next change
                                 complete = false;
                                 continue;
@@ -160,6 +196,7 @@ impl ReplicaManager {
                 }
             }
         }
+        self.offline_replicas.retain(|tp| wanted.contains_key(tp));
         if caught_up {
             let stale: Vec<TopicPartition> = self
                 .partitions

@@ -80,6 +80,7 @@ async fn a_single_node_quorum_is_followed() {
     let follower = MetadataFollower::start(
         follower_config(1, voters.values().cloned().collect()),
         Default::default(),
+        Default::default(),
     );
     assert!(
         follower
@@ -109,6 +110,7 @@ async fn the_follower_moves_on_when_its_controller_stops() {
     // the follower lists node 1 first: it watches node 1
     let follower = MetadataFollower::start(
         follower_config(5, voters.values().cloned().collect()),
+        Default::default(),
         Default::default(),
     );
     assert!(

@@ -208,6 +208,29 @@ impl api::controller_server::Controller for ControllerService {
         self.core
             .lock_failure_detector()
             .heartbeat(r.broker_id, Instant::now());
+        // replicas whose log the broker cannot open leave their ISRs and leaderships (and
+        // come back once it can); the heartbeat carries the whole set
+        let reported: Vec<(Vec<u8>, i32)> = r
+            .offline_replicas
+            .iter()
+            .map(|o| (o.topic_id.clone(), o.partition))
+            .collect();
+        let unclean = self.core.config.unclean_leader_election_enable;
+        let changes = self.core.state_machine.with_image(|image| {
+            crate::partition_election::on_offline_replicas(image, r.broker_id, &reported, unclean)
+        });
+        if !changes.is_empty() {
+            tracing::info!(
+                broker_id = r.broker_id,
+                changes = changes.len(),
+                offline = reported.len(),
+                "offline replicas changed"
+            );
+            let outcomes = self.core.propose(changes).await.map_err(status)?;
+            if let Some(o) = outcomes.iter().find(|o| !o.is_ok()) {
+                tracing::debug!(error = %o.message, "an offline-replica change was refused");
+            }
+        }
         // controlled shutdown: fence now (leaderships move to other ISR members and the
         // broker leaves every ISR, in one entry); never unfence again in this incarnation.
         // An offline log directory: the same, until a heartbeat says it is back
@@ -364,6 +387,7 @@ impl api::controller_server::Controller for ControllerService {
                         replicas,
                         leader_epoch: 0,
                         partition_epoch: 0,
+                        offline_replicas: Vec::new(),
                     })
                     .collect(),
             };
@@ -489,6 +513,7 @@ impl api::controller_server::Controller for ControllerService {
                         replicas,
                         leader_epoch: 0,
                         partition_epoch: 0,
+                        offline_replicas: Vec::new(),
                     })
                     .collect(),
             }));
@@ -773,7 +798,9 @@ fn check_alter(
     // member leads in a new leader epoch
     if isr.is_empty()
         || isr.iter().any(|b| !current.replicas.contains(b))
-        || isr.iter().any(|b| *b != leader && !live.contains(b))
+        || isr
+            .iter()
+            .any(|b| *b != leader && (!live.contains(b) || current.offline_replicas.contains(b)))
     {
         return fail(
             ec::INELIGIBLE_REPLICA,

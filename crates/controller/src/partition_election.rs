@@ -6,7 +6,10 @@
 //! leader, with `leader_epoch + 1`; with no live ISR member the partition goes offline
 //! (leader -1) unless `unclean.leader.election.enable`, which takes the first live replica
 //! and makes it the whole ISR. An unfenced broker leads the offline partitions whose ISR
-//! holds it. Every change raises `partition_epoch` by one and names the epoch it expects.
+//! holds it. A replica whose broker cannot open its log (an offline replica, reported on
+//! every heartbeat) is never elected and leaves the ISR as a fenced broker does; once it
+//! opens, a partition left without a leader gets one. Every change raises
+//! `partition_epoch` by one and names the epoch it expects.
 
 use sluice_metadata::proto::metadata as pb;
 use sluice_metadata::{MetadataImage, Partition, Record, Topic, NO_LEADER};
@@ -86,6 +89,52 @@ pub fn on_broker_unfenced(image: &MetadataImage, unclean_default: bool) -> Vec<R
     records
 }
 
+/// The records that bring the image in line with the offline replicas `broker_id`
+/// reports (`reported`: topic id and partition of each): a newly offline replica leaves
+/// the ISR (unless it is the last member) and gives up its leadership to the first live,
+/// healthy ISR member (or none); a replica back online is healthy again, and a partition
+/// without a leader gets one.
+pub fn on_offline_replicas(
+    image: &MetadataImage,
+    broker_id: i32,
+    reported: &[(Vec<u8>, i32)],
+    unclean_default: bool,
+) -> Vec<Record> {
+    let live = image.live_broker_ids();
+    let mut records = Vec::new();
+    for topic in image.topics() {
+        for p in &topic.partitions {
+            if !p.replicas.contains(&broker_id) {
+                continue;
+            }
+            let offline = reported
+                .iter()
+                .any(|(id, partition)| *id == topic.topic_id && *partition == p.partition);
+            if offline == p.offline_replicas.contains(&broker_id) {
+                continue;
+            }
+            let mut next = p.clone();
+            let unclean = unclean_allowed(topic, unclean_default);
+            if offline {
+                next.offline_replicas.push(broker_id);
+                if next.isr.len() > 1 {
+                    next.isr.retain(|b| *b != broker_id);
+                }
+                if next.leader == broker_id {
+                    elect_leader(&mut next, &live, unclean);
+                }
+            } else {
+                next.offline_replicas.retain(|b| *b != broker_id);
+                if next.leader == NO_LEADER {
+                    elect_leader(&mut next, &live, unclean);
+                }
+            }
+            records.push(change(topic, p, next));
+        }
+    }
+    records
+}
+
 /// Sets the leader to the first live ISR member in replica order; else, if allowed, to
 /// the first live replica, which then becomes the whole ISR; else -1.
 fn elect_leader(p: &mut Partition, live: &[i32], unclean: bool) {
@@ -96,16 +145,18 @@ fn elect_leader(p: &mut Partition, live: &[i32], unclean: bool) {
 }
 
 fn elect(p: &Partition, live: &[i32], unclean: bool) -> i32 {
+    let healthy = |r: &&i32| live.contains(r) && !p.offline_replicas.contains(r);
     let clean = p
         .replicas
         .iter()
-        .find(|r| p.isr.contains(r) && live.contains(r));
+        .filter(healthy)
+        .find(|r| p.isr.contains(r));
     match clean {
         Some(r) => *r,
         None if unclean => p
             .replicas
             .iter()
-            .find(|r| live.contains(r))
+            .find(healthy)
             .copied()
             .unwrap_or(NO_LEADER),
         None => NO_LEADER,
@@ -161,6 +212,7 @@ mod tests {
                 leader: r[0],
                 leader_epoch: 0,
                 partition_epoch: 0,
+                offline_replicas: Vec::new(),
             })
             .collect();
         let mut configs = std::collections::BTreeMap::new();
@@ -222,6 +274,66 @@ mod tests {
         for p in &image.topic("t").unwrap().partitions {
             assert_eq!(p.leader, 3, "{p:?}");
         }
+    }
+
+    fn report_offline(image: &mut MetadataImage, id: i32, partitions: &[i32]) {
+        let reported: Vec<(Vec<u8>, i32)> = partitions.iter().map(|p| (vec![1; 16], *p)).collect();
+        let records = on_offline_replicas(image, id, &reported, false);
+        if !records.is_empty() {
+            apply(image, records);
+        }
+    }
+
+    #[test]
+    fn an_offline_replica_leaves_the_isr_and_its_leadership_until_it_opens() {
+        let mut image = cluster(false);
+        // broker 1 cannot open partition 0 (it leads it) and partition 1 (it follows)
+        report_offline(&mut image, 1, &[0, 1]);
+        let p0 = image.partition("t", 0).unwrap().clone();
+        assert_eq!(
+            (p0.leader, p0.leader_epoch, p0.isr.clone()),
+            (2, 1, vec![2, 3])
+        );
+        assert_eq!(p0.offline_replicas, vec![1]);
+        let p1 = image.partition("t", 1).unwrap().clone();
+        assert_eq!(
+            (p1.leader, p1.leader_epoch, p1.isr.clone()),
+            (2, 0, vec![2, 3])
+        );
+        assert!(image.partition("t", 2).unwrap().offline_replicas.is_empty());
+        // the same report again changes nothing
+        assert!(
+            on_offline_replicas(&image, 1, &[(vec![1; 16], 0), (vec![1; 16], 1)], false).is_empty()
+        );
+        // an election never picks an offline replica, even one still in the ISR
+        fence(&mut image, 2);
+        assert_eq!(image.partition("t", 0).unwrap().leader, 3);
+        fence(&mut image, 3);
+        // partition 0: broker 3 was the last ISR member: offline, broker 1 is not elected
+        assert_eq!(image.partition("t", 0).unwrap().leader, NO_LEADER);
+        // partition 2: broker 1 is healthy there and in the ISR
+        assert_eq!(image.partition("t", 2).unwrap().leader, 1);
+        // partition 0's log opens on broker 1, but it is not in the ISR: still no leader
+        report_offline(&mut image, 1, &[1]);
+        let p0 = image.partition("t", 0).unwrap();
+        assert!(p0.offline_replicas.is_empty());
+        assert_eq!(p0.leader, NO_LEADER);
+        assert_eq!(image.partition("t", 1).unwrap().offline_replicas, vec![1]);
+    }
+
+    #[test]
+    fn a_sole_isr_member_back_online_leads_again() {
+        let mut image = cluster(false);
+        fence(&mut image, 2);
+        fence(&mut image, 3);
+        // broker 1 is the whole ISR of every partition and cannot open partition 0
+        report_offline(&mut image, 1, &[0]);
+        let p0 = image.partition("t", 0).unwrap();
+        assert_eq!((p0.leader, p0.isr.clone()), (NO_LEADER, vec![1]));
+        report_offline(&mut image, 1, &[]);
+        let p0 = image.partition("t", 0).unwrap();
+        assert_eq!((p0.leader, p0.isr.clone()), (1, vec![1]));
+        assert!(p0.offline_replicas.is_empty());
     }
 
     fn unfence(image: &mut MetadataImage, id: i32) {

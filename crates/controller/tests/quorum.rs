@@ -177,6 +177,7 @@ async fn broker(cluster: &Cluster, via: u64, broker_id: i32) -> (i64, JoinHandle
                     metadata_index: u64::MAX,
                     want_shut_down: false,
                     log_dir_offline: false,
+                    offline_replicas: Vec::new(),
                 })
                 .await;
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -679,6 +680,7 @@ async fn a_restarted_broker_is_fenced_out_of_every_isr_until_it_heartbeats() {
             metadata_index: u64::MAX,
             want_shut_down: false,
             log_dir_offline: false,
+            offline_replicas: Vec::new(),
         })
         .await
         .unwrap()
@@ -691,6 +693,7 @@ async fn a_restarted_broker_is_fenced_out_of_every_isr_until_it_heartbeats() {
             metadata_index: u64::MAX,
             want_shut_down: false,
             log_dir_offline: false,
+            offline_replicas: Vec::new(),
         })
         .await
         .unwrap()

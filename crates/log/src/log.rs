@@ -114,6 +114,13 @@ impl Log {
         now_ms: i64,
     ) -> Result<Log> {
         config.validate()?;
+        if dir.symlink_metadata().is_ok_and(|m| !m.is_dir()) {
+            // a stray file where the partition's directory goes: refuse, naming it
+            return Err(LogError::CorruptLog {
+                path: dir.to_path_buf(),
+                reason: "a file, not a directory, is where this partition's log goes".into(),
+            });
+        }
         std::fs::create_dir_all(dir).map_err(LogError::io(dir))?;
         let mut bases = Vec::new();
         let mut index_files = Vec::new();

@@ -76,14 +76,22 @@ impl LogManager {
                 continue;
             };
             let recovery_point = points.get(&tp).copied().unwrap_or(Offset::ZERO);
-            let log = Log::open(
+            let log = match Log::open(
                 &entry.path(),
                 tp.clone(),
                 default_config.clone(),
                 recovery_point,
                 clean,
                 now_ms,
-            )?;
+            ) {
+                Ok(log) => log,
+                Err(e) => {
+                    // one log's trouble is not the broker's: it stays on disk as it is, and
+                    // opening it is tried again (and reported) when the partition is synced
+                    tracing::error!(partition = %tp, dir = %entry.path().display(), error = %e, "cannot open partition log: leaving it on disk as it is");
+                    continue;
+                }
+            };
             let report = log.load_report();
             if report.recovered_segments > 0 {
                 tracing::info!(partition = %tp, ?report, "recovered log");

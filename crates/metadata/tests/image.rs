@@ -36,6 +36,7 @@ fn partition(p: i32, replicas: &[i32], leader: i32, leader_epoch: i32, epoch: i3
         leader,
         leader_epoch,
         partition_epoch: epoch,
+        offline_replicas: Vec::new(),
     }
 }
 

@@ -2,9 +2,10 @@
 //! DescribeCluster and each broker's DescribeLogDirs — the brokers (fenced ones marked,
 //! with their log directory's free space, or "log-dir offline" when it cannot take
 //! writes), the active controller, and how many partitions lack a leader or have a short
-//! ISR. Fails (one line) while a partition has no leader, a log directory is offline or
-//! fewer brokers than expected are live (registered and unfenced), so scripts can wait for
-//! a healthy cluster with it.
+//! ISR, and how many replicas on live brokers cannot open their log (offline replicas).
+//! Fails (one line) while a partition has no leader, a replica or a log directory is
+//! offline or fewer brokers than expected are live (registered and unfenced), so scripts
+//! can wait for a healthy cluster with it.
 
 use std::io::Write;
 
@@ -96,6 +97,14 @@ pub async fn status(bootstrap: &str, expect_brokers: Option<usize>) -> Result<()
     let mut partitions = 0;
     let mut offline = Vec::new();
     let mut under_replicated = 0;
+    // replicas on live brokers that cannot open their log (a fenced broker's are counted
+    // by the broker lines)
+    let live_ids: Vec<i32> = brokers
+        .iter()
+        .filter(|b| !b.is_fenced)
+        .map(|b| b.broker_id.0)
+        .collect();
+    let mut offline_replicas = Vec::new();
     for t in &metadata.topics {
         let name = t.name.as_ref().map_or("-", |n| n.0.as_str());
         for p in &t.partitions {
@@ -103,15 +112,23 @@ pub async fn status(bootstrap: &str, expect_brokers: Option<usize>) -> Result<()
             if p.leader_id.0 < 0 {
                 offline.push(format!("{name}-{}", p.partition_index));
             }
+            for r in p
+                .offline_replicas
+                .iter()
+                .filter(|r| live_ids.contains(&r.0))
+            {
+                offline_replicas.push(format!("{name}-{} on broker {}", p.partition_index, r.0));
+            }
             if p.isr_nodes.len() < p.replica_nodes.len() {
                 under_replicated += 1;
             }
         }
     }
     out += &format!(
-        "topics {} partitions {partitions} offline {} under-replicated {under_replicated}\n",
+        "topics {} partitions {partitions} offline {} under-replicated {under_replicated} offline-replicas {}\n",
         metadata.topics.len(),
-        offline.len()
+        offline.len(),
+        offline_replicas.len()
     );
     // printed before any verdict: the state is what a waiting script wants to show (a
     // reader that went away is an error the caller treats as a quiet exit)
@@ -122,6 +139,13 @@ pub async fn status(bootstrap: &str, expect_brokers: Option<usize>) -> Result<()
     if !offline.is_empty() {
         offline.sort();
         bail!("partitions without a leader: {}", offline.join(", "));
+    }
+    if !offline_replicas.is_empty() {
+        offline_replicas.sort();
+        bail!(
+            "replicas whose log cannot be opened: {}",
+            offline_replicas.join(", ")
+        );
     }
     if !offline_log_dirs.is_empty() {
         bail!(

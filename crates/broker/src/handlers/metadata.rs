@@ -164,7 +164,13 @@ fn topic_entry(image: &MetadataImage, topic: &sluice_metadata::Topic) -> Metadat
         .iter()
         .map(|p| {
             let ids = |v: &[i32]| v.iter().map(|id| BrokerId(*id)).collect::<Vec<_>>();
-            let offline: Vec<i32> = p.replicas.iter().copied().filter(|id| !live(id)).collect();
+            // fenced brokers' replicas, and replicas whose broker cannot open the log
+            let offline: Vec<i32> = p
+                .replicas
+                .iter()
+                .copied()
+                .filter(|id| !live(id) || p.offline_replicas.contains(id))
+                .collect();
             MetadataResponsePartition::default()
                 .with_error_code(if p.leader < 0 {
                     ec::LEADER_NOT_AVAILABLE
