@@ -7,6 +7,13 @@
 //! ~2.5M to ~22k records/s. Now the broker reports the replicas offline, the controller
 //! moves their leadership and ISR membership to healthy brokers, status names them, the
 //! healthy partition keeps its speed, and the replicas come back once the logs open.
+//!
+//! Checked against builds without each half of the fix: with the replicas never reported
+//! (the broken broker keeps "leading" three of them) the healthy partition still ran at
+//! 0.88× its rate alone, thanks to the per-partition backoff, and the leadership check
+//! failed; with the follower sleeping as a whole after any refused partition as well, it
+//! ran at 0.06× and the rate check failed. The build before both took the broker's whole
+//! log directory offline over one stray file (fenced, every leadership moved away).
 
 use std::process::Command;
 
@@ -69,6 +76,15 @@ fn a_partition_its_leader_cannot_open_moves_away_and_throttles_nothing() {
         &cluster.sluice(&["topic", "create", broken, "-p", &count, "-r", "3"]),
         "sluice topic create",
     );
+    // the healthy partition on the same leader keeps its speed
+    let after = acks_all_rate(&cluster, healthy, records);
+    eprintln!("acks=all to {healthy}: {before:.0} records/s alone, {after:.0} beside {partitions} broken partitions");
+    assert!(
+        after / before >= 0.3,
+        "beside broken partitions the healthy one ran at {:.2}× its rate alone ({after:.0} against {before:.0} records/s)",
+        after / before
+    );
+
     let rows = cluster.wait_for(
         broken,
         "no partition led by or in sync on the broken broker",
@@ -100,15 +116,6 @@ fn a_partition_its_leader_cannot_open_moves_away_and_throttles_nothing() {
         })
         .count();
     assert_eq!(reports, 1, "logged once per replica, not per retry");
-
-    // the healthy partition on the same leader keeps its speed
-    let after = acks_all_rate(&cluster, healthy, records);
-    eprintln!("acks=all to {healthy}: {before:.0} records/s alone, {after:.0} beside {partitions} broken partitions");
-    assert!(
-        after / before >= 0.3,
-        "beside broken partitions the healthy one ran at {:.2}× its rate alone ({after:.0} against {before:.0} records/s)",
-        after / before
-    );
 
     // the broken partitions work on the other brokers
     let lines: Vec<String> = (0..20).map(|i| format!("v{i}")).collect();
