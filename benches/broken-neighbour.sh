@@ -22,7 +22,9 @@ fi
 export SLUICE_BIN
 SLUICE_CLUSTER_DIR=$(mktemp -d /tmp/sluice-broken-bench.XXXXXX)
 export SLUICE_CLUSTER_DIR
-trap 'deploy/local-cluster.sh down >/dev/null 2>&1 || true; rm -rf "$SLUICE_CLUSTER_DIR"' EXIT
+# SLUICE_BENCH_KEEP=1 keeps the cluster's directory (node logs) for a look afterwards
+trap 'deploy/local-cluster.sh down >/dev/null 2>&1 || true
+  if [ -n "${SLUICE_BENCH_KEEP:-}" ]; then echo "kept $SLUICE_CLUSTER_DIR"; else rm -rf "$SLUICE_CLUSTER_DIR"; fi' EXIT
 deploy/local-cluster.sh up >/dev/null
 b=127.0.0.1:19092,127.0.0.1:29092,127.0.0.1:39092
 
@@ -34,6 +36,23 @@ rate() { # topic
 leader_of() { # topic: partition 0's leader
   "$SLUICE_BIN" topic describe "$1" -b "$b" | tr '\t' '\n' | sed -n 's/^Leader: //p' | head -1
 }
+healthy_cluster() { # up to 60 s: three live brokers, every partition led, nothing offline
+  local i
+  for i in $(seq 1 120); do
+    "$SLUICE_BIN" cluster status -b "$b" --expect-brokers 3 >/dev/null 2>&1 && return 0
+    sleep 0.5
+  done
+  echo "the cluster did not become healthy" >&2
+  return 1
+}
+create() { # topic partitions: retried while a broker is fenced for a moment
+  local i
+  for i in $(seq 1 60); do
+    "$SLUICE_BIN" topic create "$1" -p "$2" -r 3 -b "$b" >/dev/null 2>&1 && return 0
+    sleep 0.5
+  done
+  "$SLUICE_BIN" topic create "$1" -p "$2" -r 3 -b "$b" >/dev/null
+}
 median() { sort -n | awk '{v[NR]=$1} END {print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}'; }
 
 alone=()
@@ -42,12 +61,15 @@ ratios=()
 for round in $(seq 1 "$rounds"); do
   healthy=healthy-$round
   broken=broken-$round
-  "$SLUICE_BIN" topic create "$healthy" -p 1 -r 3 -b "$b" >/dev/null
+  # (a broker loaded past its session timeout on this 2-core machine may be fenced for a
+  # moment: each round starts from a healthy cluster)
+  healthy_cluster
+  create "$healthy" 1
   sleep 1
   leader=$(leader_of "$healthy")
   a=$(rate "$healthy")
   for p in $(seq 0 9); do : >"$SLUICE_CLUSTER_DIR/node-$leader/data/$broken-$p"; done
-  "$SLUICE_BIN" topic create "$broken" -p 10 -r 3 -b "$b" >/dev/null
+  create "$broken" 10
   sleep 1
   s=$(rate "$healthy")
   "$SLUICE_BIN" topic delete "$broken" -b "$b" >/dev/null

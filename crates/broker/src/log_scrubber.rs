@@ -8,9 +8,9 @@
 //! and fetches the damage again from an intact replica.
 //!
 //! Invariants: reads happen outside every lock, one chunk at a time on the blocking pool;
-//! damage is reported only if the log was not truncated since its region was taken (a
-//! truncated file may hold other batches at the same positions); a segment file cut
-//! short under the scrub is skipped, not a storage failure.
+//! damage is reported only if the log was not truncated (nor lost segments to retention)
+//! since its region was taken (a truncated file may hold other batches at the same
+//! positions); a segment file cut short under the scrub is skipped, not a storage failure.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +22,8 @@ use crate::partition::Partition;
 
 /// The largest piece read at once.
 const MAX_CHUNK_BYTES: u64 = 1024 * 1024;
+/// Passes start at most this often, whatever the setting (an idle loop is not a scrub).
+const MIN_PASS_INTERVAL_MS: u64 = 100;
 /// How often an offline log directory is looked at again.
 const OFFLINE_WAIT: Duration = Duration::from_secs(1);
 
@@ -32,7 +34,7 @@ pub(crate) async fn run(broker: Arc<Broker>) {
     }
     // about four reads a second at low rates, 1 MiB ones at high rates
     let chunk_bytes = (rate / 4).clamp(64 * 1024, MAX_CHUNK_BYTES) as usize;
-    let interval = Duration::from_millis(broker.config.scrub_interval_ms.max(1));
+    let interval = Duration::from_millis(broker.config.scrub_interval_ms.max(MIN_PASS_INTERVAL_MS));
     loop {
         let started = tokio::time::Instant::now();
         let mut pass_bytes = 0u64;
@@ -78,9 +80,8 @@ async fn scrub_partition(
             partition.mark_checked(target.segment_base, region.position, check.valid_bytes);
             tokio::time::sleep(Duration::from_secs_f64(bytes as f64 / rate as f64)).await;
             if let Some(damage) = check.damage {
-                if !partition.truncated_since(target.truncations) {
-                    partition.report_damage(damage, "the scrub");
-                }
+                // (not reported if the log was truncated since: see report_damage)
+                partition.report_damage(damage, "the scrub", target.truncations);
                 break;
             }
             if check.valid_bytes == 0 {

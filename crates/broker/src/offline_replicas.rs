@@ -56,6 +56,8 @@ impl OfflineReplicas {
                 let wait = FIRST_RETRY * 2u32.pow(r.attempts.min(5));
                 r.next_attempt = now + wait.min(MAX_RETRY);
                 r.error = error.to_string();
+                // the topic may have been deleted and made again under the same name
+                r.topic_id = topic_id.to_vec();
                 tracing::debug!(partition = %tp, error = %error, "still cannot open the partition log");
             }
             None => {

@@ -18,9 +18,6 @@ use sluice_record::{LeaderEpoch, Offset, TopicPartition};
 use tokio::sync::{watch, Notify};
 
 use crate::leader_state::LeaderState;
-
-/// Reads checked before they are served are read in pieces of this size.
-const CHECK_CHUNK_BYTES: usize = 1024 * 1024;
 use crate::log_dir_health::LogDirHealth;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +28,9 @@ pub struct PartitionState {
     pub replicas: Vec<i32>,
     pub isr: Vec<i32>,
 }
+
+/// Reads checked before they are served are read in pieces of this size.
+const CHECK_CHUNK_BYTES: usize = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PartitionError {
@@ -596,37 +596,59 @@ impl Partition {
             region.position,
             check.valid_bytes,
         );
-        if check.damage.is_some() && self.truncated_since(info.truncations) {
-            info.region = None;
-            return Ok(());
-        }
         let Some(damage) = check.damage else {
             return Ok(());
         };
-        info.next_offset = damage.offset;
         if check.valid_bytes == 0 {
             info.region = None;
         } else {
             region.length = check.valid_bytes;
         }
-        self.report_damage(damage, found_by);
+        match self.report_damage(damage, found_by, info.truncations) {
+            Some(offset) => info.next_offset = offset,
+            // the log changed under the read: serve nothing, the next fetch reads again
+            None => info.region = None,
+        }
         Ok(())
     }
 
-    /// A batch of this replica's log failed its checks (`found_by` a read or the scrub):
-    /// nothing from there on is served; as leader this replica leaves the ISR so an intact
-    /// replica takes over, as follower it truncates the damage once out of the ISR and
-    /// fetches it again. Logged once per damage found lower in the log.
-    pub fn report_damage(&self, damage: sluice_log::Damage, found_by: &'static str) {
+    /// A batch of this replica's log failed its checks (`found_by` a read or the scrub,
+    /// reading the log as it was at `truncations`): nothing from there on is served; as
+    /// leader this replica leaves the ISR so an intact replica takes over, as follower it
+    /// truncates the damage once out of the ISR and fetches it again. Logged once per
+    /// damage found lower in the log. Returns where the damage starts (within the log), or
+    /// None when the log was truncated (or lost segments to retention) since it was read:
+    /// the bytes read may not be the log's any more, so nothing is reported.
+    pub fn report_damage(
+        &self,
+        damage: sluice_log::Damage,
+        found_by: &'static str,
+        truncations: u64,
+    ) -> Option<Offset> {
+        // the partition's lock, then the log's: the order every path takes
         let mut inner = self.inner();
-        if inner.damaged_from.is_some_and(|d| d <= damage.offset) {
-            return;
+        let offset = {
+            let log = sluice_log::lock(&self.log);
+            if log.truncations() != truncations {
+                return None;
+            }
+            let last = log.log_end_offset().0.saturating_sub(1);
+            Offset(
+                damage
+                    .offset
+                    .0
+                    .clamp(log.log_start_offset().0, last.max(log.log_start_offset().0)),
+            )
+        };
+        if inner.damaged_from.is_some_and(|d| d <= offset) {
+            return Some(offset);
         }
         let leading = inner.leader.is_some();
-        tracing::error!(partition = %self.topic_partition, offset = damage.offset.0, found_by, leading, error = %damage.error, "a batch in this replica's log is damaged: not serving it or anything after it; leaving the ISR, then truncating it and fetching it again");
-        inner.damaged_from = Some(damage.offset);
+        tracing::error!(partition = %self.topic_partition, offset = offset.0, found_by, leading, error = %damage.error, "a batch in this replica's log is damaged: not serving it or anything after it; leaving the ISR, then truncating it and fetching it again");
+        inner.damaged_from = Some(offset);
         drop(inner);
         self.signals.isr_change_wanted.notify_one();
+        Some(offset)
     }
 
     /// Whether the log was truncated since it counted `truncations` (bytes read from its

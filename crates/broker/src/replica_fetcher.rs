@@ -13,8 +13,8 @@
 //! its epoch when elected, so it never answers "unknown" for an epoch a follower holds.)
 //!
 //! A partition the leader refuses (not leading it, a log it cannot open, an epoch not yet
-//! known) or whose records cannot be appended is left out of the fetches for `RETRY`,
-//! alone: the others keep fetching at full speed (as Kafka delays only the failing
+//! known: in Fetch or OffsetForLeaderEpoch) or whose records cannot be appended is left
+//! out of the fetches for `RETRY`, alone: the others keep fetching at full speed (as Kafka delays only the failing
 //! partition). One that keeps failing is logged at WARN once, and again when it recovers.
 
 use std::collections::{BTreeMap, HashMap};
@@ -474,6 +474,10 @@ async fn fetch(
                         if let Some(damage) = damage {
                             if first_report(partitions, &tp, damage.offset.0) {
                                 tracing::error!(partition = %tp, offset = damage.offset.0, source = c.address(), error = %damage.error, "the leader sent a corrupt batch: kept every batch before it, not taking it");
+                            }
+                            if let Err(e) = &appended {
+                                tracing::warn!(partition = %tp, error = %e, "follower append failed");
+                                mark(partitions, &tp, f.leader_epoch, false);
                             }
                             failed(partitions, &tp, c.address(), &damage.error);
                             continue;

@@ -237,16 +237,17 @@ impl ReplicaManager {
             .topic_defaults
             .log_config(overrides, &self.config.log);
         let mut logs = self.logs.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(existing) = logs.get(tp) {
-            // a log from before this process started: keep it only if it is this topic's
-            let dir = sluice_log::lock(&existing).dir().to_path_buf();
-            let recorded = std::fs::read_to_string(dir.join(PARTITION_METADATA)).ok();
-            if recorded.is_some_and(|r| r != partition_metadata_text(topic_id)) {
-                tracing::warn!(partition = %tp, "log belongs to an older topic of the same name: deleting it");
-                logs.delete(tp, now_ms())?;
-            }
+        let mut log = logs.get_or_create(tp, Some(log_config.clone()), now_ms())?;
+        // a log from before (loaded at startup, or opened only now, having failed then):
+        // keep it only if it is this topic's
+        let dir = sluice_log::lock(&log).dir().to_path_buf();
+        let recorded = std::fs::read_to_string(dir.join(PARTITION_METADATA)).ok();
+        if recorded.is_some_and(|r| r != partition_metadata_text(topic_id)) {
+            tracing::warn!(partition = %tp, "log belongs to an older topic of the same name: deleting it");
+            drop(log);
+            logs.delete(tp, now_ms())?;
+            log = logs.get_or_create(tp, Some(log_config.clone()), now_ms())?;
         }
-        let log = logs.get_or_create(tp, Some(log_config.clone()), now_ms())?;
         {
             let mut l = sluice_log::lock(&log);
             if l.config() != &log_config {

@@ -209,7 +209,8 @@ impl api::controller_server::Controller for ControllerService {
             .lock_failure_detector()
             .heartbeat(r.broker_id, Instant::now());
         // replicas whose log the broker cannot open leave their ISRs and leaderships (and
-        // come back once it can); the heartbeat carries the whole set
+        // come back once it can); the heartbeat carries the whole set. A fenced broker's
+        // report only adds: a restarted one reports nothing until it has tried its logs
         let reported: Vec<(Vec<u8>, i32)> = r
             .offline_replicas
             .iter()
@@ -217,7 +218,13 @@ impl api::controller_server::Controller for ControllerService {
             .collect();
         let unclean = self.core.config.unclean_leader_election_enable;
         let changes = self.core.state_machine.with_image(|image| {
-            crate::partition_election::on_offline_replicas(image, r.broker_id, &reported, unclean)
+            crate::partition_election::on_offline_replicas(
+                image,
+                r.broker_id,
+                &reported,
+                !broker.fenced,
+                unclean,
+            )
         });
         if !changes.is_empty() {
             tracing::info!(
@@ -226,9 +233,14 @@ impl api::controller_server::Controller for ControllerService {
                 offline = reported.len(),
                 "offline replicas changed"
             );
-            let outcomes = self.core.propose(changes).await.map_err(status)?;
-            if let Some(o) = outcomes.iter().find(|o| !o.is_ok()) {
-                tracing::debug!(error = %o.message, "an offline-replica change was refused");
+            // a failure here must not fail the heartbeat: the next one proposes again
+            match self.core.propose(changes).await {
+                Ok(outcomes) => {
+                    if let Some(o) = outcomes.iter().find(|o| !o.is_ok()) {
+                        tracing::debug!(error = %o.message, "an offline-replica change was refused");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "offline-replica changes not committed"),
             }
         }
         // controlled shutdown: fence now (leaderships move to other ISR members and the

@@ -92,12 +92,13 @@ pub fn on_broker_unfenced(image: &MetadataImage, unclean_default: bool) -> Vec<R
 /// The records that bring the image in line with the offline replicas `broker_id`
 /// reports (`reported`: topic id and partition of each): a newly offline replica leaves
 /// the ISR (unless it is the last member) and gives up its leadership to the first live,
-/// healthy ISR member (or none); a replica back online is healthy again, and a partition
-/// without a leader gets one.
+/// healthy ISR member (or none); with `may_clear`, a replica no longer reported is healthy
+/// again, and a partition without a leader gets one.
 pub fn on_offline_replicas(
     image: &MetadataImage,
     broker_id: i32,
     reported: &[(Vec<u8>, i32)],
+    may_clear: bool,
     unclean_default: bool,
 ) -> Vec<Record> {
     let live = image.live_broker_ids();
@@ -110,7 +111,7 @@ pub fn on_offline_replicas(
             let offline = reported
                 .iter()
                 .any(|(id, partition)| *id == topic.topic_id && *partition == p.partition);
-            if offline == p.offline_replicas.contains(&broker_id) {
+            if offline == p.offline_replicas.contains(&broker_id) || !(offline || may_clear) {
                 continue;
             }
             let mut next = p.clone();
@@ -278,7 +279,7 @@ mod tests {
 
     fn report_offline(image: &mut MetadataImage, id: i32, partitions: &[i32]) {
         let reported: Vec<(Vec<u8>, i32)> = partitions.iter().map(|p| (vec![1; 16], *p)).collect();
-        let records = on_offline_replicas(image, id, &reported, false);
+        let records = on_offline_replicas(image, id, &reported, true, false);
         if !records.is_empty() {
             apply(image, records);
         }
@@ -302,9 +303,10 @@ mod tests {
         );
         assert!(image.partition("t", 2).unwrap().offline_replicas.is_empty());
         // the same report again changes nothing
-        assert!(
-            on_offline_replicas(&image, 1, &[(vec![1; 16], 0), (vec![1; 16], 1)], false).is_empty()
-        );
+        let both = [(vec![1; 16], 0), (vec![1; 16], 1)];
+        assert!(on_offline_replicas(&image, 1, &both, true, false).is_empty());
+        // a fenced broker's report (a restart, before it tried its logs) clears nothing
+        assert!(on_offline_replicas(&image, 1, &[], false, false).is_empty());
         // an election never picks an offline replica, even one still in the ISR
         fence(&mut image, 2);
         assert_eq!(image.partition("t", 0).unwrap().leader, 3);

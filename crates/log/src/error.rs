@@ -34,6 +34,8 @@ pub enum LogError {
     },
     #[error("the log is closed")]
     Closed,
+    #[error("{path} is a file, not a directory: the partition's log cannot go there")]
+    NotADirectory { path: PathBuf },
     #[error("empty record set")]
     EmptyRecordSet,
     #[error("record set of {size} bytes does not fit a segment of {segment_bytes} bytes")]

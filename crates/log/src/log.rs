@@ -89,7 +89,7 @@ pub struct Log {
     last_flush_ms: i64,
     load_report: LoadReport,
     closed: bool,
-    /// How many times the log was truncated since it was opened.
+    /// See [`Log::truncations`].
     truncations: u64,
 }
 
@@ -116,9 +116,8 @@ impl Log {
         config.validate()?;
         if dir.symlink_metadata().is_ok_and(|m| !m.is_dir()) {
             // a stray file where the partition's directory goes: refuse, naming it
-            return Err(LogError::CorruptLog {
+            return Err(LogError::NotADirectory {
                 path: dir.to_path_buf(),
-                reason: "a file, not a directory, is where this partition's log goes".into(),
             });
         }
         std::fs::create_dir_all(dir).map_err(LogError::io(dir))?;
@@ -279,7 +278,7 @@ impl Log {
             let batch = &mut records[at..at + info.size_bytes];
             stamp_base_offset(batch, next)?;
             stamp_partition_leader_epoch(batch, leader_epoch)?;
-            let delta = info.last_offset.0 - info.base_offset.0;
+            let delta = info.last_offset.0.wrapping_sub(info.base_offset.0);
             info.base_offset = next;
             info.last_offset = Offset(next.0 + delta);
             next = info.last_offset.next();
@@ -495,10 +494,11 @@ impl Log {
             for region in segment.unchecked_regions() {
                 regions.push(ScrubRegion {
                     segment_base: base,
+                    // mid-segment, the first batch starts before the segment's end
                     first_offset_at_most: if region.position == 0 {
                         base
                     } else {
-                        Offset(i64::MAX)
+                        Offset(segment.next_offset().0 - 1)
                     },
                     region,
                     truncations: self.truncations,
@@ -618,6 +618,7 @@ impl Log {
             }
         }
         if !doomed.is_empty() {
+            self.truncations += 1;
             self.log_start_offset = *self
                 .segments
                 .keys()
@@ -773,9 +774,10 @@ impl Log {
             .end_offset_for(epoch, self.log_end_offset)
     }
 
-    /// How many times the log was truncated since it was opened: bytes read from a segment
-    /// file are what the log held only if this did not change meanwhile (a truncated
-    /// file may have taken other batches at the same positions since).
+    /// How many times the log was truncated (at its end, or at its start by retention)
+    /// since it was opened: bytes read from a segment file are what the log holds only if
+    /// this did not change meanwhile (a truncated file may have taken other batches at the
+    /// same positions since; a deleted one is no longer the log's).
     pub fn truncations(&self) -> u64 {
         self.truncations
     }

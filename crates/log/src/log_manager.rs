@@ -42,6 +42,9 @@ pub struct LogManager {
     recovery_points: OffsetCheckpointFile,
     high_watermarks: OffsetCheckpointFile,
     loaded_clean: bool,
+    /// Logs on disk that failed to open at startup, with their recovery points: opened
+    /// later as they would have been then (a recovery scan after an unclean shutdown).
+    unopened: BTreeMap<TopicPartition, Offset>,
 }
 
 impl LogManager {
@@ -54,6 +57,7 @@ impl LogManager {
         let recovery_points = OffsetCheckpointFile::new(data_dir.join(RECOVERY_POINT_CHECKPOINT));
         let points = recovery_points.read()?;
         let mut logs = BTreeMap::new();
+        let mut unopened = BTreeMap::new();
         for entry in std::fs::read_dir(data_dir).map_err(LogError::io(data_dir))? {
             let entry = entry.map_err(LogError::io(data_dir))?;
             if !entry
@@ -89,6 +93,7 @@ impl LogManager {
                     // one log's trouble is not the broker's: it stays on disk as it is, and
                     // opening it is tried again (and reported) when the partition is synced
                     tracing::error!(partition = %tp, dir = %entry.path().display(), error = %e, "cannot open partition log: leaving it on disk as it is");
+                    unopened.insert(tp, recovery_point);
                     continue;
                 }
             };
@@ -111,6 +116,7 @@ impl LogManager {
             recovery_points,
             logs,
             loaded_clean: clean,
+            unopened,
         })
     }
 
@@ -143,7 +149,13 @@ impl LogManager {
         }
         let dir = self.data_dir.join(tp.to_string());
         let config = config.unwrap_or_else(|| self.default_config.clone());
-        let log = Log::open(&dir, tp.clone(), config, Offset::ZERO, true, now_ms)?;
+        // a new log; or one that failed to open at startup, opened as it would have been
+        let (recovery_point, clean) = match self.unopened.get(tp) {
+            Some(point) => (*point, self.loaded_clean),
+            None => (Offset::ZERO, true),
+        };
+        let log = Log::open(&dir, tp.clone(), config, recovery_point, clean, now_ms)?;
+        self.unopened.remove(tp);
         sync_dir(&self.data_dir)?;
         let log = Arc::new(Mutex::new(log));
         self.logs.insert(tp.clone(), Arc::clone(&log));

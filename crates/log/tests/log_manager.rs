@@ -176,3 +176,62 @@ fn the_metadata_log_directory_is_not_a_partition() {
         .collect();
     assert_eq!(names, vec!["raft-log".to_string()]);
 }
+
+/// What a crash, a full file-descriptor table or a stray file leaves where a partition's
+/// log goes (issue 20): a log opens over the leftovers it can use, one it cannot is refused
+/// naming its path, and at startup it is left on disk as it is while every other log
+/// opens (the broker reports that one replica offline, not the whole directory).
+#[test]
+fn leftovers_open_or_are_refused_naming_the_path_and_never_stop_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small_config(MODES[0]);
+    let good = TopicPartition::new("good", 0);
+    {
+        let mut manager = LogManager::open(dir.path(), config.clone(), T0).unwrap();
+        manager.get_or_create(&good, None, T0).unwrap();
+        append(&manager, &good, 3);
+        manager.shutdown().unwrap();
+    }
+    // a file where a partition directory goes
+    std::fs::write(dir.path().join("stray-0"), b"").unwrap();
+    // a directory left half made: an empty segment file, no indexes
+    std::fs::create_dir(dir.path().join("partial-0")).unwrap();
+    std::fs::write(dir.path().join("partial-0/00000000000000000000.log"), b"").unwrap();
+    // only an index, its segment never created
+    std::fs::create_dir(dir.path().join("orphan-0")).unwrap();
+    std::fs::write(
+        dir.path().join("orphan-0/00000000000000000000.index"),
+        [0u8; 8],
+    )
+    .unwrap();
+    // a directory where a segment file goes: nothing can open this log
+    std::fs::create_dir_all(dir.path().join("broken-0/00000000000000000000.log")).unwrap();
+
+    let mut manager = LogManager::open(dir.path(), config.clone(), T0).unwrap();
+    assert_eq!(
+        lock(&manager.get(&good).unwrap()).log_end_offset(),
+        Offset(6)
+    );
+    for name in ["partial", "orphan"] {
+        let tp = TopicPartition::new(name, 0);
+        let log = manager.get_or_create(&tp, None, T0).unwrap();
+        assert_eq!(lock(&log).log_end_offset(), Offset(0), "{name}");
+        append(&manager, &tp, 1);
+    }
+    let broken = TopicPartition::new("broken", 0);
+    assert!(manager.get(&broken).is_none(), "left on disk, not opened");
+    assert!(manager.get_or_create(&broken, None, T0).is_err());
+    assert!(dir
+        .path()
+        .join("broken-0/00000000000000000000.log")
+        .is_dir());
+    let err = manager
+        .get_or_create(&TopicPartition::new("stray", 0), None, T0)
+        .err()
+        .expect("a stray file is refused")
+        .to_string();
+    assert!(
+        err.contains("stray-0") && err.contains("not a directory"),
+        "{err}"
+    );
+}

@@ -151,12 +151,15 @@ impl BatchHeader {
         self.batch_length as usize + LOG_OVERHEAD_BYTES
     }
 
+    /// Wrapping (as release builds computed it before): a producer's base offset is
+    /// anything until the leader stamps it, and a follower refuses a batch whose offsets do
+    /// not follow its log; neither may panic a debug build.
     pub fn last_offset(&self) -> Offset {
-        Offset(self.base_offset.0 + i64::from(self.last_offset_delta))
+        Offset(self.base_offset.0.wrapping_add(i64::from(self.last_offset_delta)))
     }
 
     pub fn next_offset(&self) -> Offset {
-        Offset(self.last_offset().0 + 1)
+        Offset(self.last_offset().0.wrapping_add(1))
     }
 
     pub fn compression(&self) -> Result<Compression, RecordError> {
