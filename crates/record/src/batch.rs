@@ -155,7 +155,11 @@ impl BatchHeader {
     /// anything until the leader stamps it, and a follower refuses a batch whose offsets do
     /// not follow its log; neither may panic a debug build.
     pub fn last_offset(&self) -> Offset {
-        Offset(self.base_offset.0.wrapping_add(i64::from(self.last_offset_delta)))
+        Offset(
+            self.base_offset
+                .0
+                .wrapping_add(i64::from(self.last_offset_delta)),
+        )
     }
 
     pub fn next_offset(&self) -> Offset {
