@@ -188,6 +188,8 @@ impl Core {
         after.apply(after.applied_index() + 1, &batch_of(vec![record.clone()]));
         let mut records = vec![record];
         records.extend(consequences(&after));
+        // a liveness change moves group coordinators too, in the same entry
+        records.extend(crate::coordinator_placement::moves(&after));
         records
     }
 
@@ -609,6 +611,14 @@ async fn fence_expired_brokers(core: &Core) -> Result<()> {
     });
     if !pending.is_empty() {
         core.propose(pending).await?;
+    }
+    // and coordinator slots not where liveness says (an image from before slots existed,
+    // or a move lost the same way)
+    let moves = core
+        .state_machine
+        .with_image(crate::coordinator_placement::moves);
+    if let Some(moves) = moves {
+        core.propose(vec![moves]).await?;
     }
     Ok(())
 }

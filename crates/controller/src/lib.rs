@@ -5,6 +5,7 @@
 
 pub mod controller_node;
 pub mod controller_service;
+pub mod coordinator_placement;
 pub mod error;
 pub mod failure_detector;
 pub mod partition_election;

@@ -458,6 +458,15 @@ async fn silent_brokers_are_fenced_and_their_partitions_move_or_go_offline() {
         node.image().live_broker_ids() == vec![1, 2, 3]
     })
     .await;
+    // group coordinators spread over the three, every slot placed
+    let spread = |image: &sluice_metadata::MetadataImage, id: i32| {
+        image.coordinators().filter(|c| c.broker_id == id).count()
+    };
+    wait_until("coordinators placed", || {
+        let image = node.image();
+        (spread(&image, 1), spread(&image, 2), spread(&image, 3)) == (17, 17, 16)
+    })
+    .await;
     let mut client = cluster.client(leader).await;
     assert_eq!(
         create_topic(&mut client, "replicated", 3, 2)
@@ -474,6 +483,11 @@ async fn silent_brokers_are_fenced_and_their_partitions_move_or_go_offline() {
     brokers.remove(&1).unwrap().1.abort();
     wait_until("broker 1 fenced", || {
         node.image().broker(1).is_some_and(|b| b.fenced)
+    })
+    .await;
+    wait_until("broker 1's coordinator slots moved", || {
+        let image = node.image();
+        spread(&image, 1) == 0 && image.coordinators().all(|c| c.broker_id != -1)
     })
     .await;
     wait_until("leadership moved off broker 1", || {
@@ -506,6 +520,7 @@ async fn silent_brokers_are_fenced_and_their_partitions_move_or_go_offline() {
     wait_until("broker 1 back", || {
         let image = node.image();
         !image.broker(1).unwrap().fenced
+            && spread(&image, 1) == 17
             && image
                 .topic("single")
                 .unwrap()

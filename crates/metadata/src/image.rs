@@ -9,13 +9,17 @@
 //! - a broker's `broker_epoch` is the metadata index of its latest registration;
 //! - a `PartitionChange` makes a broker leader, or adds it to an ISR, only while it is
 //!   registered and unfenced;
+//! - a coordinator slot's epoch grows by exactly one at each move, and a slot moves only
+//!   to a registered, unfenced broker (or to none, -1);
 //! - `applied_index` only grows.
 
 use std::collections::BTreeMap;
 
 use crate::error_code as ec;
 use crate::proto::metadata as pb;
-use crate::{Broker, CommittedOffset, MetadataBatch, Partition, Record, Topic, NO_LEADER};
+use crate::{
+    Broker, CommittedOffset, CoordinatorSlot, MetadataBatch, Partition, Record, Topic, NO_LEADER,
+};
 
 /// The result of applying one record: `error_code` 0 when it took effect.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -53,6 +57,7 @@ pub struct MetadataImage {
     brokers: BTreeMap<i32, Broker>,
     topics: BTreeMap<String, Topic>,
     offsets: BTreeMap<OffsetKey, CommittedOffset>,
+    coordinators: BTreeMap<i32, CoordinatorSlot>,
 }
 
 impl MetadataImage {
@@ -110,6 +115,16 @@ impl MetadataImage {
     ) -> Option<&CommittedOffset> {
         self.offsets
             .get(&(group.to_string(), topic.to_string(), partition))
+    }
+
+    /// Every placed coordinator slot, by slot.
+    pub fn coordinators(&self) -> impl Iterator<Item = &CoordinatorSlot> {
+        self.coordinators.values()
+    }
+
+    /// The slot of `group`'s coordinator, if placed (see [`crate::group_coordinator_slot`]).
+    pub fn coordinator_of_group(&self, group: &str) -> Option<&CoordinatorSlot> {
+        self.coordinators.get(&crate::group_coordinator_slot(group))
     }
 
     /// Every offset `group` committed, for `topics` (all topics when empty).
@@ -218,7 +233,41 @@ impl MetadataImage {
                 }
                 ApplyOutcome::ok()
             }
+            Record::MoveCoordinators(r) => self.apply_move_coordinators(r),
         }
+    }
+
+    fn apply_move_coordinators(&mut self, r: &pb::MoveCoordinators) -> ApplyOutcome {
+        for s in &r.slots {
+            if !(0..crate::COORDINATOR_SLOTS).contains(&s.slot) {
+                return ApplyOutcome::err(
+                    ec::INVALID_REQUEST,
+                    format!("coordinator slot {} out of range", s.slot),
+                );
+            }
+            let expected = self.coordinators.get(&s.slot).map_or(0, |c| c.epoch + 1);
+            if s.epoch != expected {
+                return ApplyOutcome::err(
+                    ec::INVALID_UPDATE_VERSION,
+                    format!(
+                        "coordinator slot {}: epoch {} is not the next one ({expected})",
+                        s.slot, s.epoch
+                    ),
+                );
+            }
+            if s.broker_id != NO_LEADER {
+                if let Some(b) = self.first_ineligible([s.broker_id]) {
+                    return ApplyOutcome::err(
+                        ec::INELIGIBLE_REPLICA,
+                        format!("broker {b} is fenced or not registered: it cannot coordinate"),
+                    );
+                }
+            }
+        }
+        for s in &r.slots {
+            self.coordinators.insert(s.slot, s.clone());
+        }
+        ApplyOutcome::ok()
     }
 
     fn set_fenced(&mut self, broker_id: i32, broker_epoch: i64, fenced: bool) -> ApplyOutcome {
@@ -376,6 +425,7 @@ impl MetadataImage {
             brokers: self.brokers.values().cloned().collect(),
             topics: self.topics.values().cloned().collect(),
             offsets: self.offsets.values().cloned().collect(),
+            coordinators: self.coordinators.values().cloned().collect(),
         }
     }
 
@@ -397,6 +447,11 @@ impl MetadataImage {
                 .offsets
                 .into_iter()
                 .map(|o| ((o.group.clone(), o.topic.clone(), o.partition), o))
+                .collect(),
+            coordinators: image
+                .coordinators
+                .into_iter()
+                .map(|c| (c.slot, c))
                 .collect(),
         }
     }

@@ -47,9 +47,25 @@ pub mod proto {
 }
 
 pub use proto::metadata::{
-    metadata_record::Record, Broker, CommittedOffset, Endpoint, MetadataBatch, MetadataRecord,
-    Partition, Topic,
+    metadata_record::Record, Broker, CommittedOffset, CoordinatorSlot, Endpoint, MetadataBatch,
+    MetadataRecord, Partition, Topic,
 };
+
+/// How many coordinator slots groups are spread over: Kafka's default
+/// `offsets.topic.num.partitions`, so a group lands in the slot whose number is the
+/// `__consumer_offsets` partition Kafka would give it.
+pub const COORDINATOR_SLOTS: i32 = 50;
+
+/// The coordinator slot of `group`: Kafka's `Utils.abs(groupId.hashCode()) % 50`, with
+/// Java's `String.hashCode` over UTF-16 code units.
+pub fn group_coordinator_slot(group: &str) -> i32 {
+    let hash = group.encode_utf16().fold(0i32, |h, unit| {
+        h.wrapping_mul(31).wrapping_add(i32::from(unit))
+    });
+    // Kafka's Utils.abs: Integer.MIN_VALUE maps to 0
+    let abs = if hash == i32::MIN { 0 } else { hash.abs() };
+    abs % COORDINATOR_SLOTS
+}
 
 /// Broker id meaning "no broker" (an offline partition's leader).
 pub const NO_LEADER: i32 = -1;
@@ -74,6 +90,18 @@ pub fn format_topic_id(topic_id: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn groups_land_in_the_slot_kafka_gives_them() {
+        // Java: "my-group".hashCode() == -1906497762 -> 1906497762 % 50 == 12
+        assert_eq!(super::group_coordinator_slot("my-group"), 12);
+        // "".hashCode() == 0
+        assert_eq!(super::group_coordinator_slot(""), 0);
+        // "polygenelubricants".hashCode() == Integer.MIN_VALUE: Utils.abs gives 0
+        assert_eq!(super::group_coordinator_slot("polygenelubricants"), 0);
+        // non-ASCII hashes UTF-16 units: "é".hashCode() == 233
+        assert_eq!(super::group_coordinator_slot("é"), 233 % 50);
+    }
+
     #[test]
     fn topic_ids_print_like_kafka() {
         // Kafka: new Uuid(0L, 1L).toString() == "AAAAAAAAAAAAAAAAAAAAAQ"
