@@ -265,7 +265,7 @@ impl MetadataImage {
             }
         }
         for s in &r.slots {
-            self.coordinators.insert(s.slot, s.clone());
+            self.coordinators.insert(s.slot, *s);
         }
         ApplyOutcome::ok()
     }
