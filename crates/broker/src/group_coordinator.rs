@@ -1,0 +1,881 @@
+//! The classic consumer-group protocol (KIP-62's JoinGroup/SyncGroup/Heartbeat/LeaveGroup)
+//! for the groups this broker coordinates: membership, generations, protocol selection,
+//! session and rebalance timeouts, as Kafka 3.9's classic `GroupCoordinator` answers them.
+//! The assignment itself is computed by the group's leader client; the coordinator only
+//! hands it out.
+//!
+//! States: Empty → PreparingRebalance (a member joined or left, or a session expired)
+//! → CompletingRebalance (every member rejoined, or the rebalance timeout removed those
+//! that did not; the generation is bumped and the leader gets every member's metadata)
+//! → Stable (the leader's SyncGroup brought the assignments) → PreparingRebalance ...
+//! A new group waits `group.initial.rebalance.delay.ms` before its first rebalance so
+//! members starting together join one generation.
+//!
+//! Invariants: the generation only grows; a member waits on at most one JoinGroup and one
+//! SyncGroup; every waiting request is answered when its rebalance completes, when the
+//! member is removed (UNKNOWN_MEMBER_ID) or when a new rebalance starts under it
+//! (REBALANCE_IN_PROGRESS); a member that waits on a JoinGroup is not expired by its
+//! session (its rebalance timeout bounds it instead), as in Kafka.
+//!
+//! Not built yet: persisting the Stable group's membership in the metadata log (a new
+//! coordinator starts the group over), static membership (KIP-345: `group.instance.id` is
+//! kept and shown but treated as a dynamic member), DescribeGroups/ListGroups/DeleteGroups.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sluice_metadata::error_code as ec;
+use tokio::sync::oneshot;
+
+/// The broker's group settings, Kafka's names and defaults.
+#[derive(Debug, Clone)]
+pub struct GroupConfig {
+    /// `group.min.session.timeout.ms`.
+    pub min_session_timeout_ms: i32,
+    /// `group.max.session.timeout.ms`.
+    pub max_session_timeout_ms: i32,
+    /// `group.max.size`.
+    pub max_size: usize,
+    /// `group.initial.rebalance.delay.ms`.
+    pub initial_rebalance_delay_ms: u64,
+}
+
+impl Default for GroupConfig {
+    fn default() -> Self {
+        GroupConfig {
+            min_session_timeout_ms: 6000,
+            max_session_timeout_ms: 1_800_000,
+            max_size: i32::MAX as usize,
+            initial_rebalance_delay_ms: 3000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupState {
+    Empty,
+    PreparingRebalance,
+    CompletingRebalance,
+    Stable,
+}
+
+impl GroupState {
+    /// The name DescribeGroups and ListGroups show.
+    pub fn name(self) -> &'static str {
+        match self {
+            GroupState::Empty => "Empty",
+            GroupState::PreparingRebalance => "PreparingRebalance",
+            GroupState::CompletingRebalance => "CompletingRebalance",
+            GroupState::Stable => "Stable",
+        }
+    }
+}
+
+/// A JoinGroup, decoded.
+#[derive(Debug, Clone)]
+pub struct JoinRequest {
+    pub group_id: String,
+    pub member_id: String,
+    pub group_instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub session_timeout_ms: i32,
+    pub rebalance_timeout_ms: i32,
+    pub protocol_type: String,
+    pub protocols: Vec<(String, Bytes)>,
+    /// v4+: a first join without a member id gets MEMBER_ID_REQUIRED and its id (KIP-394).
+    pub require_known_member_id: bool,
+}
+
+/// A JoinGroup's answer.
+#[derive(Debug, Clone, Default)]
+pub struct JoinResponse {
+    pub error_code: i16,
+    pub generation_id: i32,
+    pub protocol_type: Option<String>,
+    pub protocol_name: Option<String>,
+    pub leader: String,
+    pub member_id: String,
+    /// For the leader only: every member's id, instance id and metadata for the chosen
+    /// protocol.
+    pub members: Vec<(String, Option<String>, Bytes)>,
+}
+
+impl JoinResponse {
+    fn error(error_code: i16, member_id: &str) -> Self {
+        JoinResponse {
+            error_code,
+            generation_id: -1,
+            member_id: member_id.to_string(),
+            ..JoinResponse::default()
+        }
+    }
+}
+
+/// A SyncGroup's answer.
+#[derive(Debug, Clone, Default)]
+pub struct SyncResponse {
+    pub error_code: i16,
+    pub protocol_type: Option<String>,
+    pub protocol_name: Option<String>,
+    pub assignment: Bytes,
+}
+
+impl SyncResponse {
+    fn error(error_code: i16) -> Self {
+        SyncResponse {
+            error_code,
+            ..SyncResponse::default()
+        }
+    }
+}
+
+struct Member {
+    group_instance_id: Option<String>,
+    client_id: String,
+    client_host: String,
+    session_timeout: Duration,
+    rebalance_timeout: Duration,
+    protocol_type: String,
+    protocols: Vec<(String, Bytes)>,
+    assignment: Bytes,
+    last_heartbeat: Instant,
+    join_waiter: Option<oneshot::Sender<JoinResponse>>,
+    sync_waiter: Option<oneshot::Sender<SyncResponse>>,
+}
+
+struct Group {
+    state: GroupState,
+    generation: i32,
+    protocol_type: Option<String>,
+    protocol: Option<String>,
+    leader: Option<String>,
+    members: BTreeMap<String, Member>,
+    /// Member ids handed out with MEMBER_ID_REQUIRED, not yet joined, with when.
+    pending: HashMap<String, Instant>,
+    /// PreparingRebalance: the rebalance completes by then at the latest.
+    rebalance_deadline: Instant,
+    /// PreparingRebalance of a new group: not before then (the initial delay).
+    not_before: Instant,
+}
+
+impl Group {
+    fn new(now: Instant) -> Self {
+        Group {
+            state: GroupState::Empty,
+            generation: 0,
+            protocol_type: None,
+            protocol: None,
+            leader: None,
+            members: BTreeMap::new(),
+            pending: HashMap::new(),
+            rebalance_deadline: now,
+            not_before: now,
+        }
+    }
+}
+
+/// What one member looks like to DescribeGroups and the CLI.
+#[derive(Debug, Clone)]
+pub struct MemberSummary {
+    pub member_id: String,
+    pub group_instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub metadata: Bytes,
+    pub assignment: Bytes,
+}
+
+/// What a group looks like to DescribeGroups and the CLI.
+#[derive(Debug, Clone)]
+pub struct GroupSummary {
+    pub state: GroupState,
+    pub generation: i32,
+    pub protocol_type: String,
+    pub protocol: String,
+    pub members: Vec<MemberSummary>,
+}
+
+#[derive(Default)]
+pub struct GroupCoordinator {
+    config: GroupConfig,
+    groups: Mutex<HashMap<String, Group>>,
+    next_member: std::sync::atomic::AtomicU64,
+}
+
+fn new_member_id(client_id: &str, n: u64) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{client_id}-{:08x}-{n:x}", (nanos & 0xffff_ffff) as u32)
+}
+
+impl GroupCoordinator {
+    pub fn new(config: GroupConfig) -> Self {
+        GroupCoordinator {
+            config,
+            ..GroupCoordinator::default()
+        }
+    }
+
+    fn groups(&self) -> MutexGuard<'_, HashMap<String, Group>> {
+        self.groups.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// JoinGroup: answered at once (an error, MEMBER_ID_REQUIRED) or when the rebalance
+    /// it takes part in completes.
+    pub async fn join(&self, req: JoinRequest) -> JoinResponse {
+        let waiter = match self.join_now(req.clone(), Instant::now()) {
+            Ok(response) => return response,
+            Err(waiter) => waiter,
+        };
+        waiter
+            .await
+            .unwrap_or_else(|_| JoinResponse::error(ec::UNKNOWN_MEMBER_ID, &req.member_id))
+    }
+
+    fn join_now(
+        &self,
+        req: JoinRequest,
+        now: Instant,
+    ) -> Result<JoinResponse, oneshot::Receiver<JoinResponse>> {
+        let config = &self.config;
+        if req.session_timeout_ms < config.min_session_timeout_ms
+            || req.session_timeout_ms > config.max_session_timeout_ms
+        {
+            return Ok(JoinResponse::error(
+                ec::INVALID_SESSION_TIMEOUT,
+                &req.member_id,
+            ));
+        }
+        let mut groups = self.groups();
+        if !req.member_id.is_empty() && !groups.contains_key(&req.group_id) {
+            return Ok(JoinResponse::error(ec::UNKNOWN_MEMBER_ID, &req.member_id));
+        }
+        let group = groups
+            .entry(req.group_id.clone())
+            .or_insert_with(|| Group::new(now));
+        if req.protocol_type.is_empty()
+            || req.protocols.is_empty()
+            || !compatible(group, &req.protocol_type, &req.protocols, &req.member_id)
+        {
+            return Ok(JoinResponse::error(
+                ec::INCONSISTENT_GROUP_PROTOCOL,
+                &req.member_id,
+            ));
+        }
+        let member_id = if req.member_id.is_empty() {
+            let n = self
+                .next_member
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let id = new_member_id(&req.client_id, n);
+            if group.members.len() + group.pending.len() >= config.max_size {
+                return Ok(JoinResponse::error(ec::GROUP_MAX_SIZE_REACHED, ""));
+            }
+            if req.require_known_member_id {
+                group.pending.insert(id.clone(), now);
+                return Ok(JoinResponse::error(ec::MEMBER_ID_REQUIRED, &id));
+            }
+            id
+        } else if group.pending.remove(&req.member_id).is_some()
+            || group.members.contains_key(&req.member_id)
+        {
+            req.member_id.clone()
+        } else {
+            return Ok(JoinResponse::error(ec::UNKNOWN_MEMBER_ID, &req.member_id));
+        };
+        if !group.members.contains_key(&member_id) && group.members.len() >= config.max_size {
+            return Ok(JoinResponse::error(ec::GROUP_MAX_SIZE_REACHED, &member_id));
+        }
+        let (tx, rx) = oneshot::channel();
+        let member = group
+            .members
+            .entry(member_id.clone())
+            .or_insert_with(|| Member {
+                group_instance_id: None,
+                client_id: String::new(),
+                client_host: String::new(),
+                session_timeout: Duration::ZERO,
+                rebalance_timeout: Duration::ZERO,
+                protocol_type: String::new(),
+                protocols: Vec::new(),
+                assignment: Bytes::new(),
+                last_heartbeat: now,
+                join_waiter: None,
+                sync_waiter: None,
+            });
+        member.group_instance_id = req.group_instance_id;
+        member.client_id = req.client_id;
+        member.client_host = req.client_host;
+        member.session_timeout = Duration::from_millis(req.session_timeout_ms.max(0) as u64);
+        member.rebalance_timeout = Duration::from_millis(req.rebalance_timeout_ms.max(0) as u64);
+        member.protocol_type = req.protocol_type;
+        member.protocols = req.protocols;
+        member.last_heartbeat = now;
+        // a second JoinGroup from the same member replaces the first (which is answered
+        // as superseded: the client only waits on its latest)
+        if let Some(old) = member.join_waiter.replace(tx) {
+            let _ = old.send(JoinResponse::error(ec::REBALANCE_IN_PROGRESS, &member_id));
+        }
+        if group.state != GroupState::PreparingRebalance {
+            prepare_rebalance(group, config, now);
+        }
+        try_complete_join(group, now);
+        Err(rx)
+    }
+
+    /// SyncGroup: the leader brings the assignments; every member gets its own once they
+    /// are there.
+    pub async fn sync(
+        &self,
+        group_id: &str,
+        generation_id: i32,
+        member_id: &str,
+        assignments: Vec<(String, Bytes)>,
+    ) -> SyncResponse {
+        let waiter = {
+            let mut groups = self.groups();
+            let Some(group) = groups.get_mut(group_id) else {
+                return SyncResponse::error(ec::UNKNOWN_MEMBER_ID);
+            };
+            if !group.members.contains_key(member_id) {
+                return SyncResponse::error(ec::UNKNOWN_MEMBER_ID);
+            }
+            if generation_id != group.generation {
+                return SyncResponse::error(ec::ILLEGAL_GENERATION);
+            }
+            match group.state {
+                GroupState::Empty => return SyncResponse::error(ec::UNKNOWN_MEMBER_ID),
+                GroupState::PreparingRebalance => {
+                    return SyncResponse::error(ec::REBALANCE_IN_PROGRESS)
+                }
+                GroupState::Stable => return sync_answer(group, member_id),
+                GroupState::CompletingRebalance => {}
+            }
+            let (tx, rx) = oneshot::channel();
+            let now = Instant::now();
+            if let Some(member) = group.members.get_mut(member_id) {
+                member.last_heartbeat = now;
+                if let Some(old) = member.sync_waiter.replace(tx) {
+                    let _ = old.send(SyncResponse::error(ec::REBALANCE_IN_PROGRESS));
+                }
+            }
+            if group.leader.as_deref() == Some(member_id) {
+                let mut assignments: HashMap<String, Bytes> = assignments.into_iter().collect();
+                for (id, member) in group.members.iter_mut() {
+                    member.assignment = assignments.remove(id).unwrap_or_default();
+                }
+                group.state = GroupState::Stable;
+                let ids: Vec<String> = group.members.keys().cloned().collect();
+                for id in ids {
+                    let answer = sync_answer(group, &id);
+                    if let Some(waiter) = group
+                        .members
+                        .get_mut(&id)
+                        .and_then(|m| m.sync_waiter.take())
+                    {
+                        let _ = waiter.send(answer);
+                    }
+                }
+                tracing::info!(group = group_id, generation = group.generation, members = group.members.len(), protocol = ?group.protocol, "group stable");
+            }
+            rx
+        };
+        waiter
+            .await
+            .unwrap_or_else(|_| SyncResponse::error(ec::UNKNOWN_MEMBER_ID))
+    }
+
+    /// Heartbeat: keeps the member's session; says when a rebalance needs it to rejoin.
+    pub fn heartbeat(&self, group_id: &str, generation_id: i32, member_id: &str) -> i16 {
+        let mut groups = self.groups();
+        let Some(group) = groups.get_mut(group_id) else {
+            return ec::UNKNOWN_MEMBER_ID;
+        };
+        let state = group.state;
+        let generation = group.generation;
+        let Some(member) = group.members.get_mut(member_id) else {
+            return ec::UNKNOWN_MEMBER_ID;
+        };
+        if state == GroupState::Empty {
+            return ec::UNKNOWN_MEMBER_ID;
+        }
+        if generation_id != generation {
+            return ec::ILLEGAL_GENERATION;
+        }
+        member.last_heartbeat = Instant::now();
+        if state == GroupState::PreparingRebalance {
+            ec::REBALANCE_IN_PROGRESS
+        } else {
+            ec::NONE
+        }
+    }
+
+    /// LeaveGroup: each member leaves (UNKNOWN_MEMBER_ID for one that is not there); the
+    /// others rebalance. Returns one error code per member.
+    pub fn leave(&self, group_id: &str, member_ids: &[String]) -> Result<Vec<i16>, i16> {
+        let mut groups = self.groups();
+        let Some(group) = groups.get_mut(group_id) else {
+            return Err(ec::UNKNOWN_MEMBER_ID);
+        };
+        let now = Instant::now();
+        let codes = member_ids
+            .iter()
+            .map(|id| {
+                if group.members.contains_key(id) {
+                    tracing::info!(group = group_id, member = %id, "member left the group");
+                    remove_member(group, id, &self.config, now);
+                    ec::NONE
+                } else {
+                    ec::UNKNOWN_MEMBER_ID
+                }
+            })
+            .collect();
+        Ok(codes)
+    }
+
+    /// Whether an OffsetCommit from `member_id` in `generation_id` may commit (NONE), or
+    /// the error it gets. Generation -1 with no member id is a commit outside the group
+    /// protocol (a consumer with assigned partitions): allowed while the group has no
+    /// members.
+    pub fn check_commit(&self, group_id: &str, generation_id: i32, member_id: &str) -> i16 {
+        let mut groups = self.groups();
+        let group = groups.get_mut(group_id);
+        if generation_id < 0 && member_id.is_empty() {
+            return match group {
+                Some(g) if !g.members.is_empty() => ec::ILLEGAL_GENERATION,
+                _ => ec::NONE,
+            };
+        }
+        let Some(group) = group else {
+            return ec::ILLEGAL_GENERATION;
+        };
+        let state = group.state;
+        let generation = group.generation;
+        let Some(member) = group.members.get_mut(member_id) else {
+            return ec::UNKNOWN_MEMBER_ID;
+        };
+        if generation_id != generation {
+            return ec::ILLEGAL_GENERATION;
+        }
+        member.last_heartbeat = Instant::now();
+        match state {
+            GroupState::PreparingRebalance => ec::REBALANCE_IN_PROGRESS,
+            _ => ec::NONE,
+        }
+    }
+
+    /// Periodic work: expires members whose session ran out (and pending member ids
+    /// never used), completes rebalances whose members all rejoined or whose time is up.
+    pub fn tick(&self, now: Instant) {
+        let mut groups = self.groups();
+        for (group_id, group) in groups.iter_mut() {
+            let expired: Vec<String> = group
+                .members
+                .iter()
+                .filter(|(_, m)| {
+                    m.join_waiter.is_none()
+                        && now.duration_since(m.last_heartbeat) > m.session_timeout
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in expired {
+                tracing::info!(group = %group_id, member = %id, "member's session expired: removing it");
+                remove_member(group, &id, &self.config, now);
+            }
+            let session_max = Duration::from_millis(self.config.max_session_timeout_ms as u64);
+            group
+                .pending
+                .retain(|_, since| now.duration_since(*since) <= session_max);
+            try_complete_join(group, now);
+        }
+    }
+
+    /// A group as DescribeGroups shows it (None: not coordinated here).
+    pub fn describe(&self, group_id: &str) -> Option<GroupSummary> {
+        let groups = self.groups();
+        let group = groups.get(group_id)?;
+        Some(GroupSummary {
+            state: group.state,
+            generation: group.generation,
+            protocol_type: group.protocol_type.clone().unwrap_or_default(),
+            protocol: group.protocol.clone().unwrap_or_default(),
+            members: group
+                .members
+                .iter()
+                .map(|(id, m)| MemberSummary {
+                    member_id: id.clone(),
+                    group_instance_id: m.group_instance_id.clone(),
+                    client_id: m.client_id.clone(),
+                    client_host: m.client_host.clone(),
+                    metadata: group
+                        .protocol
+                        .as_ref()
+                        .and_then(|p| m.protocols.iter().find(|(n, _)| n == p))
+                        .map(|(_, md)| md.clone())
+                        .unwrap_or_default(),
+                    assignment: m.assignment.clone(),
+                })
+                .collect(),
+        })
+    }
+
+    /// Every group coordinated here, with its state and protocol type.
+    pub fn list(&self) -> Vec<(String, GroupState, String)> {
+        let groups = self.groups();
+        let mut list: Vec<_> = groups
+            .iter()
+            .map(|(id, g)| {
+                (
+                    id.clone(),
+                    g.state,
+                    g.protocol_type.clone().unwrap_or_default(),
+                )
+            })
+            .collect();
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+        list
+    }
+
+    /// Forgets every group whose coordinator slot `still_here` says moved away: their
+    /// members are answered NOT_COORDINATOR-style (their waits end) and find the new
+    /// coordinator.
+    pub fn retain(&self, still_here: impl Fn(&str) -> bool) {
+        self.groups().retain(|id, _| still_here(id));
+    }
+}
+
+/// Whether a member with `protocol_type` and `protocols` fits the group: the same
+/// protocol type, and at least one protocol every member (it included) supports.
+fn compatible(
+    group: &Group,
+    protocol_type: &str,
+    protocols: &[(String, Bytes)],
+    member_id: &str,
+) -> bool {
+    let others: Vec<&Member> = group
+        .members
+        .iter()
+        .filter(|(id, _)| id.as_str() != member_id)
+        .map(|(_, m)| m)
+        .collect();
+    if others.is_empty() {
+        return true;
+    }
+    if others.iter().any(|m| m.protocol_type != protocol_type) {
+        return false;
+    }
+    protocols.iter().any(|(name, _)| {
+        others
+            .iter()
+            .all(|m| m.protocols.iter().any(|(n, _)| n == name))
+    })
+}
+
+fn prepare_rebalance(group: &mut Group, config: &GroupConfig, now: Instant) {
+    if group.state == GroupState::CompletingRebalance {
+        for member in group.members.values_mut() {
+            if let Some(waiter) = member.sync_waiter.take() {
+                let _ = waiter.send(SyncResponse::error(ec::REBALANCE_IN_PROGRESS));
+            }
+        }
+    }
+    let rebalance_timeout = group
+        .members
+        .values()
+        .map(|m| m.rebalance_timeout)
+        .max()
+        .unwrap_or(Duration::ZERO);
+    group.not_before = if group.state == GroupState::Empty {
+        now + Duration::from_millis(config.initial_rebalance_delay_ms).min(rebalance_timeout)
+    } else {
+        now
+    };
+    group.rebalance_deadline = now + rebalance_timeout;
+    group.state = GroupState::PreparingRebalance;
+}
+
+/// Completes the join phase when every member has rejoined (after the initial delay), or
+/// when the rebalance timeout is up (dropping those that did not rejoin).
+fn try_complete_join(group: &mut Group, now: Instant) {
+    if group.state != GroupState::PreparingRebalance || now < group.not_before {
+        return;
+    }
+    let all_joined = group.members.values().all(|m| m.join_waiter.is_some());
+    if !all_joined && now < group.rebalance_deadline {
+        return;
+    }
+    group.members.retain(|_, m| m.join_waiter.is_some());
+    group.generation += 1;
+    if group.members.is_empty() {
+        group.state = GroupState::Empty;
+        group.protocol = None;
+        group.protocol_type = None;
+        group.leader = None;
+        return;
+    }
+    let protocol = select_protocol(group);
+    group.protocol_type = group
+        .members
+        .values()
+        .next()
+        .map(|m| m.protocol_type.clone());
+    group.protocol = protocol.clone();
+    if group
+        .leader
+        .as_ref()
+        .is_none_or(|l| !group.members.contains_key(l))
+    {
+        group.leader = group.members.keys().next().cloned();
+    }
+    group.state = GroupState::CompletingRebalance;
+    let leader = group.leader.clone().unwrap_or_default();
+    let metadata: Vec<(String, Option<String>, Bytes)> = group
+        .members
+        .iter()
+        .map(|(id, m)| {
+            let md = m
+                .protocols
+                .iter()
+                .find(|(n, _)| Some(n) == protocol.as_ref())
+                .map(|(_, md)| md.clone())
+                .unwrap_or_default();
+            (id.clone(), m.group_instance_id.clone(), md)
+        })
+        .collect();
+    for (id, member) in group.members.iter_mut() {
+        member.last_heartbeat = now;
+        let Some(waiter) = member.join_waiter.take() else {
+            continue;
+        };
+        let _ = waiter.send(JoinResponse {
+            error_code: ec::NONE,
+            generation_id: group.generation,
+            protocol_type: group.protocol_type.clone(),
+            protocol_name: protocol.clone(),
+            leader: leader.clone(),
+            member_id: id.clone(),
+            members: if *id == leader {
+                metadata.clone()
+            } else {
+                Vec::new()
+            },
+        });
+    }
+}
+
+/// The protocol every member supports that most members prefer (first in their list);
+/// ties go to the leader-to-be's preference order.
+fn select_protocol(group: &Group) -> Option<String> {
+    let first = group.members.values().next()?;
+    let candidates: Vec<&String> = first
+        .protocols
+        .iter()
+        .map(|(n, _)| n)
+        .filter(|n| {
+            group
+                .members
+                .values()
+                .all(|m| m.protocols.iter().any(|(p, _)| p == *n))
+        })
+        .collect();
+    let votes = |name: &String| {
+        group
+            .members
+            .values()
+            .filter(|m| {
+                m.protocols
+                    .iter()
+                    .map(|(n, _)| n)
+                    .find(|n| candidates.contains(n))
+                    == Some(name)
+            })
+            .count()
+    };
+    let mut best: Option<(&String, usize)> = None;
+    for c in &candidates {
+        let v = votes(c);
+        if best.is_none_or(|(_, bv)| v > bv) {
+            best = Some((c, v));
+        }
+    }
+    best.map(|(n, _)| n.clone())
+}
+
+fn sync_answer(group: &Group, member_id: &str) -> SyncResponse {
+    SyncResponse {
+        error_code: ec::NONE,
+        protocol_type: group.protocol_type.clone(),
+        protocol_name: group.protocol.clone(),
+        assignment: group
+            .members
+            .get(member_id)
+            .map(|m| m.assignment.clone())
+            .unwrap_or_default(),
+    }
+}
+
+fn remove_member(group: &mut Group, member_id: &str, config: &GroupConfig, now: Instant) {
+    // its waits end (dropped senders: UNKNOWN_MEMBER_ID)
+    group.members.remove(member_id);
+    match group.state {
+        GroupState::Stable | GroupState::CompletingRebalance => {
+            if group.members.is_empty() {
+                group.state = GroupState::Empty;
+                group.generation += 1;
+                group.leader = None;
+                group.protocol = None;
+                group.protocol_type = None;
+            } else {
+                prepare_rebalance(group, config, now);
+            }
+        }
+        GroupState::PreparingRebalance => try_complete_join(group, now),
+        GroupState::Empty => {}
+    }
+}
+
+/// Ids of the members in `group_id` (tests).
+#[cfg(test)]
+fn member_ids(c: &GroupCoordinator, group_id: &str) -> std::collections::BTreeSet<String> {
+    c.groups()
+        .get(group_id)
+        .map(|g| g.members.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn coordinator() -> GroupCoordinator {
+        GroupCoordinator::new(GroupConfig {
+            initial_rebalance_delay_ms: 0,
+            ..GroupConfig::default()
+        })
+    }
+
+    fn join(member_id: &str, protocols: &[&str]) -> JoinRequest {
+        JoinRequest {
+            group_id: "g".into(),
+            member_id: member_id.into(),
+            group_instance_id: None,
+            client_id: "c".into(),
+            client_host: "/127.0.0.1".into(),
+            session_timeout_ms: 10_000,
+            rebalance_timeout_ms: 1000,
+            protocol_type: "consumer".into(),
+            protocols: protocols
+                .iter()
+                .map(|p| (p.to_string(), Bytes::from(p.to_string())))
+                .collect(),
+            require_known_member_id: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn two_members_join_one_generation_and_get_the_leaders_assignment() {
+        let c = std::sync::Arc::new(coordinator());
+        // KIP-394: a first join gets its member id
+        let first = c.join(join("", &["range"])).await;
+        assert_eq!(first.error_code, ec::MEMBER_ID_REQUIRED);
+        let a = first.member_id.clone();
+        assert!(!a.is_empty());
+        let ca = std::sync::Arc::clone(&c);
+        let ja = tokio::spawn(async move { ca.join(join(&a, &["range", "roundrobin"])).await });
+        let ja = ja.await.unwrap();
+        assert_eq!((ja.error_code, ja.generation_id), (ec::NONE, 1));
+        assert_eq!(ja.leader, ja.member_id);
+        assert_eq!(ja.members.len(), 1);
+        let a = ja.member_id.clone();
+        // a second member: the first must rejoin (its heartbeat says so)
+        let b = c.join(join("", &["roundrobin", "range"])).await.member_id;
+        let cb = std::sync::Arc::clone(&c);
+        let b2 = b.clone();
+        let jb = tokio::spawn(async move { cb.join(join(&b2, &["roundrobin", "range"])).await });
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(c.heartbeat("g", 1, &a), ec::REBALANCE_IN_PROGRESS);
+        let ja = c.join(join(&a, &["range", "roundrobin"])).await;
+        let jb = jb.await.unwrap();
+        assert_eq!((ja.generation_id, jb.generation_id), (2, 2));
+        // one vote each: the tie goes to the leader's preference
+        assert_eq!(ja.protocol_name.as_deref(), Some("range"));
+        assert_eq!(ja.leader, a);
+        assert_eq!(ja.members.len(), 2);
+        assert!(jb.members.is_empty());
+        // the follower's sync waits for the leader's
+        let cb = std::sync::Arc::clone(&c);
+        let b3 = b.clone();
+        let sb = tokio::spawn(async move { cb.sync("g", 2, &b3, Vec::new()).await });
+        let sa = c
+            .sync(
+                "g",
+                2,
+                &a,
+                vec![
+                    (a.clone(), Bytes::from_static(b"A")),
+                    (b.clone(), Bytes::from_static(b"B")),
+                ],
+            )
+            .await;
+        assert_eq!(sa.assignment, Bytes::from_static(b"A"));
+        assert_eq!(sb.await.unwrap().assignment, Bytes::from_static(b"B"));
+        assert_eq!(c.heartbeat("g", 2, &b), ec::NONE);
+        assert_eq!(c.heartbeat("g", 1, &b), ec::ILLEGAL_GENERATION);
+        assert_eq!(c.heartbeat("g", 2, "nobody"), ec::UNKNOWN_MEMBER_ID);
+        assert_eq!(c.check_commit("g", 2, &b), ec::NONE);
+        assert_eq!(c.check_commit("g", 1, &b), ec::ILLEGAL_GENERATION);
+        assert_eq!(c.check_commit("g", -1, ""), ec::ILLEGAL_GENERATION);
+        // b leaves: a rebalances alone
+        assert_eq!(
+            c.leave("g", std::slice::from_ref(&b)).unwrap(),
+            vec![ec::NONE]
+        );
+        assert_eq!(c.heartbeat("g", 2, &a), ec::REBALANCE_IN_PROGRESS);
+        let ja = c.join(join(&a, &["range"])).await;
+        assert_eq!((ja.generation_id, ja.members.len()), (3, 1));
+    }
+
+    #[tokio::test]
+    async fn bad_joins_get_kafkas_error_codes() {
+        let c = coordinator();
+        let mut bad = join("", &["range"]);
+        bad.session_timeout_ms = 1000;
+        assert_eq!(c.join(bad).await.error_code, ec::INVALID_SESSION_TIMEOUT);
+        assert_eq!(
+            c.join(join("ghost", &["range"])).await.error_code,
+            ec::UNKNOWN_MEMBER_ID
+        );
+        let id = c.join(join("", &["range"])).await.member_id;
+        let a = c.join(join(&id, &["range"])).await;
+        assert_eq!(a.error_code, ec::NONE);
+        let other = c.join(join("", &["roundrobin"])).await;
+        assert_eq!(other.error_code, ec::INCONSISTENT_GROUP_PROTOCOL);
+        let mut other_type = join("", &["range"]);
+        other_type.protocol_type = "connect".into();
+        assert_eq!(
+            c.join(other_type).await.error_code,
+            ec::INCONSISTENT_GROUP_PROTOCOL
+        );
+    }
+
+    #[tokio::test]
+    async fn a_member_whose_session_expires_is_removed_and_the_group_rebalances() {
+        let c = coordinator();
+        let id = c.join(join("", &["range"])).await.member_id;
+        let j = c.join(join(&id, &["range"])).await;
+        assert_eq!(j.error_code, ec::NONE);
+        let s = c
+            .sync("g", 1, &id, vec![(id.clone(), Bytes::from_static(b"x"))])
+            .await;
+        assert_eq!(s.error_code, ec::NONE);
+        assert_eq!(member_ids(&c, "g").len(), 1);
+        c.tick(Instant::now() + Duration::from_secs(11));
+        assert!(member_ids(&c, "g").is_empty());
+        assert_eq!(c.heartbeat("g", 1, &id), ec::UNKNOWN_MEMBER_ID);
+        assert_eq!(c.check_commit("g", -1, ""), ec::NONE);
+    }
+}
