@@ -1,6 +1,6 @@
 //! A running broker's shared state, as the request handlers see it: its config, its
-//! metadata image (followed from the controllers), its partitions, and a client to the
-//! controllers for the admin APIs.
+//! metadata image (followed from the controllers), its partitions, the consumer groups it
+//! coordinates, and a client to the controllers for the admin APIs.
 //!
 //! Invariant: handlers read topics, partitions and brokers from the local image only; the
 //! broker never reaches into a controller's state.
@@ -11,6 +11,7 @@ use sluice_metadata::MetadataImage;
 
 use crate::broker_config::BrokerConfig;
 use crate::controller_client::ControllerClients;
+use crate::group_coordinator::GroupCoordinator;
 use crate::metadata_follower::MetadataFollower;
 use crate::replica_manager::ReplicaManager;
 
@@ -19,6 +20,8 @@ pub struct Broker {
     pub metadata: MetadataFollower,
     pub replicas: ReplicaManager,
     pub controllers: ControllerClients,
+    /// The groups whose coordinator slot this broker owns.
+    pub groups: GroupCoordinator,
 }
 
 impl Broker {

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use sluice_log::LogConfig;
 use sluice_metadata::proto::metadata as pb;
 
+use crate::group_coordinator::GroupConfig;
 use crate::topic_config::TopicDefaults;
 
 /// `log.scrub.bytes.per.second` by default: a pass over 100 GiB takes about 3.5 hours.
@@ -55,6 +56,9 @@ pub struct BrokerConfig {
     /// `sluice.log.scrub.interval.ms`: the least time from the start of one scrub pass to
     /// the start of the next (a small log is not read over and over).
     pub scrub_interval_ms: u64,
+    /// `group.min.session.timeout.ms`, `group.max.session.timeout.ms`, `group.max.size`,
+    /// `group.initial.rebalance.delay.ms`.
+    pub group: GroupConfig,
 }
 
 impl BrokerConfig {
@@ -91,6 +95,7 @@ impl BrokerConfig {
             high_watermark_checkpoint_interval_ms: 5000,
             scrub_bytes_per_second: DEFAULT_SCRUB_BYTES_PER_SECOND,
             scrub_interval_ms: 60_000,
+            group: GroupConfig::default(),
         }
     }
 }

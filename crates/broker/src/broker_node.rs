@@ -64,11 +64,13 @@ impl BrokerNode {
             socket_request_max_bytes: config.socket_request_max_bytes,
             use_sendfile: config.use_sendfile,
         };
+        let groups = crate::group_coordinator::GroupCoordinator::new(config.group.clone());
         let broker = Arc::new(Broker {
             config,
             metadata,
             replicas,
             controllers,
+            groups,
         });
         let tasks = vec![
             tokio::spawn(follow_metadata(Arc::clone(&broker))),
@@ -76,6 +78,7 @@ impl BrokerNode {
             tokio::spawn(crate::isr_changes::run(Arc::clone(&broker))),
             tokio::spawn(probe_offline_log_dir(Arc::clone(&broker))),
             tokio::spawn(crate::log_scrubber::run(Arc::clone(&broker))),
+            tokio::spawn(tick_groups(Arc::clone(&broker))),
         ];
         let listener =
             BrokerListener::start_with(listener, listener_config, Some(Arc::clone(&broker)))?;
@@ -256,6 +259,23 @@ async fn housekeeping(broker: Arc<Broker>) {
             Ok(Err(e)) => tracing::error!(error = %e, "log housekeeping failed"),
             _ => {}
         }
+    }
+}
+
+/// Group sessions and rebalance timeouts; groups whose coordinator slot moved away are
+/// dropped (their members find the new coordinator).
+async fn tick_groups(broker: Arc<Broker>) {
+    let me = broker.broker_id();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        broker.groups.tick(std::time::Instant::now());
+        broker.with_image(|image| {
+            broker.groups.retain(|group| {
+                image
+                    .coordinator_of_group(group)
+                    .is_some_and(|c| c.broker_id == me)
+            })
+        });
     }
 }
 

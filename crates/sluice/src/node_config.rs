@@ -40,6 +40,10 @@ const KEYS: &[(&str, &str)] = &[
     ("replica.high.watermark.checkpoint.interval.ms", "5000"),
     ("log.scrub.bytes.per.second", "8388608"),
     ("sluice.log.scrub.interval.ms", "60000"),
+    ("group.min.session.timeout.ms", "6000"),
+    ("group.max.session.timeout.ms", "1800000"),
+    ("group.max.size", "2147483647"),
+    ("group.initial.rebalance.delay.ms", "3000"),
     ("controlled.shutdown.enable", "true"),
     ("sluice.controlled.shutdown.timeout.ms", "30000"),
     ("sluice.fetch.sendfile.enable", "true"),
@@ -308,6 +312,10 @@ impl NodeConfig {
             self.parse("replica.high.watermark.checkpoint.interval.ms")?;
         c.scrub_bytes_per_second = self.parse("log.scrub.bytes.per.second")?;
         c.scrub_interval_ms = self.parse("sluice.log.scrub.interval.ms")?;
+        c.group.min_session_timeout_ms = self.parse("group.min.session.timeout.ms")?;
+        c.group.max_session_timeout_ms = self.parse("group.max.session.timeout.ms")?;
+        c.group.max_size = self.parse("group.max.size")?;
+        c.group.initial_rebalance_delay_ms = self.parse("group.initial.rebalance.delay.ms")?;
         c.controlled_shutdown_enable = self.parse("controlled.shutdown.enable")?;
         c.controlled_shutdown_timeout_ms = self.parse("sluice.controlled.shutdown.timeout.ms")?;
         let mode = self.get("sluice.log.append.mode")?;

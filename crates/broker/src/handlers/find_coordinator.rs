@@ -1,23 +1,63 @@
-//! FindCoordinator, before consumer groups exist: every key gets COORDINATOR_NOT_AVAILABLE
-//! with a message saying why, so group consumers fail visibly while assign-mode consumers
-//! and producers work.
-//!
-//! Why it is served at all: librdkafka up to 2.11 enables LZ4 only against a broker that
-//! advertises FindCoordinator v0 (its `RD_KAFKA_FEATURE_LZ4` dependency); without it,
-//! Debian's kcat silently sends lz4 batches uncompressed.
+//! FindCoordinator (v0–v6; batched keys from v4): a group's coordinator is the broker that
+//! owns its coordinator slot in the metadata image (see `coordinator_placement.rs` in the
+//! controller), so every broker answers the same for the same image. Transaction
+//! coordinators do not exist yet: COORDINATOR_NOT_AVAILABLE, with a message.
 
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::{FindCoordinatorRequest, FindCoordinatorResponse};
+use kafka_protocol::protocol::StrBytes;
+use sluice_metadata::error_code as ec;
 use sluice_protocol::RequestFrame;
 
 use super::{decode, respond, str_bytes, Answer};
 use crate::broker::Broker;
 use crate::connection::ConnectionError;
 
-const COORDINATOR_NOT_AVAILABLE: i16 = 15;
-const MESSAGE: &str = "consumer groups are not supported by this Sluice build yet";
+/// Key type 1: a transactional id.
+const TRANSACTION_KEY: i8 = 1;
 
-pub async fn handle(request: &RequestFrame, _broker: &Broker) -> Result<Answer, ConnectionError> {
+/// Whether this broker coordinates `group` now: NONE, NOT_COORDINATOR (another broker
+/// does), or COORDINATOR_NOT_AVAILABLE (no live broker owns its slot yet).
+pub(crate) fn coordinates(broker: &Broker, group: &str) -> i16 {
+    let owner = broker.with_image(|image| image.coordinator_of_group(group).map(|c| c.broker_id));
+    match owner {
+        Some(id) if id == broker.broker_id() => ec::NONE,
+        Some(id) if id >= 0 => ec::NOT_COORDINATOR,
+        _ => ec::COORDINATOR_NOT_AVAILABLE,
+    }
+}
+
+/// (error, message, node id, host, port) for one key.
+fn find(broker: &Broker, key: &str, key_type: i8) -> (i16, Option<String>, i32, String, i32) {
+    if key_type == TRANSACTION_KEY {
+        let message = "transactions are not supported by this Sluice build".to_string();
+        return (
+            ec::COORDINATOR_NOT_AVAILABLE,
+            Some(message),
+            -1,
+            String::new(),
+            -1,
+        );
+    }
+    let found = broker.with_image(|image| {
+        let slot = image.coordinator_of_group(key)?;
+        let b = image.broker(slot.broker_id).filter(|b| !b.fenced)?;
+        let endpoint = broker.config.endpoint_of(b)?;
+        Some((b.broker_id, endpoint.host.clone(), endpoint.port as i32))
+    });
+    match found {
+        Some((id, host, port)) => (ec::NONE, None, id, host, port),
+        None => (
+            ec::COORDINATOR_NOT_AVAILABLE,
+            Some("no live broker coordinates this group yet".to_string()),
+            -1,
+            String::new(),
+            -1,
+        ),
+    }
+}
+
+pub async fn handle(request: &RequestFrame, broker: &Broker) -> Result<Answer, ConnectionError> {
     let body: FindCoordinatorRequest = decode(request)?;
     let mut response = FindCoordinatorResponse::default();
     if request.api_version >= 4 {
@@ -25,20 +65,25 @@ pub async fn handle(request: &RequestFrame, _broker: &Broker) -> Result<Answer, 
             .coordinator_keys
             .iter()
             .map(|key| {
+                let (error_code, message, node, host, port) = find(broker, key, body.key_type);
                 Coordinator::default()
                     .with_key(key.clone())
-                    .with_node_id((-1).into())
-                    .with_port(-1)
-                    .with_error_code(COORDINATOR_NOT_AVAILABLE)
-                    .with_error_message(Some(str_bytes(MESSAGE)))
+                    .with_node_id(node.into())
+                    .with_host(str_bytes(host))
+                    .with_port(port)
+                    .with_error_code(error_code)
+                    .with_error_message(message.map(str_bytes))
             })
             .collect();
     } else {
-        response.error_code = COORDINATOR_NOT_AVAILABLE;
-        response.node_id = (-1).into();
-        response.port = -1;
+        let key: &StrBytes = &body.key;
+        let (error_code, message, node, host, port) = find(broker, key, body.key_type);
+        response.error_code = error_code;
+        response.node_id = node.into();
+        response.host = str_bytes(host);
+        response.port = port;
         if request.api_version >= 1 {
-            response.error_message = Some(str_bytes(MESSAGE));
+            response.error_message = message.map(str_bytes);
         }
     }
     respond(request, &response)

@@ -8,9 +8,11 @@ mod describe;
 mod describe_log_dirs;
 mod fetch;
 mod find_coordinator;
+mod groups;
 mod list_offsets;
 mod metadata;
 mod offset_for_leader_epoch;
+mod offsets;
 mod produce;
 
 use bytes::Bytes;
@@ -35,6 +37,12 @@ pub const HANDLED_APIS: &[ApiKey] = &[
     ApiKey::DescribeConfigs,
     ApiKey::DescribeCluster,
     ApiKey::FindCoordinator,
+    ApiKey::JoinGroup,
+    ApiKey::SyncGroup,
+    ApiKey::Heartbeat,
+    ApiKey::LeaveGroup,
+    ApiKey::OffsetCommit,
+    ApiKey::OffsetFetch,
     ApiKey::OffsetForLeaderEpoch,
     ApiKey::DescribeLogDirs,
 ];
@@ -54,6 +62,12 @@ pub async fn handle(request: &RequestFrame, broker: &Broker) -> Result<Answer, C
         ApiKey::DescribeConfigs => describe::describe_configs(request, broker).await,
         ApiKey::DescribeCluster => describe::describe_cluster(request, broker).await,
         ApiKey::FindCoordinator => find_coordinator::handle(request, broker).await,
+        ApiKey::JoinGroup => groups::join_group(request, broker).await,
+        ApiKey::SyncGroup => groups::sync_group(request, broker).await,
+        ApiKey::Heartbeat => groups::heartbeat(request, broker).await,
+        ApiKey::LeaveGroup => groups::leave_group(request, broker).await,
+        ApiKey::OffsetCommit => offsets::offset_commit(request, broker).await,
+        ApiKey::OffsetFetch => offsets::offset_fetch(request, broker).await,
         ApiKey::OffsetForLeaderEpoch => offset_for_leader_epoch::handle(request, broker).await,
         ApiKey::DescribeLogDirs => describe_log_dirs::handle(request, broker).await,
         api_key => Err(ConnectionError::UnsupportedVersion {

@@ -1,0 +1,179 @@
+//! JoinGroup, SyncGroup, Heartbeat and LeaveGroup: checks that this broker coordinates the
+//! group (NOT_COORDINATOR otherwise), then hands the request to the
+//! [`GroupCoordinator`](crate::group_coordinator::GroupCoordinator).
+
+use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
+use kafka_protocol::messages::leave_group_response::MemberResponse;
+use kafka_protocol::messages::{
+    HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
+    LeaveGroupResponse, SyncGroupRequest, SyncGroupResponse,
+};
+use sluice_metadata::error_code as ec;
+use sluice_protocol::RequestFrame;
+
+use super::find_coordinator::coordinates;
+use super::{decode, respond, str_bytes, Answer};
+use crate::broker::Broker;
+use crate::connection::ConnectionError;
+use crate::group_coordinator::JoinRequest;
+
+pub async fn join_group(
+    request: &RequestFrame,
+    broker: &Broker,
+) -> Result<Answer, ConnectionError> {
+    let body: JoinGroupRequest = decode(request)?;
+    let group_id = body.group_id.0.to_string();
+    let coordinator = coordinates(broker, &group_id);
+    let answer = if coordinator != ec::NONE {
+        crate::group_coordinator::JoinResponse {
+            error_code: coordinator,
+            generation_id: -1,
+            member_id: body.member_id.to_string(),
+            ..Default::default()
+        }
+    } else {
+        // v0 has no rebalance timeout: the session timeout serves for both
+        let rebalance_timeout_ms = if request.api_version >= 1 {
+            body.rebalance_timeout_ms
+        } else {
+            body.session_timeout_ms
+        };
+        broker
+            .groups
+            .join(JoinRequest {
+                group_id,
+                member_id: body.member_id.to_string(),
+                group_instance_id: body.group_instance_id.as_ref().map(|s| s.to_string()),
+                client_id: request.client_id.clone().unwrap_or_default(),
+                client_host: String::new(),
+                session_timeout_ms: body.session_timeout_ms,
+                rebalance_timeout_ms,
+                protocol_type: body.protocol_type.to_string(),
+                protocols: body
+                    .protocols
+                    .iter()
+                    .map(|p| (p.name.to_string(), p.metadata.clone()))
+                    .collect(),
+                require_known_member_id: request.api_version >= 4,
+            })
+            .await
+    };
+    let response = JoinGroupResponse::default()
+        .with_error_code(answer.error_code)
+        .with_generation_id(answer.generation_id)
+        .with_protocol_type(answer.protocol_type.map(str_bytes))
+        .with_protocol_name(answer.protocol_name.map(str_bytes))
+        .with_leader(str_bytes(answer.leader))
+        .with_member_id(str_bytes(answer.member_id))
+        .with_members(
+            answer
+                .members
+                .into_iter()
+                .map(|(id, instance, metadata)| {
+                    JoinGroupResponseMember::default()
+                        .with_member_id(str_bytes(id))
+                        .with_group_instance_id(instance.map(str_bytes))
+                        .with_metadata(metadata)
+                })
+                .collect(),
+        );
+    respond(request, &response)
+}
+
+pub async fn sync_group(
+    request: &RequestFrame,
+    broker: &Broker,
+) -> Result<Answer, ConnectionError> {
+    let body: SyncGroupRequest = decode(request)?;
+    let group_id = body.group_id.0.to_string();
+    let coordinator = coordinates(broker, &group_id);
+    let answer = if coordinator != ec::NONE {
+        crate::group_coordinator::SyncResponse {
+            error_code: coordinator,
+            ..Default::default()
+        }
+    } else {
+        broker
+            .groups
+            .sync(
+                &group_id,
+                body.generation_id,
+                &body.member_id,
+                body.assignments
+                    .iter()
+                    .map(|a| (a.member_id.to_string(), a.assignment.clone()))
+                    .collect(),
+            )
+            .await
+    };
+    let response = SyncGroupResponse::default()
+        .with_error_code(answer.error_code)
+        .with_protocol_type(answer.protocol_type.map(str_bytes))
+        .with_protocol_name(answer.protocol_name.map(str_bytes))
+        .with_assignment(answer.assignment);
+    respond(request, &response)
+}
+
+pub async fn heartbeat(request: &RequestFrame, broker: &Broker) -> Result<Answer, ConnectionError> {
+    let body: HeartbeatRequest = decode(request)?;
+    let group_id = body.group_id.0.to_string();
+    let error_code = match coordinates(broker, &group_id) {
+        ec::NONE => broker
+            .groups
+            .heartbeat(&group_id, body.generation_id, &body.member_id),
+        other => other,
+    };
+    respond(
+        request,
+        &HeartbeatResponse::default().with_error_code(error_code),
+    )
+}
+
+pub async fn leave_group(
+    request: &RequestFrame,
+    broker: &Broker,
+) -> Result<Answer, ConnectionError> {
+    let body: LeaveGroupRequest = decode(request)?;
+    let group_id = body.group_id.0.to_string();
+    // v3+: a batch of members; before, one member id
+    let members: Vec<(String, Option<String>)> = if request.api_version >= 3 {
+        body.members
+            .iter()
+            .map(|m| {
+                (
+                    m.member_id.to_string(),
+                    m.group_instance_id.as_ref().map(|s| s.to_string()),
+                )
+            })
+            .collect()
+    } else {
+        vec![(body.member_id.to_string(), None)]
+    };
+    let mut response = LeaveGroupResponse::default();
+    match coordinates(broker, &group_id) {
+        ec::NONE => {
+            let ids: Vec<String> = members.iter().map(|(id, _)| id.clone()).collect();
+            match broker.groups.leave(&group_id, &ids) {
+                Ok(codes) => {
+                    if request.api_version >= 3 {
+                        response.members = members
+                            .into_iter()
+                            .zip(codes)
+                            .map(|((id, instance), code)| {
+                                MemberResponse::default()
+                                    .with_member_id(str_bytes(id))
+                                    .with_group_instance_id(instance.map(str_bytes))
+                                    .with_error_code(code)
+                            })
+                            .collect();
+                    } else {
+                        response.error_code = codes.first().copied().unwrap_or(ec::NONE);
+                    }
+                }
+                Err(code) => response.error_code = code,
+            }
+        }
+        other => response.error_code = other,
+    }
+    respond(request, &response)
+}
