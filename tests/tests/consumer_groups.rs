@@ -6,6 +6,7 @@
 //!   group reads only what was produced since.
 //! - Three confluent-kafka consumers of one group split a 6-partition topic two
 //!   partitions each, and together consume every record.
+//! - kafka-python's group consumer reads everything, then resumes where it committed.
 
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
@@ -159,4 +160,46 @@ fn three_confluent_kafka_consumers_split_six_partitions_and_consume_everything()
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+#[test]
+fn kafka_python_reads_through_a_group_and_resumes_from_its_committed_offsets() {
+    let cluster = ProcessCluster::start(
+        Layout::DedicatedController,
+        &["group.initial.rebalance.delay.ms=0"],
+    );
+    let topic = "pythonic";
+    cluster.create_topic(topic, 3);
+    let read = || {
+        let mut command = Command::new(python());
+        command.arg(client_script("kafka_python_group.py")).args([
+            &cluster.bootstrap(),
+            "pythonistas",
+            topic,
+        ]);
+        let out = run(command, b"", Duration::from_secs(90));
+        check(&out, "kafka_python_group.py");
+        sorted(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect(),
+        )
+    };
+    let first = values("a", 30);
+    check(
+        &kcat_produce(&cluster.bootstrap(), topic, "all", &first),
+        "kcat -P",
+    );
+    assert_eq!(read(), sorted(first));
+    let second = values("b", 10);
+    check(
+        &kcat_produce(&cluster.bootstrap(), topic, "all", &second),
+        "kcat -P",
+    );
+    assert_eq!(
+        read(),
+        sorted(second),
+        "only what came after the committed offsets"
+    );
 }
