@@ -18,8 +18,10 @@
 //! session (its rebalance timeout bounds it instead), as in Kafka.
 //!
 //! Not built yet: persisting the Stable group's membership in the metadata log (a new
-//! coordinator starts the group over), static membership (KIP-345: `group.instance.id` is
-//! kept and shown but treated as a dynamic member), DescribeGroups/ListGroups/DeleteGroups.
+//! coordinator starts the group over); static membership (KIP-345) only in part: a
+//! restarted static member replaces its old incarnation and may leave by instance id, but
+//! it rebalances the group like a dynamic one and FENCED_INSTANCE_ID is never answered;
+//! DescribeGroups/ListGroups/DeleteGroups.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
@@ -153,8 +155,9 @@ struct Group {
     protocol: Option<String>,
     leader: Option<String>,
     members: BTreeMap<String, Member>,
-    /// Member ids handed out with MEMBER_ID_REQUIRED, not yet joined, with when.
-    pending: HashMap<String, Instant>,
+    /// Member ids handed out with MEMBER_ID_REQUIRED, not yet joined, with when and the
+    /// session timeout they asked for (they expire after it).
+    pending: HashMap<String, (Instant, Duration)>,
     /// PreparingRebalance: the rebalance completes by then at the latest.
     rebalance_deadline: Instant,
     /// PreparingRebalance of a new group: not before then (the initial delay).
@@ -274,9 +277,25 @@ impl GroupCoordinator {
             if group.members.len() + group.pending.len() >= config.max_size {
                 return Ok(JoinResponse::error(ec::GROUP_MAX_SIZE_REACHED, ""));
             }
-            if req.require_known_member_id {
-                group.pending.insert(id.clone(), now);
+            if req.require_known_member_id && req.group_instance_id.is_none() {
+                let session = Duration::from_millis(req.session_timeout_ms.max(0) as u64);
+                group.pending.insert(id.clone(), (now, session));
                 return Ok(JoinResponse::error(ec::MEMBER_ID_REQUIRED, &id));
+            }
+            // a static member (KIP-345) that restarted replaces its old incarnation at once
+            if let Some(instance) = &req.group_instance_id {
+                let old: Vec<String> = group
+                    .members
+                    .iter()
+                    .filter(|(_, m)| m.group_instance_id.as_ref() == Some(instance))
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for old_id in old {
+                    group.members.remove(&old_id);
+                    if group.leader.as_deref() == Some(old_id.as_str()) {
+                        group.leader = None;
+                    }
+                }
             }
             id
         } else if group.pending.remove(&req.member_id).is_some()
@@ -413,27 +432,37 @@ impl GroupCoordinator {
         }
     }
 
-    /// LeaveGroup: each member leaves (UNKNOWN_MEMBER_ID for one that is not there); the
-    /// others rebalance. Returns one error code per member.
-    pub fn leave(&self, group_id: &str, member_ids: &[String]) -> Result<Vec<i16>, i16> {
+    /// LeaveGroup: each member (id, or instance id alone for a static member) leaves
+    /// (UNKNOWN_MEMBER_ID for one that is not there); the others rebalance. Returns one
+    /// error code per member.
+    pub fn leave(&self, group_id: &str, members: &[(String, Option<String>)]) -> Vec<i16> {
         let mut groups = self.groups();
         let Some(group) = groups.get_mut(group_id) else {
-            return Err(ec::UNKNOWN_MEMBER_ID);
+            return vec![ec::UNKNOWN_MEMBER_ID; members.len()];
         };
         let now = Instant::now();
-        let codes = member_ids
+        members
             .iter()
-            .map(|id| {
-                if group.members.contains_key(id) {
+            .map(|(member_id, instance)| {
+                // a static member may leave by its instance id alone
+                let id = match instance {
+                    Some(instance) if member_id.is_empty() => group
+                        .members
+                        .iter()
+                        .find(|(_, m)| m.group_instance_id.as_ref() == Some(instance))
+                        .map(|(id, _)| id.clone())
+                        .unwrap_or_default(),
+                    _ => member_id.clone(),
+                };
+                if group.members.contains_key(&id) {
                     tracing::info!(group = group_id, member = %id, "member left the group");
-                    remove_member(group, id, &self.config, now);
+                    remove_member(group, &id, &self.config, now);
                     ec::NONE
                 } else {
                     ec::UNKNOWN_MEMBER_ID
                 }
             })
-            .collect();
-        Ok(codes)
+            .collect()
     }
 
     /// Whether an OffsetCommit from `member_id` in `generation_id` may commit (NONE), or
@@ -445,7 +474,7 @@ impl GroupCoordinator {
         let group = groups.get_mut(group_id);
         if generation_id < 0 && member_id.is_empty() {
             return match group {
-                Some(g) if !g.members.is_empty() => ec::ILLEGAL_GENERATION,
+                Some(g) if !g.members.is_empty() => ec::UNKNOWN_MEMBER_ID,
                 _ => ec::NONE,
             };
         }
@@ -461,8 +490,11 @@ impl GroupCoordinator {
             return ec::ILLEGAL_GENERATION;
         }
         member.last_heartbeat = Instant::now();
+        // Kafka accepts commits while Stable and while preparing a rebalance (clients
+        // commit what they consumed before they rejoin), not while the new assignment is
+        // being handed out
         match state {
-            GroupState::PreparingRebalance => ec::REBALANCE_IN_PROGRESS,
+            GroupState::CompletingRebalance => ec::REBALANCE_IN_PROGRESS,
             _ => ec::NONE,
         }
     }
@@ -476,7 +508,10 @@ impl GroupCoordinator {
                 .members
                 .iter()
                 .filter(|(_, m)| {
+                    // a member waiting on its JoinGroup or SyncGroup cannot heartbeat: the
+                    // rebalance's own timeout bounds it
                     m.join_waiter.is_none()
+                        && m.sync_waiter.is_none()
                         && now.duration_since(m.last_heartbeat) > m.session_timeout
                 })
                 .map(|(id, _)| id.clone())
@@ -485,12 +520,31 @@ impl GroupCoordinator {
                 tracing::info!(group = %group_id, member = %id, "member's session expired: removing it");
                 remove_member(group, &id, &self.config, now);
             }
-            let session_max = Duration::from_millis(self.config.max_session_timeout_ms as u64);
             group
                 .pending
-                .retain(|_, since| now.duration_since(*since) <= session_max);
+                .retain(|_, (since, session)| now.duration_since(*since) <= *session);
+            // the leader never synced: the members that did not get an assignment by the
+            // rebalance timeout are dropped (their waits end) and the rest rebalance
+            if group.state == GroupState::CompletingRebalance && now >= group.rebalance_deadline {
+                let stalled: Vec<String> = group
+                    .members
+                    .iter()
+                    .filter(|(_, m)| m.sync_waiter.is_none())
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                let leader_stalled = group.leader.as_ref().is_some_and(|l| stalled.contains(l));
+                if leader_stalled {
+                    for id in stalled {
+                        tracing::info!(group = %group_id, member = %id, "member did not sync in the rebalance timeout: removing it");
+                        remove_member(group, &id, &self.config, now);
+                    }
+                }
+            }
             try_complete_join(group, now);
         }
+        // groups with no members and no pending joins are forgotten (their committed
+        // offsets live in the metadata image)
+        groups.retain(|_, g| g.state != GroupState::Empty || !g.pending.is_empty());
     }
 
     /// A group as DescribeGroups shows it (None: not coordinated here).
@@ -540,8 +594,8 @@ impl GroupCoordinator {
     }
 
     /// Forgets every group whose coordinator slot `still_here` says moved away: their
-    /// members are answered NOT_COORDINATOR-style (their waits end) and find the new
-    /// coordinator.
+    /// members' waits end with UNKNOWN_MEMBER_ID, and their next request here gets
+    /// NOT_COORDINATOR, so they find the new coordinator and join again.
     pub fn retain(&self, still_here: impl Fn(&str) -> bool) {
         self.groups().retain(|id, _| still_here(id));
     }
@@ -603,7 +657,8 @@ fn try_complete_join(group: &mut Group, now: Instant) {
     if group.state != GroupState::PreparingRebalance || now < group.not_before {
         return;
     }
-    let all_joined = group.members.values().all(|m| m.join_waiter.is_some());
+    let all_joined =
+        group.pending.is_empty() && group.members.values().all(|m| m.join_waiter.is_some());
     if !all_joined && now < group.rebalance_deadline {
         return;
     }
@@ -828,12 +883,11 @@ mod tests {
         assert_eq!(c.heartbeat("g", 2, "nobody"), ec::UNKNOWN_MEMBER_ID);
         assert_eq!(c.check_commit("g", 2, &b), ec::NONE);
         assert_eq!(c.check_commit("g", 1, &b), ec::ILLEGAL_GENERATION);
-        assert_eq!(c.check_commit("g", -1, ""), ec::ILLEGAL_GENERATION);
+        assert_eq!(c.check_commit("g", -1, ""), ec::UNKNOWN_MEMBER_ID);
         // b leaves: a rebalances alone
-        assert_eq!(
-            c.leave("g", std::slice::from_ref(&b)).unwrap(),
-            vec![ec::NONE]
-        );
+        assert_eq!(c.leave("g", &[(b.clone(), None)]), vec![ec::NONE]);
+        // commits of what a was given are still taken while it prepares to rejoin
+        assert_eq!(c.check_commit("g", 2, &a), ec::NONE);
         assert_eq!(c.heartbeat("g", 2, &a), ec::REBALANCE_IN_PROGRESS);
         let ja = c.join(join(&a, &["range"])).await;
         assert_eq!((ja.generation_id, ja.members.len()), (3, 1));
@@ -877,5 +931,50 @@ mod tests {
         assert!(member_ids(&c, "g").is_empty());
         assert_eq!(c.heartbeat("g", 1, &id), ec::UNKNOWN_MEMBER_ID);
         assert_eq!(c.check_commit("g", -1, ""), ec::NONE);
+    }
+
+    #[tokio::test]
+    async fn a_restarted_static_member_replaces_its_old_incarnation() {
+        let c = coordinator();
+        let mut first = join("", &["range"]);
+        first.group_instance_id = Some("host-1".into());
+        // static members skip MEMBER_ID_REQUIRED
+        let j = c.join(first.clone()).await;
+        assert_eq!((j.error_code, j.generation_id), (ec::NONE, 1));
+        let old = j.member_id;
+        // it restarts: a new member id, the old one is gone at once (no session wait)
+        let j = c.join(first).await;
+        assert_eq!((j.error_code, j.generation_id), (ec::NONE, 2));
+        assert_ne!(j.member_id, old);
+        assert_eq!(member_ids(&c, "g").len(), 1);
+        assert_eq!(c.heartbeat("g", 2, &old), ec::UNKNOWN_MEMBER_ID);
+        // it leaves by its instance id alone
+        assert_eq!(
+            c.leave("g", &[(String::new(), Some("host-1".into()))]),
+            vec![ec::NONE]
+        );
+        assert!(member_ids(&c, "g").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_member_waiting_for_its_assignment_is_not_expired_by_its_session() {
+        let c = std::sync::Arc::new(coordinator());
+        let a = c.join(join("", &["range"])).await.member_id;
+        let b = c.join(join("", &["range"])).await.member_id;
+        let (ca, cb) = (std::sync::Arc::clone(&c), std::sync::Arc::clone(&c));
+        let (a2, b2) = (a.clone(), b.clone());
+        let ja = tokio::spawn(async move { ca.join(join(&a2, &["range"])).await });
+        let jb = tokio::spawn(async move { cb.join(join(&b2, &["range"])).await });
+        let (ja, jb) = (ja.await.unwrap(), jb.await.unwrap());
+        let follower = if ja.leader == a { b.clone() } else { a.clone() };
+        let generation = ja.generation_id.max(jb.generation_id);
+        let cf = std::sync::Arc::clone(&c);
+        let f = follower.clone();
+        let waiting = tokio::spawn(async move { cf.sync("g", generation, &f, Vec::new()).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // past its session, still waiting on the leader's SyncGroup: kept
+        c.tick(Instant::now() + Duration::from_secs(11));
+        assert!(member_ids(&c, "g").contains(&follower));
+        waiting.abort();
     }
 }

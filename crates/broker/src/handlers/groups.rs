@@ -58,11 +58,16 @@ pub async fn join_group(
             })
             .await
     };
+    // the protocol name is nullable only from v7: before, an error carries ""
+    let protocol_name = match answer.protocol_name {
+        None if request.api_version < 7 => Some(String::new()),
+        name => name,
+    };
     let response = JoinGroupResponse::default()
         .with_error_code(answer.error_code)
         .with_generation_id(answer.generation_id)
         .with_protocol_type(answer.protocol_type.map(str_bytes))
-        .with_protocol_name(answer.protocol_name.map(str_bytes))
+        .with_protocol_name(protocol_name.map(str_bytes))
         .with_leader(str_bytes(answer.leader))
         .with_member_id(str_bytes(answer.member_id))
         .with_members(
@@ -152,25 +157,20 @@ pub async fn leave_group(
     let mut response = LeaveGroupResponse::default();
     match coordinates(broker, &group_id) {
         ec::NONE => {
-            let ids: Vec<String> = members.iter().map(|(id, _)| id.clone()).collect();
-            match broker.groups.leave(&group_id, &ids) {
-                Ok(codes) => {
-                    if request.api_version >= 3 {
-                        response.members = members
-                            .into_iter()
-                            .zip(codes)
-                            .map(|((id, instance), code)| {
-                                MemberResponse::default()
-                                    .with_member_id(str_bytes(id))
-                                    .with_group_instance_id(instance.map(str_bytes))
-                                    .with_error_code(code)
-                            })
-                            .collect();
-                    } else {
-                        response.error_code = codes.first().copied().unwrap_or(ec::NONE);
-                    }
-                }
-                Err(code) => response.error_code = code,
+            let codes = broker.groups.leave(&group_id, &members);
+            if request.api_version >= 3 {
+                response.members = members
+                    .into_iter()
+                    .zip(codes)
+                    .map(|((id, instance), code)| {
+                        MemberResponse::default()
+                            .with_member_id(str_bytes(id))
+                            .with_group_instance_id(instance.map(str_bytes))
+                            .with_error_code(code)
+                    })
+                    .collect();
+            } else {
+                response.error_code = codes.first().copied().unwrap_or(ec::NONE);
             }
         }
         other => response.error_code = other,
