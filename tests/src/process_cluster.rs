@@ -203,6 +203,21 @@ impl ProcessCluster {
         self.wait_ready(id, &ready);
     }
 
+    /// Starts every node in `ids` again on its old data and port, all at once (a quorum
+    /// of combined nodes needs the others up before any is ready), then waits for each.
+    pub fn restart_all(&mut self, ids: &[i32]) {
+        let mut ready = Vec::new();
+        for &id in ids {
+            assert!(!self.brokers.contains_key(&id), "node {id} is running");
+            let (node, lines) = self.spawn(id);
+            self.brokers.insert(id, node);
+            ready.push((id, lines));
+        }
+        for (id, lines) in ready {
+            self.wait_ready(id, &lines);
+        }
+    }
+
     /// How node `id`'s process ended, if it has (a crash, say).
     pub fn exit_status(&mut self, id: i32) -> Option<std::process::ExitStatus> {
         let node = self.brokers.get_mut(&id).expect("a started node");

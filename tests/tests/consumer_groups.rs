@@ -7,6 +7,9 @@
 //! - Three confluent-kafka consumers of one group split a 6-partition topic two
 //!   partitions each, and together consume every record.
 //! - kafka-python's group consumer reads everything, then resumes where it committed.
+//! - A consumer killed with kill -9: its partitions move to the other two after its
+//!   session timeout, and every record produced is consumed.
+//! - Committed offsets survive a kill -9 and restart of every node.
 
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
@@ -41,6 +44,46 @@ fn kcat_group_read(bootstrap: &str, group: &str, topic: &str) -> Vec<String> {
         .collect();
     values.sort();
     values
+}
+
+/// A confluent-kafka group consumer (`group_consumer.py`, killed on drop) and its output
+/// lines as they come.
+fn group_consumer(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    stop: &std::path::Path,
+) -> (NodeProcess, std::sync::mpsc::Receiver<String>) {
+    let mut node = NodeProcess {
+        child: Command::new(python())
+            .arg(client_script("group_consumer.py"))
+            .args([bootstrap, group, topic])
+            .arg("--stop-file")
+            .arg(stop)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run group_consumer.py (scripts/install-kafka-clients.sh)"),
+    };
+    let lines = stdout_lines(&mut node.child);
+    (node, lines)
+}
+
+/// Reads what each consumer printed so far: its latest assignment, and every value.
+fn drain(
+    lines: &[std::sync::mpsc::Receiver<String>],
+    assignment: &mut [Vec<i32>],
+    consumed: &mut BTreeSet<String>,
+) {
+    for (i, rx) in lines.iter().enumerate() {
+        while let Ok(line) = rx.try_recv() {
+            if let Some(a) = line.strip_prefix("assignment ") {
+                assignment[i] = a.split(',').filter_map(|p| p.parse().ok()).collect();
+            } else if let Some(value) = line.splitn(4, ' ').nth(3) {
+                consumed.insert(value.to_string());
+            }
+        }
+    }
 }
 
 fn values(prefix: &str, n: usize) -> Vec<String> {
@@ -97,37 +140,15 @@ fn three_confluent_kafka_consumers_split_six_partitions_and_consume_everything()
     let dir = tempfile::tempdir().unwrap();
     let stop = dir.path().join("stop");
     // killed on drop, whatever happens to the test
-    let mut consumers: Vec<NodeProcess> = (0..3)
-        .map(|_| NodeProcess {
-            child: Command::new(python())
-                .arg(client_script("group_consumer.py"))
-                .args([&cluster.bootstrap(), "splitters", topic])
-                .arg("--stop-file")
-                .arg(&stop)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("run group_consumer.py (scripts/install-kafka-clients.sh)"),
-        })
-        .collect();
-    let lines: Vec<_> = consumers
-        .iter_mut()
-        .map(|c| stdout_lines(&mut c.child))
-        .collect();
+    let (mut consumers, lines): (Vec<NodeProcess>, Vec<_>) = (0..3)
+        .map(|_| group_consumer(&cluster.bootstrap(), "splitters", topic, &stop))
+        .unzip();
     let mut consumed = BTreeSet::new();
     let mut assignment: Vec<Vec<i32>> = vec![Vec::new(); 3];
     let expected: BTreeSet<String> = produced.into_iter().collect();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        for (i, rx) in lines.iter().enumerate() {
-            while let Ok(line) = rx.try_recv() {
-                if let Some(a) = line.strip_prefix("assignment ") {
-                    assignment[i] = a.split(',').filter_map(|p| p.parse().ok()).collect();
-                } else if let Some(value) = line.splitn(4, ' ').nth(3) {
-                    consumed.insert(value.to_string());
-                }
-            }
-        }
+        drain(&lines, &mut assignment, &mut consumed);
         let split = assignment.iter().all(|a| a.len() == 2);
         if split && consumed == expected {
             break;
@@ -201,5 +222,110 @@ fn kafka_python_reads_through_a_group_and_resumes_from_its_committed_offsets() {
         read(),
         sorted(second),
         "only what came after the committed offsets"
+    );
+}
+
+#[test]
+fn a_killed_consumers_partitions_move_to_the_others_and_nothing_is_skipped() {
+    let cluster = ProcessCluster::start(
+        Layout::DedicatedController,
+        &["group.initial.rebalance.delay.ms=1000"],
+    );
+    let topic = "survivors";
+    cluster.create_topic(topic, 6);
+    let before = values("a", 150);
+    check(
+        &kcat_produce(&cluster.bootstrap(), topic, "all", &before),
+        "kcat -P",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let stop = dir.path().join("stop");
+    let (mut consumers, lines): (Vec<NodeProcess>, Vec<_>) = (0..3)
+        .map(|_| group_consumer(&cluster.bootstrap(), "survivors", topic, &stop))
+        .unzip();
+    let mut consumed = BTreeSet::new();
+    let mut assignment: Vec<Vec<i32>> = vec![Vec::new(); 3];
+    let wait = |what: &str,
+                done: &dyn Fn(&[Vec<i32>], &BTreeSet<String>) -> bool,
+                assignment: &mut Vec<Vec<i32>>,
+                consumed: &mut BTreeSet<String>| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            drain(&lines, assignment, consumed);
+            if done(assignment, consumed) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: assignments {assignment:?}, {} records consumed",
+                consumed.len()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let first: BTreeSet<String> = before.iter().cloned().collect();
+    wait(
+        "three consumers, two partitions each, everything consumed",
+        &|a, c| a.iter().all(|p| p.len() == 2) && first.is_subset(c),
+        &mut assignment,
+        &mut consumed,
+    );
+    // kill -9: no LeaveGroup, no commit of what it consumed last
+    let _ = consumers[0].child.kill();
+    let _ = consumers[0].child.wait();
+    let after = values("b", 150);
+    check(
+        &kcat_produce(&cluster.bootstrap(), topic, "all", &after),
+        "kcat -P",
+    );
+    let all: BTreeSet<String> = before.iter().chain(&after).cloned().collect();
+    wait(
+        "after its session, the two others hold all six partitions and consume everything",
+        &|a, c| {
+            let mut held: Vec<i32> = a[1..].concat();
+            held.sort();
+            held == (0..6).collect::<Vec<_>>() && all.is_subset(c)
+        },
+        &mut assignment,
+        &mut consumed,
+    );
+    std::fs::write(&stop, b"").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for c in consumers.iter_mut().skip(1) {
+        while c.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "a consumer did not exit");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn committed_offsets_survive_a_restart_of_every_node() {
+    let mut cluster =
+        ProcessCluster::start(Layout::Combined, &["group.initial.rebalance.delay.ms=0"]);
+    let topic = "durable";
+    cluster.create_topic(topic, 3);
+    let first = values("a", 40);
+    check(
+        &kcat_produce(&cluster.bootstrap(), topic, "all", &first),
+        "kcat -P",
+    );
+    assert_eq!(
+        kcat_group_read(&cluster.bootstrap(), "keepers", topic),
+        sorted(first)
+    );
+    for id in 1..=3 {
+        cluster.kill(id);
+    }
+    cluster.restart_all(&[1, 2, 3]);
+    let second = values("b", 10);
+    check(
+        &kcat_produce(&cluster.bootstrap(), topic, "all", &second),
+        "kcat -P",
+    );
+    assert_eq!(
+        kcat_group_read(&cluster.bootstrap(), "keepers", topic),
+        sorted(second),
+        "the group resumes where it committed before the restart"
     );
 }
