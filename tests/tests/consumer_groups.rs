@@ -86,6 +86,9 @@ fn drain(
     }
 }
 
+/// Whether the consumers' assignments and what they consumed are where a test waits for.
+type Progress<'a> = &'a dyn Fn(&[Vec<i32>], &BTreeSet<String>) -> bool;
+
 fn values(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i:04}")).collect()
 }
@@ -246,7 +249,7 @@ fn a_killed_consumers_partitions_move_to_the_others_and_nothing_is_skipped() {
     let mut consumed = BTreeSet::new();
     let mut assignment: Vec<Vec<i32>> = vec![Vec::new(); 3];
     let wait = |what: &str,
-                done: &dyn Fn(&[Vec<i32>], &BTreeSet<String>) -> bool,
+                done: Progress,
                 assignment: &mut Vec<Vec<i32>>,
                 consumed: &mut BTreeSet<String>| {
         let deadline = Instant::now() + Duration::from_secs(60);
