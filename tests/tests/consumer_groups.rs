@@ -5,7 +5,8 @@
 //! - `kcat -G` reads every record through a group and commits; a second run of the same
 //!   group reads only what was produced since.
 //! - Three confluent-kafka consumers of one group split a 6-partition topic two
-//!   partitions each, and together consume every record.
+//!   partitions each, and together consume every record; confluent-kafka's AdminClient
+//!   lists the group and describes it (ListGroups, DescribeGroups).
 //! - kafka-python's group consumer reads everything, then resumes where it committed.
 //! - A consumer killed with kill -9: its partitions move to the other two after its
 //!   session timeout, and every record produced is consumed.
@@ -164,6 +165,19 @@ fn three_confluent_kafka_consumers_split_six_partitions_and_consume_everything()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // an admin client sees the group: Stable, range, three members with two partitions each
+    let mut command = Command::new(python());
+    command
+        .arg(client_script("group_admin.py"))
+        .args([&cluster.bootstrap(), "splitters"]);
+    let out = run(command, b"", Duration::from_secs(60));
+    check(&out, "group_admin.py");
+    let admin = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(admin.contains("list splitters STABLE"), "{admin}");
+    assert!(
+        admin.contains("describe splitters STABLE range 3 6"),
+        "{admin}"
+    );
     let mut all: Vec<i32> = assignment.concat();
     all.sort();
     assert_eq!(

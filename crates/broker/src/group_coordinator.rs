@@ -21,7 +21,7 @@
 //! coordinator starts the group over); static membership (KIP-345) only in part: a
 //! restarted static member replaces its old incarnation and may leave by instance id, but
 //! it rebalances the group like a dynamic one and FENCED_INSTANCE_ID is never answered;
-//! DescribeGroups/ListGroups/DeleteGroups.
+//! DeleteGroups.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};

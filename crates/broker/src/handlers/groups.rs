@@ -1,12 +1,17 @@
 //! JoinGroup, SyncGroup, Heartbeat and LeaveGroup: checks that this broker coordinates the
 //! group (NOT_COORDINATOR otherwise), then hands the request to the
-//! [`GroupCoordinator`](crate::group_coordinator::GroupCoordinator).
+//! [`GroupCoordinator`](crate::group_coordinator::GroupCoordinator). ListGroups and
+//! DescribeGroups show the groups this broker coordinates (as Kafka's brokers do: an admin
+//! client asks every broker).
 
+use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::leave_group_response::MemberResponse;
+use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::{
-    HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
-    LeaveGroupResponse, SyncGroupRequest, SyncGroupResponse,
+    DescribeGroupsRequest, DescribeGroupsResponse, HeartbeatRequest, HeartbeatResponse,
+    JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest,
+    ListGroupsResponse, SyncGroupRequest, SyncGroupResponse,
 };
 use sluice_metadata::error_code as ec;
 use sluice_protocol::RequestFrame;
@@ -176,4 +181,84 @@ pub async fn leave_group(
         other => response.error_code = other,
     }
     respond(request, &response)
+}
+
+/// Kafka's "authorized operations not asked for".
+const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
+
+pub async fn list_groups(
+    request: &RequestFrame,
+    broker: &Broker,
+) -> Result<Answer, ConnectionError> {
+    let body: ListGroupsRequest = decode(request)?;
+    // v4+: only groups in these states (any case); v5+: of these types (only "classic")
+    let states: Vec<String> = body
+        .states_filter
+        .iter()
+        .map(|s| s.to_lowercase())
+        .collect();
+    let types: Vec<String> = body.types_filter.iter().map(|t| t.to_lowercase()).collect();
+    let groups = broker
+        .groups
+        .list()
+        .into_iter()
+        .filter(|(_, state, _)| states.is_empty() || states.contains(&state.name().to_lowercase()))
+        .filter(|_| types.is_empty() || types.iter().any(|t| t == "classic"))
+        .map(|(id, state, protocol_type)| {
+            ListedGroup::default()
+                .with_group_id(str_bytes(id).into())
+                .with_protocol_type(str_bytes(protocol_type))
+                .with_group_state(str_bytes(state.name()))
+                .with_group_type(str_bytes("classic"))
+        })
+        .collect();
+    respond(request, &ListGroupsResponse::default().with_groups(groups))
+}
+
+pub async fn describe_groups(
+    request: &RequestFrame,
+    broker: &Broker,
+) -> Result<Answer, ConnectionError> {
+    let body: DescribeGroupsRequest = decode(request)?;
+    let groups = body
+        .groups
+        .iter()
+        .map(|group_id| {
+            let id = group_id.0.to_string();
+            let mut described = DescribedGroup::default()
+                .with_group_id(group_id.clone())
+                .with_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED);
+            let coordinator = coordinates(broker, &id);
+            if coordinator != ec::NONE {
+                return described.with_error_code(coordinator);
+            }
+            match broker.groups.describe(&id) {
+                // a group this broker would coordinate but does not know: Dead, no members
+                None => described.with_group_state(str_bytes("Dead")),
+                Some(g) => {
+                    described.group_state = str_bytes(g.state.name());
+                    described.protocol_type = str_bytes(g.protocol_type);
+                    described.protocol_data = str_bytes(g.protocol);
+                    described.members = g
+                        .members
+                        .into_iter()
+                        .map(|m| {
+                            DescribedGroupMember::default()
+                                .with_member_id(str_bytes(m.member_id))
+                                .with_group_instance_id(m.group_instance_id.map(str_bytes))
+                                .with_client_id(str_bytes(m.client_id))
+                                .with_client_host(str_bytes(m.client_host))
+                                .with_member_metadata(m.metadata)
+                                .with_member_assignment(m.assignment)
+                        })
+                        .collect();
+                    described
+                }
+            }
+        })
+        .collect();
+    respond(
+        request,
+        &DescribeGroupsResponse::default().with_groups(groups),
+    )
 }
