@@ -335,6 +335,10 @@ fn committed_offsets_survive_a_restart_of_every_node() {
         cluster.kill(id);
     }
     cluster.restart_all(&[1, 2, 3]);
+    // acks=all with min.insync.replicas=2 needs the replicas back in sync first
+    cluster.wait_for(topic, "every ISR full again", |rows| {
+        rows.len() == 3 && rows.iter().all(|r| r.leader >= 0 && r.isr.len() == 3)
+    });
     let second = values("b", 10);
     check(
         &kcat_produce(&cluster.bootstrap(), topic, "all", &second),
