@@ -24,7 +24,6 @@ const MAX_RETRY: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 pub struct OfflineReplica {
     pub topic_id: Vec<u8>,
-    pub error: String,
     next_attempt: Instant,
     attempts: u32,
 }
@@ -55,7 +54,6 @@ impl OfflineReplicas {
                 r.attempts = r.attempts.saturating_add(1);
                 let wait = FIRST_RETRY * 2u32.pow(r.attempts.min(5));
                 r.next_attempt = now + wait.min(MAX_RETRY);
-                r.error = error.to_string();
                 // the topic may have been deleted and made again under the same name
                 r.topic_id = topic_id.to_vec();
                 tracing::debug!(partition = %tp, error = %error, "still cannot open the partition log");
@@ -66,7 +64,6 @@ impl OfflineReplicas {
                     tp.clone(),
                     OfflineReplica {
                         topic_id: topic_id.to_vec(),
-                        error: error.to_string(),
                         next_attempt: now + FIRST_RETRY,
                         attempts: 0,
                     },

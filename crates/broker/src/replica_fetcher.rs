@@ -484,7 +484,9 @@ async fn fetch(
                         }
                     }
                     match appended {
-                        Ok(_) => succeeded(partitions, &tp),
+                        // (the shared set is locked only for a partition that had failed)
+                        Ok(_) if f.failures > 0 => succeeded(partitions, &tp),
+                        Ok(_) => {}
                         Err(e) => {
                             tracing::warn!(partition = %tp, error = %e, "follower append failed");
                             mark(partitions, &tp, f.leader_epoch, false);

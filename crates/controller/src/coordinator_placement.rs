@@ -48,21 +48,8 @@ pub fn moves(image: &MetadataImage) -> Option<Record> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::partition_election::tests::apply;
     use sluice_metadata::{MetadataBatch, MetadataRecord};
-
-    fn apply(image: &mut MetadataImage, records: Vec<Record>) {
-        let index = image.applied_index() + 1;
-        let out = image.apply(
-            index,
-            &MetadataBatch {
-                records: records
-                    .into_iter()
-                    .map(|r| MetadataRecord { record: Some(r) })
-                    .collect(),
-            },
-        );
-        assert!(out.iter().all(|o| o.is_ok()), "{out:?}");
-    }
 
     fn set_live(image: &mut MetadataImage, id: i32, live: bool) {
         let epoch = image.broker(id).unwrap().broker_epoch;

@@ -165,11 +165,12 @@ fn elect(p: &Partition, live: &[i32], unclean: bool) -> i32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use sluice_metadata::{MetadataBatch, MetadataRecord};
 
-    fn apply(image: &mut MetadataImage, records: Vec<Record>) {
+    /// Applies `records` as the next entry; every one must take effect.
+    pub(crate) fn apply(image: &mut MetadataImage, records: Vec<Record>) {
         let index = image.applied_index() + 1;
         let out = image.apply(
             index,
