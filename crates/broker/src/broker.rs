@@ -13,6 +13,7 @@ use crate::broker_config::BrokerConfig;
 use crate::controller_client::ControllerClients;
 use crate::group_coordinator::GroupCoordinator;
 use crate::metadata_follower::MetadataFollower;
+use crate::offset_commit_batcher::OffsetCommitBatcher;
 use crate::replica_manager::ReplicaManager;
 
 pub struct Broker {
@@ -22,6 +23,8 @@ pub struct Broker {
     pub controllers: ControllerClients,
     /// The groups whose coordinator slot this broker owns.
     pub groups: GroupCoordinator,
+    /// Offset commits on their way to the controller quorum, gathered into few calls.
+    pub commits: OffsetCommitBatcher,
 }
 
 impl Broker {

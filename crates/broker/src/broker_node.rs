@@ -65,12 +65,14 @@ impl BrokerNode {
             use_sendfile: config.use_sendfile,
         };
         let groups = crate::group_coordinator::GroupCoordinator::new(config.group.clone());
+        let commits = crate::offset_commit_batcher::OffsetCommitBatcher::start(controllers.clone());
         let broker = Arc::new(Broker {
             config,
             metadata,
             replicas,
             controllers,
             groups,
+            commits,
         });
         let tasks = vec![
             tokio::spawn(follow_metadata(Arc::clone(&broker))),

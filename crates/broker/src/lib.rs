@@ -20,6 +20,7 @@ pub mod log_dir_health;
 mod log_scrubber;
 pub mod metadata_follower;
 pub mod offline_replicas;
+pub mod offset_commit_batcher;
 pub mod partition;
 pub mod replica_fetcher;
 pub mod replica_manager;

@@ -1,20 +1,30 @@
 //! The Raft log on disk, for openraft's `RaftLogStorage`.
 //!
 //! Files in the controller's metadata directory:
-//! - `raft-log`: entries back to back, each framed as `[length u32 BE][crc32c u32 BE][JSON]`
-//!   (the CRC covers the JSON). Appends are one write plus `fdatasync` before openraft hears
-//!   they are durable. Opening reads every frame and cuts a torn or corrupt tail.
-//! - `raft-vote`, `raft-committed`, `raft-purged`: JSON, replaced atomically (temp file,
-//!   fsync, rename, fsync dir) before the call returns.
+//! - `raft-log-<base>` segments (base: the index of the first entry written to it, 20
+//!   digits): entries back to back, each framed as `[length u32 BE][crc32c u32 BE][JSON]`
+//!   (the CRC covers the JSON). Appends go to the newest segment, one write plus
+//!   `fdatasync` before openraft hears they are durable; a segment past
+//!   [`SEGMENT_BYTES`] rolls to a new one at the next append. A purge deletes the segments
+//!   every entry of which is purged (never the newest), so it costs an unlink, not a
+//!   rewrite. Opening reads the segments in order and cuts a torn or corrupt tail (and
+//!   every segment after it). A `raft-log` file from before segments is the segment of
+//!   base 0.
+//! - `raft-vote`, `raft-purged`: JSON, replaced atomically (temp file, fsync, rename,
+//!   fsync dir) before the call returns.
+//! - `raft-committed`: JSON padded to 256 bytes, overwritten in place without fsync (a
+//!   write within one sector). It only spares a restart from waiting for a leader before
+//!   applying; after a crash it may hold an older value (safe: committed entries stay
+//!   committed) or be unreadable, which counts as absent. An fsync, or a rename, per
+//!   commit advance would cost as much as the entries' own fsync.
 //!
-//! Invariants: entry indexes and file positions grow together, after `last_purged`;
-//! the file holds the same entries (and possibly a purged prefix, dropped when it grows
-//! past half the file); an entry is readable only once it is in the file.
+//! Invariants: entry indexes grow with (segment base, position), after `last_purged`;
+//! every entry of a segment is below the next segment's base; an entry is readable only
+//! once it is in its segment.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::ops::RangeBounds;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -25,7 +35,11 @@ use openraft::{OptionalSend, RaftLogReader, StorageIOError};
 
 use crate::raft_types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
-const LOG_FILE: &str = "raft-log";
+/// The name of the log file from before segments (read as the segment of base 0).
+const LEGACY_LOG_FILE: &str = "raft-log";
+const SEGMENT_PREFIX: &str = "raft-log-";
+/// A segment rolls once it holds this many bytes.
+pub const SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
 const VOTE_FILE: &str = "raft-vote";
 const COMMITTED_FILE: &str = "raft-committed";
 const PURGED_FILE: &str = "raft-purged";
@@ -47,19 +61,62 @@ const PURGE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 struct StoredEntry {
     entry: Entry,
+    /// The base of the segment holding it.
+    segment: u64,
     position: u64,
+}
+
+struct Segment {
+    file: File,
+    len: u64,
+}
+
+fn segment_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{SEGMENT_PREFIX}{base:020}"))
+}
+
+/// The bases of the segments in `dir`, in order.
+fn segment_bases(dir: &Path) -> std::io::Result<Vec<u64>> {
+    let mut bases = Vec::new();
+    for item in std::fs::read_dir(dir)? {
+        let name = item?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(base) = name
+            .strip_prefix(SEGMENT_PREFIX)
+            .filter(|digits| digits.len() == 20)
+            .and_then(|digits| digits.parse::<u64>().ok())
+        {
+            bases.push(base);
+        }
+    }
+    bases.sort_unstable();
+    Ok(bases)
+}
+
+fn open_segment(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    sluice_log::sync_dir(dir).map_err(|e| std::io::Error::other(e.to_string()))
 }
 
 struct LogInner {
     dir: PathBuf,
-    file: File,
-    file_len: u64,
-    /// Bytes at the start of the file that belong to purged entries.
-    purged_prefix_bytes: u64,
+    /// By base; the last one takes appends.
+    segments: BTreeMap<u64, Segment>,
+    segment_bytes: u64,
     entries: BTreeMap<u64, StoredEntry>,
     last_purged: Option<LogId>,
     vote: Option<Vote>,
     committed: Option<LogId>,
+    /// `raft-committed`, opened at the first save.
+    committed_file: Option<File>,
 }
 
 fn io_err(e: &std::io::Error) -> StorageError {
@@ -80,6 +137,24 @@ fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> std::io::Result<()
     let bytes = serde_json::to_vec(value)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
     sluice_log::write_atomically(path, &bytes).map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+/// Bytes `raft-committed` always holds (JSON, then spaces).
+const COMMITTED_RECORD_BYTES: usize = 256;
+
+/// Overwrites `file` in place with `value` as JSON padded to [`COMMITTED_RECORD_BYTES`],
+/// without fsync: a crash may leave the old value or an unreadable one.
+fn overwrite_json<T: serde::Serialize>(file: &File, value: &T) -> std::io::Result<()> {
+    let mut bytes = serde_json::to_vec(value)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    if bytes.len() > COMMITTED_RECORD_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "committed log id too long",
+        ));
+    }
+    bytes.resize(COMMITTED_RECORD_BYTES, b' ');
+    file.write_all_at(&bytes, 0)
 }
 
 fn frame(entry: &Entry, out: &mut Vec<u8>) -> std::io::Result<()> {
@@ -123,6 +198,7 @@ fn parse_frames(bytes: &[u8]) -> (Vec<StoredEntry>, u64) {
         };
         out.push(StoredEntry {
             entry,
+            segment: 0,
             position: at as u64,
         });
         at = start + len;
@@ -133,39 +209,82 @@ fn parse_frames(bytes: &[u8]) -> (Vec<StoredEntry>, u64) {
 impl RaftLogStore {
     /// Opens (or creates) the log in `dir`, cutting a torn tail.
     pub fn open(dir: &Path) -> std::io::Result<Self> {
+        Self::open_with_segment_bytes(dir, SEGMENT_BYTES)
+    }
+
+    /// [`RaftLogStore::open`] with segments rolling at `segment_bytes`.
+    pub fn open_with_segment_bytes(dir: &Path, segment_bytes: u64) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let path = dir.join(LOG_FILE);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)?;
-        // the file's name must survive a crash as surely as its first entries
-        sluice_log::sync_dir(dir).map_err(|e| std::io::Error::other(e.to_string()))?;
-        let bytes = std::fs::read(&path)?;
-        let (stored, valid_len) = parse_frames(&bytes);
+        let legacy = dir.join(LEGACY_LOG_FILE);
+        if legacy.exists() {
+            std::fs::rename(&legacy, segment_path(dir, 0))?;
+            sync_dir(dir)?;
+        }
+        let mut bases = segment_bases(dir)?;
+        if bases.is_empty() {
+            open_segment(&segment_path(dir, 0))?;
+            // the file's name must survive a crash as surely as its first entries
+            sync_dir(dir)?;
+            bases.push(0);
+        }
         let last_purged: Option<LogId> = read_json(&dir.join(PURGED_FILE))?;
         let purged_index = last_purged.map(|l| l.index);
-        let mut entries = BTreeMap::new();
-        for s in stored {
-            let index = s.entry.log_id.index;
-            if purged_index.is_some_and(|p| index <= p) {
+        let mut entries: BTreeMap<u64, StoredEntry> = BTreeMap::new();
+        let mut segments = BTreeMap::new();
+        // (segment base, valid length, file length) of a torn tail, and the segments after it
+        let mut torn: Option<(u64, u64, u64)> = None;
+        let mut after_torn = Vec::new();
+        for base in bases {
+            let path = segment_path(dir, base);
+            if torn.is_some() {
+                after_torn.push(base);
                 continue;
             }
-            if entries
-                .last_key_value()
-                .is_some_and(|(last, _)| index <= *last)
-            {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("raft log entry {index} is out of order"),
-                ));
+            let file = open_segment(&path)?;
+            let bytes = std::fs::read(&path)?;
+            let (stored, valid_len) = parse_frames(&bytes);
+            for mut s in stored {
+                let index = s.entry.log_id.index;
+                if index < base {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("raft log entry {index} lies in segment {base}"),
+                    ));
+                }
+                if purged_index.is_some_and(|p| index <= p) {
+                    continue;
+                }
+                if entries
+                    .last_key_value()
+                    .is_some_and(|(last, _)| index <= *last)
+                {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("raft log entry {index} is out of order"),
+                    ));
+                }
+                s.segment = base;
+                entries.insert(index, s);
             }
-            entries.insert(index, s);
+            if valid_len < bytes.len() as u64 {
+                torn = Some((base, valid_len, bytes.len() as u64));
+            }
+            segments.insert(
+                base,
+                Segment {
+                    file,
+                    len: valid_len,
+                },
+            );
         }
-        let purged_prefix_bytes = entries.values().next().map_or(valid_len, |s| s.position);
-        let committed: Option<LogId> = read_json(&dir.join(COMMITTED_FILE))?;
+        let committed: Option<LogId> = match read_json(&dir.join(COMMITTED_FILE)) {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                tracing::warn!(error = %e, "raft-committed unreadable (a crash while replacing it): starting without it");
+                None
+            }
+            Err(e) => return Err(e),
+        };
         let last_index = entries
             .keys()
             .next_back()
@@ -178,34 +297,43 @@ impl RaftLogStore {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 format!(
-                    "raft log {} ends at {last_index} but {} was committed: the log is damaged",
-                    path.display(),
+                    "raft log in {} ends at {last_index} but {} was committed: the log is damaged",
+                    dir.display(),
                     c.index
                 ),
             ));
         }
         // only now, with nothing committed lost, is the bad tail an unacknowledged append
-        if valid_len < bytes.len() as u64 {
+        if let Some((base, valid_len, file_len)) = torn {
             tracing::warn!(
-                path = %path.display(),
+                path = %segment_path(dir, base).display(),
                 valid_len,
-                file_len = bytes.len(),
+                file_len,
+                dropped_segments = after_torn.len(),
                 "cutting a torn or corrupt tail off the raft log"
             );
-            file.set_len(valid_len)?;
-            file.sync_all()?;
+            if let Some(segment) = segments.get(&base) {
+                segment.file.set_len(valid_len)?;
+                segment.file.sync_all()?;
+            }
+            for later in &after_torn {
+                std::fs::remove_file(segment_path(dir, *later))?;
+            }
+            sync_dir(dir)?;
         }
+        let mut inner = LogInner {
+            dir: dir.to_path_buf(),
+            segments,
+            segment_bytes,
+            entries,
+            last_purged,
+            vote: read_json(&dir.join(VOTE_FILE))?,
+            committed,
+            committed_file: None,
+        };
+        inner.drop_purged_segments()?;
         Ok(RaftLogStore {
-            inner: Arc::new(Mutex::new(LogInner {
-                dir: dir.to_path_buf(),
-                file,
-                file_len: valid_len,
-                purged_prefix_bytes,
-                entries,
-                last_purged,
-                vote: read_json(&dir.join(VOTE_FILE))?,
-                committed,
-            })),
+            inner: Arc::new(Mutex::new(inner)),
             persisted_snapshot: None,
         })
     }
@@ -237,14 +365,29 @@ impl RaftLogStore {
 }
 
 impl LogInner {
-    /// Removes entries at `index` and after, from memory and from the file.
+    /// Removes entries at `index` and after, from memory and from the segments.
     fn truncate_from(&mut self, index: u64) -> std::io::Result<()> {
         let removed = self.entries.split_off(&index);
-        if let Some(first) = removed.values().next() {
-            let cut = first.position;
-            self.file.set_len(cut)?;
-            self.file.sync_data()?;
-            self.file_len = cut;
+        let Some(first) = removed.values().next() else {
+            return Ok(());
+        };
+        let (cut_segment, cut) = (first.segment, first.position);
+        let later: Vec<u64> = self
+            .segments
+            .range(cut_segment + 1..)
+            .map(|(b, _)| *b)
+            .collect();
+        for base in &later {
+            self.segments.remove(base);
+            std::fs::remove_file(segment_path(&self.dir, *base))?;
+        }
+        if let Some(segment) = self.segments.get_mut(&cut_segment) {
+            segment.file.set_len(cut)?;
+            segment.file.sync_data()?;
+            segment.len = cut;
+        }
+        if !later.is_empty() {
+            sync_dir(&self.dir)?;
         }
         Ok(())
     }
@@ -257,33 +400,43 @@ impl LogInner {
             .or(self.last_purged)
     }
 
-    /// Rewrites the file without the purged prefix once that prefix is half of it.
-    fn compact_if_worthwhile(&mut self) -> std::io::Result<()> {
-        if self.purged_prefix_bytes == 0 || self.purged_prefix_bytes * 2 < self.file_len {
+    /// Deletes the segments every entry of which is purged (never the newest one).
+    fn drop_purged_segments(&mut self) -> std::io::Result<()> {
+        let Some(purged) = self.last_purged.map(|l| l.index) else {
             return Ok(());
+        };
+        let bases: Vec<u64> = self.segments.keys().copied().collect();
+        // a segment's entries all lie below the next one's base
+        let gone: Vec<u64> = bases
+            .windows(2)
+            .filter(|pair| pair[1] <= purged.saturating_add(1))
+            .map(|pair| pair[0])
+            .collect();
+        for base in &gone {
+            self.segments.remove(base);
+            std::fs::remove_file(segment_path(&self.dir, *base))?;
         }
-        let mut bytes = Vec::new();
-        let mut positions = Vec::new();
-        for s in self.entries.values() {
-            positions.push(bytes.len() as u64);
-            frame(&s.entry, &mut bytes)?;
+        if !gone.is_empty() {
+            sync_dir(&self.dir)?;
         }
-        let path = self.dir.join(LOG_FILE);
-        let tmp = self.dir.join(format!("{LOG_FILE}.tmp"));
-        {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, &path)?;
-        sluice_log::sync_dir(&self.dir).map_err(|e| std::io::Error::other(e.to_string()))?;
-        self.file = OpenOptions::new().read(true).write(true).open(&path)?;
-        for (s, p) in self.entries.values_mut().zip(positions) {
-            s.position = p;
-        }
-        self.file_len = bytes.len() as u64;
-        self.purged_prefix_bytes = 0;
         Ok(())
+    }
+
+    /// The segment the next append goes to: the newest, or a new one starting at
+    /// `first_index` once the newest holds `segment_bytes`.
+    fn active_segment(&mut self, first_index: u64) -> std::io::Result<u64> {
+        let (newest, len) = match self.segments.last_key_value() {
+            Some((b, s)) => (Some(*b), s.len),
+            None => (None, 0),
+        };
+        if let Some(b) = newest.filter(|b| len < self.segment_bytes || first_index <= *b) {
+            return Ok(b);
+        }
+        let path = segment_path(&self.dir, first_index);
+        let file = open_segment(&path)?;
+        sync_dir(&self.dir)?;
+        self.segments.insert(first_index, Segment { file, len: 0 });
+        Ok(first_index)
     }
 }
 
@@ -330,7 +483,19 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         let mut inner = self.lock();
-        write_json(&inner.dir.join(COMMITTED_FILE), &committed).map_err(|e| io_err(&e))?;
+        if inner.committed_file.is_none() {
+            let path = inner.dir.join(COMMITTED_FILE);
+            let file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(|e| io_err(&e))?;
+            inner.committed_file = Some(file);
+        }
+        if let Some(file) = &inner.committed_file {
+            overwrite_json(file, &committed).map_err(|e| io_err(&e))?;
+        }
         inner.committed = committed;
         Ok(())
     }
@@ -357,25 +522,39 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
                 .truncate_from(first.log_id.index)
                 .map_err(|e| io_err(&e))?;
         }
+        let Some(first_index) = entries.first().map(|e| e.log_id.index) else {
+            drop(inner);
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        };
+        let base = inner.active_segment(first_index).map_err(|e| io_err(&e))?;
+        let Some(segment) = inner.segments.get_mut(&base) else {
+            return Err(io_err(&std::io::Error::other("active segment vanished")));
+        };
+        let start = segment.len;
         let mut bytes = Vec::new();
         let mut new = Vec::new();
         for entry in entries {
-            let position = inner.file_len + bytes.len() as u64;
+            let position = start + bytes.len() as u64;
             frame(&entry, &mut bytes).map_err(|e| io_err(&e))?;
-            new.push(StoredEntry { entry, position });
+            new.push(StoredEntry {
+                entry,
+                segment: base,
+                position,
+            });
         }
-        let written = inner
+        let written = segment
             .file
-            .write_all_at(&bytes, inner.file_len)
-            .and_then(|()| inner.file.sync_data());
+            .write_all_at(&bytes, start)
+            .and_then(|()| segment.file.sync_data());
         if let Err(e) = written {
             // nothing became visible; cut whatever part of the write landed
-            let _ = inner.file.set_len(inner.file_len);
+            let _ = segment.file.set_len(start);
             let err = io_err(&e);
             callback.log_io_completed(Err(e));
             return Err(err);
         }
-        inner.file_len += bytes.len() as u64;
+        segment.len += bytes.len() as u64;
         for s in new {
             // after truncate_from above, every index here is above those in memory
             inner.entries.insert(s.entry.log_id.index, s);
@@ -414,12 +593,7 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
         inner.last_purged = Some(log_id);
         let kept = inner.entries.split_off(&(log_id.index + 1));
         inner.entries = kept;
-        inner.purged_prefix_bytes = inner
-            .entries
-            .values()
-            .next()
-            .map_or(inner.file_len, |s| s.position);
-        inner.compact_if_worthwhile().map_err(|e| io_err(&e))?;
+        inner.drop_purged_segments().map_err(|e| io_err(&e))?;
         Ok(())
     }
 }
@@ -510,7 +684,7 @@ mod reopen_tests {
         drop(store);
 
         // a crash in the middle of the last append: the partial frame goes, the rest stays
-        let path = dir.path().join(LOG_FILE);
+        let path = segment_path(dir.path(), 0);
         let len = std::fs::metadata(&path).unwrap().len();
         let file = OpenOptions::new().write(true).open(&path).unwrap();
         file.set_len(len - 3).unwrap();
@@ -524,24 +698,56 @@ mod reopen_tests {
     }
 
     #[tokio::test]
-    async fn purging_most_of_the_log_compacts_the_file() {
+    async fn purging_deletes_whole_segments_and_a_torn_segment_drops_the_later_ones() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = RaftLogStore::open(dir.path()).unwrap();
-        store
-            .blocking_append((1..=100).map(|i| entry(1, i)))
-            .await
-            .unwrap();
-        let before = std::fs::metadata(dir.path().join(LOG_FILE)).unwrap().len();
+        // a blank entry frames to about 60 bytes: segments of ~10 entries
+        let mut store = RaftLogStore::open_with_segment_bytes(dir.path(), 600).unwrap();
+        for i in 1..=100 {
+            store.blocking_append([entry(1, i)]).await.unwrap();
+        }
+        let before = segment_bases(dir.path()).unwrap();
+        assert!(before.len() >= 8, "{before:?}");
         store
             .purge(LogId::new(CommittedLeaderId::new(1, 1), 90))
             .await
             .unwrap();
-        let after = std::fs::metadata(dir.path().join(LOG_FILE)).unwrap().len();
-        assert!(after * 5 < before, "{after} of {before} bytes left");
+        let after = segment_bases(dir.path()).unwrap();
+        // only the segments holding 91.. (and the newest) stay
+        assert!(after.len() <= 2, "{after:?}");
+        assert!(after[0] <= 91, "{after:?}");
         store.blocking_append([entry(1, 101)]).await.unwrap();
         drop(store);
-        let store = RaftLogStore::open(dir.path()).unwrap();
+        let store = RaftLogStore::open_with_segment_bytes(dir.path(), 600).unwrap();
         assert_eq!(indexes(&store), (91..=101).collect::<Vec<_>>());
+        drop(store);
+
+        // a log from before segments opens as the segment of base 0
+        let legacy = tempfile::tempdir().unwrap();
+        let mut bytes = Vec::new();
+        for i in 1..=5 {
+            frame(&entry(1, i), &mut bytes).unwrap();
+        }
+        std::fs::write(legacy.path().join(LEGACY_LOG_FILE), &bytes).unwrap();
+        let mut store = RaftLogStore::open_with_segment_bytes(legacy.path(), 120).unwrap();
+        assert_eq!(indexes(&store), (1..=5).collect::<Vec<_>>());
+        for i in 6..=20 {
+            store.blocking_append([entry(1, i)]).await.unwrap();
+        }
+        drop(store);
+        // damage in a middle segment: it is cut there and every later segment goes
+        let bases = segment_bases(legacy.path()).unwrap();
+        assert!(bases.len() >= 3, "{bases:?}");
+        let middle = segment_path(legacy.path(), bases[1]);
+        let mut bytes = std::fs::read(&middle).unwrap();
+        bytes[FRAME_HEADER_BYTES + 2] ^= 0x40;
+        std::fs::write(&middle, &bytes).unwrap();
+        let store = RaftLogStore::open_with_segment_bytes(legacy.path(), 120).unwrap();
+        assert_eq!(
+            indexes(&store),
+            (1..bases[1]).collect::<Vec<_>>(),
+            "entries before the damaged one stay"
+        );
+        assert_eq!(segment_bases(legacy.path()).unwrap(), bases[..2].to_vec());
     }
 }
 
@@ -570,7 +776,7 @@ mod safety_tests {
         store.save_committed(Some(log_id(4))).await.unwrap();
         drop(store);
         // flip a byte inside entry 3: entries 3.. would be cut, below committed 4
-        let path = dir.path().join(LOG_FILE);
+        let path = segment_path(dir.path(), 0);
         let mut bytes = std::fs::read(&path).unwrap();
         let (frames, _) = parse_frames(&bytes);
         let at = frames[2].position as usize + FRAME_HEADER_BYTES + 2;

@@ -6,16 +6,19 @@
 
 use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use sluice_log::{AppendMode, LogConfig, LogManager};
 use sluice_record::{now_ms, BatchBuilder, Compression, LeaderEpoch, TopicPartition};
 
+mod bench_groups;
 mod cluster_status;
 mod console_consumer;
 mod console_producer;
 mod dump_log;
+mod group_client;
 mod kafka_client;
 mod node_config;
 mod topic_admin;
@@ -54,6 +57,13 @@ enum Command {
     Cluster {
         #[command(subcommand)]
         command: ClusterCommand,
+        #[command(flatten)]
+        bootstrap: Bootstrap,
+    },
+    /// Measure the cluster through the Kafka protocol (figures for docs/benchmarks.md).
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
         #[command(flatten)]
         bootstrap: Bootstrap,
     },
@@ -157,6 +167,34 @@ enum ClusterCommand {
 }
 
 #[derive(Subcommand)]
+enum BenchCommand {
+    /// Offset commits: one member alone (the baseline), then MEMBERS at once, each commit
+    /// carrying an offset for every partition of TOPIC (which must exist).
+    Commits {
+        #[arg(long)]
+        topic: String,
+        #[arg(long, default_value_t = 100)]
+        members: usize,
+        /// Seconds per phase.
+        #[arg(long, default_value_t = 10)]
+        duration_s: u64,
+        /// Commits per second the members offer together (default: as fast as answered).
+        #[arg(long)]
+        rate: Option<f64>,
+    },
+    /// Rebalance time of a group of MEMBERS when one more member joins.
+    Rebalance {
+        #[arg(long, default_value_t = 10)]
+        members: usize,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// How often members heartbeat (they learn of a rebalance from a heartbeat).
+        #[arg(long, default_value_t = 100)]
+        heartbeat_interval_ms: u64,
+    },
+}
+
+#[derive(Subcommand)]
 enum TopicCommand {
     /// Create a topic.
     Create {
@@ -254,6 +292,42 @@ fn run() -> Result<()> {
                 client(cluster_status::status(&bootstrap.brokers, expect_brokers))
             }
         },
+        Command::Bench { command, bootstrap } => {
+            let out = client(async {
+                match command {
+                    BenchCommand::Commits {
+                        topic,
+                        members,
+                        duration_s,
+                        rate,
+                    } => {
+                        bench_groups::commits(
+                            &bootstrap.brokers,
+                            &topic,
+                            members,
+                            Duration::from_secs(duration_s),
+                            rate,
+                        )
+                        .await
+                    }
+                    BenchCommand::Rebalance {
+                        members,
+                        rounds,
+                        heartbeat_interval_ms,
+                    } => {
+                        bench_groups::rebalance(
+                            &bootstrap.brokers,
+                            members,
+                            rounds,
+                            Duration::from_millis(heartbeat_interval_ms),
+                        )
+                        .await
+                    }
+                }
+            })?;
+            println!("{out}");
+            Ok(())
+        }
         Command::Produce {
             topic,
             bootstrap,

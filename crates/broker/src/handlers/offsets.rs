@@ -3,8 +3,8 @@
 //! has committed it in Raft, and a fetch reads the quorum leader's image (read-your-
 //! writes), so a commit acknowledged by one coordinator is what the next one reads.
 //!
-//! Not yet: gathering many groups' commits into one controller call while one is in
-//! flight (each OffsetCommit is one call today), offset expiry, OffsetDelete.
+//! Commits go through the broker's [`crate::offset_commit_batcher`], so many groups'
+//! commits share one controller call and one Raft entry.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -28,6 +28,7 @@ use super::find_coordinator::coordinates;
 use super::{decode, respond, str_bytes, Answer};
 use crate::broker::Broker;
 use crate::connection::ConnectionError;
+use crate::offset_commit_batcher::CommitError;
 
 /// `offset.metadata.max.bytes`.
 const OFFSET_METADATA_MAX_BYTES: usize = 4096;
@@ -90,22 +91,13 @@ pub async fn offset_commit(
         errors.push(codes);
     }
     if !offsets.is_empty() {
-        let committed = broker
-            .controllers
-            .call(CONTROLLER_TIMEOUT, |mut c| {
-                let request = api::CommitOffsetsRequest {
-                    offsets: offsets.clone(),
-                };
-                async move { c.commit_offsets(request).await }
-            })
-            .await;
-        let failure = match committed {
-            Ok(r) if r.error_code == 0 => None,
-            Ok(r) => {
-                tracing::warn!(group = %group, error = %r.error_message, "offset commit refused");
+        let failure = match broker.commits.commit(offsets).await {
+            Ok(()) => None,
+            Err(e @ CommitError::Refused(_)) => {
+                tracing::warn!(group = %group, error = %e, "offset commit refused");
                 Some(ec::COORDINATOR_NOT_AVAILABLE)
             }
-            Err(e) => {
+            Err(e @ CommitError::NotAcknowledged(_)) => {
                 tracing::warn!(group = %group, error = %e, "offset commit not committed");
                 Some(ec::REQUEST_TIMED_OUT)
             }

@@ -1,0 +1,135 @@
+//! Gathers the offset commits of every group this broker coordinates into few controller
+//! calls: while one `CommitOffsets` call is in flight, the commits that arrive queue up,
+//! and the next call carries all of them (up to [`MAX_OFFSETS_PER_CALL`]) as one Raft
+//! entry. Under load a commit costs a share of a Raft round trip, not one of its own;
+//! alone, it costs exactly one.
+//!
+//! Invariants: commits reach the controller in the order they were handed in (a member's
+//! later commit never lands before its earlier one); each caller is answered only after
+//! the call carrying its offsets returned, with that call's outcome.
+
+use std::time::Duration;
+
+use sluice_metadata::proto::controller as api;
+use sluice_metadata::CommittedOffset;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::controller_client::ControllerClients;
+
+/// How many partition offsets one controller call carries at most (about 100 bytes each,
+/// far below the controller's 8 MiB entry limit).
+pub const MAX_OFFSETS_PER_CALL: usize = 20_000;
+/// Controller calls one broker keeps in flight at once. One keeps batches largest; four
+/// measured no better (docs/benchmarks.md), the quorum's own work being the limit.
+const MAX_CALLS_IN_FLIGHT: usize = 1;
+/// How long one call may wait for the controller quorum.
+const CONTROLLER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a commit was not acknowledged.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CommitError {
+    /// The controller answered with an error: nothing was committed.
+    #[error("the controller refused the commit: {0}")]
+    Refused(String),
+    /// No answer in time: the commit may or may not have been committed.
+    #[error("the commit was not acknowledged: {0}")]
+    NotAcknowledged(String),
+}
+
+struct Pending {
+    offsets: Vec<CommittedOffset>,
+    answer: oneshot::Sender<Result<(), CommitError>>,
+}
+
+/// The handle handlers commit through; its task ends when the handle is dropped.
+pub struct OffsetCommitBatcher {
+    queue: mpsc::UnboundedSender<Pending>,
+}
+
+impl OffsetCommitBatcher {
+    /// Starts the batching task (call inside a tokio runtime).
+    pub fn start(controllers: ControllerClients) -> Self {
+        let (queue, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(controllers, rx));
+        OffsetCommitBatcher { queue }
+    }
+
+    /// Commits `offsets` in the quorum; returns once they are committed (or not).
+    pub async fn commit(&self, offsets: Vec<CommittedOffset>) -> Result<(), CommitError> {
+        let (answer, answered) = oneshot::channel();
+        self.queue
+            .send(Pending { offsets, answer })
+            .map_err(|_| CommitError::NotAcknowledged("the broker is stopping".into()))?;
+        answered
+            .await
+            .map_err(|_| CommitError::NotAcknowledged("the broker is stopping".into()))?
+    }
+}
+
+async fn run(controllers: ControllerClients, mut queue: mpsc::UnboundedReceiver<Pending>) {
+    let mut carried: Option<Pending> = None;
+    let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CALLS_IN_FLIGHT));
+    loop {
+        let Ok(permit) = std::sync::Arc::clone(&in_flight).acquire_owned().await else {
+            return;
+        };
+        let first = match carried.take() {
+            Some(p) => p,
+            None => match queue.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
+        let mut count = first.offsets.len();
+        let mut batch = vec![first];
+        while count < MAX_OFFSETS_PER_CALL {
+            match queue.try_recv() {
+                Ok(p) if count + p.offsets.len() > MAX_OFFSETS_PER_CALL => {
+                    carried = Some(p);
+                    break;
+                }
+                Ok(p) => {
+                    count += p.offsets.len();
+                    batch.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        let controllers = controllers.clone();
+        tokio::spawn(async move {
+            call(&controllers, batch, count).await;
+            drop(permit);
+        });
+    }
+}
+
+/// One controller call carrying `batch` (`count` offsets); answers every caller in it.
+async fn call(controllers: &ControllerClients, batch: Vec<Pending>, count: usize) {
+    let offsets: Vec<CommittedOffset> = batch
+        .iter()
+        .flat_map(|p| p.offsets.iter().cloned())
+        .collect();
+    let outcome = controllers
+        .call(CONTROLLER_TIMEOUT, |mut c| {
+            let request = api::CommitOffsetsRequest {
+                offsets: offsets.clone(),
+            };
+            async move { c.commit_offsets(request).await }
+        })
+        .await;
+    let result = match outcome {
+        Ok(r) if r.error_code == 0 => Ok(()),
+        Ok(r) => Err(CommitError::Refused(r.error_message)),
+        Err(status) => Err(CommitError::NotAcknowledged(status.to_string())),
+    };
+    tracing::trace!(
+        commits = batch.len(),
+        offsets = count,
+        ok = result.is_ok(),
+        "offset commit batch"
+    );
+    for p in batch {
+        // a caller that went away (its connection closed) needs no answer
+        let _ = p.answer.send(result.clone());
+    }
+}
