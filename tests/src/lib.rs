@@ -4,6 +4,7 @@
 //! child process killed on drop, running a client to completion with a bound, ports from
 //! the OS, where the test clients live, and a three-node [`ProcessCluster`].
 
+pub mod group_member;
 pub mod process_cluster;
 pub use process_cluster::{
     kcat_produce, kcat_produce_with, kcat_read_all, Layout, PartitionRow, ProcessCluster,

@@ -81,6 +81,7 @@ impl BrokerNode {
             tokio::spawn(probe_offline_log_dir(Arc::clone(&broker))),
             tokio::spawn(crate::log_scrubber::run(Arc::clone(&broker))),
             tokio::spawn(tick_groups(Arc::clone(&broker))),
+            tokio::spawn(store_groups(Arc::clone(&broker))),
         ];
         let listener =
             BrokerListener::start_with(listener, listener_config, Some(Arc::clone(&broker)))?;
@@ -278,6 +279,48 @@ async fn tick_groups(broker: Arc<Broker>) {
                     .is_some_and(|c| c.broker_id == me)
             })
         });
+    }
+}
+
+/// Stores group states (a rebalance's end, a group emptied) in the metadata log through
+/// the controller, in the order they were reached, each fenced by this broker's ownership
+/// of the group's slot.
+async fn store_groups(broker: Arc<Broker>) {
+    let me = broker.broker_id();
+    loop {
+        broker.groups.stores_waiting().await;
+        for mut stored in broker.groups.take_stores() {
+            let slot = broker.with_image(|i| i.coordinator_of_group(&stored.group_id).cloned());
+            let Some(slot) = slot.filter(|s| s.broker_id == me) else {
+                continue;
+            };
+            stored.coordinator_broker_id = me;
+            if stored.coordinator_epoch < 0 {
+                stored.coordinator_epoch = slot.epoch;
+            }
+            let group_id = stored.group_id.clone();
+            let generation = stored.generation;
+            let answer = broker
+                .controllers
+                .call(Duration::from_secs(5), |mut c| {
+                    let request = sluice_metadata::proto::controller::StoreGroupRequest {
+                        group: Some(stored.clone()),
+                    };
+                    async move { c.store_group(request).await }
+                })
+                .await;
+            match answer {
+                Ok(r) if r.error_code == 0 => {
+                    tracing::debug!(group = %group_id, generation, "group state stored")
+                }
+                Ok(r) => {
+                    tracing::warn!(group = %group_id, generation, error = %r.error_message, "group state not stored")
+                }
+                Err(e) => {
+                    tracing::warn!(group = %group_id, generation, error = %e, "group state not stored")
+                }
+            }
+        }
     }
 }
 

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use sluice_metadata::error_code as ec;
+use sluice_metadata::{StoredGroup, StoredGroupMember};
 use tokio::sync::oneshot;
 
 /// The broker's group settings, Kafka's names and defaults.
@@ -162,6 +163,11 @@ struct Group {
     rebalance_deadline: Instant,
     /// PreparingRebalance of a new group: not before then (the initial delay).
     not_before: Instant,
+    /// The epoch of this broker's ownership of the group's coordinator slot the group
+    /// belongs to (None: created here, not yet tagged).
+    coordinator_epoch: Option<i32>,
+    /// It turned Stable or Empty: its state is to be stored in the metadata log.
+    needs_store: bool,
 }
 
 impl Group {
@@ -176,6 +182,85 @@ impl Group {
             pending: HashMap::new(),
             rebalance_deadline: now,
             not_before: now,
+            coordinator_epoch: None,
+            needs_store: false,
+        }
+    }
+
+    /// A group as its previous coordinator stored it, resumed at `now`: Stable with the
+    /// same generation, leader and assignments, each member with a fresh session.
+    fn from_stored(stored: &StoredGroup, coordinator_epoch: i32, now: Instant) -> Self {
+        let protocol = (!stored.protocol.is_empty()).then(|| stored.protocol.clone());
+        let members = stored
+            .members
+            .iter()
+            .map(|m| {
+                let member = Member {
+                    group_instance_id: (!m.group_instance_id.is_empty())
+                        .then(|| m.group_instance_id.clone()),
+                    client_id: m.client_id.clone(),
+                    client_host: m.client_host.clone(),
+                    session_timeout: Duration::from_millis(m.session_timeout_ms.max(0) as u64),
+                    rebalance_timeout: Duration::from_millis(m.rebalance_timeout_ms.max(0) as u64),
+                    protocol_type: stored.protocol_type.clone(),
+                    protocols: vec![(stored.protocol.clone(), Bytes::from(m.subscription.clone()))],
+                    assignment: Bytes::from(m.assignment.clone()),
+                    last_heartbeat: now,
+                    join_waiter: None,
+                    sync_waiter: None,
+                };
+                (m.member_id.clone(), member)
+            })
+            .collect::<BTreeMap<_, _>>();
+        let state = if members.is_empty() {
+            GroupState::Empty
+        } else {
+            GroupState::Stable
+        };
+        Group {
+            state,
+            generation: stored.generation,
+            protocol_type: (!stored.protocol_type.is_empty()).then(|| stored.protocol_type.clone()),
+            protocol,
+            leader: (!stored.leader.is_empty()).then(|| stored.leader.clone()),
+            members,
+            pending: HashMap::new(),
+            rebalance_deadline: now,
+            not_before: now,
+            coordinator_epoch: Some(coordinator_epoch),
+            needs_store: false,
+        }
+    }
+
+    /// What the metadata log keeps of it (the coordinator fields are the storer's).
+    fn stored(&self, group_id: &str) -> StoredGroup {
+        StoredGroup {
+            group_id: group_id.to_string(),
+            protocol_type: self.protocol_type.clone().unwrap_or_default(),
+            protocol: self.protocol.clone().unwrap_or_default(),
+            generation: self.generation,
+            leader: self.leader.clone().unwrap_or_default(),
+            members: self
+                .members
+                .iter()
+                .map(|(id, m)| StoredGroupMember {
+                    member_id: id.clone(),
+                    group_instance_id: m.group_instance_id.clone().unwrap_or_default(),
+                    client_id: m.client_id.clone(),
+                    client_host: m.client_host.clone(),
+                    session_timeout_ms: m.session_timeout.as_millis() as i32,
+                    rebalance_timeout_ms: m.rebalance_timeout.as_millis() as i32,
+                    subscription: self
+                        .protocol
+                        .as_ref()
+                        .and_then(|p| m.protocols.iter().find(|(n, _)| n == p))
+                        .map(|(_, md)| md.to_vec())
+                        .unwrap_or_default(),
+                    assignment: m.assignment.to_vec(),
+                })
+                .collect(),
+            coordinator_broker_id: -1,
+            coordinator_epoch: self.coordinator_epoch.unwrap_or(-1),
         }
     }
 }
@@ -206,6 +291,9 @@ pub struct GroupCoordinator {
     config: GroupConfig,
     groups: Mutex<HashMap<String, Group>>,
     next_member: std::sync::atomic::AtomicU64,
+    /// Group states waiting to be stored, in the order they were reached.
+    to_store: Mutex<Vec<StoredGroup>>,
+    store_wake: tokio::sync::Notify,
 }
 
 fn new_member_id(client_id: &str, n: u64) -> String {
@@ -225,6 +313,59 @@ impl GroupCoordinator {
 
     fn groups(&self) -> MutexGuard<'_, HashMap<String, Group>> {
         self.groups.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `group`'s state for the metadata log if it turned Stable or Empty.
+    fn queue_store(&self, group_id: &str, group: &mut Group) {
+        if !std::mem::take(&mut group.needs_store) {
+            return;
+        }
+        let stored = group.stored(group_id);
+        self.to_store
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(stored);
+        self.store_wake.notify_one();
+    }
+
+    /// The group states to store, oldest first (see `store_groups` in broker_node.rs).
+    pub fn take_stores(&self) -> Vec<StoredGroup> {
+        std::mem::take(&mut *self.to_store.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Returns once a group state is waiting to be stored.
+    pub async fn stores_waiting(&self) {
+        self.store_wake.notified().await
+    }
+
+    /// Makes the in-memory group match this broker's current ownership of its slot (at
+    /// `slot_epoch`): a group from an earlier ownership is dropped, and a group not known
+    /// here is resumed from what its previous coordinator stored.
+    pub fn ensure_current(&self, group_id: &str, slot_epoch: i32, stored: Option<&StoredGroup>) {
+        let mut groups = self.groups();
+        match groups.get_mut(group_id) {
+            Some(g) if g.coordinator_epoch == Some(slot_epoch) => return,
+            Some(g) if g.coordinator_epoch.is_none() => {
+                g.coordinator_epoch = Some(slot_epoch);
+                return;
+            }
+            Some(_) => {
+                groups.remove(group_id);
+            }
+            None => {}
+        }
+        if let Some(stored) = stored.filter(|s| !s.members.is_empty()) {
+            tracing::info!(
+                group = group_id,
+                generation = stored.generation,
+                members = stored.members.len(),
+                "resuming a group as its previous coordinator stored it"
+            );
+            groups.insert(
+                group_id.to_string(),
+                Group::from_stored(stored, slot_epoch, Instant::now()),
+            );
+        }
     }
 
     /// JoinGroup: answered at once (an error, MEMBER_ID_REQUIRED) or when the rebalance
@@ -274,7 +415,13 @@ impl GroupCoordinator {
                 .next_member
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let id = new_member_id(&req.client_id, n);
-            if group.members.len() + group.pending.len() >= config.max_size {
+            let replacing = req.group_instance_id.as_ref().is_some_and(|i| {
+                group
+                    .members
+                    .values()
+                    .any(|m| m.group_instance_id.as_ref() == Some(i))
+            });
+            if !replacing && group.members.len() + group.pending.len() >= config.max_size {
                 return Ok(JoinResponse::error(ec::GROUP_MAX_SIZE_REACHED, ""));
             }
             if req.require_known_member_id && req.group_instance_id.is_none() {
@@ -282,19 +429,12 @@ impl GroupCoordinator {
                 group.pending.insert(id.clone(), (now, session));
                 return Ok(JoinResponse::error(ec::MEMBER_ID_REQUIRED, &id));
             }
-            // a static member (KIP-345) that restarted replaces its old incarnation at once
+            // a static member (KIP-345) that restarted replaces its old incarnation: in a
+            // Stable group it takes over the assignment without a rebalance
             if let Some(instance) = &req.group_instance_id {
-                let old: Vec<String> = group
-                    .members
-                    .iter()
-                    .filter(|(_, m)| m.group_instance_id.as_ref() == Some(instance))
-                    .map(|(id, _)| id.clone())
-                    .collect();
-                for old_id in old {
-                    group.members.remove(&old_id);
-                    if group.leader.as_deref() == Some(old_id.as_str()) {
-                        group.leader = None;
-                    }
+                if let Some(answer) = replace_static_member(group, instance, &id, &req, now) {
+                    self.queue_store(&req.group_id, group);
+                    return Ok(answer);
                 }
             }
             id
@@ -342,6 +482,7 @@ impl GroupCoordinator {
             prepare_rebalance(group, config, now);
         }
         try_complete_join(group, now);
+        self.queue_store(&req.group_id, group);
         Err(rx)
     }
 
@@ -352,6 +493,7 @@ impl GroupCoordinator {
         group_id: &str,
         generation_id: i32,
         member_id: &str,
+        instance: Option<&str>,
         assignments: Vec<(String, Bytes)>,
     ) -> SyncResponse {
         let waiter = {
@@ -359,6 +501,9 @@ impl GroupCoordinator {
             let Some(group) = groups.get_mut(group_id) else {
                 return SyncResponse::error(ec::UNKNOWN_MEMBER_ID);
             };
+            if fenced(group, member_id, instance) {
+                return SyncResponse::error(ec::FENCED_INSTANCE_ID);
+            }
             if !group.members.contains_key(member_id) {
                 return SyncResponse::error(ec::UNKNOWN_MEMBER_ID);
             }
@@ -387,6 +532,7 @@ impl GroupCoordinator {
                     member.assignment = assignments.remove(id).unwrap_or_default();
                 }
                 group.state = GroupState::Stable;
+                group.needs_store = true;
                 let ids: Vec<String> = group.members.keys().cloned().collect();
                 for id in ids {
                     let answer = sync_answer(group, &id);
@@ -399,6 +545,7 @@ impl GroupCoordinator {
                     }
                 }
                 tracing::info!(group = group_id, generation = group.generation, members = group.members.len(), protocol = ?group.protocol, "group stable");
+                self.queue_store(group_id, group);
             }
             rx
         };
@@ -408,11 +555,20 @@ impl GroupCoordinator {
     }
 
     /// Heartbeat: keeps the member's session; says when a rebalance needs it to rejoin.
-    pub fn heartbeat(&self, group_id: &str, generation_id: i32, member_id: &str) -> i16 {
+    pub fn heartbeat(
+        &self,
+        group_id: &str,
+        generation_id: i32,
+        member_id: &str,
+        instance: Option<&str>,
+    ) -> i16 {
         let mut groups = self.groups();
         let Some(group) = groups.get_mut(group_id) else {
             return ec::UNKNOWN_MEMBER_ID;
         };
+        if fenced(group, member_id, instance) {
+            return ec::FENCED_INSTANCE_ID;
+        }
         let state = group.state;
         let generation = group.generation;
         let Some(member) = group.members.get_mut(member_id) else {
@@ -454,9 +610,13 @@ impl GroupCoordinator {
                         .unwrap_or_default(),
                     _ => member_id.clone(),
                 };
+                if fenced(group, &id, instance.as_deref()) {
+                    return ec::FENCED_INSTANCE_ID;
+                }
                 if group.members.contains_key(&id) {
                     tracing::info!(group = group_id, member = %id, "member left the group");
                     remove_member(group, &id, &self.config, now);
+                    self.queue_store(group_id, group);
                     ec::NONE
                 } else {
                     ec::UNKNOWN_MEMBER_ID
@@ -469,9 +629,21 @@ impl GroupCoordinator {
     /// the error it gets. Generation -1 with no member id is a commit outside the group
     /// protocol (a consumer with assigned partitions): allowed while the group has no
     /// members.
-    pub fn check_commit(&self, group_id: &str, generation_id: i32, member_id: &str) -> i16 {
+    pub fn check_commit(
+        &self,
+        group_id: &str,
+        generation_id: i32,
+        member_id: &str,
+        instance: Option<&str>,
+    ) -> i16 {
         let mut groups = self.groups();
         let group = groups.get_mut(group_id);
+        if group
+            .as_ref()
+            .is_some_and(|g| fenced(g, member_id, instance))
+        {
+            return ec::FENCED_INSTANCE_ID;
+        }
         if generation_id < 0 && member_id.is_empty() {
             return match group {
                 Some(g) if !g.members.is_empty() => ec::UNKNOWN_MEMBER_ID,
@@ -541,6 +713,7 @@ impl GroupCoordinator {
                 }
             }
             try_complete_join(group, now);
+            self.queue_store(group_id, group);
         }
         // groups with no members and no pending joins are forgotten (their committed
         // offsets live in the metadata image)
@@ -669,6 +842,7 @@ fn try_complete_join(group: &mut Group, now: Instant) {
         group.protocol = None;
         group.protocol_type = None;
         group.leader = None;
+        group.needs_store = true;
         return;
     }
     let protocol = select_protocol(group);
@@ -772,6 +946,92 @@ fn sync_answer(group: &Group, member_id: &str) -> SyncResponse {
     }
 }
 
+/// Whether a request from `member_id` naming `instance` comes from a static member's old
+/// incarnation (another member id now holds that instance): FENCED_INSTANCE_ID.
+fn fenced(group: &Group, member_id: &str, instance: Option<&str>) -> bool {
+    let Some(instance) = instance else {
+        return false;
+    };
+    group
+        .members
+        .iter()
+        .any(|(id, m)| m.group_instance_id.as_deref() == Some(instance) && id != member_id)
+}
+
+/// A static member's new incarnation (`new_id`) takes the place of the old one holding
+/// `instance`: the old one's pending waits end with FENCED_INSTANCE_ID. In a Stable group
+/// whose protocols the newcomer still supports it keeps the assignment and the generation
+/// (the answer is returned: no rebalance); otherwise the group rebalances (None: the join
+/// goes on as a new member's would).
+fn replace_static_member(
+    group: &mut Group,
+    instance: &str,
+    new_id: &str,
+    req: &JoinRequest,
+    now: Instant,
+) -> Option<JoinResponse> {
+    let old_id = group
+        .members
+        .iter()
+        .find(|(_, m)| m.group_instance_id.as_deref() == Some(instance))
+        .map(|(id, _)| id.clone())?;
+    let mut member = group.members.remove(&old_id)?;
+    if let Some(w) = member.join_waiter.take() {
+        let _ = w.send(JoinResponse::error(ec::FENCED_INSTANCE_ID, &old_id));
+    }
+    if let Some(w) = member.sync_waiter.take() {
+        let _ = w.send(SyncResponse::error(ec::FENCED_INSTANCE_ID));
+    }
+    if group.leader.as_deref() == Some(old_id.as_str()) {
+        group.leader = Some(new_id.to_string());
+    }
+    let keeps_protocol = group.state == GroupState::Stable
+        && req.protocol_type == member.protocol_type
+        && group
+            .protocol
+            .as_ref()
+            .is_some_and(|p| req.protocols.iter().any(|(n, _)| n == p));
+    tracing::info!(group = %req.group_id, instance, old = %old_id, new = %new_id, rebalance = !keeps_protocol, "static member rejoined");
+    member.client_id = req.client_id.clone();
+    member.client_host = req.client_host.clone();
+    member.session_timeout = Duration::from_millis(req.session_timeout_ms.max(0) as u64);
+    member.rebalance_timeout = Duration::from_millis(req.rebalance_timeout_ms.max(0) as u64);
+    member.protocols = req.protocols.clone();
+    member.last_heartbeat = now;
+    group.members.insert(new_id.to_string(), member);
+    if !keeps_protocol {
+        return None;
+    }
+    group.needs_store = true;
+    let leader = group.leader.clone().unwrap_or_default();
+    let members = if leader == new_id {
+        group
+            .members
+            .iter()
+            .map(|(id, m)| {
+                let md = group
+                    .protocol
+                    .as_ref()
+                    .and_then(|p| m.protocols.iter().find(|(n, _)| n == p))
+                    .map(|(_, md)| md.clone())
+                    .unwrap_or_default();
+                (id.clone(), m.group_instance_id.clone(), md)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Some(JoinResponse {
+        error_code: ec::NONE,
+        generation_id: group.generation,
+        protocol_type: group.protocol_type.clone(),
+        protocol_name: group.protocol.clone(),
+        leader,
+        member_id: new_id.to_string(),
+        members,
+    })
+}
+
 fn remove_member(group: &mut Group, member_id: &str, config: &GroupConfig, now: Instant) {
     // its waits end (dropped senders: UNKNOWN_MEMBER_ID)
     group.members.remove(member_id);
@@ -783,6 +1043,7 @@ fn remove_member(group: &mut Group, member_id: &str, config: &GroupConfig, now: 
                 group.leader = None;
                 group.protocol = None;
                 group.protocol_type = None;
+                group.needs_store = true;
             } else {
                 prepare_rebalance(group, config, now);
             }
@@ -852,7 +1113,7 @@ mod tests {
         let jb = tokio::spawn(async move { cb.join(join(&b2, &["roundrobin", "range"])).await });
         tokio::task::yield_now().await;
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert_eq!(c.heartbeat("g", 1, &a), ec::REBALANCE_IN_PROGRESS);
+        assert_eq!(c.heartbeat("g", 1, &a, None), ec::REBALANCE_IN_PROGRESS);
         let ja = c.join(join(&a, &["range", "roundrobin"])).await;
         let jb = jb.await.unwrap();
         assert_eq!((ja.generation_id, jb.generation_id), (2, 2));
@@ -864,12 +1125,13 @@ mod tests {
         // the follower's sync waits for the leader's
         let cb = std::sync::Arc::clone(&c);
         let b3 = b.clone();
-        let sb = tokio::spawn(async move { cb.sync("g", 2, &b3, Vec::new()).await });
+        let sb = tokio::spawn(async move { cb.sync("g", 2, &b3, None, Vec::new()).await });
         let sa = c
             .sync(
                 "g",
                 2,
                 &a,
+                None,
                 vec![
                     (a.clone(), Bytes::from_static(b"A")),
                     (b.clone(), Bytes::from_static(b"B")),
@@ -878,17 +1140,17 @@ mod tests {
             .await;
         assert_eq!(sa.assignment, Bytes::from_static(b"A"));
         assert_eq!(sb.await.unwrap().assignment, Bytes::from_static(b"B"));
-        assert_eq!(c.heartbeat("g", 2, &b), ec::NONE);
-        assert_eq!(c.heartbeat("g", 1, &b), ec::ILLEGAL_GENERATION);
-        assert_eq!(c.heartbeat("g", 2, "nobody"), ec::UNKNOWN_MEMBER_ID);
-        assert_eq!(c.check_commit("g", 2, &b), ec::NONE);
-        assert_eq!(c.check_commit("g", 1, &b), ec::ILLEGAL_GENERATION);
-        assert_eq!(c.check_commit("g", -1, ""), ec::UNKNOWN_MEMBER_ID);
+        assert_eq!(c.heartbeat("g", 2, &b, None), ec::NONE);
+        assert_eq!(c.heartbeat("g", 1, &b, None), ec::ILLEGAL_GENERATION);
+        assert_eq!(c.heartbeat("g", 2, "nobody", None), ec::UNKNOWN_MEMBER_ID);
+        assert_eq!(c.check_commit("g", 2, &b, None), ec::NONE);
+        assert_eq!(c.check_commit("g", 1, &b, None), ec::ILLEGAL_GENERATION);
+        assert_eq!(c.check_commit("g", -1, "", None), ec::UNKNOWN_MEMBER_ID);
         // b leaves: a rebalances alone
         assert_eq!(c.leave("g", &[(b.clone(), None)]), vec![ec::NONE]);
         // commits of what a was given are still taken while it prepares to rejoin
-        assert_eq!(c.check_commit("g", 2, &a), ec::NONE);
-        assert_eq!(c.heartbeat("g", 2, &a), ec::REBALANCE_IN_PROGRESS);
+        assert_eq!(c.check_commit("g", 2, &a, None), ec::NONE);
+        assert_eq!(c.heartbeat("g", 2, &a, None), ec::REBALANCE_IN_PROGRESS);
         let ja = c.join(join(&a, &["range"])).await;
         assert_eq!((ja.generation_id, ja.members.len()), (3, 1));
     }
@@ -923,14 +1185,20 @@ mod tests {
         let j = c.join(join(&id, &["range"])).await;
         assert_eq!(j.error_code, ec::NONE);
         let s = c
-            .sync("g", 1, &id, vec![(id.clone(), Bytes::from_static(b"x"))])
+            .sync(
+                "g",
+                1,
+                &id,
+                None,
+                vec![(id.clone(), Bytes::from_static(b"x"))],
+            )
             .await;
         assert_eq!(s.error_code, ec::NONE);
         assert_eq!(member_ids(&c, "g").len(), 1);
         c.tick(Instant::now() + Duration::from_secs(11));
         assert!(member_ids(&c, "g").is_empty());
-        assert_eq!(c.heartbeat("g", 1, &id), ec::UNKNOWN_MEMBER_ID);
-        assert_eq!(c.check_commit("g", -1, ""), ec::NONE);
+        assert_eq!(c.heartbeat("g", 1, &id, None), ec::UNKNOWN_MEMBER_ID);
+        assert_eq!(c.check_commit("g", -1, "", None), ec::NONE);
     }
 
     #[tokio::test]
@@ -947,13 +1215,115 @@ mod tests {
         assert_eq!((j.error_code, j.generation_id), (ec::NONE, 2));
         assert_ne!(j.member_id, old);
         assert_eq!(member_ids(&c, "g").len(), 1);
-        assert_eq!(c.heartbeat("g", 2, &old), ec::UNKNOWN_MEMBER_ID);
+        assert_eq!(c.heartbeat("g", 2, &old, None), ec::UNKNOWN_MEMBER_ID);
         // it leaves by its instance id alone
         assert_eq!(
             c.leave("g", &[(String::new(), Some("host-1".into()))]),
             vec![ec::NONE]
         );
         assert!(member_ids(&c, "g").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_static_member_restarting_in_a_stable_group_keeps_its_assignment_without_a_rebalance()
+    {
+        let c = coordinator();
+        let mut req = join("", &["range"]);
+        req.group_instance_id = Some("host-1".into());
+        let j = c.join(req.clone()).await;
+        let old = j.member_id.clone();
+        let s = c
+            .sync(
+                "g",
+                j.generation_id,
+                &old,
+                Some("host-1"),
+                vec![(old.clone(), Bytes::from_static(b"P0"))],
+            )
+            .await;
+        assert_eq!(s.error_code, ec::NONE);
+        // the restart: a new member id, the same generation, no rebalance
+        let again = c.join(req).await;
+        assert_eq!(again.error_code, ec::NONE);
+        assert_eq!(again.generation_id, j.generation_id);
+        assert_ne!(again.member_id, old);
+        assert_eq!(
+            again.leader, again.member_id,
+            "it led before: it leads still"
+        );
+        let s = c
+            .sync(
+                "g",
+                j.generation_id,
+                &again.member_id,
+                Some("host-1"),
+                Vec::new(),
+            )
+            .await;
+        assert_eq!(
+            (s.error_code, s.assignment),
+            (ec::NONE, Bytes::from_static(b"P0"))
+        );
+        assert_eq!(
+            c.heartbeat("g", j.generation_id, &again.member_id, Some("host-1")),
+            ec::NONE
+        );
+        // the old incarnation is fenced wherever it shows up
+        assert_eq!(
+            c.heartbeat("g", j.generation_id, &old, Some("host-1")),
+            ec::FENCED_INSTANCE_ID
+        );
+        assert_eq!(
+            c.check_commit("g", j.generation_id, &old, Some("host-1")),
+            ec::FENCED_INSTANCE_ID
+        );
+        assert_eq!(
+            c.leave("g", &[(old.clone(), Some("host-1".into()))]),
+            vec![ec::FENCED_INSTANCE_ID]
+        );
+        // both Stable states were queued for the metadata log, the second with the new id
+        let stores = c.take_stores();
+        assert_eq!(stores.len(), 2);
+        assert_eq!(stores[1].members[0].member_id, again.member_id);
+        assert_eq!(stores[1].generation, j.generation_id);
+    }
+
+    #[tokio::test]
+    async fn a_new_coordinator_resumes_a_stored_stable_group() {
+        let old = coordinator();
+        let a = old.join(join("", &["range"])).await;
+        let a = old.join(join(&a.member_id, &["range"])).await;
+        let s = old
+            .sync(
+                "g",
+                a.generation_id,
+                &a.member_id,
+                None,
+                vec![(a.member_id.clone(), Bytes::from_static(b"P0,P1"))],
+            )
+            .await;
+        assert_eq!(s.error_code, ec::NONE);
+        let stored = old.take_stores().pop().expect("the Stable state is queued");
+        // a new coordinator (slot epoch 3) resumes it from the stored state
+        let new = coordinator();
+        new.ensure_current("g", 3, Some(&stored));
+        assert_eq!(
+            new.heartbeat("g", a.generation_id, &a.member_id, None),
+            ec::NONE
+        );
+        let again = new
+            .sync("g", a.generation_id, &a.member_id, None, Vec::new())
+            .await;
+        assert_eq!(again.assignment, Bytes::from_static(b"P0,P1"));
+        assert_eq!(
+            new.check_commit("g", a.generation_id, &a.member_id, None),
+            ec::NONE
+        );
+        // the same ownership does not reload; a later one (epoch 4) starts from the store
+        new.ensure_current("g", 3, None);
+        assert_eq!(member_ids(&new, "g").len(), 1);
+        new.ensure_current("g", 4, None);
+        assert!(member_ids(&new, "g").is_empty());
     }
 
     #[tokio::test]
@@ -970,7 +1340,8 @@ mod tests {
         let generation = ja.generation_id.max(jb.generation_id);
         let cf = std::sync::Arc::clone(&c);
         let f = follower.clone();
-        let waiting = tokio::spawn(async move { cf.sync("g", generation, &f, Vec::new()).await });
+        let waiting =
+            tokio::spawn(async move { cf.sync("g", generation, &f, None, Vec::new()).await });
         tokio::time::sleep(Duration::from_millis(20)).await;
         // past its session, still waiting on the leader's SyncGroup: kept
         c.tick(Instant::now() + Duration::from_secs(11));

@@ -636,6 +636,44 @@ impl api::controller_server::Controller for ControllerService {
         }))
     }
 
+    async fn store_group(
+        &self,
+        request: Request<api::StoreGroupRequest>,
+    ) -> Result<Response<api::StoreGroupResponse>, Status> {
+        forward!(self, store_group, request);
+        let r = request.into_inner();
+        let outcomes = self
+            .core
+            .propose(vec![Record::StoreGroup(pb::StoreGroup { group: r.group })])
+            .await
+            .map_err(status)?;
+        let o = outcomes.into_iter().next().unwrap_or_else(ApplyOutcome::ok);
+        Ok(Response::new(api::StoreGroupResponse {
+            error_code: i32::from(o.error_code),
+            error_message: o.message,
+        }))
+    }
+
+    async fn delete_groups(
+        &self,
+        request: Request<api::DeleteGroupsRequest>,
+    ) -> Result<Response<api::DeleteGroupsResponse>, Status> {
+        forward!(self, delete_groups, request);
+        let r = request.into_inner();
+        let outcomes = self
+            .core
+            .propose(vec![Record::DeleteGroups(pb::DeleteGroups {
+                group_ids: r.group_ids,
+            })])
+            .await
+            .map_err(status)?;
+        let o = outcomes.into_iter().next().unwrap_or_else(ApplyOutcome::ok);
+        Ok(Response::new(api::DeleteGroupsResponse {
+            error_code: i32::from(o.error_code),
+            error_message: o.message,
+        }))
+    }
+
     async fn fetch_offsets(
         &self,
         request: Request<api::FetchOffsetsRequest>,

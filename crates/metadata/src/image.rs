@@ -58,6 +58,7 @@ pub struct MetadataImage {
     topics: BTreeMap<String, Topic>,
     offsets: BTreeMap<OffsetKey, CommittedOffset>,
     coordinators: BTreeMap<i32, CoordinatorSlot>,
+    groups: BTreeMap<String, pb::StoredGroup>,
 }
 
 impl MetadataImage {
@@ -125,6 +126,23 @@ impl MetadataImage {
     /// The slot of `group`'s coordinator, if placed (see [`crate::group_coordinator_slot`]).
     pub fn coordinator_of_group(&self, group: &str) -> Option<&CoordinatorSlot> {
         self.coordinators.get(&crate::group_coordinator_slot(group))
+    }
+
+    /// `group`'s membership as its coordinator last stored it.
+    pub fn stored_group(&self, group: &str) -> Option<&pb::StoredGroup> {
+        self.groups.get(group)
+    }
+
+    /// Every stored group, by id.
+    pub fn stored_groups(&self) -> impl Iterator<Item = &pb::StoredGroup> {
+        self.groups.values()
+    }
+
+    /// The ids of every group with committed offsets or stored membership.
+    pub fn group_ids(&self) -> std::collections::BTreeSet<String> {
+        let mut ids: std::collections::BTreeSet<String> = self.groups.keys().cloned().collect();
+        ids.extend(self.offsets.keys().map(|(g, _, _)| g.clone()));
+        ids
     }
 
     /// Every offset `group` committed, for `topics` (all topics when empty).
@@ -234,7 +252,59 @@ impl MetadataImage {
                 ApplyOutcome::ok()
             }
             Record::MoveCoordinators(r) => self.apply_move_coordinators(r),
+            Record::StoreGroup(r) => self.apply_store_group(r),
+            Record::DeleteGroups(r) => {
+                for id in &r.group_ids {
+                    self.groups.remove(id);
+                    let keys: Vec<OffsetKey> = self
+                        .offsets
+                        .range((id.clone(), String::new(), i32::MIN)..)
+                        .take_while(|((g, _, _), _)| g == id)
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    for k in keys {
+                        self.offsets.remove(&k);
+                    }
+                }
+                ApplyOutcome::ok()
+            }
         }
+    }
+
+    /// A coordinator's store of its group: refused unless that broker owns the group's
+    /// slot at that epoch now (a deposed coordinator must not overwrite its successor).
+    fn apply_store_group(&mut self, r: &pb::StoreGroup) -> ApplyOutcome {
+        let Some(group) = &r.group else {
+            return ApplyOutcome::err(ec::INVALID_REQUEST, "no group to store");
+        };
+        let owner = self.coordinator_of_group(&group.group_id);
+        let current = owner.is_some_and(|o| {
+            o.broker_id == group.coordinator_broker_id && o.epoch == group.coordinator_epoch
+        });
+        if !current {
+            return ApplyOutcome::err(
+                ec::NOT_COORDINATOR,
+                format!(
+                    "broker {} at epoch {} no longer coordinates group {}",
+                    group.coordinator_broker_id, group.coordinator_epoch, group.group_id
+                ),
+            );
+        }
+        // generations only grow under one coordinator
+        if let Some(old) = self.groups.get(&group.group_id) {
+            if old.coordinator_epoch == group.coordinator_epoch && group.generation < old.generation
+            {
+                return ApplyOutcome::err(
+                    ec::INVALID_REQUEST,
+                    format!(
+                        "group {} generation {} is older than the stored {}",
+                        group.group_id, group.generation, old.generation
+                    ),
+                );
+            }
+        }
+        self.groups.insert(group.group_id.clone(), group.clone());
+        ApplyOutcome::ok()
     }
 
     fn apply_move_coordinators(&mut self, r: &pb::MoveCoordinators) -> ApplyOutcome {
@@ -426,6 +496,7 @@ impl MetadataImage {
             topics: self.topics.values().cloned().collect(),
             offsets: self.offsets.values().cloned().collect(),
             coordinators: self.coordinators.values().cloned().collect(),
+            groups: self.groups.values().cloned().collect(),
         }
     }
 
@@ -452,6 +523,11 @@ impl MetadataImage {
                 .coordinators
                 .into_iter()
                 .map(|c| (c.slot, c))
+                .collect(),
+            groups: image
+                .groups
+                .into_iter()
+                .map(|g| (g.group_id.clone(), g))
                 .collect(),
         }
     }

@@ -48,7 +48,7 @@ pub mod proto {
 
 pub use proto::metadata::{
     metadata_record::Record, Broker, CommittedOffset, CoordinatorSlot, Endpoint, MetadataBatch,
-    MetadataRecord, Partition, Topic,
+    MetadataRecord, Partition, StoredGroup, StoredGroupMember, Topic,
 };
 
 /// How many coordinator slots groups are spread over: Kafka's default

@@ -17,12 +17,29 @@ use crate::connection::ConnectionError;
 const TRANSACTION_KEY: i8 = 1;
 
 /// Whether this broker coordinates `group` now: NONE, NOT_COORDINATOR (another broker
-/// does), or COORDINATOR_NOT_AVAILABLE (no live broker owns its slot yet).
+/// does), COORDINATOR_NOT_AVAILABLE (no live broker owns its slot yet), or
+/// COORDINATOR_LOAD_IN_PROGRESS (this broker's image has not been current yet, so what the
+/// previous coordinator stored may be missing). On NONE the in-memory group matches this
+/// ownership: resumed from the stored state if it was not known here.
 pub(crate) fn coordinates(broker: &Broker, group: &str) -> i16 {
-    let owner = broker.with_image(|image| image.coordinator_of_group(group).map(|c| c.broker_id));
-    match owner {
-        Some(id) if id == broker.broker_id() => ec::NONE,
-        Some(id) if id >= 0 => ec::NOT_COORDINATOR,
+    let me = broker.broker_id();
+    let loaded_from = broker.with_image(|image| {
+        let slot = image.coordinator_of_group(group)?;
+        Some((
+            slot.broker_id,
+            slot.epoch,
+            image.stored_group(group).cloned(),
+        ))
+    });
+    match loaded_from {
+        Some((id, epoch, stored)) if id == me => {
+            if !broker.metadata.caught_up() {
+                return ec::COORDINATOR_LOAD_IN_PROGRESS;
+            }
+            broker.groups.ensure_current(group, epoch, stored.as_ref());
+            ec::NONE
+        }
+        Some((id, _, _)) if id >= 0 => ec::NOT_COORDINATOR,
         _ => ec::COORDINATOR_NOT_AVAILABLE,
     }
 }

@@ -109,6 +109,7 @@ pub async fn sync_group(
                 &group_id,
                 body.generation_id,
                 &body.member_id,
+                body.group_instance_id.as_deref(),
                 body.assignments
                     .iter()
                     .map(|a| (a.member_id.to_string(), a.assignment.clone()))
@@ -128,9 +129,12 @@ pub async fn heartbeat(request: &RequestFrame, broker: &Broker) -> Result<Answer
     let body: HeartbeatRequest = decode(request)?;
     let group_id = body.group_id.0.to_string();
     let error_code = match coordinates(broker, &group_id) {
-        ec::NONE => broker
-            .groups
-            .heartbeat(&group_id, body.generation_id, &body.member_id),
+        ec::NONE => broker.groups.heartbeat(
+            &group_id,
+            body.generation_id,
+            &body.member_id,
+            body.group_instance_id.as_deref(),
+        ),
         other => other,
     };
     respond(

@@ -44,10 +44,12 @@ pub async fn offset_commit(
     let group = body.group_id.0.to_string();
     let mut group_error = coordinates(broker, &group);
     if group_error == ec::NONE {
-        group_error =
-            broker
-                .groups
-                .check_commit(&group, body.generation_id_or_member_epoch, &body.member_id);
+        group_error = broker.groups.check_commit(
+            &group,
+            body.generation_id_or_member_epoch,
+            &body.member_id,
+            body.group_instance_id.as_deref(),
+        );
     }
     let now_ms = sluice_record::now_ms();
     // (topic index, partition index) → error, for the answer in request order
