@@ -13,9 +13,8 @@ use kafka_protocol::messages::offset_commit_request::{
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
     ApiKey, FindCoordinatorRequest, FindCoordinatorResponse, GroupId, HeartbeatRequest,
-    HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
-    LeaveGroupResponse, OffsetCommitRequest, OffsetCommitResponse, SyncGroupRequest,
-    SyncGroupResponse, TopicName,
+    HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse,
+    OffsetCommitRequest, OffsetCommitResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use sluice_protocol::ClientConnection;
@@ -81,11 +80,7 @@ impl GroupClient {
             .with_key(s(group))
             .with_key_type(0);
         let r: FindCoordinatorResponse = self.send(ApiKey::FindCoordinator, 3, &request);
-        (
-            r.error_code,
-            r.node_id.0,
-            format!("{}:{}", r.host, r.port),
-        )
+        (r.error_code, r.node_id.0, format!("{}:{}", r.host, r.port))
     }
 
     /// JoinGroup v7 with one protocol.
