@@ -12,9 +12,10 @@ use kafka_protocol::messages::offset_commit_request::{
 };
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
-    ApiKey, FindCoordinatorRequest, FindCoordinatorResponse, GroupId, HeartbeatRequest,
-    HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse,
-    OffsetCommitRequest, OffsetCommitResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
+    ApiKey, DeleteGroupsRequest, DeleteGroupsResponse, FindCoordinatorRequest,
+    FindCoordinatorResponse, GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
+    JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, OffsetCommitRequest,
+    OffsetCommitResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use sluice_protocol::ClientConnection;
@@ -221,5 +222,12 @@ impl GroupClient {
             .first()
             .and_then(|t| t.partitions.first())
             .map_or(-1, |p| p.error_code)
+    }
+
+    /// DeleteGroups v2 of one group: its error code.
+    pub fn delete_group(&mut self, group: &str) -> i16 {
+        let request = DeleteGroupsRequest::default().with_groups_names(vec![GroupId(s(group))]);
+        let r: DeleteGroupsResponse = self.send(ApiKey::DeleteGroups, 2, &request);
+        r.results.first().map_or(-1, |g| g.error_code)
     }
 }

@@ -18,6 +18,8 @@ const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
 const UNKNOWN_MEMBER_ID: i16 = 25;
 const INVALID_SESSION_TIMEOUT: i16 = 26;
 const REBALANCE_IN_PROGRESS: i16 = 27;
+const NON_EMPTY_GROUP: i16 = 68;
+const GROUP_ID_NOT_FOUND: i16 = 69;
 const GROUP_MAX_SIZE_REACHED: i16 = 81;
 const FENCED_INSTANCE_ID: i16 = 82;
 
@@ -197,6 +199,36 @@ fn bad_group_requests_get_kafkas_error_codes() {
     let mut third = GroupClient::connect(&address);
     let full = third.join(group, "", None, "consumer", "range", 10_000);
     assert_eq!(full.error_code, GROUP_MAX_SIZE_REACHED);
+
+    // DeleteGroups: refused while the group has members, unknown groups are not found;
+    // once everyone left, the group and its offsets go
+    assert_eq!(a.delete_group(group), NON_EMPTY_GROUP);
+    let (_, elsewhere) = coordinator(&cluster, "never-existed", &[1, 2, 3]);
+    assert_eq!(
+        GroupClient::connect(&elsewhere).delete_group("never-existed"),
+        GROUP_ID_NOT_FOUND
+    );
+    let assignments = [(member.clone(), vec![1]), (jb.member_id.clone(), vec![2])];
+    let mut leader = GroupClient::connect(&address);
+    let (code, _) = leader.sync(
+        group,
+        rejoined.generation,
+        &rejoined.leader,
+        None,
+        &assignments,
+    );
+    assert_eq!(code, NONE);
+    let code = a.commit(group, rejoined.generation, &member, None, "errors", 0, 3);
+    assert_eq!(code, NONE);
+    assert_eq!(a.leave(group, &member, None), (NONE, NONE));
+    let mut b = GroupClient::connect(&address);
+    assert_eq!(b.leave(group, &jb.member_id, None), (NONE, NONE));
+    assert_eq!(a.delete_group(group), NONE);
+    assert_eq!(
+        a.delete_group(group),
+        GROUP_ID_NOT_FOUND,
+        "deleted with its offsets"
+    );
 
     // a static member restarts: the new incarnation takes over, the old one is fenced
     let static_group = "static-members";

@@ -17,11 +17,14 @@
 //! (REBALANCE_IN_PROGRESS); a member that waits on a JoinGroup is not expired by its
 //! session (its rebalance timeout bounds it instead), as in Kafka.
 //!
-//! Not built yet: persisting the Stable group's membership in the metadata log (a new
-//! coordinator starts the group over); static membership (KIP-345) only in part: a
-//! restarted static member replaces its old incarnation and may leave by instance id, but
-//! it rebalances the group like a dynamic one and FENCED_INSTANCE_ID is never answered;
-//! DeleteGroups.
+//! Durability: when a group turns Stable (or Empty) its state is queued for the metadata
+//! log (`take_stores`, stored by `store_groups` in broker_node.rs); a broker that becomes
+//! a group's coordinator resumes it from there (`ensure_current`): Stable, the same
+//! generation, leader and assignments, each member with a fresh session.
+//!
+//! Static members (KIP-345): a restarted static member replaces its old incarnation; in a
+//! Stable group that still speaks its protocol it keeps the assignment and the generation
+//! (no rebalance), and the old incarnation's requests get FENCED_INSTANCE_ID.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
@@ -764,6 +767,23 @@ impl GroupCoordinator {
             .collect();
         list.sort_by(|a, b| a.0.cmp(&b.0));
         list
+    }
+
+    /// Whether `group_id` has members here.
+    pub fn has_members(&self, group_id: &str) -> bool {
+        self.groups()
+            .get(group_id)
+            .is_some_and(|g| !g.members.is_empty())
+    }
+
+    /// Whether `group_id` is known here at all (members or pending joins).
+    pub fn knows(&self, group_id: &str) -> bool {
+        self.groups().contains_key(group_id)
+    }
+
+    /// Drops `group_id` (it was deleted).
+    pub fn forget(&self, group_id: &str) {
+        self.groups().remove(group_id);
     }
 
     /// Forgets every group whose coordinator slot `still_here` says moved away: their

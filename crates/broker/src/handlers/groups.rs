@@ -4,14 +4,15 @@
 //! DescribeGroups show the groups this broker coordinates (as Kafka's brokers do: an admin
 //! client asks every broker).
 
+use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::leave_group_response::MemberResponse;
 use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::{
-    DescribeGroupsRequest, DescribeGroupsResponse, HeartbeatRequest, HeartbeatResponse,
-    JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest,
-    ListGroupsResponse, SyncGroupRequest, SyncGroupResponse,
+    DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest, DescribeGroupsResponse,
+    HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
+    LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, SyncGroupRequest, SyncGroupResponse,
 };
 use sluice_metadata::error_code as ec;
 use sluice_protocol::RequestFrame;
@@ -265,4 +266,68 @@ pub async fn describe_groups(
         request,
         &DescribeGroupsResponse::default().with_groups(groups),
     )
+}
+
+/// DeleteGroups (v0–v2): a group with members is NON_EMPTY_GROUP; one this coordinator
+/// knows nothing of (no members, no stored state, no offsets) GROUP_ID_NOT_FOUND; else
+/// its stored state and committed offsets are deleted through the controller.
+pub async fn delete_groups(
+    request: &RequestFrame,
+    broker: &Broker,
+) -> Result<Answer, ConnectionError> {
+    let body: DeleteGroupsRequest = decode(request)?;
+    let mut results = Vec::new();
+    for name in &body.groups_names {
+        let group_id = name.0.to_string();
+        let mut code = coordinates(broker, &group_id);
+        if code == ec::NONE {
+            let known = broker.with_image(|image| {
+                image.stored_group(&group_id).is_some()
+                    || !image.committed_offsets(&group_id, &[]).is_empty()
+            });
+            code = if broker.groups.has_members(&group_id) {
+                ec::NON_EMPTY_GROUP
+            } else if !known && !broker.groups.knows(&group_id) {
+                ec::GROUP_ID_NOT_FOUND
+            } else {
+                delete_in_quorum(broker, &group_id).await
+            };
+        }
+        results.push(
+            DeletableGroupResult::default()
+                .with_group_id(name.clone())
+                .with_error_code(code),
+        );
+    }
+    respond(
+        request,
+        &DeleteGroupsResponse::default().with_results(results),
+    )
+}
+
+async fn delete_in_quorum(broker: &Broker, group_id: &str) -> i16 {
+    let answer = broker
+        .controllers
+        .call(std::time::Duration::from_secs(5), |mut c| {
+            let request = sluice_metadata::proto::controller::DeleteGroupsRequest {
+                group_ids: vec![group_id.to_string()],
+            };
+            async move { c.delete_groups(request).await }
+        })
+        .await;
+    match answer {
+        Ok(r) if r.error_code == 0 => {
+            broker.groups.forget(group_id);
+            tracing::info!(group = group_id, "group deleted");
+            ec::NONE
+        }
+        Ok(r) => {
+            tracing::warn!(group = group_id, error = %r.error_message, "group not deleted");
+            ec::COORDINATOR_NOT_AVAILABLE
+        }
+        Err(e) => {
+            tracing::warn!(group = group_id, error = %e, "group not deleted");
+            ec::REQUEST_TIMED_OUT
+        }
+    }
 }
