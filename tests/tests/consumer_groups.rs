@@ -11,6 +11,9 @@
 //! - A consumer killed with kill -9: its partitions move to the other two after its
 //!   session timeout, and every record produced is consumed.
 //! - Committed offsets survive a kill -9 and restart of every node.
+//! - `sluice group list|describe|reset-offsets|delete` show what kcat's group committed,
+//!   refuse a reset while the group has a member, move the offsets back so kcat reads
+//!   everything again, and delete the group with its offsets.
 
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
@@ -349,4 +352,120 @@ fn committed_offsets_survive_a_restart_of_every_node() {
         sorted(second),
         "the group resumes where it committed before the restart"
     );
+}
+
+/// The rows of `sluice group describe` (GROUP TOPIC PARTITION CURRENT-OFFSET
+/// LOG-END-OFFSET LAG ...): (partition, current, end, lag) as printed.
+fn described_rows(out: &str, group: &str) -> Vec<(String, String, String, String)> {
+    out.lines()
+        .filter(|l| l.starts_with(&format!("{group} ")))
+        .map(|l| {
+            let cells: Vec<&str> = l.split_whitespace().collect();
+            (
+                cells[2].to_string(),
+                cells[3].to_string(),
+                cells[4].to_string(),
+                cells[5].to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_group_cli_describes_resets_and_deletes_a_group() {
+    let cluster = ProcessCluster::start(Layout::Combined, &["group.initial.rebalance.delay.ms=0"]);
+    let (topic, group) = ("operated", "operated-readers");
+    cluster.create_topic(topic, 2);
+    let records = values("r", 30);
+    check(
+        &kcat_produce(&cluster.bootstrap(), topic, "all", &records),
+        "kcat -P",
+    );
+    assert_eq!(
+        kcat_group_read(&cluster.bootstrap(), group, topic),
+        sorted(records.clone())
+    );
+
+    let out = cluster.sluice(&["group", "describe", group]);
+    check(&out, "sluice group describe");
+    let shown = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(shown.contains("state Empty"), "{shown}");
+    // kcat produced everything to partition 0; the group read it all: lag 0
+    assert_eq!(
+        described_rows(&shown, group),
+        vec![("0".into(), "30".into(), "30".into(), "0".into())],
+        "{shown}"
+    );
+    let out = cluster.sluice(&["group", "list"]);
+    check(&out, "sluice group list");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(group));
+
+    // refused while the group has a member
+    let (_, address) = {
+        let asked = cluster.bootstrap_of(1);
+        let mut c = sluice_system_tests::group_member::GroupClient::connect(&asked);
+        let (code, node, address) = c.find_coordinator(group);
+        assert_eq!(code, 0);
+        (node, address)
+    };
+    let mut member = sluice_system_tests::group_member::GroupClient::connect(&address);
+    let joined = member.join_new(group, None);
+    assert_eq!(joined.error_code, 0);
+    let out = cluster.sluice(&[
+        "group",
+        "reset-offsets",
+        group,
+        "--topic",
+        topic,
+        "--to-earliest",
+        "--execute",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("inactive"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(member.leave(group, &joined.member_id, None), (0, 0));
+
+    // a dry run changes nothing; --execute moves the offsets back: everything is read again
+    let out = cluster.sluice(&[
+        "group",
+        "reset-offsets",
+        group,
+        "--topic",
+        topic,
+        "--shift-by",
+        "-10",
+    ]);
+    check(&out, "sluice group reset-offsets (dry run)");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("{group}  {topic}  0          20"))
+    );
+    let out = cluster.sluice(&[
+        "group",
+        "reset-offsets",
+        group,
+        "--topic",
+        topic,
+        "--to-earliest",
+        "--execute",
+    ]);
+    check(&out, "sluice group reset-offsets --execute");
+    assert_eq!(
+        kcat_group_read(&cluster.bootstrap(), group, topic),
+        sorted(records.clone()),
+        "read again from the start"
+    );
+
+    let out = cluster.sluice(&["group", "delete", group]);
+    check(&out, "sluice group delete");
+    let out = cluster.sluice(&["group", "describe", group]);
+    check(&out, "sluice group describe after delete");
+    assert!(
+        described_rows(&String::from_utf8_lossy(&out.stdout), group).is_empty(),
+        "no offsets left"
+    );
+    let out = cluster.sluice(&["group", "delete", group]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("GROUP_ID_NOT_FOUND"));
 }

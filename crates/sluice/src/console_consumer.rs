@@ -11,11 +11,7 @@ use std::io::Write;
 
 use anyhow::{bail, Context, Result};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
-use kafka_protocol::messages::{
-    ApiKey, BrokerId, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
-    TopicName,
-};
+use kafka_protocol::messages::{ApiKey, BrokerId, FetchRequest, FetchResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use sluice_record::{Record, RecordBatches};
 
@@ -81,11 +77,9 @@ pub async fn run(
     let mut positions: BTreeMap<i32, i64> = BTreeMap::new();
     let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
     for (&partition, &leader) in &leaders {
-        let end = list_offset(&mut cluster, topic, partition, leader, -1).await?;
+        let end = cluster.list_offset(topic, partition, leader, -1).await?;
         let start = match options.start {
-            StartOffset::Beginning => {
-                list_offset(&mut cluster, topic, partition, leader, -2).await?
-            }
+            StartOffset::Beginning => cluster.list_offset(topic, partition, leader, -2).await?,
             StartOffset::End => end,
             StartOffset::At(n) => n,
         };
@@ -131,44 +125,6 @@ pub async fn run(
         }
         out.flush()?;
     }
-}
-
-async fn list_offset(
-    cluster: &mut Cluster,
-    topic: &str,
-    partition: i32,
-    leader: i32,
-    timestamp: i64,
-) -> Result<i64> {
-    let request = ListOffsetsRequest::default()
-        .with_replica_id(BrokerId(-1))
-        .with_topics(vec![ListOffsetsTopic::default()
-            .with_name(topic_name(topic))
-            .with_partitions(vec![ListOffsetsPartition::default()
-                .with_partition_index(partition)
-                .with_timestamp(timestamp)])]);
-    let response: ListOffsetsResponse = cluster
-        .broker(leader)
-        .await?
-        .send(
-            ApiKey::ListOffsets,
-            kafka_client::LIST_OFFSETS_VERSION,
-            &request,
-            true,
-        )
-        .await?;
-    let p = response
-        .topics
-        .first()
-        .and_then(|t| t.partitions.first())
-        .context("empty ListOffsets response")?;
-    if p.error_code != 0 {
-        bail!(
-            "offsets of {topic}-{partition}: {}",
-            error_name(p.error_code)
-        );
-    }
-    Ok(p.offset)
 }
 
 async fn fetch(

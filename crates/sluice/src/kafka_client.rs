@@ -7,7 +7,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use kafka_protocol::messages::{ApiKey, MetadataRequest, MetadataResponse, TopicName};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::{
+    ApiKey, BrokerId, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
+    TopicName,
+};
 use kafka_protocol::protocol::StrBytes;
 use sluice_protocol::ClientConnection;
 
@@ -100,6 +104,41 @@ impl Cluster {
             .map(|b| (b.node_id.0, format!("{}:{}", b.host, b.port)))
             .collect();
         Ok(response)
+    }
+
+    /// ListOffsets of one partition at its `leader`: `timestamp` -1 for the end (the high
+    /// watermark), -2 for the log start, else the first offset at or after it (-1 if none).
+    pub async fn list_offset(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        leader: i32,
+        timestamp: i64,
+    ) -> Result<i64> {
+        let request = ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![ListOffsetsTopic::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                .with_partitions(vec![ListOffsetsPartition::default()
+                    .with_partition_index(partition)
+                    .with_timestamp(timestamp)])]);
+        let response: ListOffsetsResponse = self
+            .broker(leader)
+            .await?
+            .send(ApiKey::ListOffsets, LIST_OFFSETS_VERSION, &request, true)
+            .await?;
+        let p = response
+            .topics
+            .first()
+            .and_then(|t| t.partitions.first())
+            .context("empty ListOffsets response")?;
+        if p.error_code != 0 {
+            anyhow::bail!(
+                "offsets of {topic}-{partition}: {}",
+                error_name(p.error_code)
+            );
+        }
+        Ok(p.offset)
     }
 
     /// A connection to broker `id` (as Metadata advertised it).

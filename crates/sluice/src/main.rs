@@ -18,6 +18,7 @@ mod cluster_status;
 mod console_consumer;
 mod console_producer;
 mod dump_log;
+mod group_admin;
 mod group_client;
 mod kafka_client;
 mod node_config;
@@ -57,6 +58,14 @@ enum Command {
     Cluster {
         #[command(subcommand)]
         command: ClusterCommand,
+        #[command(flatten)]
+        bootstrap: Bootstrap,
+    },
+    /// List, describe, delete consumer groups and reset their offsets (like
+    /// kafka-consumer-groups.sh).
+    Group {
+        #[command(subcommand)]
+        command: GroupCommand,
         #[command(flatten)]
         bootstrap: Bootstrap,
     },
@@ -163,6 +172,46 @@ enum ClusterCommand {
     Status {
         #[arg(long)]
         expect_brokers: Option<usize>,
+    },
+}
+
+#[derive(Subcommand)]
+enum GroupCommand {
+    /// Every group, with its state and protocol type.
+    List,
+    /// Per partition: committed offset, log end offset, lag, and the member it is
+    /// assigned to; the group's state and assignor first.
+    Describe { group: String },
+    /// Delete a group with no members: its committed offsets go too.
+    Delete { group: String },
+    /// Move a group's committed offsets (only while it has no members). Prints the new
+    /// offsets; commits them only with --execute.
+    #[command(group(clap::ArgGroup::new("to").required(true).args([
+        "to_earliest", "to_latest", "to_offset", "to_datetime", "shift_by"
+    ])))]
+    ResetOffsets {
+        group: String,
+        /// TOPIC, or TOPIC:P,P,... for some partitions.
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        to_earliest: bool,
+        #[arg(long)]
+        to_latest: bool,
+        #[arg(long, value_name = "OFFSET")]
+        to_offset: Option<i64>,
+        /// YYYY-MM-DDTHH:mm:SS.sss (UTC unless an offset follows).
+        #[arg(long, value_name = "DATETIME")]
+        to_datetime: Option<String>,
+        /// Move each committed offset by N (negative: back).
+        #[arg(long, value_name = "N", allow_hyphen_values = true)]
+        shift_by: Option<i64>,
+        /// Only show the new offsets (the default).
+        #[arg(long, conflicts_with = "execute")]
+        dry_run: bool,
+        /// Commit the new offsets.
+        #[arg(long)]
+        execute: bool,
     },
 }
 
@@ -292,6 +341,46 @@ fn run() -> Result<()> {
                 client(cluster_status::status(&bootstrap.brokers, expect_brokers))
             }
         },
+        Command::Group { command, bootstrap } => {
+            let brokers = bootstrap.brokers;
+            let out = client(async {
+                match command {
+                    GroupCommand::List => group_admin::list(&brokers).await,
+                    GroupCommand::Describe { group } => {
+                        group_admin::describe(&brokers, &group).await
+                    }
+                    GroupCommand::Delete { group } => group_admin::delete(&brokers, &group).await,
+                    GroupCommand::ResetOffsets {
+                        group,
+                        topic,
+                        to_earliest,
+                        to_latest,
+                        to_offset,
+                        to_datetime,
+                        shift_by,
+                        dry_run: _,
+                        execute,
+                    } => {
+                        let to = if to_earliest {
+                            group_admin::ResetTo::Earliest
+                        } else if to_latest {
+                            group_admin::ResetTo::Latest
+                        } else if let Some(n) = to_offset {
+                            group_admin::ResetTo::Offset(n)
+                        } else if let Some(d) = to_datetime {
+                            group_admin::ResetTo::Timestamp(group_admin::parse_datetime(&d)?)
+                        } else if let Some(n) = shift_by {
+                            group_admin::ResetTo::ShiftBy(n)
+                        } else {
+                            anyhow::bail!("say where to reset to (--to-earliest, ...)")
+                        };
+                        group_admin::reset_offsets(&brokers, &group, &topic, to, execute).await
+                    }
+                }
+            })?;
+            print!("{out}");
+            Ok(())
+        }
         Command::Bench { command, bootstrap } => {
             let out = client(async {
                 match command {
