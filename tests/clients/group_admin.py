@@ -1,5 +1,6 @@
 """confluent-kafka's AdminClient on consumer groups: lists them ("list GROUP STATE") and
-describes GROUP ("describe GROUP STATE ASSIGNOR MEMBERS PARTITIONS").
+describes GROUP ("describe GROUP STATE ASSIGNOR MEMBERS PARTITIONS", then "member HOST"
+for each member).
 
 usage: group_admin.py BOOTSTRAP GROUP
 """
@@ -22,6 +23,8 @@ def main():
         f"{described.partition_assignor} {len(described.members)} {partitions}",
         flush=True,
     )
+    for m in described.members:
+        print(f"member {m.host}", flush=True)
 
 
 if __name__ == "__main__":

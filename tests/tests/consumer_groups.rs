@@ -181,6 +181,8 @@ fn three_confluent_kafka_consumers_split_six_partitions_and_consume_everything()
         admin.contains("describe splitters STABLE range 3 6"),
         "{admin}"
     );
+    // each member's host, as Kafka shows it
+    assert_eq!(admin.matches("member /127.0.0.1").count(), 3, "{admin}");
     let mut all: Vec<i32> = assignment.concat();
     all.sort();
     assert_eq!(

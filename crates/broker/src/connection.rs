@@ -43,12 +43,14 @@ pub async fn serve_connection(
     context: &ConnectionContext,
 ) -> Result<(), ConnectionError> {
     let mut writer = ChunkWriter::new(context.config.use_sendfile);
+    let peer = stream.peer_addr().ok();
     loop {
         let Some(frame) = read_frame(&mut stream, context.config.socket_request_max_bytes).await?
         else {
             return Ok(());
         };
-        let request = parse_request(frame)?;
+        let mut request = parse_request(frame)?;
+        request.peer = peer;
         if let Some(chunks) = handle(&request, context).await? {
             writer.write(&mut stream, &chunks, &context.stats).await?;
         }

@@ -20,6 +20,9 @@ pub struct RequestFrame {
     pub header_version: i16,
     /// The request body, undecoded.
     pub body: Bytes,
+    /// The client's address, when the connection knows it (Kafka shows it as a group
+    /// member's host).
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +70,7 @@ pub fn parse_request(frame: Bytes) -> Result<RequestFrame, RequestError> {
         client_id,
         header_version,
         body: buf,
+        peer: None,
     })
 }
 

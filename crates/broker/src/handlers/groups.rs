@@ -51,7 +51,11 @@ pub async fn join_group(
                 member_id: body.member_id.to_string(),
                 group_instance_id: body.group_instance_id.as_ref().map(|s| s.to_string()),
                 client_id: request.client_id.clone().unwrap_or_default(),
-                client_host: String::new(),
+                // Kafka shows "/" and the address
+                client_host: request
+                    .peer
+                    .map(|a| format!("/{}", a.ip()))
+                    .unwrap_or_default(),
                 session_timeout_ms: body.session_timeout_ms,
                 rebalance_timeout_ms,
                 protocol_type: body.protocol_type.to_string(),
