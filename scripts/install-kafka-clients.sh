@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real Kafka clients (written by others) the tests drive Sluice with:
-#   kcat (Debian's, librdkafka 2.0.2), confluent-kafka (PyPI, its own newer librdkafka)
-#   and kafka-python (PyPI, pure Python)
+#   kcat (Debian's, librdkafka 2.0.2), confluent-kafka (PyPI, its own newer librdkafka),
+#   kafka-python and aiokafka (PyPI, pure Python)
 #   in a venv at DIR/venv. With --perf also librdkafka's rdkafka_performance load tool,
 #   built from Debian's librdkafka source (benchmarks only).
 # Usage: scripts/install-kafka-clients.sh [--perf] [DIR]   (default DIR: .kafka-clients)
@@ -33,6 +33,8 @@ fi
   || "$dir/venv/bin/pip" install -q confluent-kafka
 "$dir/venv/bin/python" -c 'import kafka' 2>/dev/null \
   || "$dir/venv/bin/pip" install -q kafka-python
+"$dir/venv/bin/python" -c 'import aiokafka' 2>/dev/null \
+  || "$dir/venv/bin/pip" install -q aiokafka
 
 if [ $perf = 1 ] && [ ! -x "$dir/bin/rdkafka_performance" ]; then
   # a deb-src list of our own, from the machine's configured Debian mirror; /etc/apt stays

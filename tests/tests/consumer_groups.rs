@@ -7,9 +7,11 @@
 //! - Three confluent-kafka consumers of one group split a 6-partition topic two
 //!   partitions each, and together consume every record; confluent-kafka's AdminClient
 //!   lists the group and describes it (ListGroups, DescribeGroups).
-//! - kafka-python's group consumer reads everything, then resumes where it committed.
+//! - kafka-python's and aiokafka's group consumers read everything, then resume where they
+//!   committed.
 //! - A consumer killed with kill -9: its partitions move to the other two after its
-//!   session timeout, and every record produced is consumed.
+//!   session timeout, and every record produced is consumed (eager assignors, and
+//!   cooperative-sticky).
 //! - Committed offsets survive a kill -9 and restart of every node.
 //! - `sluice group list|describe|reset-offsets|delete` show what kcat's group committed,
 //!   refuse a reset while the group has a member, move the offsets back so kcat reads
@@ -58,12 +60,24 @@ fn group_consumer(
     topic: &str,
     stop: &std::path::Path,
 ) -> (NodeProcess, std::sync::mpsc::Receiver<String>) {
+    group_consumer_with(bootstrap, group, topic, stop, "range,roundrobin")
+}
+
+/// [`group_consumer`] with `partition.assignment.strategy` = `assignor`.
+fn group_consumer_with(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    stop: &std::path::Path,
+    assignor: &str,
+) -> (NodeProcess, std::sync::mpsc::Receiver<String>) {
     let mut node = NodeProcess {
         child: Command::new(python())
             .arg(client_script("group_consumer.py"))
             .args([bootstrap, group, topic])
             .arg("--stop-file")
             .arg(stop)
+            .args(["--assignor", assignor])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -207,6 +221,17 @@ fn three_confluent_kafka_consumers_split_six_partitions_and_consume_everything()
 
 #[test]
 fn kafka_python_reads_through_a_group_and_resumes_from_its_committed_offsets() {
+    python_group_reads_and_resumes("kafka_python_group.py");
+}
+
+#[test]
+fn aiokafka_reads_through_a_group_and_resumes_from_its_committed_offsets() {
+    python_group_reads_and_resumes("aiokafka_group.py");
+}
+
+/// A Python group consumer (`script`: BOOTSTRAP GROUP TOPIC, prints each value) reads
+/// everything, then only what was produced after its commit.
+fn python_group_reads_and_resumes(script: &str) {
     let cluster = ProcessCluster::start(
         Layout::DedicatedController,
         &["group.initial.rebalance.delay.ms=0"],
@@ -215,13 +240,11 @@ fn kafka_python_reads_through_a_group_and_resumes_from_its_committed_offsets() {
     cluster.create_topic(topic, 3);
     let read = || {
         let mut command = Command::new(python());
-        command.arg(client_script("kafka_python_group.py")).args([
-            &cluster.bootstrap(),
-            "pythonistas",
-            topic,
-        ]);
+        command
+            .arg(client_script(script))
+            .args([&cluster.bootstrap(), "pythonistas", topic]);
         let out = run(command, b"", Duration::from_secs(90));
-        check(&out, "kafka_python_group.py");
+        check(&out, script);
         sorted(
             String::from_utf8_lossy(&out.stdout)
                 .lines()
@@ -249,6 +272,17 @@ fn kafka_python_reads_through_a_group_and_resumes_from_its_committed_offsets() {
 
 #[test]
 fn a_killed_consumers_partitions_move_to_the_others_and_nothing_is_skipped() {
+    killed_consumer_moves_its_partitions("range,roundrobin");
+}
+
+#[test]
+fn with_cooperative_sticky_a_killed_consumers_partitions_move_and_nothing_is_skipped() {
+    killed_consumer_moves_its_partitions("cooperative-sticky");
+}
+
+/// Three confluent-kafka consumers with `assignor` split 6 partitions; one is killed
+/// (kill -9); after its session the other two hold all six and consume everything.
+fn killed_consumer_moves_its_partitions(assignor: &str) {
     let cluster = ProcessCluster::start(
         Layout::DedicatedController,
         &["group.initial.rebalance.delay.ms=1000"],
@@ -263,7 +297,7 @@ fn a_killed_consumers_partitions_move_to_the_others_and_nothing_is_skipped() {
     let dir = tempfile::tempdir().unwrap();
     let stop = dir.path().join("stop");
     let (mut consumers, lines): (Vec<NodeProcess>, Vec<_>) = (0..3)
-        .map(|_| group_consumer(&cluster.bootstrap(), "survivors", topic, &stop))
+        .map(|_| group_consumer_with(&cluster.bootstrap(), "survivors", topic, &stop, assignor))
         .unzip();
     let mut consumed = BTreeSet::new();
     let mut assignment: Vec<Vec<i32>> = vec![Vec::new(); 3];
