@@ -505,3 +505,127 @@ fn the_group_cli_describes_resets_and_deletes_a_group() {
     let out = cluster.sluice(&["group", "delete", group]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("GROUP_ID_NOT_FOUND"));
 }
+
+#[test]
+fn a_stable_group_of_real_consumers_does_not_rebalance_when_its_coordinator_is_killed() {
+    let mut cluster =
+        ProcessCluster::start(Layout::Combined, &["group.initial.rebalance.delay.ms=1000"]);
+    let (topic, group) = ("steady", "steady-readers");
+    cluster.create_topic(topic, 6);
+    let before = values("a", 120);
+    check(
+        &kcat_produce(&cluster.bootstrap(), topic, "all", &before),
+        "kcat -P",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let stop = dir.path().join("stop");
+    let (mut consumers, lines): (Vec<NodeProcess>, Vec<_>) = (0..3)
+        .map(|_| group_consumer(&cluster.bootstrap(), group, topic, &stop))
+        .unzip();
+    let mut consumed = BTreeSet::new();
+    let mut assignment: Vec<Vec<i32>> = vec![Vec::new(); 3];
+    let first: BTreeSet<String> = before.iter().cloned().collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(assignment.iter().all(|p| p.len() == 2) && first.is_subset(&consumed)) {
+        drain(&lines, &mut assignment, &mut consumed);
+        assert!(
+            Instant::now() < deadline,
+            "group never settled: {assignment:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let settled = assignment.clone();
+
+    let (code, coordinator, _) =
+        sluice_system_tests::group_member::GroupClient::connect(&cluster.bootstrap_of(1))
+            .find_coordinator(group);
+    assert_eq!(code, 0);
+    cluster.kill(coordinator);
+    let live: Vec<i32> = (1..=3).filter(|id| *id != coordinator).collect();
+    let bootstrap = live
+        .iter()
+        .map(|id| cluster.bootstrap_of(*id))
+        .collect::<Vec<_>>()
+        .join(",");
+    let after = values("b", 120);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        // acks=all needs the partitions' new leaders first
+        let out = kcat_produce(&bootstrap, topic, "all", &after);
+        if out.status.success() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "producing after the kill failed");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let all: BTreeSet<String> = before.iter().chain(&after).cloned().collect();
+    // every assignment change is printed: none may come (no rebalance), and everything
+    // produced after the kill is consumed by the same three owners
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        for (i, rx) in lines.iter().enumerate() {
+            while let Ok(line) = rx.try_recv() {
+                assert!(
+                    !line.starts_with("assignment "),
+                    "consumer {i} was reassigned after the coordinator moved: {line}"
+                );
+                if let Some(value) = line.splitn(4, ' ').nth(3) {
+                    consumed.insert(value.to_string());
+                }
+            }
+        }
+        if all.is_subset(&consumed) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} records consumed after the coordinator moved",
+            consumed.len(),
+            all.len()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // the slot moves once the controller fences the dead broker; then the members
+    // heartbeat at the new coordinator for a while (500 ms apart): still no rebalance
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, now_at, _) =
+            sluice_system_tests::group_member::GroupClient::connect(&cluster.bootstrap_of(live[0]))
+                .find_coordinator(group);
+        if code == 0 && now_at != coordinator {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the coordinator never moved");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let quiet_until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < quiet_until {
+        for (i, rx) in lines.iter().enumerate() {
+            while let Ok(line) = rx.try_recv() {
+                assert!(
+                    !line.starts_with("assignment "),
+                    "consumer {i} was reassigned after the coordinator moved: {line}"
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(assignment, settled);
+    // they close, committing at the new coordinator with the generation they had: accepted,
+    // so the group has committed everything
+    std::fs::write(&stop, b"").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for c in &mut consumers {
+        while c.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "a consumer did not exit");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let out = cluster.sluice(&["group", "describe", group]);
+    check(&out, "sluice group describe");
+    let shown = String::from_utf8_lossy(&out.stdout).to_string();
+    let rows = described_rows(&shown, group);
+    let committed: i64 = rows.iter().map(|r| r.1.parse::<i64>().unwrap_or(-1)).sum();
+    assert_eq!(committed, 240, "{shown}");
+    assert!(rows.iter().all(|r| r.3 == "0"), "{shown}");
+}

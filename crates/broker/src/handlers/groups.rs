@@ -21,7 +21,7 @@ use super::find_coordinator::coordinates;
 use super::{decode, respond, str_bytes, Answer};
 use crate::broker::Broker;
 use crate::connection::ConnectionError;
-use crate::group_coordinator::JoinRequest;
+use crate::group_coordinator::{GroupState, JoinRequest};
 
 pub async fn join_group(
     request: &RequestFrame,
@@ -195,6 +195,13 @@ pub async fn leave_group(
 /// Kafka's "authorized operations not asked for".
 const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
 
+/// Whether the metadata log holds anything of `group_id` (a stored state, offsets).
+fn known_in_metadata(broker: &Broker, group_id: &str) -> bool {
+    broker.with_image(|image| {
+        image.stored_group(group_id).is_some() || !image.committed_offsets(group_id, &[]).is_empty()
+    })
+}
+
 pub async fn list_groups(
     request: &RequestFrame,
     broker: &Broker,
@@ -207,9 +214,32 @@ pub async fn list_groups(
         .map(|s| s.to_lowercase())
         .collect();
     let types: Vec<String> = body.types_filter.iter().map(|t| t.to_lowercase()).collect();
-    let groups = broker
-        .groups
-        .list()
+    let mut listed = broker.groups.list();
+    // groups with no members are kept in the metadata log only (their offsets, their last
+    // stored state): Empty, as Kafka lists them
+    let me = broker.broker_id();
+    let resting: Vec<(String, GroupState, String)> = broker.with_image(|image| {
+        image
+            .group_ids()
+            .into_iter()
+            .filter(|id| {
+                image
+                    .coordinator_of_group(id)
+                    .is_some_and(|c| c.broker_id == me)
+            })
+            .filter(|id| !listed.iter().any(|(l, _, _)| l == id))
+            .map(|id| {
+                let kind = image
+                    .stored_group(&id)
+                    .map(|g| g.protocol_type.clone())
+                    .unwrap_or_default();
+                (id, GroupState::Empty, kind)
+            })
+            .collect()
+    });
+    listed.extend(resting);
+    listed.sort_by(|a, b| a.0.cmp(&b.0));
+    let groups = listed
         .into_iter()
         .filter(|(_, state, _)| states.is_empty() || states.contains(&state.name().to_lowercase()))
         .filter(|_| types.is_empty() || types.iter().any(|t| t == "classic"))
@@ -242,8 +272,12 @@ pub async fn describe_groups(
                 return described.with_error_code(coordinator);
             }
             match broker.groups.describe(&id) {
-                // a group this broker would coordinate but does not know: Dead, no members
-                None => described.with_group_state(str_bytes("Dead")),
+                // known only from the metadata log (offsets, a stored state): Empty;
+                // otherwise a group this broker would coordinate but does not know: Dead
+                None => {
+                    let known = known_in_metadata(broker, &id);
+                    described.with_group_state(str_bytes(if known { "Empty" } else { "Dead" }))
+                }
                 Some(g) => {
                     described.group_state = str_bytes(g.state.name());
                     described.protocol_type = str_bytes(g.protocol_type);
@@ -285,10 +319,7 @@ pub async fn delete_groups(
         let group_id = name.0.to_string();
         let mut code = coordinates(broker, &group_id);
         if code == ec::NONE {
-            let known = broker.with_image(|image| {
-                image.stored_group(&group_id).is_some()
-                    || !image.committed_offsets(&group_id, &[]).is_empty()
-            });
+            let known = known_in_metadata(broker, &group_id);
             code = if broker.groups.has_members(&group_id) {
                 ec::NON_EMPTY_GROUP
             } else if !known && !broker.groups.knows(&group_id) {
