@@ -10,12 +10,16 @@ use kafka_protocol::messages::leave_group_request::MemberIdentity;
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
+use kafka_protocol::messages::offset_delete_request::{
+    OffsetDeleteRequestPartition, OffsetDeleteRequestTopic,
+};
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
     ApiKey, DeleteGroupsRequest, DeleteGroupsResponse, FindCoordinatorRequest,
     FindCoordinatorResponse, GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
     JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, OffsetCommitRequest,
-    OffsetCommitResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
+    OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse, SyncGroupRequest,
+    SyncGroupResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use sluice_protocol::ClientConnection;
@@ -84,8 +88,7 @@ impl GroupClient {
         (r.error_code, r.node_id.0, format!("{}:{}", r.host, r.port))
     }
 
-    /// JoinGroup v7 with one protocol.
-    #[allow(clippy::too_many_arguments)]
+    /// JoinGroup v7 with one protocol (its metadata a placeholder).
     pub fn join(
         &mut self,
         group: &str,
@@ -93,6 +96,56 @@ impl GroupClient {
         instance_id: Option<&str>,
         protocol_type: &str,
         protocol: &str,
+        session_timeout_ms: i32,
+    ) -> Joined {
+        let metadata = Bytes::from_static(b"subscription");
+        self.join_with(
+            group,
+            member_id,
+            instance_id,
+            (protocol_type, protocol, metadata),
+            session_timeout_ms,
+        )
+    }
+
+    /// A consumer's first join (KIP-394's two steps), subscribed to `topics` (its metadata
+    /// a real ConsumerProtocolSubscription v0).
+    pub fn join_subscribed(&mut self, group: &str, topics: &[&str]) -> Joined {
+        let mut metadata = Vec::new();
+        metadata.extend_from_slice(&0i16.to_be_bytes());
+        metadata.extend_from_slice(&(topics.len() as i32).to_be_bytes());
+        for t in topics {
+            metadata.extend_from_slice(&(t.len() as i16).to_be_bytes());
+            metadata.extend_from_slice(t.as_bytes());
+        }
+        metadata.extend_from_slice(&(-1i32).to_be_bytes());
+        let metadata = Bytes::from(metadata);
+        let first = self.join_with(
+            group,
+            "",
+            None,
+            ("consumer", "range", metadata.clone()),
+            10_000,
+        );
+        if first.error_code != MEMBER_ID_REQUIRED {
+            return first;
+        }
+        self.join_with(
+            group,
+            &first.member_id,
+            None,
+            ("consumer", "range", metadata),
+            10_000,
+        )
+    }
+
+    /// JoinGroup v7 with one protocol: (protocol type, protocol name, its metadata).
+    fn join_with(
+        &mut self,
+        group: &str,
+        member_id: &str,
+        instance_id: Option<&str>,
+        (protocol_type, protocol, metadata): (&str, &str, Bytes),
         session_timeout_ms: i32,
     ) -> Joined {
         let request = JoinGroupRequest::default()
@@ -104,7 +157,7 @@ impl GroupClient {
             .with_protocol_type(s(protocol_type))
             .with_protocols(vec![JoinGroupRequestProtocol::default()
                 .with_name(s(protocol))
-                .with_metadata(Bytes::from_static(b"subscription"))]);
+                .with_metadata(metadata)]);
         let r: JoinGroupResponse = self.send(ApiKey::JoinGroup, 7, &request);
         Joined {
             error_code: r.error_code,
@@ -229,5 +282,24 @@ impl GroupClient {
         let request = DeleteGroupsRequest::default().with_groups_names(vec![GroupId(s(group))]);
         let r: DeleteGroupsResponse = self.send(ApiKey::DeleteGroups, 2, &request);
         r.results.first().map_or(-1, |g| g.error_code)
+    }
+
+    /// OffsetDelete v0 of one partition: (group error, partition error).
+    pub fn delete_offset(&mut self, group: &str, topic: &str, partition: i32) -> (i16, i16) {
+        let request = OffsetDeleteRequest::default()
+            .with_group_id(GroupId(s(group)))
+            .with_topics(vec![OffsetDeleteRequestTopic::default()
+                .with_name(TopicName(s(topic)))
+                .with_partitions(vec![
+                    OffsetDeleteRequestPartition::default().with_partition_index(partition)
+                ])]);
+        let r: OffsetDeleteResponse = self.send(ApiKey::OffsetDelete, 0, &request);
+        (
+            r.error_code,
+            r.topics
+                .first()
+                .and_then(|t| t.partitions.first())
+                .map_or(-1, |p| p.error_code),
+        )
     }
 }

@@ -21,6 +21,7 @@ const REBALANCE_IN_PROGRESS: i16 = 27;
 const NON_EMPTY_GROUP: i16 = 68;
 const GROUP_ID_NOT_FOUND: i16 = 69;
 const GROUP_MAX_SIZE_REACHED: i16 = 81;
+const GROUP_SUBSCRIBED_TO_TOPIC: i16 = 86;
 const FENCED_INSTANCE_ID: i16 = 82;
 
 /// The group's coordinator (node id, address) as a live broker reports it, once it is
@@ -41,9 +42,10 @@ fn coordinator(cluster: &ProcessCluster, group: &str, live: &[i32]) -> (i32, Str
     }
 }
 
-/// Two members join `group` together and sync; the leader assigns each its own id.
-/// Returns each member's (client, join answer, assignment).
-fn stable_pair(address: &str, group: &str) -> Vec<(GroupClient, Joined, Vec<u8>)> {
+/// Two members join `group` together and sync at `address`; the leader assigns each its
+/// own id. Returns each member's (client, join answer, assignment), or None when the
+/// coordinator moved meanwhile (placement still settling after the cluster started).
+fn stable_pair(address: &str, group: &str) -> Option<Vec<(GroupClient, Joined, Vec<u8>)>> {
     let threads: Vec<_> = (0..2)
         .map(|_| {
             let address = address.to_string();
@@ -51,7 +53,9 @@ fn stable_pair(address: &str, group: &str) -> Vec<(GroupClient, Joined, Vec<u8>)
             std::thread::spawn(move || {
                 let mut client = GroupClient::connect(&address);
                 let joined = client.join_new(&group, None);
-                assert_eq!(joined.error_code, NONE, "{joined:?}");
+                if joined.error_code != NONE {
+                    return Err(joined.error_code);
+                }
                 let assignments: Vec<(String, Vec<u8>)> = joined
                     .members
                     .iter()
@@ -64,24 +68,43 @@ fn stable_pair(address: &str, group: &str) -> Vec<(GroupClient, Joined, Vec<u8>)
                     None,
                     &assignments,
                 );
-                assert_eq!(code, NONE);
-                (client, joined, assignment)
+                if code != NONE {
+                    return Err(code);
+                }
+                Ok((client, joined, assignment))
             })
         })
         .collect();
-    threads
+    let members: Vec<Result<_, i16>> = threads
         .into_iter()
         .map(|t| t.join().expect("member thread"))
-        .collect()
+        .collect();
+    let mut out = Vec::new();
+    for m in members {
+        match m {
+            Ok(m) => out.push(m),
+            Err(code) if code == UNKNOWN_MEMBER_ID || COORDINATOR_RETRIABLE.contains(&code) => {
+                return None
+            }
+            Err(code) => panic!("joining {group}: error {code}"),
+        }
+    }
+    Some(out)
 }
 
 #[test]
 fn a_stable_group_keeps_its_generation_when_its_coordinators_broker_is_killed() {
     let mut cluster = ProcessCluster::start(Layout::Combined, &[]);
     cluster.create_topic("moves", 1);
-    let group = "survives-a-move";
-    let (old, address) = coordinator(&cluster, group, &[1, 2, 3]);
-    let mut members = stable_pair(&address, group);
+    // a fresh group per attempt, should the coordinator move while it forms
+    let (group, old, mut members) = (0..5)
+        .find_map(|attempt| {
+            let group = format!("survives-a-move-{attempt}");
+            let (old, address) = coordinator(&cluster, &group, &[1, 2, 3]);
+            stable_pair(&address, &group).map(|m| (group, old, m))
+        })
+        .expect("a stable group within 5 attempts");
+    let group = group.as_str();
     assert_eq!(members[0].1.generation, members[1].1.generation);
     let generation = members[0].1.generation;
     for (_, joined, assignment) in &members {
@@ -269,5 +292,57 @@ fn bad_group_requests_get_kafkas_error_codes() {
             Some("instance-1")
         ),
         FENCED_INSTANCE_ID
+    );
+
+    // OffsetDelete: a member subscribed to the topic keeps its offsets; once the group is
+    // empty they can go, and then the group has no trace left
+    let offsets_group = "offsets-deleted";
+    let (_, address) = coordinator(&cluster, offsets_group, &[1, 2, 3]);
+    let mut consumer = GroupClient::connect(&address);
+    let joined = consumer.join_subscribed(offsets_group, &["errors"]);
+    assert_eq!(joined.error_code, NONE, "{joined:?}");
+    let assignment = vec![(joined.member_id.clone(), Vec::new())];
+    let (code, _) = consumer.sync(
+        offsets_group,
+        joined.generation,
+        &joined.member_id,
+        None,
+        &assignment,
+    );
+    assert_eq!(code, NONE);
+    let code = consumer.commit(
+        offsets_group,
+        joined.generation,
+        &joined.member_id,
+        None,
+        "errors",
+        0,
+        4,
+    );
+    assert_eq!(code, NONE);
+    assert_eq!(
+        consumer.delete_offset(offsets_group, "errors", 0),
+        (NONE, GROUP_SUBSCRIBED_TO_TOPIC)
+    );
+    assert_eq!(
+        consumer.delete_offset(offsets_group, "no-such-topic", 0),
+        (NONE, UNKNOWN_TOPIC_OR_PARTITION)
+    );
+    assert_eq!(
+        consumer.leave(offsets_group, &joined.member_id, None),
+        (NONE, NONE)
+    );
+    assert_eq!(
+        consumer.delete_offset(offsets_group, "errors", 0),
+        (NONE, NONE)
+    );
+    assert_eq!(
+        consumer.delete_group(offsets_group),
+        NONE,
+        "the emptied group's stored state is still there to delete"
+    );
+    assert_eq!(
+        consumer.delete_offset(offsets_group, "errors", 0).0,
+        GROUP_ID_NOT_FOUND
     );
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_log::LogError;
+use sluice_metadata::error_code as ec;
 use sluice_protocol::WriteStats;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -15,6 +16,7 @@ use tokio::task::JoinHandle;
 use crate::broker::Broker;
 use crate::broker_config::BrokerConfig;
 use crate::controller_client::ControllerClients;
+use crate::group_coordinator::GroupChange;
 use crate::listener::{BrokerListener, ListenerConfig};
 use crate::metadata_follower::{MetadataFollower, MetadataFollowerConfig};
 use crate::replica_manager::ReplicaManager;
@@ -282,44 +284,85 @@ async fn tick_groups(broker: Arc<Broker>) {
     }
 }
 
-/// Stores group states (a rebalance's end, a group emptied) in the metadata log through
-/// the controller, in the order they were reached, each fenced by this broker's ownership
-/// of the group's slot.
+/// Stores group states (a rebalance's end, a group emptied) and deletes groups in the
+/// metadata log through the controller, in the order they were queued, each store fenced
+/// by this broker's ownership of the group's slot.
 async fn store_groups(broker: Arc<Broker>) {
-    let me = broker.broker_id();
+    broker.groups.enable_storing();
     loop {
         broker.groups.stores_waiting().await;
-        for mut stored in broker.groups.take_stores() {
-            let slot = broker.with_image(|i| i.coordinator_of_group(&stored.group_id).cloned());
-            let Some(slot) = slot.filter(|s| s.broker_id == me) else {
-                continue;
+        for change in broker.groups.take_changes() {
+            match change {
+                GroupChange::Store(stored, done) => {
+                    store_group(&broker, stored).await;
+                    let _ = done.send(());
+                }
+                GroupChange::Delete { group_id, done } => {
+                    let _ = done.send(delete_group(&broker, &group_id).await);
+                }
+            }
+        }
+    }
+}
+
+async fn store_group(broker: &Broker, mut stored: sluice_metadata::StoredGroup) {
+    let me = broker.broker_id();
+    let slot = broker.with_image(|i| i.coordinator_of_group(&stored.group_id).cloned());
+    let Some(slot) = slot.filter(|s| s.broker_id == me) else {
+        return;
+    };
+    stored.coordinator_broker_id = me;
+    stored.state_timestamp_ms = sluice_record::now_ms();
+    if stored.coordinator_epoch < 0 {
+        stored.coordinator_epoch = slot.epoch;
+    }
+    let group_id = stored.group_id.clone();
+    let generation = stored.generation;
+    let answer = broker
+        .controllers
+        .call(Duration::from_secs(5), |mut c| {
+            let request = sluice_metadata::proto::controller::StoreGroupRequest {
+                group: Some(stored.clone()),
             };
-            stored.coordinator_broker_id = me;
-            if stored.coordinator_epoch < 0 {
-                stored.coordinator_epoch = slot.epoch;
-            }
-            let group_id = stored.group_id.clone();
-            let generation = stored.generation;
-            let answer = broker
-                .controllers
-                .call(Duration::from_secs(5), |mut c| {
-                    let request = sluice_metadata::proto::controller::StoreGroupRequest {
-                        group: Some(stored.clone()),
-                    };
-                    async move { c.store_group(request).await }
-                })
-                .await;
-            match answer {
-                Ok(r) if r.error_code == 0 => {
-                    tracing::debug!(group = %group_id, generation, "group state stored")
-                }
-                Ok(r) => {
-                    tracing::warn!(group = %group_id, generation, error = %r.error_message, "group state not stored")
-                }
-                Err(e) => {
-                    tracing::warn!(group = %group_id, generation, error = %e, "group state not stored")
-                }
-            }
+            async move { c.store_group(request).await }
+        })
+        .await;
+    match answer {
+        Ok(r) if r.error_code == 0 => {
+            tracing::debug!(group = %group_id, generation, "group state stored")
+        }
+        Ok(r) => {
+            tracing::warn!(group = %group_id, generation, error = %r.error_message, "group state not stored")
+        }
+        Err(e) => {
+            tracing::warn!(group = %group_id, generation, error = %e, "group state not stored")
+        }
+    }
+}
+
+/// Deletes a group's stored state and offsets; the DeleteGroups error code.
+async fn delete_group(broker: &Broker, group_id: &str) -> i16 {
+    let answer = broker
+        .controllers
+        .call(Duration::from_secs(5), |mut c| {
+            let request = sluice_metadata::proto::controller::DeleteGroupsRequest {
+                group_ids: vec![group_id.to_string()],
+            };
+            async move { c.delete_groups(request).await }
+        })
+        .await;
+    match answer {
+        Ok(r) if r.error_code == 0 => {
+            tracing::info!(group = group_id, "group deleted");
+            ec::NONE
+        }
+        Ok(r) => {
+            tracing::warn!(group = group_id, error = %r.error_message, "group not deleted");
+            ec::COORDINATOR_NOT_AVAILABLE
+        }
+        Err(e) => {
+            tracing::warn!(group = group_id, error = %e, "group not deleted");
+            ec::REQUEST_TIMED_OUT
         }
     }
 }

@@ -264,6 +264,8 @@ impl Group {
                 .collect(),
             coordinator_broker_id: -1,
             coordinator_epoch: self.coordinator_epoch.unwrap_or(-1),
+            // stamped by the storer
+            state_timestamp_ms: 0,
         }
     }
 }
@@ -289,14 +291,26 @@ pub struct GroupSummary {
     pub members: Vec<MemberSummary>,
 }
 
+/// A change for the metadata log.
+pub enum GroupChange {
+    /// Store the state; `done` is signalled (or dropped) once the attempt ended.
+    Store(StoredGroup, oneshot::Sender<()>),
+    Delete {
+        group_id: String,
+        done: oneshot::Sender<i16>,
+    },
+}
+
 #[derive(Default)]
 pub struct GroupCoordinator {
     config: GroupConfig,
     groups: Mutex<HashMap<String, Group>>,
     next_member: std::sync::atomic::AtomicU64,
-    /// Group states waiting to be stored, in the order they were reached.
-    to_store: Mutex<Vec<StoredGroup>>,
+    /// Group states waiting to be stored and groups waiting to be deleted, in order.
+    to_store: Mutex<Vec<GroupChange>>,
     store_wake: tokio::sync::Notify,
+    /// A task stores the queued changes (see `enable_storing`).
+    storing: std::sync::atomic::AtomicBool,
 }
 
 fn new_member_id(client_id: &str, n: u64) -> String {
@@ -319,21 +333,61 @@ impl GroupCoordinator {
     }
 
     /// Queues `group`'s state for the metadata log if it turned Stable or Empty.
-    fn queue_store(&self, group_id: &str, group: &mut Group) {
+    fn queue_store(&self, group_id: &str, group: &mut Group) -> Option<oneshot::Receiver<()>> {
         if !std::mem::take(&mut group.needs_store) {
-            return;
+            return None;
         }
         let stored = group.stored(group_id);
+        let (done, stored_signal) = oneshot::channel();
+        self.queue_change(GroupChange::Store(stored, done));
+        Some(stored_signal)
+    }
+
+    /// Says a task stores the queued changes (`store_groups` in broker_node.rs): from now
+    /// on the answers to a completed SyncGroup wait for the group's state to be stored,
+    /// as Kafka's do, so a coordinator that dies after answering left the state behind.
+    pub fn enable_storing(&self) {
+        self.storing
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    fn queue_change(&self, change: GroupChange) {
         self.to_store
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(stored);
+            .push(change);
         self.store_wake.notify_one();
     }
 
-    /// The group states to store, oldest first (see `store_groups` in broker_node.rs).
-    pub fn take_stores(&self) -> Vec<StoredGroup> {
+    /// The changes to make in the metadata log, oldest first (see `store_groups` in
+    /// broker_node.rs).
+    pub fn take_changes(&self) -> Vec<GroupChange> {
         std::mem::take(&mut *self.to_store.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The group states waiting to be stored (tests).
+    #[cfg(test)]
+    fn take_stores(&self) -> Vec<StoredGroup> {
+        self.take_changes()
+            .into_iter()
+            .filter_map(|c| match c {
+                GroupChange::Store(s, _) => Some(s),
+                GroupChange::Delete { .. } => None,
+            })
+            .collect()
+    }
+
+    /// Forgets `group_id` here and queues its deletion from the metadata log behind the
+    /// stores already queued (an emptied state stored after the deletion would bring the
+    /// group back); the answer is the deletion's error code.
+    pub fn delete(&self, group_id: &str) -> oneshot::Receiver<i16> {
+        self.groups().remove(group_id);
+        let (done, answer) = oneshot::channel();
+        self.queue_change(GroupChange::Delete {
+            group_id: group_id.to_string(),
+            done,
+        });
+        answer
     }
 
     /// Returns once a group state is waiting to be stored.
@@ -537,6 +591,7 @@ impl GroupCoordinator {
                 group.state = GroupState::Stable;
                 group.needs_store = true;
                 let ids: Vec<String> = group.members.keys().cloned().collect();
+                let mut answers = Vec::new();
                 for id in ids {
                     let answer = sync_answer(group, &id);
                     if let Some(waiter) = group
@@ -544,11 +599,28 @@ impl GroupCoordinator {
                         .get_mut(&id)
                         .and_then(|m| m.sync_waiter.take())
                     {
-                        let _ = waiter.send(answer);
+                        answers.push((waiter, answer));
                     }
                 }
                 tracing::info!(group = group_id, generation = group.generation, members = group.members.len(), protocol = ?group.protocol, "group stable");
-                self.queue_store(group_id, group);
+                let stored = self.queue_store(group_id, group);
+                let wait_for_store = self.storing.load(std::sync::atomic::Ordering::Acquire);
+                let answer_all = move || {
+                    for (waiter, answer) in answers {
+                        let _ = waiter.send(answer);
+                    }
+                };
+                match stored.filter(|_| wait_for_store) {
+                    // the members hear of their assignment once it is stored (or the
+                    // attempt ended)
+                    Some(stored) => {
+                        tokio::spawn(async move {
+                            let _ = stored.await;
+                            answer_all();
+                        });
+                    }
+                    None => answer_all(),
+                }
             }
             rx
         };
@@ -776,14 +848,41 @@ impl GroupCoordinator {
             .is_some_and(|g| !g.members.is_empty())
     }
 
+    /// A group with members: its protocol type and each member's metadata for the group's
+    /// protocol (None: no members here).
+    pub fn member_subscriptions(&self, group_id: &str) -> Option<(String, Vec<Bytes>)> {
+        let groups = self.groups();
+        let group = groups.get(group_id).filter(|g| !g.members.is_empty())?;
+        let metadata = group
+            .members
+            .values()
+            .map(|m| {
+                group
+                    .protocol
+                    .as_ref()
+                    .and_then(|p| m.protocols.iter().find(|(n, _)| n == p))
+                    .or_else(|| m.protocols.first())
+                    .map(|(_, md)| md.clone())
+                    .unwrap_or_default()
+            })
+            .collect();
+        let kind = group
+            .protocol_type
+            .clone()
+            .or_else(|| {
+                group
+                    .members
+                    .values()
+                    .next()
+                    .map(|m| m.protocol_type.clone())
+            })
+            .unwrap_or_default();
+        Some((kind, metadata))
+    }
+
     /// Whether `group_id` is known here at all (members or pending joins).
     pub fn knows(&self, group_id: &str) -> bool {
         self.groups().contains_key(group_id)
-    }
-
-    /// Drops `group_id` (it was deleted).
-    pub fn forget(&self, group_id: &str) {
-        self.groups().remove(group_id);
     }
 
     /// Forgets every group whose coordinator slot `still_here` says moved away: their

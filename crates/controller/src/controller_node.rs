@@ -59,6 +59,10 @@ pub struct ControllerConfig {
     pub default_replication_factor: i32,
     /// Committed entries between metadata snapshots.
     pub metadata_snapshot_entries: u64,
+    /// `offsets.retention.minutes` (Kafka: 7 days), in ms.
+    pub offsets_retention_ms: i64,
+    /// `offsets.retention.check.interval.ms` (Kafka: 600000).
+    pub offsets_retention_check_interval_ms: u64,
 }
 
 impl ControllerConfig {
@@ -76,6 +80,8 @@ impl ControllerConfig {
             num_partitions: 1,
             default_replication_factor: 1,
             metadata_snapshot_entries: 10_000,
+            offsets_retention_ms: 7 * 24 * 60 * 60 * 1000,
+            offsets_retention_check_interval_ms: 600_000,
         }
     }
 
@@ -544,6 +550,8 @@ async fn leader_loop(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
     let tick = Duration::from_millis((core.config.broker_heartbeat_interval_ms / 4).clamp(10, 500));
     // the term this node last started leading in
     let mut led_term: Option<u64> = None;
+    let expiry_every = Duration::from_millis(core.config.offsets_retention_check_interval_ms);
+    let mut last_expiry = Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(tick) => {}
@@ -574,6 +582,28 @@ async fn leader_loop(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
         if let Err(e) = fence_expired_brokers(&core).await {
             tracing::warn!(error = %e, "fencing expired brokers");
         }
+        if last_expiry.elapsed() >= expiry_every {
+            last_expiry = Instant::now();
+            expire_offsets(&core).await;
+        }
+    }
+}
+
+/// Commits the expiry of the offsets `offsets.retention.minutes` says are due.
+async fn expire_offsets(core: &Core) {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let records = core.state_machine.with_image(|image| {
+        crate::offset_expiry::expired(image, now_ms, core.config.offsets_retention_ms)
+    });
+    if records.is_empty() {
+        return;
+    }
+    let n = records.len();
+    match core.propose(records).await {
+        Ok(_) => tracing::info!(records = n, "expired committed offsets"),
+        Err(e) => tracing::warn!(error = %e, "expiring committed offsets"),
     }
 }
 

@@ -674,6 +674,27 @@ impl api::controller_server::Controller for ControllerService {
         }))
     }
 
+    async fn delete_offsets(
+        &self,
+        request: Request<api::DeleteOffsetsRequest>,
+    ) -> Result<Response<api::DeleteOffsetsResponse>, Status> {
+        forward!(self, delete_offsets, request);
+        let r = request.into_inner();
+        let outcomes = self
+            .core
+            .propose(vec![Record::DeleteOffsets(pb::DeleteOffsets {
+                group: r.group,
+                partitions: r.partitions,
+            })])
+            .await
+            .map_err(status)?;
+        let o = outcomes.into_iter().next().unwrap_or_else(ApplyOutcome::ok);
+        Ok(Response::new(api::DeleteOffsetsResponse {
+            error_code: i32::from(o.error_code),
+            error_message: o.message,
+        }))
+    }
+
     async fn fetch_offsets(
         &self,
         request: Request<api::FetchOffsetsRequest>,

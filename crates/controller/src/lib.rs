@@ -8,6 +8,7 @@ pub mod controller_service;
 pub mod coordinator_placement;
 pub mod error;
 pub mod failure_detector;
+pub mod offset_expiry;
 pub mod partition_election;
 pub mod placement;
 pub mod raft_log_store;

@@ -253,6 +253,13 @@ impl MetadataImage {
             }
             Record::MoveCoordinators(r) => self.apply_move_coordinators(r),
             Record::StoreGroup(r) => self.apply_store_group(r),
+            Record::DeleteOffsets(r) => {
+                for p in &r.partitions {
+                    self.offsets
+                        .remove(&(r.group.clone(), p.topic.clone(), p.partition));
+                }
+                ApplyOutcome::ok()
+            }
             Record::DeleteGroups(r) => {
                 for id in &r.group_ids {
                     self.groups.remove(id);

@@ -52,6 +52,7 @@ pub const KAFKA_3_9_RANGES: &[ApiRange] = &[
     range(ApiKey::DescribeGroups, 0, 5),
     range(ApiKey::ListGroups, 0, 5),
     range(ApiKey::DeleteGroups, 0, 2),
+    range(ApiKey::OffsetDelete, 0, 0),
     range(ApiKey::ApiVersions, 0, 4),
     range(ApiKey::CreateTopics, 2, 7),
     range(ApiKey::DeleteTopics, 1, 6),

@@ -29,6 +29,8 @@ const KEYS: &[(&str, &str)] = &[
     ("unclean.leader.election.enable", "false"),
     ("num.partitions", "1"),
     ("default.replication.factor", "1"),
+    ("offsets.retention.minutes", "10080"),
+    ("offsets.retention.check.interval.ms", "600000"),
     // the broker role
     ("advertised.listeners", ""),
     ("broker.rack", ""),
@@ -430,6 +432,16 @@ impl NodeConfig {
         c.unclean_leader_election_enable = self.parse("unclean.leader.election.enable")?;
         c.num_partitions = self.parse("num.partitions")?;
         c.default_replication_factor = self.parse("default.replication.factor")?;
+        let retention_minutes: i64 = self.parse("offsets.retention.minutes")?;
+        if retention_minutes < 1 {
+            bail!("offsets.retention.minutes must be at least 1");
+        }
+        c.offsets_retention_ms = retention_minutes.saturating_mul(60_000);
+        c.offsets_retention_check_interval_ms =
+            self.parse("offsets.retention.check.interval.ms")?;
+        if c.offsets_retention_check_interval_ms < 1 {
+            bail!("offsets.retention.check.interval.ms must be at least 1");
+        }
         if c.broker_heartbeat_interval_ms >= c.broker_session_timeout_ms {
             bail!("broker.heartbeat.interval.ms must be below broker.session.timeout.ms");
         }

@@ -196,7 +196,7 @@ pub async fn leave_group(
 const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
 
 /// Whether the metadata log holds anything of `group_id` (a stored state, offsets).
-fn known_in_metadata(broker: &Broker, group_id: &str) -> bool {
+pub(crate) fn known_in_metadata(broker: &Broker, group_id: &str) -> bool {
     broker.with_image(|image| {
         image.stored_group(group_id).is_some() || !image.committed_offsets(group_id, &[]).is_empty()
     })
@@ -341,28 +341,9 @@ pub async fn delete_groups(
 }
 
 async fn delete_in_quorum(broker: &Broker, group_id: &str) -> i16 {
-    let answer = broker
-        .controllers
-        .call(std::time::Duration::from_secs(5), |mut c| {
-            let request = sluice_metadata::proto::controller::DeleteGroupsRequest {
-                group_ids: vec![group_id.to_string()],
-            };
-            async move { c.delete_groups(request).await }
-        })
-        .await;
-    match answer {
-        Ok(r) if r.error_code == 0 => {
-            broker.groups.forget(group_id);
-            tracing::info!(group = group_id, "group deleted");
-            ec::NONE
-        }
-        Ok(r) => {
-            tracing::warn!(group = group_id, error = %r.error_message, "group not deleted");
-            ec::COORDINATOR_NOT_AVAILABLE
-        }
-        Err(e) => {
-            tracing::warn!(group = group_id, error = %e, "group not deleted");
-            ec::REQUEST_TIMED_OUT
-        }
-    }
+    broker
+        .groups
+        .delete(group_id)
+        .await
+        .unwrap_or(ec::COORDINATOR_NOT_AVAILABLE)
 }

@@ -46,6 +46,7 @@ pub const HANDLED_APIS: &[ApiKey] = &[
     ApiKey::DeleteGroups,
     ApiKey::OffsetCommit,
     ApiKey::OffsetFetch,
+    ApiKey::OffsetDelete,
     ApiKey::OffsetForLeaderEpoch,
     ApiKey::DescribeLogDirs,
 ];
@@ -74,6 +75,7 @@ pub async fn handle(request: &RequestFrame, broker: &Broker) -> Result<Answer, C
         ApiKey::DeleteGroups => groups::delete_groups(request, broker).await,
         ApiKey::OffsetCommit => offsets::offset_commit(request, broker).await,
         ApiKey::OffsetFetch => offsets::offset_fetch(request, broker).await,
+        ApiKey::OffsetDelete => offsets::offset_delete(request, broker).await,
         ApiKey::OffsetForLeaderEpoch => offset_for_leader_epoch::handle(request, broker).await,
         ApiKey::DescribeLogDirs => describe_log_dirs::handle(request, broker).await,
         api_key => Err(ConnectionError::UnsupportedVersion {

@@ -12,13 +12,18 @@ use std::time::Duration;
 use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
 };
+use kafka_protocol::messages::offset_delete_response::{
+    OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
+};
 use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
     OffsetFetchResponseTopic, OffsetFetchResponseTopics,
 };
 use kafka_protocol::messages::{
-    OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse,
+    ConsumerProtocolSubscription, OffsetCommitRequest, OffsetCommitResponse, OffsetDeleteRequest,
+    OffsetDeleteResponse, OffsetFetchRequest, OffsetFetchResponse,
 };
+use kafka_protocol::protocol::Decodable;
 use sluice_metadata::error_code as ec;
 use sluice_metadata::proto::controller as api;
 use sluice_metadata::CommittedOffset;
@@ -300,5 +305,129 @@ pub async fn offset_fetch(
                 .collect();
         }
     }
+    respond(request, &response)
+}
+
+/// The topics a consumer's subscription metadata names (ConsumerProtocolSubscription, its
+/// version first); none for bytes that are not one.
+fn subscribed_topics(metadata: &[u8]) -> Vec<String> {
+    if metadata.len() < 2 {
+        return Vec::new();
+    }
+    let version = i16::from_be_bytes([metadata[0], metadata[1]]).clamp(0, 3);
+    let mut buf = bytes::Bytes::copy_from_slice(&metadata[2..]);
+    ConsumerProtocolSubscription::decode(&mut buf, version)
+        .map(|s| s.topics.iter().map(|t| t.to_string()).collect())
+        .unwrap_or_default()
+}
+
+/// OffsetDelete (v0): deletes a group's committed offsets of some partitions. A group
+/// with members keeps the offsets of the topics its consumers subscribe to
+/// (GROUP_SUBSCRIBED_TO_TOPIC); a group of another protocol type with members is
+/// NON_EMPTY_GROUP; a group with no trace GROUP_ID_NOT_FOUND.
+pub async fn offset_delete(
+    request: &RequestFrame,
+    broker: &Broker,
+) -> Result<Answer, ConnectionError> {
+    let body: OffsetDeleteRequest = decode(request)?;
+    let group = body.group_id.0.to_string();
+    let mut group_error = coordinates(broker, &group);
+    let mut subscribed: Vec<String> = Vec::new();
+    if group_error == ec::NONE {
+        match broker.groups.member_subscriptions(&group) {
+            Some((kind, _)) if kind != "consumer" => group_error = ec::NON_EMPTY_GROUP,
+            Some((_, metadata)) => {
+                subscribed = metadata.iter().flat_map(|m| subscribed_topics(m)).collect();
+            }
+            None => {
+                if !super::groups::known_in_metadata(broker, &group) {
+                    group_error = ec::GROUP_ID_NOT_FOUND;
+                }
+            }
+        }
+    }
+    if group_error != ec::NONE {
+        return respond(
+            request,
+            &OffsetDeleteResponse::default().with_error_code(group_error),
+        );
+    }
+    let mut deleted = Vec::new();
+    let mut errors: Vec<Vec<i16>> = Vec::new();
+    for topic in &body.topics {
+        let name = topic.name.0.to_string();
+        let partitions = broker.with_image(|i| i.topic(&name).map(|t| t.partitions.len()));
+        let codes = topic
+            .partitions
+            .iter()
+            .map(|p| {
+                if partitions
+                    .is_none_or(|n| p.partition_index < 0 || p.partition_index as usize >= n)
+                {
+                    ec::UNKNOWN_TOPIC_OR_PARTITION
+                } else if subscribed.contains(&name) {
+                    ec::GROUP_SUBSCRIBED_TO_TOPIC
+                } else {
+                    deleted.push(sluice_metadata::proto::metadata::OffsetPartition {
+                        topic: name.clone(),
+                        partition: p.partition_index,
+                    });
+                    ec::NONE
+                }
+            })
+            .collect();
+        errors.push(codes);
+    }
+    if !deleted.is_empty() {
+        let answer = broker
+            .controllers
+            .call(CONTROLLER_TIMEOUT, |mut c| {
+                let request = api::DeleteOffsetsRequest {
+                    group: group.clone(),
+                    partitions: deleted.clone(),
+                };
+                async move { c.delete_offsets(request).await }
+            })
+            .await;
+        let failure = match answer {
+            Ok(r) if r.error_code == 0 => None,
+            Ok(r) => {
+                tracing::warn!(group = %group, error = %r.error_message, "offset delete refused");
+                Some(ec::COORDINATOR_NOT_AVAILABLE)
+            }
+            Err(e) => {
+                tracing::warn!(group = %group, error = %e, "offset delete not committed");
+                Some(ec::REQUEST_TIMED_OUT)
+            }
+        };
+        if let Some(code) = failure {
+            for codes in &mut errors {
+                for c in codes.iter_mut().filter(|c| **c == ec::NONE) {
+                    *c = code;
+                }
+            }
+        }
+    }
+    let response = OffsetDeleteResponse::default().with_topics(
+        body.topics
+            .iter()
+            .zip(errors)
+            .map(|(t, codes)| {
+                OffsetDeleteResponseTopic::default()
+                    .with_name(t.name.clone())
+                    .with_partitions(
+                        t.partitions
+                            .iter()
+                            .zip(codes)
+                            .map(|(p, code)| {
+                                OffsetDeleteResponsePartition::default()
+                                    .with_partition_index(p.partition_index)
+                                    .with_error_code(code)
+                            })
+                            .collect(),
+                    )
+            })
+            .collect(),
+    );
     respond(request, &response)
 }
