@@ -216,7 +216,7 @@ fn new_incarnation_id() -> String {
 
 /// Applies each metadata change to the local partitions as it arrives.
 async fn follow_metadata(broker: Arc<Broker>) {
-    let mut applied = broker.metadata.subscribe_applied();
+    let mut applied = broker.metadata.subscribe_partition_changes();
     let mut caught_up = false;
     loop {
         let sync = Arc::clone(&broker);

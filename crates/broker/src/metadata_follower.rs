@@ -22,7 +22,7 @@ use sluice_metadata::error_code as ec;
 use sluice_metadata::proto::controller as api;
 use sluice_metadata::proto::controller::controller_client::ControllerClient;
 use sluice_metadata::proto::metadata as pb;
-use sluice_metadata::{MetadataImage, WATCH_STALL_TIMEOUT};
+use sluice_metadata::{MetadataImage, Record, WATCH_STALL_TIMEOUT};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
@@ -46,6 +46,9 @@ pub struct MetadataFollowerConfig {
 pub struct MetadataFollower {
     image: Arc<RwLock<MetadataImage>>,
     applied: watch::Receiver<u64>,
+    /// The applied index of the last change that may concern local partitions (not group
+    /// offsets or membership, which change far more often).
+    partitions_changed: watch::Receiver<u64>,
     broker_epoch: Arc<AtomicI64>,
     fenced: Arc<AtomicBool>,
     caught_up: Arc<AtomicBool>,
@@ -77,6 +80,7 @@ impl MetadataFollower {
     ) -> Self {
         let image = Arc::new(RwLock::new(MetadataImage::default()));
         let (applied_tx, applied) = watch::channel(0u64);
+        let (partitions_tx, partitions_changed) = watch::channel(0u64);
         let broker_epoch = Arc::new(AtomicI64::new(-1));
         let fenced = Arc::new(AtomicBool::new(true));
         let caught_up = Arc::new(AtomicBool::new(false));
@@ -87,7 +91,12 @@ impl MetadataFollower {
             .filter_map(|a| crate::controller_client::connect(a))
             .collect();
         let tasks = vec![
-            tokio::spawn(watch_loop(clients.clone(), Arc::clone(&image), applied_tx)),
+            tokio::spawn(watch_loop(
+                clients.clone(),
+                Arc::clone(&image),
+                applied_tx,
+                partitions_tx,
+            )),
             tokio::spawn(alive_loop(
                 config.broker_id,
                 config.heartbeat_interval_ms,
@@ -110,6 +119,7 @@ impl MetadataFollower {
         MetadataFollower {
             image,
             applied,
+            partitions_changed,
             broker_epoch,
             fenced,
             caught_up,
@@ -145,6 +155,12 @@ impl MetadataFollower {
         self.caught_up.load(Ordering::Acquire)
     }
 
+    /// Changes whenever the local image applies something that may concern partitions
+    /// (see `may_concern_partitions`).
+    pub fn subscribe_partition_changes(&self) -> watch::Receiver<u64> {
+        self.partitions_changed.clone()
+    }
+
     /// Changes whenever the local image applies something.
     pub fn subscribe_applied(&self) -> watch::Receiver<u64> {
         self.applied.clone()
@@ -178,6 +194,7 @@ async fn watch_loop(
     clients: Vec<ControllerClient<Channel>>,
     image: Arc<RwLock<MetadataImage>>,
     applied_tx: watch::Sender<u64>,
+    partitions_tx: watch::Sender<u64>,
 ) {
     if clients.is_empty() {
         tracing::error!("no controller to follow");
@@ -228,13 +245,38 @@ async fn watch_loop(
                 }
             };
             fruitless = 0;
+            let partitions = may_concern_partitions(&event);
             let applied = {
                 let mut image = image.write().unwrap_or_else(|p| p.into_inner());
                 apply_event(&mut image, event);
                 image.applied_index()
             };
+            if partitions {
+                partitions_tx.send_replace(applied);
+            }
             applied_tx.send_replace(applied);
         }
+    }
+}
+
+/// Whether `event` may change what this broker's partitions should be: anything but
+/// group records (offsets, membership, coordinator slots).
+fn may_concern_partitions(event: &api::MetadataEvent) -> bool {
+    match &event.event {
+        Some(api::metadata_event::Event::Batch(batch)) => batch.records.iter().any(|r| {
+            !matches!(
+                r.record,
+                Some(
+                    Record::CommitOffsets(_)
+                        | Record::StoreGroup(_)
+                        | Record::DeleteGroups(_)
+                        | Record::DeleteOffsets(_)
+                        | Record::MoveCoordinators(_)
+                )
+            )
+        }),
+        Some(api::metadata_event::Event::Image(_)) => true,
+        Some(api::metadata_event::Event::KeepAlive(_)) | None => false,
     }
 }
 
