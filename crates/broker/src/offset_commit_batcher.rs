@@ -4,13 +4,19 @@
 //! entry. Under load a commit costs a share of a Raft round trip, not one of its own;
 //! alone, it costs exactly one.
 //!
+//! Each commit is its own record, fenced by the coordinator it was made under (the
+//! broker and its epoch on the group's slot): a commit from a broker that no longer
+//! coordinates the group is refused, the others in the entry still apply.
+//!
 //! Invariants: commits reach the controller in the order they were handed in (a member's
 //! later commit never lands before its earlier one); each caller is answered only after
-//! the call carrying its offsets returned, with that call's outcome.
+//! the call carrying its offsets returned, with its own record's outcome.
 
 use std::time::Duration;
 
+use sluice_metadata::error_code as ec;
 use sluice_metadata::proto::controller as api;
+use sluice_metadata::proto::metadata as pb;
 use sluice_metadata::CommittedOffset;
 use tokio::sync::{mpsc, oneshot};
 
@@ -28,6 +34,10 @@ const CONTROLLER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Why a commit was not acknowledged.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CommitError {
+    /// The committing broker no longer coordinates the group at the epoch it committed
+    /// under (the group moved): nothing was committed.
+    #[error("no longer the group's coordinator")]
+    NotCoordinator,
     /// The controller answered with an error: nothing was committed.
     #[error("the controller refused the commit: {0}")]
     Refused(String),
@@ -36,8 +46,17 @@ pub enum CommitError {
     NotAcknowledged(String),
 }
 
+/// The coordinator a commit is made under: applied only while `broker_id` still owns the
+/// group's slot at `epoch`.
+#[derive(Debug, Clone, Copy)]
+pub struct Fence {
+    pub broker_id: i32,
+    pub epoch: i32,
+}
+
 struct Pending {
     offsets: Vec<CommittedOffset>,
+    fence: Fence,
     answer: oneshot::Sender<Result<(), CommitError>>,
 }
 
@@ -54,11 +73,20 @@ impl OffsetCommitBatcher {
         OffsetCommitBatcher { queue }
     }
 
-    /// Commits `offsets` in the quorum; returns once they are committed (or not).
-    pub async fn commit(&self, offsets: Vec<CommittedOffset>) -> Result<(), CommitError> {
+    /// Commits `offsets` (of one group) in the quorum under `fence`; returns once they
+    /// are committed (or not).
+    pub async fn commit(
+        &self,
+        offsets: Vec<CommittedOffset>,
+        fence: Fence,
+    ) -> Result<(), CommitError> {
         let (answer, answered) = oneshot::channel();
         self.queue
-            .send(Pending { offsets, answer })
+            .send(Pending {
+                offsets,
+                fence,
+                answer,
+            })
             .map_err(|_| CommitError::NotAcknowledged("the broker is stopping".into()))?;
         answered
             .await
@@ -103,33 +131,61 @@ async fn run(controllers: ControllerClients, mut queue: mpsc::UnboundedReceiver<
     }
 }
 
-/// One controller call carrying `batch` (`count` offsets); answers every caller in it.
+/// One controller call carrying `batch` (`count` offsets), each commit its own fenced
+/// record in one Raft entry; answers every caller in it.
 async fn call(controllers: &ControllerClients, batch: Vec<Pending>, count: usize) {
-    let offsets: Vec<CommittedOffset> = batch
+    let commits: Vec<pb::CommitOffsets> = batch
         .iter()
-        .flat_map(|p| p.offsets.iter().cloned())
+        .map(|p| pb::CommitOffsets {
+            offsets: p.offsets.clone(),
+            fenced: true,
+            coordinator_broker_id: p.fence.broker_id,
+            coordinator_epoch: p.fence.epoch,
+        })
         .collect();
     let outcome = controllers
         .call(CONTROLLER_TIMEOUT, |mut c| {
             let request = api::CommitOffsetsRequest {
-                offsets: offsets.clone(),
+                offsets: Vec::new(),
+                commits: commits.clone(),
             };
             async move { c.commit_offsets(request).await }
         })
         .await;
-    let result = match outcome {
-        Ok(r) if r.error_code == 0 => Ok(()),
-        Ok(r) => Err(CommitError::Refused(r.error_message)),
-        Err(status) => Err(CommitError::NotAcknowledged(status.to_string())),
-    };
     tracing::trace!(
         commits = batch.len(),
         offsets = count,
-        ok = result.is_ok(),
         "offset commit batch"
     );
-    for p in batch {
-        // a caller that went away (its connection closed) needs no answer
-        let _ = p.answer.send(result.clone());
+    match outcome {
+        Ok(r) if r.error_codes.len() == batch.len() => {
+            for (p, code) in batch.into_iter().zip(r.error_codes) {
+                let result = match code as i16 {
+                    ec::NONE => Ok(()),
+                    ec::NOT_COORDINATOR => Err(CommitError::NotCoordinator),
+                    other => Err(CommitError::Refused(format!("error {other}"))),
+                };
+                // a caller that went away (its connection closed) needs no answer
+                let _ = p.answer.send(result);
+            }
+        }
+        Ok(r) => {
+            let why = format!(
+                "{} answers for {} commits: {}",
+                r.error_codes.len(),
+                batch.len(),
+                r.error_message
+            );
+            for p in batch {
+                let _ = p.answer.send(Err(CommitError::Refused(why.clone())));
+            }
+        }
+        Err(status) => {
+            for p in batch {
+                let _ = p
+                    .answer
+                    .send(Err(CommitError::NotAcknowledged(status.to_string())));
+            }
+        }
     }
 }

@@ -87,6 +87,7 @@ fn commit_request(i: u64) -> api::CommitOffsetsRequest {
             metadata: String::new(),
             commit_timestamp_ms: 1,
         }],
+        commits: Vec::new(),
     }
 }
 

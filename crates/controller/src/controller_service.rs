@@ -617,22 +617,44 @@ impl api::controller_server::Controller for ControllerService {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
-        for o in &mut r.offsets {
-            if o.commit_timestamp_ms <= 0 {
-                o.commit_timestamp_ms = now_ms;
+        let stamp = |offsets: &mut Vec<pb::CommittedOffset>| {
+            for o in offsets.iter_mut() {
+                if o.commit_timestamp_ms <= 0 {
+                    o.commit_timestamp_ms = now_ms;
+                }
             }
+        };
+        let mut records = Vec::new();
+        for mut c in std::mem::take(&mut r.commits) {
+            stamp(&mut c.offsets);
+            records.push(Record::CommitOffsets(c));
         }
-        let outcomes = self
-            .core
-            .propose(vec![Record::CommitOffsets(pb::CommitOffsets {
+        let fenced_count = records.len();
+        if !r.offsets.is_empty() {
+            stamp(&mut r.offsets);
+            records.push(Record::CommitOffsets(pb::CommitOffsets {
                 offsets: r.offsets,
-            })])
-            .await
-            .map_err(status)?;
-        let o = outcomes.into_iter().next().unwrap_or_else(ApplyOutcome::ok);
+                ..Default::default()
+            }));
+        }
+        if records.is_empty() {
+            return Ok(Response::new(api::CommitOffsetsResponse::default()));
+        }
+        let outcomes = self.core.propose(records).await.map_err(status)?;
+        let error_codes: Vec<i32> = outcomes
+            .iter()
+            .take(fenced_count)
+            .map(|o| i32::from(o.error_code))
+            .collect();
+        // the unfenced record, if any, is the last
+        let unfenced = outcomes
+            .get(fenced_count)
+            .cloned()
+            .unwrap_or_else(ApplyOutcome::ok);
         Ok(Response::new(api::CommitOffsetsResponse {
-            error_code: i32::from(o.error_code),
-            error_message: o.message,
+            error_code: i32::from(unfenced.error_code),
+            error_message: unfenced.message,
+            error_codes,
         }))
     }
 

@@ -91,6 +91,7 @@ mod tests {
                 metadata: String::new(),
                 commit_timestamp_ms: at_ms,
             }],
+            ..Default::default()
         })
     }
 

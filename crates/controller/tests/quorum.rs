@@ -387,6 +387,7 @@ async fn elect_replicate_fail_over_and_restart() {
                 metadata: "m".into(),
                 commit_timestamp_ms: 0,
             }],
+            commits: Vec::new(),
         })
         .await
         .unwrap();

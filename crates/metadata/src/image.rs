@@ -245,6 +245,22 @@ impl MetadataImage {
             Record::PartitionChange(r) => self.apply_partition_change(r),
             Record::AddPartitions(r) => self.apply_add_partitions(r),
             Record::CommitOffsets(r) => {
+                if r.fenced {
+                    let stale = r.offsets.iter().find(|o| {
+                        self.coordinator_of_group(&o.group).is_none_or(|c| {
+                            c.broker_id != r.coordinator_broker_id || c.epoch != r.coordinator_epoch
+                        })
+                    });
+                    if let Some(o) = stale {
+                        return ApplyOutcome::err(
+                            ec::NOT_COORDINATOR,
+                            format!(
+                                "broker {} at epoch {} no longer coordinates group {}",
+                                r.coordinator_broker_id, r.coordinator_epoch, o.group
+                            ),
+                        );
+                    }
+                }
                 for o in &r.offsets {
                     self.offsets
                         .insert((o.group.clone(), o.topic.clone(), o.partition), o.clone());

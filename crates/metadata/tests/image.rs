@@ -172,6 +172,7 @@ fn topics_are_created_once_and_deleted_with_their_offsets() {
                     ..Default::default()
                 },
             ],
+            ..Default::default()
         })]),
     );
     assert_eq!(image.committed_offset("g", "t", 0).unwrap().offset, 42);
@@ -439,4 +440,69 @@ fn only_live_brokers_become_leaders_or_join_an_isr() {
         codes(&image.apply(15, &batch(vec![change("t", 1, keep)]))),
         vec![ec::NONE]
     );
+}
+
+/// A commit of `group` at `offset`, fenced by `broker` at `epoch`.
+fn fenced_commit(group: &str, offset: i64, broker: i32, epoch: i32) -> Record {
+    Record::CommitOffsets(pb::CommitOffsets {
+        offsets: vec![pb::CommittedOffset {
+            group: group.into(),
+            topic: "t".into(),
+            partition: 0,
+            offset,
+            ..Default::default()
+        }],
+        fenced: true,
+        coordinator_broker_id: broker,
+        coordinator_epoch: epoch,
+    })
+}
+
+#[test]
+fn a_deposed_coordinators_commits_and_stores_are_refused() {
+    let mut image = live_brokers();
+    let slot = sluice_metadata::group_coordinator_slot("g");
+    let place = |broker_id, epoch| {
+        Record::MoveCoordinators(pb::MoveCoordinators {
+            slots: vec![pb::CoordinatorSlot {
+                slot,
+                broker_id,
+                epoch,
+            }],
+        })
+    };
+    let out = image.apply(5, &batch(vec![place(1, 0)]));
+    assert_eq!(codes(&out), vec![ec::NONE]);
+    let out = image.apply(6, &batch(vec![fenced_commit("g", 10, 1, 0)]));
+    assert_eq!(codes(&out), vec![ec::NONE]);
+    // the slot moves to broker 2: broker 1's late commit is refused, broker 2's applies,
+    // both in one entry
+    image.apply(7, &batch(vec![place(2, 1)]));
+    let out = image.apply(
+        8,
+        &batch(vec![
+            fenced_commit("g", 5, 1, 0),
+            fenced_commit("g", 12, 2, 1),
+        ]),
+    );
+    assert_eq!(codes(&out), vec![ec::NOT_COORDINATOR, ec::NONE]);
+    assert_eq!(
+        image.committed_offset("g", "t", 0).map(|o| o.offset),
+        Some(12)
+    );
+    // a store of the group's membership by the deposed coordinator is refused too
+    let store = |broker, epoch| {
+        Record::StoreGroup(pb::StoreGroup {
+            group: Some(pb::StoredGroup {
+                group_id: "g".into(),
+                generation: 3,
+                coordinator_broker_id: broker,
+                coordinator_epoch: epoch,
+                ..Default::default()
+            }),
+        })
+    };
+    let out = image.apply(9, &batch(vec![store(1, 0), store(2, 1)]));
+    assert_eq!(codes(&out), vec![ec::NOT_COORDINATOR, ec::NONE]);
+    assert_eq!(image.stored_group("g").map(|g| g.generation), Some(3));
 }

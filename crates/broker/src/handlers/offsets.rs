@@ -33,7 +33,7 @@ use super::find_coordinator::coordinates;
 use super::{decode, respond, str_bytes, Answer};
 use crate::broker::Broker;
 use crate::connection::ConnectionError;
-use crate::offset_commit_batcher::CommitError;
+use crate::offset_commit_batcher::{CommitError, Fence};
 
 /// `offset.metadata.max.bytes`.
 const OFFSET_METADATA_MAX_BYTES: usize = 4096;
@@ -98,8 +98,19 @@ pub async fn offset_commit(
         errors.push(codes);
     }
     if !offsets.is_empty() {
-        let failure = match broker.commits.commit(offsets).await {
+        let fence = broker.with_image(|image| {
+            image.coordinator_of_group(&group).map(|c| Fence {
+                broker_id: c.broker_id,
+                epoch: c.epoch,
+            })
+        });
+        let committed = match fence {
+            Some(fence) => broker.commits.commit(offsets, fence).await,
+            None => Err(CommitError::NotCoordinator),
+        };
+        let failure = match committed {
             Ok(()) => None,
+            Err(CommitError::NotCoordinator) => Some(ec::NOT_COORDINATOR),
             Err(e @ CommitError::Refused(_)) => {
                 tracing::warn!(group = %group, error = %e, "offset commit refused");
                 Some(ec::COORDINATOR_NOT_AVAILABLE)
