@@ -87,6 +87,23 @@ fn group_consumer_with(
     (node, lines)
 }
 
+/// Tells the consumers to stop (the stop file) and waits for each to exit cleanly (leaving
+/// the group and committing).
+fn stop_consumers(stop: &std::path::Path, consumers: &mut [NodeProcess]) {
+    std::fs::write(stop, b"").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for c in consumers {
+        loop {
+            if let Some(status) = c.child.try_wait().unwrap() {
+                assert!(status.success(), "group_consumer.py: {status}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "a consumer did not exit");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 /// Reads what each consumer printed so far: its latest assignment, and every value.
 fn drain(
     lines: &[std::sync::mpsc::Receiver<String>],
@@ -205,18 +222,7 @@ fn three_confluent_kafka_consumers_split_six_partitions_and_consume_everything()
         "every partition once: {assignment:?}"
     );
     // they leave the group and exit
-    std::fs::write(&stop, b"").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for c in &mut consumers {
-        loop {
-            if let Some(status) = c.child.try_wait().unwrap() {
-                assert!(status.success(), "group_consumer.py: {status}");
-                break;
-            }
-            assert!(Instant::now() < deadline, "a consumer did not exit");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+    stop_consumers(&stop, &mut consumers);
 }
 
 #[test]
@@ -345,14 +351,7 @@ fn killed_consumer_moves_its_partitions(assignor: &str) {
         &mut assignment,
         &mut consumed,
     );
-    std::fs::write(&stop, b"").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for c in consumers.iter_mut().skip(1) {
-        while c.child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "a consumer did not exit");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+    stop_consumers(&stop, &mut consumers[1..]);
 }
 
 #[test]
@@ -613,14 +612,7 @@ fn a_stable_group_of_real_consumers_does_not_rebalance_when_its_coordinator_is_k
     assert_eq!(assignment, settled);
     // they close, committing at the new coordinator with the generation they had: accepted,
     // so the group has committed everything
-    std::fs::write(&stop, b"").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for c in &mut consumers {
-        while c.child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "a consumer did not exit");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+    stop_consumers(&stop, &mut consumers);
     let out = cluster.sluice(&["group", "describe", group]);
     check(&out, "sluice group describe");
     let shown = String::from_utf8_lossy(&out.stdout).to_string();

@@ -152,6 +152,16 @@ struct Member {
     sync_waiter: Option<oneshot::Sender<SyncResponse>>,
 }
 
+impl Member {
+    /// Its metadata for `protocol` (empty if it does not speak it).
+    fn metadata_for(&self, protocol: Option<&String>) -> Bytes {
+        protocol
+            .and_then(|p| self.protocols.iter().find(|(n, _)| n == p))
+            .map(|(_, md)| md.clone())
+            .unwrap_or_default()
+    }
+}
+
 struct Group {
     state: GroupState,
     generation: i32,
@@ -253,12 +263,7 @@ impl Group {
                     client_host: m.client_host.clone(),
                     session_timeout_ms: m.session_timeout.as_millis() as i32,
                     rebalance_timeout_ms: m.rebalance_timeout.as_millis() as i32,
-                    subscription: self
-                        .protocol
-                        .as_ref()
-                        .and_then(|p| m.protocols.iter().find(|(n, _)| n == p))
-                        .map(|(_, md)| md.to_vec())
-                        .unwrap_or_default(),
+                    subscription: m.metadata_for(self.protocol.as_ref()).to_vec(),
                     assignment: m.assignment.to_vec(),
                 })
                 .collect(),
@@ -812,12 +817,7 @@ impl GroupCoordinator {
                     group_instance_id: m.group_instance_id.clone(),
                     client_id: m.client_id.clone(),
                     client_host: m.client_host.clone(),
-                    metadata: group
-                        .protocol
-                        .as_ref()
-                        .and_then(|p| m.protocols.iter().find(|(n, _)| n == p))
-                        .map(|(_, md)| md.clone())
-                        .unwrap_or_default(),
+                    metadata: m.metadata_for(group.protocol.as_ref()),
                     assignment: m.assignment.clone(),
                 })
                 .collect(),
@@ -984,12 +984,7 @@ fn try_complete_join(group: &mut Group, now: Instant) {
         .members
         .iter()
         .map(|(id, m)| {
-            let md = m
-                .protocols
-                .iter()
-                .find(|(n, _)| Some(n) == protocol.as_ref())
-                .map(|(_, md)| md.clone())
-                .unwrap_or_default();
+            let md = m.metadata_for(protocol.as_ref());
             (id.clone(), m.group_instance_id.clone(), md)
         })
         .collect();
@@ -1128,12 +1123,7 @@ fn replace_static_member(
             .members
             .iter()
             .map(|(id, m)| {
-                let md = group
-                    .protocol
-                    .as_ref()
-                    .and_then(|p| m.protocols.iter().find(|(n, _)| n == p))
-                    .map(|(_, md)| md.clone())
-                    .unwrap_or_default();
+                let md = m.metadata_for(group.protocol.as_ref());
                 (id.clone(), m.group_instance_id.clone(), md)
             })
             .collect()

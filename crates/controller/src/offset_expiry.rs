@@ -62,23 +62,10 @@ pub fn expired(image: &MetadataImage, now_ms: i64, retention_ms: i64) -> Vec<Rec
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluice_metadata::{CommittedOffset, MetadataBatch, MetadataRecord, StoredGroupMember};
+    use crate::partition_election::tests::apply;
+    use sluice_metadata::{CommittedOffset, StoredGroupMember};
 
     const RETENTION_MS: i64 = 1000;
-
-    fn apply(image: &mut MetadataImage, records: Vec<Record>) {
-        let index = image.applied_index() + 1;
-        let outcomes = image.apply(
-            index,
-            &MetadataBatch {
-                records: records
-                    .into_iter()
-                    .map(|r| MetadataRecord { record: Some(r) })
-                    .collect(),
-            },
-        );
-        assert!(outcomes.iter().all(|o| o.is_ok()), "{outcomes:?}");
-    }
 
     fn commit(group: &str, partition: i32, at_ms: i64) -> Record {
         Record::CommitOffsets(pb::CommitOffsets {

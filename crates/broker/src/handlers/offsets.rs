@@ -121,11 +121,7 @@ pub async fn offset_commit(
             }
         };
         if let Some(code) = failure {
-            for codes in &mut errors {
-                for c in codes.iter_mut().filter(|c| **c == ec::NONE) {
-                    *c = code;
-                }
-            }
+            fail_accepted(&mut errors, code);
         }
     }
     let response = OffsetCommitResponse::default().with_topics(
@@ -150,6 +146,15 @@ pub async fn offset_commit(
             .collect(),
     );
     respond(request, &response)
+}
+
+/// Gives every partition still marked NONE (accepted, not yet done) `code`.
+fn fail_accepted(errors: &mut [Vec<i16>], code: i16) {
+    for codes in errors {
+        for c in codes.iter_mut().filter(|c| **c == ec::NONE) {
+            *c = code;
+        }
+    }
 }
 
 /// One group's committed offsets for `topics` (None: every topic it committed), or the
@@ -412,11 +417,7 @@ pub async fn offset_delete(
             }
         };
         if let Some(code) = failure {
-            for codes in &mut errors {
-                for c in codes.iter_mut().filter(|c| **c == ec::NONE) {
-                    *c = code;
-                }
-            }
+            fail_accepted(&mut errors, code);
         }
     }
     let response = OffsetDeleteResponse::default().with_topics(
