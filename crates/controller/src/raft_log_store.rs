@@ -3,8 +3,11 @@
 //! Files in the controller's metadata directory:
 //! - `raft-log-<base>` segments (base: the index of the first entry written to it, 20
 //!   digits): entries back to back, each framed as `[length u32 BE][crc32c u32 BE][JSON]`
-//!   (the CRC covers the JSON). Appends go to the newest segment, one write plus
-//!   `fdatasync` before openraft hears they are durable; a segment past
+//!   (the CRC covers the JSON). Appends go to the newest segment: the entries are
+//!   readable at once, and a writer thread of the store's own writes them in order and
+//!   fsyncs once for all it has queued (a group commit) before openraft hears they are
+//!   durable, so the leader replicates while its own fsync runs; cuts and purges first
+//!   wait for the queued writes. A segment past
 //!   [`SEGMENT_BYTES`] rolls to a new one at the next append. A purge deletes the segments
 //!   every entry of which is purged (never the newest), so it costs an unlink, not a
 //!   rewrite. Opening reads the segments in order and cuts a torn or corrupt tail (and
@@ -19,8 +22,8 @@
 //!   commit advance would cost as much as the entries' own fsync.
 //!
 //! Invariants: entry indexes grow with (segment base, position), after `last_purged`;
-//! every entry of a segment is below the next segment's base; an entry is readable only
-//! once it is in its segment.
+//! every entry of a segment is below the next segment's base; an entry is reported
+//! durable only once it and every entry before it are written and fsynced.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -52,6 +55,8 @@ const MAX_ENTRY_BYTES: usize = 64 * 1024 * 1024;
 #[derive(Clone)]
 pub struct RaftLogStore {
     inner: Arc<Mutex<LogInner>>,
+    /// Appends' writes and fsyncs, done in order on a thread of their own.
+    writer: std::sync::mpsc::Sender<DiskOp>,
     /// The index of the state machine's snapshot on disk, when wired (see `purge`).
     persisted_snapshot: Option<tokio::sync::watch::Receiver<u64>>,
 }
@@ -67,8 +72,95 @@ struct StoredEntry {
 }
 
 struct Segment {
-    file: File,
+    file: Arc<File>,
+    /// Bytes submitted to it (written, or queued on the writer thread).
     len: u64,
+}
+
+/// Work for the writer thread.
+enum DiskOp {
+    /// Write `bytes` at `start` of `file`; fsync; then tell openraft through `callback`.
+    Write {
+        file: Arc<File>,
+        start: u64,
+        bytes: Vec<u8>,
+        callback: LogFlushed<TypeConfig>,
+    },
+    /// Answered once every write queued before it is on disk.
+    Barrier(tokio::sync::oneshot::Sender<()>),
+}
+
+/// The writer thread: takes whatever is queued, writes it in order, and fsyncs each file
+/// written once for all of it (a group commit) before the callbacks run. After a failed
+/// write or fsync every later write fails too (no hole: a durable entry has every entry
+/// before it durable); openraft stops on the first failure. Ends when every handle to
+/// the store is gone.
+fn write_in_order(ops: std::sync::mpsc::Receiver<DiskOp>) {
+    let mut failed: Option<std::io::ErrorKind> = None;
+    while let Ok(op) = ops.recv() {
+        let mut batch = vec![op];
+        while let Ok(more) = ops.try_recv() {
+            batch.push(more);
+        }
+        let mut written: Vec<(Arc<File>, LogFlushed<TypeConfig>)> = Vec::new();
+        for op in batch {
+            match op {
+                DiskOp::Write {
+                    file,
+                    start,
+                    bytes,
+                    callback,
+                } => {
+                    if let Some(kind) = failed {
+                        callback.log_io_completed(Err(earlier_failure(kind)));
+                        continue;
+                    }
+                    match file.write_all_at(&bytes, start) {
+                        Ok(()) => written.push((file, callback)),
+                        Err(e) => {
+                            // nothing of it may count: cut whatever part of the write landed
+                            let _ = file.set_len(start);
+                            // what was written before it still completes
+                            flush(std::mem::take(&mut written), &mut failed);
+                            failed = Some(e.kind());
+                            callback.log_io_completed(Err(e));
+                        }
+                    }
+                }
+                DiskOp::Barrier(done) => {
+                    flush(std::mem::take(&mut written), &mut failed);
+                    let _ = done.send(());
+                }
+            }
+        }
+        flush(written, &mut failed);
+    }
+}
+
+fn earlier_failure(kind: std::io::ErrorKind) -> std::io::Error {
+    std::io::Error::new(kind, "an earlier raft log write failed")
+}
+
+/// fsyncs the files of `written` (each once, in order), then completes the writes in
+/// order; from the first failure on, with an error.
+fn flush(
+    written: Vec<(Arc<File>, LogFlushed<TypeConfig>)>,
+    failed: &mut Option<std::io::ErrorKind>,
+) {
+    let mut synced: Vec<*const File> = Vec::new();
+    for (file, callback) in written {
+        let key = Arc::as_ptr(&file);
+        if failed.is_none() && !synced.contains(&key) {
+            match file.sync_data() {
+                Ok(()) => synced.push(key),
+                Err(e) => *failed = Some(e.kind()),
+            }
+        }
+        match failed {
+            Some(kind) => callback.log_io_completed(Err(earlier_failure(*kind))),
+            None => callback.log_io_completed(Ok(())),
+        }
+    }
 }
 
 fn segment_path(dir: &Path, base: u64) -> PathBuf {
@@ -272,7 +364,7 @@ impl RaftLogStore {
             segments.insert(
                 base,
                 Segment {
-                    file,
+                    file: Arc::new(file),
                     len: valid_len,
                 },
             );
@@ -332,8 +424,13 @@ impl RaftLogStore {
             committed_file: None,
         };
         inner.drop_purged_segments()?;
+        let (writer, ops) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("raft-log-writer".into())
+            .spawn(move || write_in_order(ops))?;
         Ok(RaftLogStore {
             inner: Arc::new(Mutex::new(inner)),
+            writer,
             persisted_snapshot: None,
         })
     }
@@ -344,6 +441,17 @@ impl RaftLogStore {
     pub fn with_snapshot_index(mut self, persisted: tokio::sync::watch::Receiver<u64>) -> Self {
         self.persisted_snapshot = Some(persisted);
         self
+    }
+
+    /// Returns once every write queued so far is on disk (before a cut or a purge touches
+    /// the files they go to).
+    async fn drain_writes(&self) -> Result<(), StorageError> {
+        let (done, drained) = tokio::sync::oneshot::channel();
+        let stopped = || io_err(&std::io::Error::other("the raft log writer stopped"));
+        self.writer
+            .send(DiskOp::Barrier(done))
+            .map_err(|_| stopped())?;
+        drained.await.map_err(|_| stopped())
     }
 
     fn lock(&self) -> MutexGuard<'_, LogInner> {
@@ -435,7 +543,13 @@ impl LogInner {
         let path = segment_path(&self.dir, first_index);
         let file = open_segment(&path)?;
         sync_dir(&self.dir)?;
-        self.segments.insert(first_index, Segment { file, len: 0 });
+        self.segments.insert(
+            first_index,
+            Segment {
+                file: Arc::new(file),
+                len: 0,
+            },
+        );
         Ok(first_index)
     }
 }
@@ -513,20 +627,22 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut inner = self.lock();
         let entries: Vec<Entry> = entries.into_iter().collect();
-        // an entry at an index already present replaces it and everything after it (Raft's
-        // rule; openraft truncates first, but the storage contract allows either)
-        if let Some(first) = entries.first() {
-            inner
-                .truncate_from(first.log_id.index)
-                .map_err(|e| io_err(&e))?;
-        }
         let Some(first_index) = entries.first().map(|e| e.log_id.index) else {
-            drop(inner);
             callback.log_io_completed(Ok(()));
             return Ok(());
         };
+        // an entry at an index already present replaces it and everything after it (Raft's
+        // rule; openraft truncates first, but the storage contract allows either): the
+        // writes queued for them must land before the cut
+        let replaces = self.lock().entries.range(first_index..).next().is_some();
+        if replaces {
+            self.drain_writes().await?;
+        }
+        let mut inner = self.lock();
+        if replaces {
+            inner.truncate_from(first_index).map_err(|e| io_err(&e))?;
+        }
         let base = inner.active_segment(first_index).map_err(|e| io_err(&e))?;
         let Some(segment) = inner.segments.get_mut(&base) else {
             return Err(io_err(&std::io::Error::other("active segment vanished")));
@@ -543,28 +659,26 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
                 position,
             });
         }
-        let written = segment
-            .file
-            .write_all_at(&bytes, start)
-            .and_then(|()| segment.file.sync_data());
-        if let Err(e) = written {
-            // nothing became visible; cut whatever part of the write landed
-            let _ = segment.file.set_len(start);
-            let err = io_err(&e);
-            callback.log_io_completed(Err(e));
-            return Err(err);
-        }
         segment.len += bytes.len() as u64;
+        let file = Arc::clone(&segment.file);
+        // readable at once (openraft replicates them while they reach the disk); the
+        // callback says when they are durable
         for s in new {
-            // after truncate_from above, every index here is above those in memory
             inner.entries.insert(s.entry.log_id.index, s);
         }
         drop(inner);
-        callback.log_io_completed(Ok(()));
-        Ok(())
+        self.writer
+            .send(DiskOp::Write {
+                file,
+                start,
+                bytes,
+                callback,
+            })
+            .map_err(|_| io_err(&std::io::Error::other("the raft log writer stopped")))
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.drain_writes().await?;
         self.lock()
             .truncate_from(log_id.index)
             .map_err(|e| io_err(&e))
@@ -584,6 +698,7 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
                 );
             }
         }
+        self.drain_writes().await?;
         let mut inner = self.lock();
         assert!(
             inner.last_purged.is_none_or(|p| p.index <= log_id.index),
