@@ -56,7 +56,7 @@ const MAX_ENTRY_BYTES: usize = 64 * 1024 * 1024;
 pub struct RaftLogStore {
     inner: Arc<Mutex<LogInner>>,
     /// Appends' writes and fsyncs, done in order on a thread of their own.
-    writer: std::sync::mpsc::Sender<DiskOp>,
+    writer: Arc<Writer>,
     /// The index of the state machine's snapshot on disk, when wired (see `purge`).
     persisted_snapshot: Option<tokio::sync::watch::Receiver<u64>>,
 }
@@ -75,6 +75,34 @@ struct Segment {
     file: Arc<File>,
     /// Bytes submitted to it (written, or queued on the writer thread).
     len: u64,
+}
+
+/// The writer thread's queue. Dropping the last handle closes the queue and waits for the
+/// thread to finish what was queued, so a store reopened in the same process never
+/// overlaps a late write of the previous one.
+struct Writer {
+    ops: Option<std::sync::mpsc::Sender<DiskOp>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn send(&self, op: DiskOp) -> Result<(), StorageError> {
+        let stopped = || io_err(&std::io::Error::other("the raft log writer stopped"));
+        self.ops
+            .as_ref()
+            .ok_or_else(stopped)?
+            .send(op)
+            .map_err(|_| stopped())
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        drop(self.ops.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// Work for the writer thread.
@@ -424,13 +452,16 @@ impl RaftLogStore {
             committed_file: None,
         };
         inner.drop_purged_segments()?;
-        let (writer, ops) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
+        let (sender, ops) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
             .name("raft-log-writer".into())
             .spawn(move || write_in_order(ops))?;
         Ok(RaftLogStore {
             inner: Arc::new(Mutex::new(inner)),
-            writer,
+            writer: Arc::new(Writer {
+                ops: Some(sender),
+                thread: Some(thread),
+            }),
             persisted_snapshot: None,
         })
     }
@@ -447,11 +478,10 @@ impl RaftLogStore {
     /// the files they go to).
     async fn drain_writes(&self) -> Result<(), StorageError> {
         let (done, drained) = tokio::sync::oneshot::channel();
-        let stopped = || io_err(&std::io::Error::other("the raft log writer stopped"));
-        self.writer
-            .send(DiskOp::Barrier(done))
-            .map_err(|_| stopped())?;
-        drained.await.map_err(|_| stopped())
+        self.writer.send(DiskOp::Barrier(done))?;
+        drained
+            .await
+            .map_err(|_| io_err(&std::io::Error::other("the raft log writer stopped")))
     }
 
     fn lock(&self) -> MutexGuard<'_, LogInner> {
@@ -667,14 +697,12 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
             inner.entries.insert(s.entry.log_id.index, s);
         }
         drop(inner);
-        self.writer
-            .send(DiskOp::Write {
-                file,
-                start,
-                bytes,
-                callback,
-            })
-            .map_err(|_| io_err(&std::io::Error::other("the raft log writer stopped")))
+        self.writer.send(DiskOp::Write {
+            file,
+            start,
+            bytes,
+            callback,
+        })
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
