@@ -86,14 +86,14 @@ struct Writer {
 }
 
 impl Writer {
-    fn send(&self, op: DiskOp) -> Result<(), StorageError> {
-        let stopped = || io_err(&std::io::Error::other("the raft log writer stopped"));
-        self.ops
-            .as_ref()
-            .ok_or_else(stopped)?
-            .send(op)
-            .map_err(|_| stopped())
+    /// Queues `op`; false if the thread is gone.
+    fn send(&self, op: DiskOp) -> bool {
+        self.ops.as_ref().is_some_and(|ops| ops.send(op).is_ok())
     }
+}
+
+fn writer_stopped() -> StorageError {
+    io_err(&std::io::Error::other("the raft log writer stopped"))
 }
 
 impl Drop for Writer {
@@ -478,10 +478,10 @@ impl RaftLogStore {
     /// the files they go to).
     async fn drain_writes(&self) -> Result<(), StorageError> {
         let (done, drained) = tokio::sync::oneshot::channel();
-        self.writer.send(DiskOp::Barrier(done))?;
-        drained
-            .await
-            .map_err(|_| io_err(&std::io::Error::other("the raft log writer stopped")))
+        if !self.writer.send(DiskOp::Barrier(done)) {
+            return Err(writer_stopped());
+        }
+        drained.await.map_err(|_| writer_stopped())
     }
 
     fn lock(&self) -> MutexGuard<'_, LogInner> {
@@ -697,12 +697,17 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
             inner.entries.insert(s.entry.log_id.index, s);
         }
         drop(inner);
-        self.writer.send(DiskOp::Write {
+        let queued = self.writer.send(DiskOp::Write {
             file,
             start,
             bytes,
             callback,
-        })
+        });
+        if queued {
+            Ok(())
+        } else {
+            Err(writer_stopped())
+        }
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
