@@ -133,11 +133,12 @@ async fn run(controllers: ControllerClients, mut queue: mpsc::UnboundedReceiver<
 
 /// One controller call carrying `batch` (`count` offsets), each commit its own fenced
 /// record in one Raft entry; answers every caller in it.
-async fn call(controllers: &ControllerClients, batch: Vec<Pending>, count: usize) {
+async fn call(controllers: &ControllerClients, mut batch: Vec<Pending>, count: usize) {
+    // the offsets move into the request: the callers only need their answers
     let commits: Vec<pb::CommitOffsets> = batch
-        .iter()
+        .iter_mut()
         .map(|p| pb::CommitOffsets {
-            offsets: p.offsets.clone(),
+            offsets: std::mem::take(&mut p.offsets),
             fenced: true,
             coordinator_broker_id: p.fence.broker_id,
             coordinator_epoch: p.fence.epoch,
