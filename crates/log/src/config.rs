@@ -62,6 +62,11 @@ pub struct LogConfig {
     pub max_message_bytes: usize,
     /// `sluice.log.append.mode`: how the active segment is written (Sluice's own setting).
     pub append_mode: AppendMode,
+    /// `producer.id.expiration.ms`: a producer idle this long (by its newest batch's
+    /// timestamp) is forgotten by the partition.
+    pub producer_id_expiration_ms: i64,
+    /// `producer.id.expiration.check.interval.ms`: how often expiry runs.
+    pub producer_id_expiration_check_interval_ms: i64,
 }
 
 impl Default for LogConfig {
@@ -77,6 +82,8 @@ impl Default for LogConfig {
             flush_interval_ms: None,
             max_message_bytes: sluice_record::limits::DEFAULT_MESSAGE_MAX_BYTES,
             append_mode: AppendMode::Hybrid,
+            producer_id_expiration_ms: 24 * 60 * 60 * 1000,
+            producer_id_expiration_check_interval_ms: 10 * 60 * 1000,
         }
     }
 }
@@ -101,6 +108,9 @@ impl LogConfig {
             || self.flush_interval_ms.is_some_and(|ms| ms < 0)
         {
             return bad("log.flush.interval.messages must be at least 1 and log.flush.interval.ms at least 0");
+        }
+        if self.producer_id_expiration_ms < 1 || self.producer_id_expiration_check_interval_ms < 1 {
+            return bad("producer.id.expiration.ms and producer.id.expiration.check.interval.ms must be at least 1");
         }
         if self.max_message_bytes == 0 {
             return bad("max.message.bytes must be at least 1");

@@ -46,6 +46,8 @@ pub enum LogError {
     CorruptCheckpoint { path: PathBuf, reason: String },
     #[error("corrupt log segment {path}: {reason}")]
     CorruptLog { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Producer(#[from] crate::producer_state::ProducerStateError),
     #[error("corrupt index {path}: {reason}")]
     CorruptIndex { path: PathBuf, reason: String },
 }

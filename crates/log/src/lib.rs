@@ -4,6 +4,7 @@
 //! data/<topic>-<partition>/00000000000000000000.log        batches exactly as on the wire
 //!                           00000000000000000000.index      offset -> position (mmap, sparse)
 //!                           00000000000000000000.timeindex  timestamp -> offset (mmap, sparse)
+//!                           00000000000000000000.snapshot   producer state at that offset
 //!                           leader-epoch-checkpoint
 //! data/recovery-point-offset-checkpoint, data/replication-offset-checkpoint
 //! ```
@@ -27,6 +28,8 @@ mod leader_epoch;
 mod log;
 mod log_manager;
 mod offset_index;
+mod producer_snapshot;
+mod producer_state;
 mod segment;
 mod time_index;
 mod unchecked_bytes;
@@ -43,6 +46,11 @@ pub use log_manager::{
     RECOVERY_POINT_CHECKPOINT, REPLICATION_OFFSET_CHECKPOINT,
 };
 pub use offset_index::{OffsetIndex, OffsetPosition};
+pub use producer_snapshot::{list_snapshots, snapshot_path, SNAPSHOT_SUFFIX};
+pub use producer_state::{
+    increment_sequence, BatchMetadata, ProducerBatch, ProducerCheck, ProducerEntry,
+    ProducerStateError, ProducerStateManager, MAX_CACHED_BATCHES,
+};
 pub use segment::{
     segment_file, LogSegment, SegmentRead, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX,
 };

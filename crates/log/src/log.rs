@@ -21,6 +21,10 @@ use sluice_record::{
 use crate::config::LogConfig;
 use crate::file_records::FileRegion;
 use crate::leader_epoch::LeaderEpochCache;
+use crate::producer_snapshot::{
+    delete_snapshot, list_snapshots, read_snapshot, sync_snapshot, write_snapshot,
+};
+use crate::producer_state::{ProducerCheck, ProducerStateError, ProducerStateManager};
 use crate::segment::{
     segment_file, BatchInfo, LogSegment, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX,
 };
@@ -36,6 +40,9 @@ pub struct AppendInfo {
     pub max_timestamp: i64,
     pub record_count: u64,
     pub size_bytes: usize,
+    /// The record set was a producer's retry of a batch already in the log: nothing was
+    /// appended, and the offsets are where the batch was first written.
+    pub duplicate: bool,
 }
 
 /// What a read found. `region` is None when no whole batch fits the limits.
@@ -91,6 +98,11 @@ pub struct Log {
     closed: bool,
     /// See [`Log::truncations`].
     truncations: u64,
+    /// Idempotent producers' state, as of the log end offset.
+    producers: ProducerStateManager,
+    /// Producer snapshots written without an fsync (at a roll), synced by the next flush.
+    unsynced_snapshots: Vec<Offset>,
+    last_producer_expiry_ms: i64,
 }
 
 fn parse_base_offset(name: &str, suffix: &str) -> Option<Offset> {
@@ -237,7 +249,7 @@ impl Log {
         } else {
             recovery_point.clamp(log_start_offset, log_end_offset)
         };
-        Ok(Log {
+        let mut log = Log {
             dir: dir.to_path_buf(),
             topic_partition,
             config,
@@ -251,7 +263,121 @@ impl Log {
             load_report: report,
             closed: false,
             truncations: 0,
-        })
+            producers: ProducerStateManager::new(),
+            unsynced_snapshots: Vec::new(),
+            last_producer_expiry_ms: now_ms,
+        };
+        log.load_producer_state(now_ms)?;
+        Ok(log)
+    }
+
+    /// Rebuilds the producer state for the log as it is: from the newest snapshot at or
+    /// below the log end (snapshots past it, or that fail their checks, are deleted and
+    /// never trusted) plus the batches after it; from the whole log when there is none.
+    /// Producers past `producer.id.expiration.ms` are then dropped.
+    fn load_producer_state(&mut self, now_ms: i64) -> Result<()> {
+        let mut from = self.log_start_offset;
+        self.producers.clear();
+        for offset in list_snapshots(&self.dir)?.into_iter().rev() {
+            if offset > self.log_end_offset || offset < self.log_start_offset {
+                delete_snapshot(&self.dir, offset)?;
+                continue;
+            }
+            match read_snapshot(&self.dir, offset) {
+                Ok(state) => {
+                    self.producers = state;
+                    from = offset;
+                    break;
+                }
+                Err(reason) => {
+                    tracing::warn!(partition = %self.topic_partition, offset = offset.0, reason, "producer snapshot is damaged: deleted, rebuilding from the log");
+                    delete_snapshot(&self.dir, offset)?;
+                }
+            }
+        }
+        let replayed = self.replay_producers(from)?;
+        let expired = self
+            .producers
+            .remove_expired(now_ms, self.config.producer_id_expiration_ms);
+        if replayed > 0 || !self.producers.is_empty() {
+            tracing::debug!(partition = %self.topic_partition, from = from.0, replayed, expired, producers = self.producers.len(), "loaded producer state");
+        }
+        Ok(())
+    }
+
+    /// Applies every producer batch from `from` to the log end to the producer state.
+    /// Returns the number of batches read.
+    fn replay_producers(&mut self, from: Offset) -> Result<usize> {
+        let start_base = self
+            .segments
+            .range(..=from)
+            .next_back()
+            .map_or(self.log_start_offset, |(b, _)| *b);
+        let producers = &mut self.producers;
+        let mut batches = 0;
+        for segment in self.segments.range(start_base..).map(|(_, s)| s) {
+            segment.for_each_batch_from(from, |h| {
+                batches += 1;
+                if let Some(batch) = crate::producer_state::ProducerBatch::of(h) {
+                    producers.update(&batch, h.last_offset());
+                }
+            })?;
+        }
+        Ok(batches)
+    }
+
+    /// Writes the producer state as of the log end to `<log end>.snapshot` (fsynced when
+    /// `sync`, else by the next flush).
+    fn take_producer_snapshot(&mut self, sync: bool) -> Result<()> {
+        let offset = self.log_end_offset;
+        write_snapshot(&self.dir, offset, &self.producers, sync)?;
+        if !sync {
+            self.unsynced_snapshots.push(offset);
+        }
+        Ok(())
+    }
+
+    /// Deletes the snapshots past `end` (after a truncation).
+    fn delete_snapshots_after(&mut self, end: Offset) -> Result<()> {
+        for offset in list_snapshots(&self.dir)? {
+            if offset > end {
+                delete_snapshot(&self.dir, offset)?;
+            }
+        }
+        self.unsynced_snapshots.retain(|o| *o <= end);
+        Ok(())
+    }
+
+    /// The idempotent producers' state (as of the log end).
+    pub fn producer_state(&self) -> &ProducerStateManager {
+        &self.producers
+    }
+
+    /// The leader's producer checks of a record set (see [`ProducerStateManager::check`]):
+    /// Some(offsets) when it is a retry of a batch already in the log. An idempotent
+    /// producer's batch must come alone (Kafka accepts one batch per partition from
+    /// produce v3 on).
+    fn check_producers(
+        &self,
+        infos: &[crate::segment::BatchInfo],
+    ) -> Result<Option<(Offset, Offset)>> {
+        let mut found = None;
+        for info in infos {
+            let Some(batch) = &info.producer else {
+                continue;
+            };
+            if infos.len() > 1 {
+                return Err(ProducerStateError::NotAlone.into());
+            }
+            if let ProducerCheck::Duplicate {
+                base_offset,
+                last_offset,
+            } = self.producers.check(batch)?
+            {
+                found = Some((base_offset, last_offset));
+            }
+        }
+        Ok(found)
     }
 
     /// Validates, stamps (base offsets from the log end, `leader_epoch`) and appends a record
@@ -272,6 +398,20 @@ impl Log {
             }
         }
         let mut infos = self.validate(records, true)?;
+        if self.closed {
+            return Err(LogError::Closed);
+        }
+        if let Some((base_offset, last_offset)) = self.check_producers(&infos)? {
+            return Ok(AppendInfo {
+                base_offset,
+                last_offset,
+                position: 0,
+                max_timestamp: -1,
+                record_count: 0,
+                size_bytes: 0,
+                duplicate: true,
+            });
+        }
         let mut next = self.log_end_offset;
         let mut at = 0usize;
         for info in &mut infos {
@@ -379,6 +519,11 @@ impl Log {
         let old_end = self.log_end_offset;
         self.log_end_offset = last.last_offset.next();
         assert!(self.log_end_offset > old_end, "log end offset must grow");
+        for info in infos {
+            if let Some(batch) = &info.producer {
+                self.producers.update(batch, info.last_offset);
+            }
+        }
         let record_count = (last.last_offset.0 - first.base_offset.0 + 1) as u64;
         self.unflushed_messages += record_count;
         if self
@@ -396,6 +541,7 @@ impl Log {
             max_timestamp,
             record_count,
             size_bytes: records.len(),
+            duplicate: false,
         })
     }
 
@@ -410,6 +556,8 @@ impl Log {
         self.active_mut().seal()?;
         let segment = LogSegment::open(&self.dir, base, &self.config, true, now_ms)?;
         self.segments.insert(base, segment);
+        // a restart replays producer batches from here on, not from the log start
+        self.take_producer_snapshot(false)?;
         tracing::debug!(partition = %self.topic_partition, base = base.0, "rolled segment");
         Ok(())
     }
@@ -552,6 +700,8 @@ impl Log {
         assert!(self.log_end_offset <= offset);
         self.leader_epochs.truncate_from_end(self.log_end_offset)?;
         self.recovery_point = self.recovery_point.min(self.log_end_offset);
+        self.delete_snapshots_after(self.log_end_offset)?;
+        self.load_producer_state(self.last_producer_expiry_ms)?;
         tracing::info!(partition = %self.topic_partition, offset = offset.0, log_end_offset = self.log_end_offset.0, "truncated log");
         Ok(())
     }
@@ -569,6 +719,8 @@ impl Log {
         self.log_end_offset = offset;
         self.recovery_point = offset;
         self.leader_epochs.clear()?;
+        self.delete_snapshots_after(Offset(-1))?;
+        self.producers.clear();
         Ok(())
     }
 
@@ -627,6 +779,12 @@ impl Log {
             self.leader_epochs
                 .truncate_from_start(self.log_start_offset)?;
             self.recovery_point = self.recovery_point.max(self.log_start_offset);
+            // producer entries stay (KIP-360): only their expiry forgets them
+            for offset in list_snapshots(&self.dir)? {
+                if offset < self.log_start_offset {
+                    delete_snapshot(&self.dir, offset)?;
+                }
+            }
         }
         Ok(doomed.len())
     }
@@ -651,6 +809,14 @@ impl Log {
         for (_, segment) in self.segments.range(from..offset) {
             segment.flush()?;
         }
+        let mut synced = false;
+        for snapshot in std::mem::take(&mut self.unsynced_snapshots) {
+            sync_snapshot(&self.dir, snapshot)?;
+            synced = true;
+        }
+        if synced {
+            crate::sync_dir(&self.dir)?;
+        }
         self.recovery_point = offset;
         self.unflushed_messages = 0;
         Ok(())
@@ -670,6 +836,17 @@ impl Log {
                 self.last_flush_ms = now_ms;
             }
         }
+        if now_ms - self.last_producer_expiry_ms
+            >= self.config.producer_id_expiration_check_interval_ms
+        {
+            self.last_producer_expiry_ms = now_ms;
+            let expired = self
+                .producers
+                .remove_expired(now_ms, self.config.producer_id_expiration_ms);
+            if expired > 0 {
+                tracing::debug!(partition = %self.topic_partition, expired, "producer ids expired");
+            }
+        }
         Ok(())
     }
 
@@ -682,6 +859,8 @@ impl Log {
         self.flush()?;
         self.active_mut().seal()?;
         self.active().flush()?;
+        // a clean restart loads this and replays nothing
+        self.take_producer_snapshot(true)?;
         self.closed = true;
         Ok(())
     }

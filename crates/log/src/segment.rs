@@ -15,6 +15,7 @@ use sluice_record::{BatchHeader, LeaderEpoch, Offset, RecordBatch};
 use crate::config::LogConfig;
 use crate::file_records::{FileRecords, FileRegion};
 use crate::offset_index::OffsetIndex;
+use crate::producer_state::ProducerBatch;
 use crate::time_index::TimeIndex;
 use crate::unchecked_bytes::UncheckedBytes;
 use crate::{LogError, Result};
@@ -31,6 +32,8 @@ pub(crate) struct BatchInfo {
     pub last_offset: Offset,
     pub max_timestamp: i64,
     pub partition_leader_epoch: LeaderEpoch,
+    /// The producer fields, for a batch with a producer id.
+    pub producer: Option<ProducerBatch>,
 }
 
 impl BatchInfo {
@@ -41,6 +44,7 @@ impl BatchInfo {
             last_offset: h.last_offset(),
             max_timestamp: h.max_timestamp,
             partition_leader_epoch: h.partition_leader_epoch,
+            producer: ProducerBatch::of(h),
         }
     }
 }
@@ -283,6 +287,27 @@ impl LogSegment {
             || self.offset_index.is_full()
             || self.time_index.is_full()
             || last_offset.0 - self.base_offset.0 > i64::from(i32::MAX)
+    }
+
+    /// Calls `f` with the header of every batch whose last offset is at least `offset`, in
+    /// order (a header scan: record bytes are not read).
+    pub(crate) fn for_each_batch_from(
+        &self,
+        offset: Offset,
+        mut f: impl FnMut(&BatchHeader),
+    ) -> Result<()> {
+        if offset >= self.next_offset {
+            return Ok(());
+        }
+        let entry = self.offset_index.lookup(offset);
+        let mut scan = self.log.scan(u64::from(entry.position), self.log.size());
+        while let Some(h) = scan.peek()? {
+            if h.last_offset() >= offset {
+                f(&h);
+            }
+            scan.advance(&h);
+        }
+        Ok(())
     }
 
     /// The first batch whose last offset is at least `offset`, with its position.

@@ -6,7 +6,7 @@ use crate::varint::{varint_size, write_varint, write_varlong};
 use crate::{Compression, LeaderEpoch, Offset, RecordError};
 
 /// Accumulates records and encodes them as one batch. Producer id/epoch/sequence are
-/// "none" (-1): idempotence is not supported yet.
+/// "none" (-1) unless [`BatchBuilder::producer`] sets them (an idempotent producer).
 #[derive(Debug, Clone)]
 pub struct BatchBuilder {
     compression: Compression,
@@ -17,6 +17,9 @@ pub struct BatchBuilder {
     record_count: i32,
     records: Vec<u8>,
     scratch: Vec<u8>,
+    producer_id: i64,
+    producer_epoch: i16,
+    base_sequence: i32,
 }
 
 impl BatchBuilder {
@@ -30,6 +33,9 @@ impl BatchBuilder {
             record_count: 0,
             records: Vec::new(),
             scratch: Vec::new(),
+            producer_id: -1,
+            producer_epoch: -1,
+            base_sequence: -1,
         }
     }
 
@@ -40,6 +46,14 @@ impl BatchBuilder {
 
     pub fn partition_leader_epoch(mut self, epoch: LeaderEpoch) -> Self {
         self.partition_leader_epoch = epoch;
+        self
+    }
+
+    /// An idempotent producer's batch: its producer id, epoch and first sequence.
+    pub fn producer(mut self, producer_id: i64, producer_epoch: i16, base_sequence: i32) -> Self {
+        self.producer_id = producer_id;
+        self.producer_epoch = producer_epoch;
+        self.base_sequence = base_sequence;
         self
     }
 
@@ -97,9 +111,9 @@ impl BatchBuilder {
         let base_timestamp = self.base_timestamp.unwrap_or(-1);
         out.extend_from_slice(&base_timestamp.to_be_bytes());
         out.extend_from_slice(&self.max_timestamp.to_be_bytes());
-        out.extend_from_slice(&(-1i64).to_be_bytes()); // producer id
-        out.extend_from_slice(&(-1i16).to_be_bytes()); // producer epoch
-        out.extend_from_slice(&(-1i32).to_be_bytes()); // base sequence
+        out.extend_from_slice(&self.producer_id.to_be_bytes());
+        out.extend_from_slice(&self.producer_epoch.to_be_bytes());
+        out.extend_from_slice(&self.base_sequence.to_be_bytes());
         out.extend_from_slice(&self.record_count.to_be_bytes());
         debug_assert_eq!(out.len(), BATCH_HEADER_BYTES);
         out.extend_from_slice(&payload);
