@@ -14,6 +14,7 @@ use crate::controller_client::ControllerClients;
 use crate::group_coordinator::GroupCoordinator;
 use crate::metadata_follower::MetadataFollower;
 use crate::offset_commit_batcher::OffsetCommitBatcher;
+use crate::producer_id_manager::ProducerIdManager;
 use crate::replica_manager::ReplicaManager;
 
 pub struct Broker {
@@ -25,6 +26,8 @@ pub struct Broker {
     pub groups: GroupCoordinator,
     /// Offset commits on their way to the controller quorum, gathered into few calls.
     pub commits: OffsetCommitBatcher,
+    /// Producer ids for InitProducerId, from blocks the controllers hand out.
+    pub producer_ids: ProducerIdManager,
 }
 
 impl Broker {

@@ -75,6 +75,7 @@ impl BrokerNode {
             controllers,
             groups,
             commits,
+            producer_ids: Default::default(),
         });
         let tasks = vec![
             tokio::spawn(follow_metadata(Arc::clone(&broker))),

@@ -22,6 +22,7 @@ pub mod metadata_follower;
 pub mod offline_replicas;
 pub mod offset_commit_batcher;
 pub mod partition;
+pub mod producer_id_manager;
 pub mod replica_fetcher;
 pub mod replica_manager;
 pub mod topic_config;

@@ -272,6 +272,7 @@ fn may_concern_partitions(event: &api::MetadataEvent) -> bool {
                         | Record::DeleteGroups(_)
                         | Record::DeleteOffsets(_)
                         | Record::MoveCoordinators(_)
+                        | Record::AllocateProducerIds(_)
                 )
             )
         }),

@@ -8,10 +8,10 @@
 //! |ISR| < `min.insync.replicas` (Kafka's strict min ISR, KIP-966). Consumers read below the
 //! HW only.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use sluice_log::{LogError, LogReadInfo, SharedLog};
+use sluice_log::{LogError, LogReadInfo, ProducerStateError, SharedLog};
 use sluice_metadata::error_code as ec;
 use sluice_metadata::proto::metadata as pb;
 use sluice_record::{LeaderEpoch, Offset, TopicPartition};
@@ -73,6 +73,16 @@ impl PartitionError {
                     _ => ec::CORRUPT_MESSAGE,
                 },
                 LogError::EpochRegression { .. } => ec::FENCED_LEADER_EPOCH,
+                LogError::Producer(p) => match p {
+                    ProducerStateError::InvalidProducerEpoch { .. } => ec::INVALID_PRODUCER_EPOCH,
+                    ProducerStateError::OutOfOrderSequence { .. } => {
+                        ec::OUT_OF_ORDER_SEQUENCE_NUMBER
+                    }
+                    ProducerStateError::TransactionalBatch => ec::INVALID_TXN_STATE,
+                    ProducerStateError::ControlBatch | ProducerStateError::NotAlone => {
+                        ec::INVALID_RECORD
+                    }
+                },
                 LogError::Io { .. }
                 | LogError::Closed
                 | LogError::CorruptLog { .. }
@@ -134,6 +144,19 @@ pub struct PartitionSignals {
     pub isr_change_wanted: Notify,
     /// Whether the log directory takes writes; every log write's outcome goes through it.
     pub log_dir: Arc<LogDirHealth>,
+    /// Idempotent producers' outcomes, broker-wide (for metrics).
+    pub producer_counters: ProducerCounters,
+}
+
+/// What the idempotent-producer checks did, counted since the broker started.
+#[derive(Default, Debug)]
+pub struct ProducerCounters {
+    /// Retries of batches already in the log, answered without appending them again.
+    pub duplicates_suppressed: AtomicU64,
+    /// Batches refused with OUT_OF_ORDER_SEQUENCE_NUMBER.
+    pub out_of_order_rejections: AtomicU64,
+    /// Batches refused with INVALID_PRODUCER_EPOCH.
+    pub invalid_epoch_rejections: AtomicU64,
 }
 
 /// An ISR change a leader asks the controller for (AlterPartition).
@@ -146,11 +169,15 @@ pub struct IsrChange {
 }
 
 pub struct AppendResult {
+    /// For a duplicate (a producer's retry of a batch in the log): where it was written.
     pub base_offset: Offset,
     pub last_offset: Offset,
     pub log_start_offset: Offset,
-    /// The leader epoch the batch was appended in.
+    /// The leader epoch the batch was appended in (for a duplicate: the current one, whose
+    /// high watermark commits it now that it is in this leader's log).
     pub leader_epoch: i32,
+    /// A producer's retry of a batch already in the log: nothing was appended.
+    pub duplicate: bool,
 }
 
 /// Where an acks=all append stands ([`Partition::acks_all_outcome`]).
@@ -502,14 +529,44 @@ impl Partition {
         if self.signals.log_dir.is_offline() {
             return Err(PartitionError::LogDirOffline);
         }
-        let (info, log_start_offset, leo) = {
+        let (appended, log_start_offset, leo) = {
             let mut log = sluice_log::lock(&self.log);
-            let info = self
-                .signals
-                .log_dir
-                .check(log.append_as_leader(records, epoch, now_ms))?;
-            (info, log.log_start_offset(), log.log_end_offset())
+            let appended = log.append_as_leader(records, epoch, now_ms);
+            (appended, log.log_start_offset(), log.log_end_offset())
         };
+        let counters = &self.signals.producer_counters;
+        let info = match self.signals.log_dir.check(appended) {
+            Ok(info) => info,
+            Err(LogError::Producer(e)) => {
+                let counter = match e {
+                    ProducerStateError::OutOfOrderSequence { .. } => {
+                        Some(&counters.out_of_order_rejections)
+                    }
+                    ProducerStateError::InvalidProducerEpoch { .. } => {
+                        Some(&counters.invalid_epoch_rejections)
+                    }
+                    _ => None,
+                };
+                if let Some(counter) = counter {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+                tracing::debug!(partition = %self.topic_partition, error = %e, "producer batch refused");
+                return Err(LogError::Producer(e).into());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if info.duplicate {
+            counters
+                .duplicates_suppressed
+                .fetch_add(1, Ordering::Relaxed);
+            return Ok(AppendResult {
+                base_offset: info.base_offset,
+                last_offset: info.last_offset,
+                log_start_offset,
+                leader_epoch,
+                duplicate: true,
+            });
+        }
         leader.maybe_advance_high_watermark(leo);
         drop(inner);
         self.bump();
@@ -518,6 +575,7 @@ impl Partition {
             last_offset: info.last_offset,
             log_start_offset,
             leader_epoch,
+            duplicate: false,
         })
     }
 

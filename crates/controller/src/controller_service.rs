@@ -120,6 +120,10 @@ fn fill_outcomes(results: &mut [api::TopicResult], slots: &[usize], outcomes: &[
     }
 }
 
+/// Producer ids per block (Kafka's `ProducerIdsBlock` size).
+const PRODUCER_ID_BLOCK_SIZE: i32 = 1000;
+const PRODUCER_ID_BLOCK_ATTEMPTS: usize = 5;
+
 type EventStream = Pin<Box<dyn Stream<Item = Result<api::MetadataEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -714,6 +718,51 @@ impl api::controller_server::Controller for ControllerService {
         Ok(Response::new(api::DeleteOffsetsResponse {
             error_code: i32::from(o.error_code),
             error_message: o.message,
+        }))
+    }
+
+    async fn allocate_producer_ids(
+        &self,
+        request: Request<api::AllocateProducerIdsRequest>,
+    ) -> Result<Response<api::AllocateProducerIdsResponse>, Status> {
+        forward!(self, allocate_producer_ids, request);
+        let r = request.into_inner();
+        // compare-and-set on the next id: a block proposed concurrently wins, and this one
+        // tries again from the id after it
+        let mut last = ApplyOutcome::ok();
+        for _ in 0..PRODUCER_ID_BLOCK_ATTEMPTS {
+            let first_producer_id = self
+                .core
+                .state_machine
+                .with_image(MetadataImage::next_producer_id);
+            let outcomes = self
+                .core
+                .propose(vec![Record::AllocateProducerIds(pb::AllocateProducerIds {
+                    broker_id: r.broker_id,
+                    broker_epoch: r.broker_epoch,
+                    first_producer_id,
+                    count: PRODUCER_ID_BLOCK_SIZE,
+                })])
+                .await
+                .map_err(status)?;
+            last = outcomes.into_iter().next().unwrap_or_else(ApplyOutcome::ok);
+            if last.is_ok() {
+                return Ok(Response::new(api::AllocateProducerIdsResponse {
+                    error_code: 0,
+                    error_message: String::new(),
+                    first_producer_id,
+                    count: PRODUCER_ID_BLOCK_SIZE,
+                }));
+            }
+            if last.error_code == ec::STALE_BROKER_EPOCH {
+                break;
+            }
+        }
+        Ok(Response::new(api::AllocateProducerIdsResponse {
+            error_code: i32::from(last.error_code),
+            error_message: last.message,
+            first_producer_id: -1,
+            count: 0,
         }))
     }
 

@@ -59,6 +59,8 @@ pub struct MetadataImage {
     offsets: BTreeMap<OffsetKey, CommittedOffset>,
     coordinators: BTreeMap<i32, CoordinatorSlot>,
     groups: BTreeMap<String, pb::StoredGroup>,
+    /// The first producer id not yet handed out (ids below it belong to some broker's block).
+    next_producer_id: i64,
 }
 
 impl MetadataImage {
@@ -131,6 +133,11 @@ impl MetadataImage {
     /// `group`'s membership as its coordinator last stored it.
     pub fn stored_group(&self, group: &str) -> Option<&pb::StoredGroup> {
         self.groups.get(group)
+    }
+
+    /// The first producer id no broker has been given yet.
+    pub fn next_producer_id(&self) -> i64 {
+        self.next_producer_id
     }
 
     /// Every stored group, by id.
@@ -276,6 +283,7 @@ impl MetadataImage {
                 }
                 ApplyOutcome::ok()
             }
+            Record::AllocateProducerIds(r) => self.apply_allocate_producer_ids(r),
             Record::DeleteGroups(r) => {
                 for id in &r.group_ids {
                     self.groups.remove(id);
@@ -292,6 +300,37 @@ impl MetadataImage {
                 ApplyOutcome::ok()
             }
         }
+    }
+
+    /// A block of producer ids for a registered broker, compare-and-set on the next id.
+    fn apply_allocate_producer_ids(&mut self, r: &pb::AllocateProducerIds) -> ApplyOutcome {
+        let registered = self
+            .brokers
+            .get(&r.broker_id)
+            .is_some_and(|b| b.broker_epoch == r.broker_epoch);
+        if !registered {
+            return ApplyOutcome::err(
+                ec::STALE_BROKER_EPOCH,
+                format!(
+                    "broker {} is not registered with epoch {}",
+                    r.broker_id, r.broker_epoch
+                ),
+            );
+        }
+        if r.first_producer_id != self.next_producer_id || r.count < 1 {
+            return ApplyOutcome::err(
+                ec::UNKNOWN_SERVER_ERROR,
+                format!(
+                    "producer id block from {} refused: the next id is {}",
+                    r.first_producer_id, self.next_producer_id
+                ),
+            );
+        }
+        let Some(next) = r.first_producer_id.checked_add(i64::from(r.count)) else {
+            return ApplyOutcome::err(ec::UNKNOWN_SERVER_ERROR, "producer ids exhausted");
+        };
+        self.next_producer_id = next;
+        ApplyOutcome::ok()
     }
 
     /// A coordinator's store of its group: refused unless that broker owns the group's
@@ -520,6 +559,7 @@ impl MetadataImage {
             offsets: self.offsets.values().cloned().collect(),
             coordinators: self.coordinators.values().cloned().collect(),
             groups: self.groups.values().cloned().collect(),
+            next_producer_id: self.next_producer_id,
         }
     }
 
@@ -552,6 +592,7 @@ impl MetadataImage {
                 .into_iter()
                 .map(|g| (g.group_id.clone(), g))
                 .collect(),
+            next_producer_id: image.next_producer_id,
         }
     }
 }

@@ -50,6 +50,8 @@ const KEYS: &[(&str, &str)] = &[
     ("sluice.controlled.shutdown.timeout.ms", "30000"),
     ("sluice.fetch.sendfile.enable", "true"),
     ("sluice.log.append.mode", "hybrid"),
+    ("producer.id.expiration.ms", "86400000"),
+    ("producer.id.expiration.check.interval.ms", "600000"),
     // broker defaults of topic configs: unset means Kafka's default
     ("message.max.bytes", ""),
     ("min.insync.replicas", ""),
@@ -324,6 +326,9 @@ impl NodeConfig {
         c.log.append_mode = sluice_log::AppendMode::from_name(mode).with_context(|| {
             format!("sluice.log.append.mode: {mode:?} is not hybrid, write or mmap")
         })?;
+        c.log.producer_id_expiration_ms = self.parse("producer.id.expiration.ms")?;
+        c.log.producer_id_expiration_check_interval_ms =
+            self.parse("producer.id.expiration.check.interval.ms")?;
         // Kafka's precedence: ms over minutes over hours
         let scaled = |keys: &[(&str, i64)]| -> Result<Option<String>> {
             for (key, scale) in keys {

@@ -9,6 +9,7 @@ mod describe_log_dirs;
 mod fetch;
 mod find_coordinator;
 mod groups;
+mod init_producer_id;
 mod list_offsets;
 mod metadata;
 mod offset_for_leader_epoch;
@@ -49,6 +50,7 @@ pub const HANDLED_APIS: &[ApiKey] = &[
     ApiKey::OffsetDelete,
     ApiKey::OffsetForLeaderEpoch,
     ApiKey::DescribeLogDirs,
+    ApiKey::InitProducerId,
 ];
 
 /// What a handler hands back: chunks to write, or nothing (acks=0 produce).
@@ -78,6 +80,7 @@ pub async fn handle(request: &RequestFrame, broker: &Broker) -> Result<Answer, C
         ApiKey::OffsetDelete => offsets::offset_delete(request, broker).await,
         ApiKey::OffsetForLeaderEpoch => offset_for_leader_epoch::handle(request, broker).await,
         ApiKey::DescribeLogDirs => describe_log_dirs::handle(request, broker).await,
+        ApiKey::InitProducerId => init_producer_id::handle(request, broker).await,
         api_key => Err(ConnectionError::UnsupportedVersion {
             api_key,
             api_version: request.api_version,
