@@ -5,7 +5,8 @@
 //! whose epoch is used up gets a new id instead (as Kafka does).
 //!
 //! Sluice has no transactions: a `transactional_id` is answered with
-//! COORDINATOR_NOT_AVAILABLE, as FindCoordinator answers for transaction keys.
+//! COORDINATOR_NOT_AVAILABLE, as FindCoordinator answers for transaction keys (an empty
+//! one with INVALID_REQUEST, as Kafka does).
 
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse};
 use sluice_metadata::error_code as ec;
@@ -30,8 +31,11 @@ pub async fn handle(request: &RequestFrame, broker: &Broker) -> Result<Answer, C
 }
 
 async fn init(body: &InitProducerIdRequest, broker: &Broker) -> Result<(i64, i16), i16> {
-    if body.transactional_id.is_some() {
-        return Err(ec::COORDINATOR_NOT_AVAILABLE);
+    match &body.transactional_id {
+        // Kafka's answer to an empty transactional id
+        Some(id) if id.is_empty() => return Err(ec::INVALID_REQUEST),
+        Some(_) => return Err(ec::COORDINATOR_NOT_AVAILABLE),
+        None => {}
     }
     let producer_id = body.producer_id.0;
     let epoch = body.producer_epoch;
