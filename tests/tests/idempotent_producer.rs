@@ -46,15 +46,16 @@ fn init_producer_id(address: &str, current: Option<(i64, i16)>) -> InitProducerI
 
 /// Produces one batch of `count` records from (producer id, epoch, first sequence) with
 /// acks=all; returns (error code, base offset).
-fn produce(
-    address: &str,
-    topic: &str,
-    producer: (i64, i16, i32),
-    count: usize,
-) -> (i16, i64) {
-    let mut builder = BatchBuilder::new(Compression::None).producer(producer.0, producer.1, producer.2);
+fn produce(address: &str, topic: &str, producer: (i64, i16, i32), count: usize) -> (i16, i64) {
+    let mut builder =
+        BatchBuilder::new(Compression::None).producer(producer.0, producer.1, producer.2);
     for i in 0..count {
-        builder.append(sluice_record::now_ms(), None, Some(format!("v{i}").as_bytes()), &[]);
+        builder.append(
+            sluice_record::now_ms(),
+            None,
+            Some(format!("v{i}").as_bytes()),
+            &[],
+        );
     }
     let request = ProduceRequest::default()
         .with_acks(-1)
@@ -113,11 +114,19 @@ fn the_broker_applies_the_sequence_rules_through_a_failover() {
     let mut unique = ids.clone();
     unique.sort();
     unique.dedup();
-    assert_eq!(unique.len(), ids.len(), "producer ids handed out twice: {ids:?}");
+    assert_eq!(
+        unique.len(),
+        ids.len(),
+        "producer ids handed out twice: {ids:?}"
+    );
     let pid = ids[0];
     let bumped = init_producer_id(&cluster.bootstrap_of(2), Some((pid, 0)));
     assert_eq!(
-        (bumped.error_code, bumped.producer_id.0, bumped.producer_epoch),
+        (
+            bumped.error_code,
+            bumped.producer_id.0,
+            bumped.producer_epoch
+        ),
         (0, pid, 1)
     );
     let txn = InitProducerIdRequest::default()
@@ -180,7 +189,11 @@ fn read_acks(path: &Path) -> Vec<(i32, i64, String)> {
         .lines()
         .map(|l| {
             let f: Vec<&str> = l.splitn(3, ' ').collect();
-            (f[0].parse().unwrap(), f[1].parse().unwrap(), f[2].to_string())
+            (
+                f[0].parse().unwrap(),
+                f[1].parse().unwrap(),
+                f[2].to_string(),
+            )
         })
         .collect()
 }
@@ -188,17 +201,17 @@ fn read_acks(path: &Path) -> Vec<(i32, i64, String)> {
 /// Checks that the topic holds each acknowledged value exactly once at its acknowledged
 /// offset, no value twice, and each partition's values ascending in offset order (the
 /// order the one producer sent them). Returns the records read.
-fn assert_exactly_once_in_order(
-    read: &[(i32, i64, String)],
-    acks: &[(i32, i64, String)],
-) {
+fn assert_exactly_once_in_order(read: &[(i32, i64, String)], acks: &[(i32, i64, String)]) {
     let mut at: HashMap<(i32, i64), &str> = HashMap::new();
     let mut seen: HashMap<&str, u32> = HashMap::new();
     let mut last_by_partition: BTreeMap<i32, (i64, u64)> = BTreeMap::new();
     let mut sorted: Vec<&(i32, i64, String)> = read.iter().collect();
     sorted.sort_by_key(|(p, o, _)| (*p, *o));
     for (p, o, v) in sorted {
-        assert!(at.insert((*p, *o), v).is_none(), "offset {p}/{o} read twice");
+        assert!(
+            at.insert((*p, *o), v).is_none(),
+            "offset {p}/{o} read twice"
+        );
         *seen.entry(v.as_str()).or_default() += 1;
         let value: u64 = v.parse().unwrap_or_else(|_| panic!("value {v:?}"));
         if let Some((prev_offset, prev)) = last_by_partition.insert(*p, (*o, value)) {
@@ -209,7 +222,10 @@ fn assert_exactly_once_in_order(
         }
     }
     let duplicated: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).take(5).collect();
-    assert!(duplicated.is_empty(), "records stored twice: {duplicated:?}");
+    assert!(
+        duplicated.is_empty(),
+        "records stored twice: {duplicated:?}"
+    );
     for (p, o, v) in acks {
         assert_eq!(
             at.get(&(*p, *o)).copied(),
@@ -222,7 +238,10 @@ fn assert_exactly_once_in_order(
 #[test]
 fn default_idempotent_clients_write_and_read_back() {
     let cluster = ProcessCluster::start(Layout::Combined, &[]);
-    for (client, topic) in [("kafka-python", "idem-kafka-python"), ("confluent", "idem-confluent")] {
+    for (client, topic) in [
+        ("kafka-python", "idem-kafka-python"),
+        ("confluent", "idem-confluent"),
+    ] {
         cluster.create_topic(topic, 3);
         let mut command = Command::new(python());
         command
@@ -237,7 +256,11 @@ fn default_idempotent_clients_write_and_read_back() {
             .skip(1)
             .map(|l| {
                 let f: Vec<&str> = l.split(' ').collect();
-                (f[0].parse().unwrap(), f[1].parse().unwrap(), f[2].to_string())
+                (
+                    f[0].parse().unwrap(),
+                    f[1].parse().unwrap(),
+                    f[2].to_string(),
+                )
             })
             .collect();
         assert_eq!(acks.len(), 3000, "{client}");
@@ -267,11 +290,13 @@ fn read_progress(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-fn wait_progress(path: &Path, target: u64, producer: &mut Child) {
+fn wait_progress(path: &Path, target: u64, producer: &mut Child, log: &Path) {
     let deadline = Instant::now() + WAIT * 2;
     while read_progress(path) < target {
         if let Ok(Some(status)) = producer.try_wait() {
-            panic!("the producer exited early: {status}");
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            let tail = &log[log.len().saturating_sub(2000)..];
+            panic!("the producer exited early: {status}\n{tail}");
         }
         assert!(
             Instant::now() < deadline,
@@ -302,7 +327,8 @@ fn exactly_once_through_leader_kills_and_a_paused_follower() {
     let stop = work.path().join("stop");
     let acks_out = work.path().join("acks");
     let failed_out = work.path().join("failed");
-    let producer_log = std::fs::File::create(work.path().join("producer.log")).unwrap();
+    let log_path = work.path().join("producer.log");
+    let producer_log = std::fs::File::create(&log_path).unwrap();
     let mut producer = Command::new(python())
         .arg(client_script("idempotent_producer.py"))
         .arg(cluster.bootstrap())
@@ -322,13 +348,25 @@ fn exactly_once_through_leader_kills_and_a_paused_follower() {
         .spawn()
         .expect("run idempotent_producer.py (scripts/install-kafka-clients.sh installs confluent-kafka)");
     for partition in 0..PARTITIONS {
-        wait_progress(&progress, read_progress(&progress) + 3_000, &mut producer);
+        wait_progress(
+            &progress,
+            read_progress(&progress) + 3_000,
+            &mut producer,
+            &log_path,
+        );
         let leader = cluster.leader_of(topic, partition);
         cluster.kill(leader);
-        cluster.wait_for(topic, "a new leader for the killed one's partitions", |rows| {
-            rows.iter().all(|r| r.leader >= 0 && r.leader != leader)
-        });
-        wait_progress(&progress, read_progress(&progress) + 3_000, &mut producer);
+        cluster.wait_for(
+            topic,
+            "a new leader for the killed one's partitions",
+            |rows| rows.iter().all(|r| r.leader >= 0 && r.leader != leader),
+        );
+        wait_progress(
+            &progress,
+            read_progress(&progress) + 3_000,
+            &mut producer,
+            &log_path,
+        );
         cluster.restart(leader);
         cluster.wait_for(topic, "the restarted broker back in every ISR", |rows| {
             rows.iter().all(|r| r.isr.len() == 3)
@@ -341,7 +379,12 @@ fn exactly_once_through_leader_kills_and_a_paused_follower() {
     cluster.wait_for(topic, "the paused follower out of an ISR", |rows| {
         rows.iter().any(|r| !r.isr.contains(&follower))
     });
-    wait_progress(&progress, read_progress(&progress) + 3_000, &mut producer);
+    wait_progress(
+        &progress,
+        read_progress(&progress) + 3_000,
+        &mut producer,
+        &log_path,
+    );
     cluster.resume(follower);
     cluster.wait_for(topic, "the resumed follower back in every ISR", |rows| {
         rows.iter().all(|r| r.isr.len() == 3)
@@ -353,7 +396,11 @@ fn exactly_once_through_leader_kills_and_a_paused_follower() {
 
     let acks = read_acks(&acks_out);
     let failed = std::fs::read_to_string(&failed_out).unwrap();
-    assert!(failed.is_empty(), "failed deliveries: {}", &failed[..failed.len().min(500)]);
+    assert!(
+        failed.is_empty(),
+        "failed deliveries: {}",
+        &failed[..failed.len().min(500)]
+    );
     assert!(acks.len() as u64 >= RECORDS, "{} acknowledged", acks.len());
     let read = kcat_read_all(&cluster.bootstrap(), topic);
     assert_eq!(read.len(), acks.len(), "every record read once, none more");

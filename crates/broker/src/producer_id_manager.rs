@@ -51,14 +51,22 @@ impl ProducerIdManager {
                 .await;
             match answer {
                 Ok(r) if r.error_code == 0 && r.count > 0 && r.first_producer_id >= 0 => {
-                    tracing::debug!(first = r.first_producer_id, count = r.count, "new producer id block");
+                    tracing::debug!(
+                        first = r.first_producer_id,
+                        count = r.count,
+                        "new producer id block"
+                    );
                     *block = Block {
                         next: r.first_producer_id,
                         end: r.first_producer_id + i64::from(r.count),
                     };
                 }
                 Ok(r) => {
-                    tracing::warn!(error_code = r.error_code, message = r.error_message, "no producer id block");
+                    tracing::warn!(
+                        error_code = r.error_code,
+                        message = r.error_message,
+                        "no producer id block"
+                    );
                     return Err(ec::COORDINATOR_LOAD_IN_PROGRESS);
                 }
                 Err(e) => {
