@@ -10,9 +10,11 @@
 #      ROUNDS rounds, the killed node restarted and back in the ISR between rounds;
 #      SLUICE_FAILOVER_SIGNAL=STOP pauses the leader (SIGSTOP) instead, resumed between
 #      rounds.
+#   4. idempotence (only when asked for): acks=all with enable.idempotence=true against
+#      false, alternating, ROUNDS runs each, and the ratio of the medians.
 # Usage: benches/cluster-perf.sh [N] [ROUNDS]   (default 2000000 5)
 # SLUICE_BENCH="produce latency failover" (the default) picks the parts to run; latency
-# needs produce (it runs at half the best acks=all rate).
+# needs produce (it runs at half the best acks=all rate); "idempotence" is the fourth.
 # Extra node settings: SLUICE_NODE_OVERRIDES="key=value ..." (see deploy/local-cluster.sh);
 # SLUICE_BENCH_KEEP=1 keeps the cluster's directory and logs.
 # Uses the cluster's fixed ports 19092/29092/39092 (+1 for the controllers).
@@ -120,3 +122,31 @@ want failover && for round in $(seq "$rounds"); do
     sleep 0.1
   done
 done
+
+# idempotence also caps librdkafka at 5 requests in flight per connection: the third
+# variant (no idempotence, the same cap) tells the client's share of the difference
+want idempotence && {
+  declare -a plain=() capped=() idem=()
+  for run in $(seq "$rounds"); do
+    for variant in plain capped idem; do
+      case $variant in
+        plain) args=(-X enable.idempotence=false) ;;
+        capped) args=(-X enable.idempotence=false -X max.in.flight=5) ;;
+        idem) args=(-X enable.idempotence=true) ;;
+      esac
+      c0=$(cpu_s)
+      out=$(produce -1 "$n" "${args[@]}")
+      c1=$(cpu_s)
+      echo "== produce acks=all ${args[*]} run $run: $out"
+      echo "   brokers' CPU: $(awk -v a="$c0" -v b="$c1" 'BEGIN{printf "%.2f", b-a}') s"
+      r=$(echo "$out" | rate_of)
+      case $variant in plain) plain+=("$r") ;; capped) capped+=("$r") ;; idem) idem+=("$r") ;; esac
+    done
+  done
+  median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
+  mp=$(median "${plain[@]}")
+  mc=$(median "${capped[@]}")
+  mi=$(median "${idem[@]}")
+  ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.3f", a/b}'; }
+  echo "== idempotence: medians $mi msgs/s with, $mp without ($(ratio "$mi" "$mp")x), $mc without but max.in.flight=5 ($(ratio "$mi" "$mc")x)"
+}

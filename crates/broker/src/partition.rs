@@ -1040,6 +1040,62 @@ mod tests {
         assert_eq!(outcome(&third), AcksAllOutcome::LeadershipLost);
     }
 
+    fn producer_records(producer_id: i64, epoch: i16, sequence: i32, n: usize) -> Vec<u8> {
+        let mut b = BatchBuilder::new(Compression::None).producer(producer_id, epoch, sequence);
+        for _ in 0..n {
+            b.append(1, None, Some(b"v"), &[]);
+        }
+        b.build().unwrap()
+    }
+
+    #[test]
+    fn a_producer_retry_is_committed_by_the_leadership_that_answers_it_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = partition(dir.path());
+        // broker 2 led epoch 1 and replicated the batch here, uncommitted
+        p.apply_state(&state(2, 1, 0, &[1, 2, 3]), 0);
+        let mut theirs = producer_records(9, 0, 0, 3);
+        sluice_record::stamp_partition_leader_epoch(&mut theirs, LeaderEpoch(1)).unwrap();
+        p.append_as_follower(&theirs, Offset::ZERO, 1).unwrap();
+        // this broker takes over; the producer's retry reaches it
+        p.apply_state(&state(1, 2, 1, &[1, 3]), 2);
+        let retry = p
+            .append_as_leader(&mut producer_records(9, 0, 0, 3), -1, 3)
+            .unwrap();
+        assert!(retry.duplicate);
+        assert_eq!(
+            (retry.base_offset, retry.last_offset),
+            (Offset(0), Offset(2))
+        );
+        assert_eq!(retry.leader_epoch, 2);
+        let outcome = || p.acks_all_outcome(retry.last_offset, retry.leader_epoch);
+        assert_eq!(
+            outcome(),
+            AcksAllOutcome::Waiting,
+            "committed only by this HW"
+        );
+        p.on_follower_fetch(3, Offset(3), 4);
+        assert_eq!(outcome(), AcksAllOutcome::Committed);
+        // the counters see what the checks did
+        let refused = p.append_as_leader(&mut producer_records(9, 0, 7, 1), -1, 5);
+        assert_eq!(
+            refused.err().map(|e| e.error_code()),
+            Some(ec::OUT_OF_ORDER_SEQUENCE_NUMBER)
+        );
+        p.append_as_leader(&mut producer_records(9, 1, 0, 1), 1, 5)
+            .unwrap();
+        let fenced = p.append_as_leader(&mut producer_records(9, 0, 3, 1), -1, 5);
+        assert_eq!(
+            fenced.err().map(|e| e.error_code()),
+            Some(ec::INVALID_PRODUCER_EPOCH)
+        );
+        let counters = &p.signals.producer_counters;
+        let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        assert_eq!(count(&counters.duplicates_suppressed), 1);
+        assert_eq!(count(&counters.out_of_order_rejections), 1);
+        assert_eq!(count(&counters.invalid_epoch_rejections), 1);
+    }
+
     #[test]
     fn a_removed_partition_answers_its_parked_appends() {
         let dir = tempfile::tempdir().unwrap();
