@@ -6,6 +6,7 @@
 
 pub mod group_member;
 pub mod process_cluster;
+pub mod progress;
 pub use process_cluster::{
     kcat_produce, kcat_produce_with, kcat_read_all, Layout, PartitionRow, ProcessCluster,
 };

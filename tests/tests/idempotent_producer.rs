@@ -12,8 +12,7 @@
 //!   order it was sent, with no duplicate at all.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -25,6 +24,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use sluice_record::{BatchBuilder, BatchHeader, Compression};
 use sluice_system_tests::process_cluster::WAIT;
+use sluice_system_tests::progress::{read_acks, read_progress, wait_progress};
 use sluice_system_tests::{
     check, client_script, kafka_request, kcat_read_all, python, run, run_to_end, Layout,
     ProcessCluster,
@@ -182,22 +182,6 @@ fn the_broker_applies_the_sequence_rules_through_a_failover() {
     assert_eq!(values.len(), 12, "{values:?}");
 }
 
-/// (partition, offset, value) per line of an acks file.
-fn read_acks(path: &Path) -> Vec<(i32, i64, String)> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let f: Vec<&str> = l.splitn(3, ' ').collect();
-            (
-                f[0].parse().unwrap(),
-                f[1].parse().unwrap(),
-                f[2].to_string(),
-            )
-        })
-        .collect()
-}
-
 /// Checks that the topic holds each acknowledged value exactly once at its acknowledged
 /// offset, no value twice, and each partition's values ascending in offset order (the
 /// order the one producer sent them). Returns the records read.
@@ -280,30 +264,6 @@ fn default_idempotent_clients_write_and_read_back() {
                 next_seq = h.base_sequence + h.last_offset_delta + 1;
             }
         }
-    }
-}
-
-fn read_progress(path: &Path) -> u64 {
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-fn wait_progress(path: &Path, target: u64, producer: &mut Child, log: &Path) {
-    let deadline = Instant::now() + WAIT * 2;
-    while read_progress(path) < target {
-        if let Ok(Some(status)) = producer.try_wait() {
-            let log = std::fs::read_to_string(log).unwrap_or_default();
-            let tail = &log[log.len().saturating_sub(2000)..];
-            panic!("the producer exited early: {status}\n{tail}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the producer stalled at {} acknowledged records (waiting for {target})",
-            read_progress(path)
-        );
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

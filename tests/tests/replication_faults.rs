@@ -16,11 +16,10 @@
 //! of three controllers; they run three broker-only nodes and one controller-only node.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sluice_system_tests::process_cluster::WAIT;
+use sluice_system_tests::progress::{read_acks, read_progress, wait_progress};
 use sluice_system_tests::{
     check, client_script, kcat_produce, kcat_read_all, python, run_to_end, Layout, ProcessCluster,
 };
@@ -31,29 +30,6 @@ fn values(records: &[(i32, i64, String)]) -> Vec<&str> {
 
 fn lines(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i}")).collect()
-}
-
-fn read_progress(path: &Path) -> u64 {
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// Waits until the producer reports at least `target` acknowledged records.
-fn wait_progress(path: &Path, target: u64, producer: &mut Child) {
-    let deadline = Instant::now() + WAIT * 2;
-    while read_progress(path) < target {
-        if let Ok(Some(status)) = producer.try_wait() {
-            panic!("the producer exited early: {status}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the producer stalled at {} acknowledged records (waiting for {target})",
-            read_progress(path)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -74,7 +50,8 @@ fn every_acknowledged_record_survives_kill_9_of_each_partition_leader() {
     let progress = work.path().join("progress");
     let stop = work.path().join("stop");
     let acks_out = work.path().join("acks");
-    let producer_log = std::fs::File::create(work.path().join("producer.log")).unwrap();
+    let log_path = work.path().join("producer.log");
+    let producer_log = std::fs::File::create(&log_path).unwrap();
     let script = client_script("acked_producer.py");
     let mut producer = Command::new(python())
         .arg(script)
@@ -95,7 +72,12 @@ fn every_acknowledged_record_survives_kill_9_of_each_partition_leader() {
             "run acked_producer.py (scripts/install-kafka-clients.sh installs confluent-kafka)",
         );
     for partition in 0..PARTITIONS {
-        wait_progress(&progress, read_progress(&progress) + 5_000, &mut producer);
+        wait_progress(
+            &progress,
+            read_progress(&progress) + 5_000,
+            &mut producer,
+            &log_path,
+        );
         let leader = cluster.leader_of(topic, partition);
         cluster.kill(leader);
         cluster.wait_for(
@@ -104,7 +86,12 @@ fn every_acknowledged_record_survives_kill_9_of_each_partition_leader() {
             |rows| rows.iter().all(|r| r.leader >= 0 && r.leader != leader),
         );
         // writing goes on through the new leaders
-        wait_progress(&progress, read_progress(&progress) + 5_000, &mut producer);
+        wait_progress(
+            &progress,
+            read_progress(&progress) + 5_000,
+            &mut producer,
+            &log_path,
+        );
         cluster.restart(leader);
         cluster.wait_for(topic, "the restarted broker back in every ISR", |rows| {
             rows.iter().all(|r| r.isr.len() == 3)
@@ -115,18 +102,7 @@ fn every_acknowledged_record_survives_kill_9_of_each_partition_leader() {
     check(&out, "acked_producer.py");
 
     // every acknowledged record, exactly once, at its acknowledged offset
-    let acks: Vec<(i32, i64, String)> = std::fs::read_to_string(&acks_out)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let f: Vec<&str> = l.splitn(3, ' ').collect();
-            (
-                f[0].parse().unwrap(),
-                f[1].parse().unwrap(),
-                f[2].to_string(),
-            )
-        })
-        .collect();
+    let acks = read_acks(&acks_out);
     assert!(acks.len() as u64 >= RECORDS, "{} acknowledged", acks.len());
     let read = kcat_read_all(&cluster.bootstrap(), topic);
     let mut at: HashMap<(i32, i64), &str> = HashMap::new();

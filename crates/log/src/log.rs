@@ -278,9 +278,11 @@ impl Log {
     fn load_producer_state(&mut self, now_ms: i64) -> Result<()> {
         let mut from = self.log_start_offset;
         self.producers.clear();
+        let mut deleted = false;
         for offset in list_snapshots(&self.dir)?.into_iter().rev() {
             if offset > self.log_end_offset || offset < self.log_start_offset {
                 delete_snapshot(&self.dir, offset)?;
+                deleted = true;
                 continue;
             }
             match read_snapshot(&self.dir, offset) {
@@ -292,8 +294,12 @@ impl Log {
                 Err(reason) => {
                     tracing::warn!(partition = %self.topic_partition, offset = offset.0, reason, "producer snapshot is damaged: deleted, rebuilding from the log");
                     delete_snapshot(&self.dir, offset)?;
+                    deleted = true;
                 }
             }
+        }
+        if deleted {
+            crate::sync_dir(&self.dir)?;
         }
         let replayed = self.replay_producers(from)?;
         let expired = self
@@ -337,12 +343,19 @@ impl Log {
         Ok(())
     }
 
-    /// Deletes the snapshots past `end` (after a truncation).
+    /// Deletes the snapshots past `end` (after a truncation), durably: a snapshot whose
+    /// unlink a crash undid would describe batches the log no longer holds once new ones
+    /// are appended past its offset.
     fn delete_snapshots_after(&mut self, end: Offset) -> Result<()> {
+        let mut deleted = false;
         for offset in list_snapshots(&self.dir)? {
             if offset > end {
                 delete_snapshot(&self.dir, offset)?;
+                deleted = true;
             }
+        }
+        if deleted {
+            crate::sync_dir(&self.dir)?;
         }
         self.unsynced_snapshots.retain(|o| *o <= end);
         Ok(())
@@ -687,6 +700,10 @@ impl Log {
             return self.truncate_fully_and_start_at(offset);
         }
         self.truncations += 1;
+        // snapshots first: one left behind by a crash mid-truncation must not outlive the
+        // batches it describes (snapshots sit at batch boundaries, so none is inside the
+        // batch `offset` may cut)
+        self.delete_snapshots_after(offset)?;
         let doomed: Vec<Offset> = self.segments.range(offset..).map(|(b, _)| *b).collect();
         for base in doomed {
             if let Some(segment) = self.segments.remove(&base) {
@@ -710,6 +727,7 @@ impl Log {
     /// offset fell outside the leader's log).
     pub fn truncate_fully_and_start_at(&mut self, offset: Offset) -> Result<()> {
         self.truncations += 1;
+        self.delete_snapshots_after(Offset(-1))?;
         for (_, segment) in std::mem::take(&mut self.segments) {
             segment.delete()?;
         }
@@ -719,7 +737,6 @@ impl Log {
         self.log_end_offset = offset;
         self.recovery_point = offset;
         self.leader_epochs.clear()?;
-        self.delete_snapshots_after(Offset(-1))?;
         self.producers.clear();
         Ok(())
     }

@@ -506,3 +506,34 @@ fn a_deposed_coordinators_commits_and_stores_are_refused() {
     assert_eq!(codes(&out), vec![ec::NOT_COORDINATOR, ec::NONE]);
     assert_eq!(image.stored_group("g").map(|g| g.generation), Some(3));
 }
+
+#[test]
+fn producer_id_blocks_are_handed_out_once_each() {
+    let mut image = live_brokers();
+    let allocate = |broker_id, broker_epoch, first_producer_id| {
+        Record::AllocateProducerIds(pb::AllocateProducerIds {
+            broker_id,
+            broker_epoch,
+            first_producer_id,
+            count: 1000,
+        })
+    };
+    assert_eq!(image.next_producer_id(), 0);
+    // two brokers ask at once, both having seen next id 0: the second is refused
+    let out = image.apply(5, &batch(vec![allocate(1, 1, 0), allocate(2, 1, 0)]));
+    assert_eq!(codes(&out), vec![ec::NONE, ec::UNKNOWN_SERVER_ERROR]);
+    assert_eq!(image.next_producer_id(), 1000);
+    let out = image.apply(6, &batch(vec![allocate(2, 1, 1000)]));
+    assert_eq!(codes(&out), vec![ec::NONE]);
+    // a broker not registered with that epoch gets nothing
+    let out = image.apply(7, &batch(vec![allocate(3, 99, 2000), allocate(9, 1, 2000)]));
+    assert_eq!(
+        codes(&out),
+        vec![ec::STALE_BROKER_EPOCH, ec::STALE_BROKER_EPOCH]
+    );
+    assert_eq!(image.next_producer_id(), 2000);
+    // the next id survives a snapshot (a restarted controller never reuses an id)
+    let restored = MetadataImage::from_proto(image.to_proto());
+    assert_eq!(restored.next_producer_id(), 2000);
+    assert_eq!(restored, image);
+}

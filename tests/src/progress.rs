@@ -1,0 +1,52 @@
+//! Following a long-running client script from a test: the acknowledged-record count it
+//! rewrites in a progress file, and the "partition offset value" lines it writes at the end.
+
+use std::path::Path;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use crate::process_cluster::WAIT;
+
+/// The count in a progress file (0 before the first write).
+pub fn read_progress(path: &Path) -> u64 {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits until the script reports at least `target` acknowledged records; panics (with the
+/// tail of its `log`) if it exits first, or if it stalls for twice `WAIT`.
+pub fn wait_progress(path: &Path, target: u64, script: &mut Child, log: &Path) {
+    let deadline = Instant::now() + WAIT * 2;
+    while read_progress(path) < target {
+        if let Ok(Some(status)) = script.try_wait() {
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            let tail = &log[log.floor_char_boundary(log.len().saturating_sub(2000))..];
+            panic!("the client exited early: {status}\n{tail}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the client stalled at {} acknowledged records (waiting for {target})",
+            read_progress(path)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// (partition, offset, value) per "partition offset value" line.
+pub fn read_acks(path: &Path) -> Vec<(i32, i64, String)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.splitn(3, ' ').collect();
+            let field = |i: usize| f.get(i).copied().unwrap_or_else(|| panic!("line {l:?}"));
+            (
+                field(0).parse().expect("a partition"),
+                field(1).parse().expect("an offset"),
+                field(2).to_string(),
+            )
+        })
+        .collect()
+}
