@@ -568,11 +568,30 @@ fn run_node(config: Option<&std::path::Path>, overrides: &[String]) -> Result<()
         .context("starting the runtime")?;
     runtime.block_on(async move {
         let mut controller_node = None;
-        if let Some(mut controller) = controller {
-            let bind = config.controller_bind_address()?;
-            let listener = tokio::net::TcpListener::bind(&bind)
-                .await
-                .with_context(|| format!("binding the controller listener {bind}"))?;
+        let controller_listener = match &controller {
+            Some(_) => {
+                let bind = config.controller_bind_address()?;
+                Some(
+                    tokio::net::TcpListener::bind(&bind)
+                        .await
+                        .with_context(|| format!("binding the controller listener {bind}"))?,
+                )
+            }
+            None => None,
+        };
+        // every listener is bound before anything connects out or accepts: once peers
+        // reach the controller listener, an outgoing connection of theirs (or ours) could
+        // otherwise take the broker port as its ephemeral source port
+        let broker = match broker {
+            Some((name, bind, broker_config)) => {
+                let listener = tokio::net::TcpListener::bind(&bind)
+                    .await
+                    .with_context(|| format!("binding the {name} listener {bind}"))?;
+                Some((name, listener, broker_config))
+            }
+            None => None,
+        };
+        if let (Some(mut controller), Some(listener)) = (controller, controller_listener) {
             let bound = listener
                 .local_addr()
                 .context("controller listener address")?;
@@ -591,10 +610,7 @@ fn run_node(config: Option<&std::path::Path>, overrides: &[String]) -> Result<()
             controller_node = Some(node);
         }
         let mut broker_node = None;
-        if let Some((name, bind, mut broker_config)) = broker {
-            let listener = tokio::net::TcpListener::bind(&bind)
-                .await
-                .with_context(|| format!("binding the {name} listener {bind}"))?;
+        if let Some((name, listener, mut broker_config)) = broker {
             let bound = listener.local_addr().context("broker listener address")?;
             broker_config.controllers = voters.values().cloned().collect();
             broker_config.advertised_endpoints = vec![config.advertised_endpoint(&name, bound)?];
