@@ -63,6 +63,12 @@ pub struct ControllerConfig {
     pub offsets_retention_ms: i64,
     /// `offsets.retention.check.interval.ms` (Kafka: 600000).
     pub offsets_retention_check_interval_ms: u64,
+    /// `auto.leader.rebalance.enable` (Kafka: true).
+    pub auto_leader_rebalance_enable: bool,
+    /// `leader.imbalance.check.interval.seconds` (Kafka: 300), in ms.
+    pub leader_imbalance_check_interval_ms: u64,
+    /// `leader.imbalance.per.broker.percentage` (Kafka: 10).
+    pub leader_imbalance_per_broker_percentage: u32,
 }
 
 impl ControllerConfig {
@@ -82,6 +88,9 @@ impl ControllerConfig {
             metadata_snapshot_entries: 10_000,
             offsets_retention_ms: 7 * 24 * 60 * 60 * 1000,
             offsets_retention_check_interval_ms: 600_000,
+            auto_leader_rebalance_enable: true,
+            leader_imbalance_check_interval_ms: 300_000,
+            leader_imbalance_per_broker_percentage: 10,
         }
     }
 
@@ -552,6 +561,8 @@ async fn leader_loop(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
     let mut led_term: Option<u64> = None;
     let expiry_every = Duration::from_millis(core.config.offsets_retention_check_interval_ms);
     let mut last_expiry = Instant::now();
+    let rebalance_every = Duration::from_millis(core.config.leader_imbalance_check_interval_ms);
+    let mut last_rebalance = Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(tick) => {}
@@ -586,6 +597,33 @@ async fn leader_loop(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
             last_expiry = Instant::now();
             expire_offsets(&core).await;
         }
+        if core.config.auto_leader_rebalance_enable && last_rebalance.elapsed() >= rebalance_every
+        {
+            last_rebalance = Instant::now();
+            rebalance_leaders(&core).await;
+        }
+    }
+}
+
+/// `auto.leader.rebalance.enable`: gives leadership back to preferred replicas where a
+/// broker's imbalance passed `leader.imbalance.per.broker.percentage`.
+async fn rebalance_leaders(core: &Core) {
+    let records = core.state_machine.with_image(|image| {
+        partition_election::rebalance_leaders(
+            image,
+            core.config.leader_imbalance_per_broker_percentage,
+        )
+    });
+    if records.is_empty() {
+        return;
+    }
+    let n = records.len();
+    match core.propose(records).await {
+        Ok(outcomes) => {
+            let moved = outcomes.iter().filter(|o| o.is_ok()).count();
+            tracing::info!(partitions = n, moved, "leadership back to preferred replicas");
+        }
+        Err(e) => tracing::warn!(error = %e, "preferred leader election"),
     }
 }
 

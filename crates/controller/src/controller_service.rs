@@ -120,6 +120,69 @@ fn fill_outcomes(results: &mut [api::TopicResult], slots: &[usize], outcomes: &[
     }
 }
 
+/// One result per wanted (topic, partition), and the records of the elections to make (in
+/// the order of the results with error code 0).
+fn elections(
+    image: &MetadataImage,
+    wanted: &[(String, i32)],
+    unclean: bool,
+) -> (Vec<api::ElectionResult>, Vec<Record>) {
+    use crate::partition_election::{elect_preferred, elect_unclean, ElectionRefusal};
+    let mut results = Vec::new();
+    let mut records = Vec::new();
+    for (topic_name, partition) in wanted {
+        let mut result = api::ElectionResult {
+            topic: topic_name.clone(),
+            partition: *partition,
+            leader: -1,
+            ..Default::default()
+        };
+        let found = image
+            .topic(topic_name)
+            .and_then(|t| Some((t, image.partition(topic_name, *partition)?)));
+        let Some((topic, p)) = found else {
+            result.error_code = i32::from(ec::UNKNOWN_TOPIC_OR_PARTITION);
+            result.error_message = format!("{topic_name}-{partition} does not exist");
+            results.push(result);
+            continue;
+        };
+        let elected = if unclean {
+            elect_unclean(image, topic, p)
+        } else {
+            elect_preferred(image, topic, p)
+        };
+        match elected {
+            Ok(record) => {
+                if let Record::PartitionChange(change) = &record {
+                    result.leader = change.partition.as_ref().map_or(-1, |p| p.leader);
+                }
+                records.push(record);
+            }
+            Err(refusal) => {
+                let (code, message) = match refusal {
+                    ElectionRefusal::NotNeeded => (
+                        ec::ELECTION_NOT_NEEDED,
+                        "leader is already the one this election would choose",
+                    ),
+                    ElectionRefusal::PreferredNotAvailable => (
+                        ec::PREFERRED_LEADER_NOT_AVAILABLE,
+                        "the preferred replica is not live, in the ISR and healthy",
+                    ),
+                    ElectionRefusal::NoEligibleLeader => (
+                        ec::ELIGIBLE_LEADERS_NOT_AVAILABLE,
+                        "no live replica can lead",
+                    ),
+                };
+                result.error_code = i32::from(code);
+                result.error_message = message.to_string();
+                result.leader = p.leader;
+            }
+        }
+        results.push(result);
+    }
+    (results, records)
+}
+
 /// Producer ids per block (Kafka's `ProducerIdsBlock` size).
 const PRODUCER_ID_BLOCK_SIZE: i32 = 1000;
 const PRODUCER_ID_BLOCK_ATTEMPTS: usize = 5;
@@ -763,6 +826,60 @@ impl api::controller_server::Controller for ControllerService {
             error_message: last.message,
             first_producer_id: -1,
             count: 0,
+        }))
+    }
+
+    async fn elect_leaders(
+        &self,
+        request: Request<api::ElectLeadersRequest>,
+    ) -> Result<Response<api::ElectLeadersResponse>, Status> {
+        forward!(self, elect_leaders, request);
+        let r = request.into_inner();
+        let unclean = match r.election_type {
+            0 => false,
+            1 => true,
+            other => {
+                return Ok(Response::new(api::ElectLeadersResponse {
+                    error_code: i32::from(ec::INVALID_REQUEST),
+                    error_message: format!("unknown election type {other}"),
+                    results: Vec::new(),
+                }))
+            }
+        };
+        let (mut results, records) = self.core.state_machine.with_image(|image| {
+            let wanted: Vec<(String, i32)> = if r.all_partitions {
+                image
+                    .topics()
+                    .flat_map(|t| t.partitions.iter().map(|p| (t.name.clone(), p.partition)))
+                    .collect()
+            } else {
+                r.partitions
+                    .iter()
+                    .map(|p| (p.topic.clone(), p.partition))
+                    .collect()
+            };
+            elections(image, &wanted, unclean)
+        });
+        let record_slots: Vec<usize> = results
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.error_code == 0)
+            .map(|(i, _)| i)
+            .collect();
+        if !records.is_empty() {
+            let outcomes = self.core.propose(records).await.map_err(status)?;
+            for (slot, outcome) in record_slots.iter().zip(outcomes) {
+                if !outcome.is_ok() {
+                    results[*slot].error_code = i32::from(outcome.error_code);
+                    results[*slot].error_message = outcome.message;
+                    results[*slot].leader = -1;
+                }
+            }
+        }
+        Ok(Response::new(api::ElectLeadersResponse {
+            error_code: 0,
+            error_message: String::new(),
+            results,
         }))
     }
 

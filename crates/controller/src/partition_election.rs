@@ -10,6 +10,11 @@
 //! every heartbeat) is never elected and leaves the ISR as a fenced broker does; once it
 //! opens, a partition left without a leader gets one. Every change raises
 //! `partition_epoch` by one and names the epoch it expects.
+//!
+//! Preferred leader election (Kafka's): a partition's preferred leader is the first of its
+//! replicas; it takes leadership back when it is live, in the ISR and healthy — on request
+//! (ElectLeaders) or when a broker's share of preferred partitions led elsewhere passes
+//! `leader.imbalance.per.broker.percentage` (`auto.leader.rebalance.enable`).
 
 use sluice_metadata::proto::metadata as pb;
 use sluice_metadata::{MetadataImage, Partition, Record, Topic, NO_LEADER};
@@ -136,6 +141,101 @@ pub fn on_offline_replicas(
     records
 }
 
+/// Why a partition's leadership was not moved by an election request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ElectionRefusal {
+    /// It is led as asked already (ELECTION_NOT_NEEDED).
+    NotNeeded,
+    /// Its preferred replica cannot lead now: not live, not in the ISR, or its log is
+    /// offline (PREFERRED_LEADER_NOT_AVAILABLE).
+    PreferredNotAvailable,
+    /// No replica may lead (ELIGIBLE_LEADERS_NOT_AVAILABLE).
+    NoEligibleLeader,
+}
+
+/// The preferred replica (the first in `replicas`) when it may lead `p` now: live, in the
+/// ISR, its log not offline.
+fn eligible_preferred(p: &Partition, live: &[i32]) -> Option<i32> {
+    let preferred = *p.replicas.first()?;
+    (live.contains(&preferred)
+        && p.isr.contains(&preferred)
+        && !p.offline_replicas.contains(&preferred))
+    .then_some(preferred)
+}
+
+/// Kafka's preferred leader election of one partition: the change that makes its
+/// preferred replica the leader, or why not.
+pub fn elect_preferred(
+    image: &MetadataImage,
+    topic: &Topic,
+    p: &Partition,
+) -> Result<Record, ElectionRefusal> {
+    let live = image.live_broker_ids();
+    if p.replicas.first() == Some(&p.leader) {
+        return Err(ElectionRefusal::NotNeeded);
+    }
+    let preferred = eligible_preferred(p, &live).ok_or(ElectionRefusal::PreferredNotAvailable)?;
+    let mut next = p.clone();
+    next.leader = preferred;
+    Ok(change(topic, p, next))
+}
+
+/// Kafka's unclean election of one partition on request: only for a partition with no
+/// leader, which gets the first live ISR member or, failing that, the first live replica.
+pub fn elect_unclean(
+    image: &MetadataImage,
+    topic: &Topic,
+    p: &Partition,
+) -> Result<Record, ElectionRefusal> {
+    if p.leader != NO_LEADER {
+        return Err(ElectionRefusal::NotNeeded);
+    }
+    let mut next = p.clone();
+    elect_leader(&mut next, &image.live_broker_ids(), true);
+    if next.leader == NO_LEADER {
+        return Err(ElectionRefusal::NoEligibleLeader);
+    }
+    Ok(change(topic, p, next))
+}
+
+/// `auto.leader.rebalance.enable`: for each broker whose share of partitions it prefers
+/// but does not lead is above `imbalance_percentage` (Kafka's
+/// `leader.imbalance.per.broker.percentage`), the changes that give it back those whose
+/// ISR holds it.
+pub fn rebalance_leaders(image: &MetadataImage, imbalance_percentage: u32) -> Vec<Record> {
+    let live = image.live_broker_ids();
+    // preferred broker -> (partitions it prefers, (topic, partition) it does not lead)
+    let mut by_preferred: std::collections::BTreeMap<i32, (usize, Vec<(&Topic, &Partition)>)> =
+        Default::default();
+    for topic in image.topics() {
+        for p in &topic.partitions {
+            let Some(&preferred) = p.replicas.first() else {
+                continue;
+            };
+            let entry = by_preferred.entry(preferred).or_default();
+            entry.0 += 1;
+            if p.leader != preferred {
+                entry.1.push((topic, p));
+            }
+        }
+    }
+    let mut records = Vec::new();
+    for (_, (total, not_led)) in by_preferred {
+        // Kafka's check: imbalance ratio > percentage / 100
+        if not_led.len() * 100 <= total * imbalance_percentage as usize {
+            continue;
+        }
+        for (topic, p) in not_led {
+            if let Some(preferred) = eligible_preferred(p, &live) {
+                let mut next = p.clone();
+                next.leader = preferred;
+                records.push(change(topic, p, next));
+            }
+        }
+    }
+    records
+}
+
 /// Sets the leader to the first live ISR member in replica order; else, if allowed, to
 /// the first live replica, which then becomes the whole ISR; else -1.
 fn elect_leader(p: &mut Partition, live: &[i32], unclean: bool) {
@@ -246,6 +346,74 @@ pub(crate) mod tests {
         })];
         records.extend(on_broker_fenced(image, id, false));
         apply(image, records);
+    }
+
+    /// Puts broker `id` back in the ISR of every partition (it caught up).
+    fn rejoin_isr(image: &mut MetadataImage, id: i32) {
+        let topic = image.topic("t").unwrap().clone();
+        let records: Vec<Record> = topic
+            .partitions
+            .iter()
+            .filter(|p| !p.isr.contains(&id))
+            .map(|p| {
+                let mut next = p.clone();
+                next.isr.push(id);
+                change(&topic, p, next)
+            })
+            .collect();
+        apply(image, records);
+    }
+
+    #[test]
+    fn leadership_goes_back_to_the_preferred_replica_once_it_is_in_the_isr() {
+        let mut image = cluster(false);
+        fence(&mut image, 1);
+        unfence(&mut image, 1);
+        // broker 1 is live again but out of the ISR: nothing to give back yet
+        assert_eq!(image.partition("t", 0).unwrap().leader, 2);
+        assert!(rebalance_leaders(&image, 10).is_empty());
+        let topic = image.topic("t").unwrap().clone();
+        assert_eq!(
+            elect_preferred(&image, &topic, &topic.partitions[0]).err(),
+            Some(ElectionRefusal::PreferredNotAvailable)
+        );
+        rejoin_isr(&mut image, 1);
+        // broker 1 prefers 1 partition and leads none of it: 100% > 10%
+        let records = rebalance_leaders(&image, 10);
+        assert_eq!(records.len(), 1);
+        apply(&mut image, records);
+        let p0 = image.partition("t", 0).unwrap();
+        assert_eq!((p0.leader, p0.leader_epoch), (1, 2));
+        assert!(rebalance_leaders(&image, 10).is_empty(), "balanced");
+        let topic = image.topic("t").unwrap().clone();
+        assert_eq!(
+            elect_preferred(&image, &topic, &topic.partitions[0]).err(),
+            Some(ElectionRefusal::NotNeeded)
+        );
+        // under the threshold nothing moves: 1 of 1 partitions is 100%, never under 100
+        assert!(rebalance_leaders(&image, 100).is_empty());
+    }
+
+    #[test]
+    fn an_unclean_election_on_request_only_touches_leaderless_partitions() {
+        let mut image = cluster(false);
+        let topic = image.topic("t").unwrap().clone();
+        assert_eq!(
+            elect_unclean(&image, &topic, &topic.partitions[0]).err(),
+            Some(ElectionRefusal::NotNeeded)
+        );
+        // partition 0's ISR shrinks to broker 1, which is then fenced: offline
+        let p0 = topic.partitions[0].clone();
+        let mut next = p0.clone();
+        next.isr = vec![1];
+        apply(&mut image, vec![change(&topic, &p0, next)]);
+        fence(&mut image, 1);
+        let topic = image.topic("t").unwrap().clone();
+        assert_eq!(topic.partitions[0].leader, NO_LEADER);
+        let record = elect_unclean(&image, &topic, &topic.partitions[0]).unwrap();
+        apply(&mut image, vec![record]);
+        let p0 = image.partition("t", 0).unwrap();
+        assert_eq!((p0.leader, p0.isr.clone()), (2, vec![2]));
     }
 
     #[test]

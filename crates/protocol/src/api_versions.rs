@@ -62,6 +62,7 @@ pub const KAFKA_3_9_RANGES: &[ApiRange] = &[
     range(ApiKey::CreatePartitions, 0, 3),
     range(ApiKey::DescribeCluster, 0, 2),
     range(ApiKey::DescribeLogDirs, 1, 4),
+    range(ApiKey::ElectLeaders, 0, 2),
 ];
 
 /// UNSUPPORTED_VERSION.

@@ -24,6 +24,7 @@ pub const LIST_OFFSETS_VERSION: i16 = 7;
 pub const DESCRIBE_CONFIGS_VERSION: i16 = 4;
 pub const DESCRIBE_CLUSTER_VERSION: i16 = 2;
 pub const DESCRIBE_LOG_DIRS_VERSION: i16 = 4;
+pub const ELECT_LEADERS_VERSION: i16 = 2;
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -193,7 +194,10 @@ pub fn error_name(code: i16) -> String {
         73 => "TOPIC_DELETION_DISABLED",
         79 => "MEMBER_ID_REQUIRED",
         81 => "GROUP_MAX_SIZE_REACHED",
+        80 => "PREFERRED_LEADER_NOT_AVAILABLE",
         82 => "FENCED_INSTANCE_ID",
+        83 => "ELIGIBLE_LEADERS_NOT_AVAILABLE",
+        84 => "ELECTION_NOT_NEEDED",
         86 => "GROUP_SUBSCRIBED_TO_TOPIC",
         100 => "UNKNOWN_TOPIC_ID",
         _ => return format!("error {code}"),

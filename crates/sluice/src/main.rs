@@ -21,6 +21,7 @@ mod dump_log;
 mod group_admin;
 mod group_client;
 mod kafka_client;
+mod leader_election;
 mod node_config;
 mod topic_admin;
 
@@ -264,6 +265,19 @@ enum TopicCommand {
     Describe { name: String },
     /// Delete a topic and its data.
     Delete { name: String },
+    /// Move leadership to each partition's preferred replica (the first listed), as
+    /// kafka-leader-election.sh: for one partition, a topic, or every partition.
+    ElectLeaders {
+        /// Only this topic's partitions (default: every partition).
+        #[arg(long)]
+        topic: Option<String>,
+        /// Only this partition of --topic.
+        #[arg(long, requires = "topic")]
+        partition: Option<i32>,
+        /// preferred, or unclean (a leader for leaderless partitions from any live replica).
+        #[arg(long, value_enum, default_value = "preferred")]
+        election_type: leader_election::ElectionType,
+    },
 }
 
 /// Runs a client command on a small runtime.
@@ -331,6 +345,18 @@ fn run() -> Result<()> {
                     TopicCommand::Delete { name } => {
                         topic_admin::delete(&brokers, &name).await.map(|s| s + "\n")
                     }
+                    TopicCommand::ElectLeaders {
+                        topic,
+                        partition,
+                        election_type,
+                    } => leader_election::elect(
+                        &brokers,
+                        topic.as_deref(),
+                        partition,
+                        election_type,
+                    )
+                    .await
+                    .map(|s| s + "\n"),
                 }
             })?;
             print!("{out}");

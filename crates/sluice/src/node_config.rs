@@ -31,6 +31,9 @@ const KEYS: &[(&str, &str)] = &[
     ("default.replication.factor", "1"),
     ("offsets.retention.minutes", "10080"),
     ("offsets.retention.check.interval.ms", "600000"),
+    ("auto.leader.rebalance.enable", "true"),
+    ("leader.imbalance.check.interval.seconds", "300"),
+    ("leader.imbalance.per.broker.percentage", "10"),
     // the broker role
     ("advertised.listeners", ""),
     ("broker.rack", ""),
@@ -446,6 +449,26 @@ impl NodeConfig {
             self.parse("offsets.retention.check.interval.ms")?;
         if c.offsets_retention_check_interval_ms < 1 {
             bail!("offsets.retention.check.interval.ms must be at least 1");
+        }
+        c.auto_leader_rebalance_enable = self.parse("auto.leader.rebalance.enable")?;
+        let check_s: u64 = self.parse("leader.imbalance.check.interval.seconds")?;
+        if check_s < 1 {
+            bail!("leader.imbalance.check.interval.seconds must be at least 1");
+        }
+        c.leader_imbalance_check_interval_ms = check_s.saturating_mul(1000);
+        c.leader_imbalance_per_broker_percentage =
+            self.parse("leader.imbalance.per.broker.percentage")?;
+        if c.leader_imbalance_per_broker_percentage > 100 {
+            bail!("leader.imbalance.per.broker.percentage must be between 0 and 100");
+        }
+        if c.num_partitions < 1 {
+            bail!("num.partitions must be at least 1 (got {})", c.num_partitions);
+        }
+        if c.default_replication_factor < 1 {
+            bail!(
+                "default.replication.factor must be at least 1 (got {})",
+                c.default_replication_factor
+            );
         }
         if c.broker_heartbeat_interval_ms >= c.broker_session_timeout_ms {
             bail!("broker.heartbeat.interval.ms must be below broker.session.timeout.ms");

@@ -49,7 +49,7 @@ fn per_slot(
     }
 }
 
-fn timeout_of(timeout_ms: i32) -> Duration {
+pub(crate) fn timeout_of(timeout_ms: i32) -> Duration {
     Duration::from_millis(timeout_ms.clamp(1000, 120_000) as u64)
 }
 

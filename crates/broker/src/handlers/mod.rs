@@ -6,6 +6,7 @@
 mod admin;
 mod describe;
 mod describe_log_dirs;
+mod elect_leaders;
 mod fetch;
 mod find_coordinator;
 mod groups;
@@ -51,6 +52,7 @@ pub const HANDLED_APIS: &[ApiKey] = &[
     ApiKey::OffsetForLeaderEpoch,
     ApiKey::DescribeLogDirs,
     ApiKey::InitProducerId,
+    ApiKey::ElectLeaders,
 ];
 
 /// What a handler hands back: chunks to write, or nothing (acks=0 produce).
@@ -81,6 +83,7 @@ pub async fn handle(request: &RequestFrame, broker: &Broker) -> Result<Answer, C
         ApiKey::OffsetForLeaderEpoch => offset_for_leader_epoch::handle(request, broker).await,
         ApiKey::DescribeLogDirs => describe_log_dirs::handle(request, broker).await,
         ApiKey::InitProducerId => init_producer_id::handle(request, broker).await,
+        ApiKey::ElectLeaders => elect_leaders::handle(request, broker).await,
         api_key => Err(ConnectionError::UnsupportedVersion {
             api_key,
             api_version: request.api_version,
