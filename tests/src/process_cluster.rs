@@ -169,8 +169,9 @@ impl ProcessCluster {
             .append(true)
             .open(self.log_path(id))
             .unwrap();
+        // the log a user gets: the binary's default filter
         let mut child = command
-            .env("RUST_LOG", "warn,sluice_broker=info,sluice_controller=info")
+            .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)

@@ -3,7 +3,7 @@
 //! (`auto.leader.rebalance.enable`), or on request with `sluice topic elect-leaders`
 //! (ElectLeaders) when the automatic rebalance is off.
 
-use sluice_system_tests::{check, Layout, ProcessCluster, PartitionRow};
+use sluice_system_tests::{check, Layout, PartitionRow, ProcessCluster};
 
 fn preferred_lead(rows: &[PartitionRow]) -> bool {
     rows.iter()
@@ -40,9 +40,11 @@ fn a_restarted_broker_gets_its_preferred_leaderships_back_by_itself() {
     let topic = "balanced";
     cluster.create_topic(topic, 6);
     let victim = kill_and_restart_a_preferred_leader(&mut cluster, topic);
-    let rows = cluster.wait_for(topic, "every partition led by its preferred replica", |rows| {
-        preferred_lead(rows)
-    });
+    let rows = cluster.wait_for(
+        topic,
+        "every partition led by its preferred replica",
+        preferred_lead,
+    );
     assert!(rows.iter().any(|r| r.leader == victim), "{rows:?}");
 }
 
@@ -71,7 +73,11 @@ fn elect_leaders_moves_leadership_back_on_request() {
     assert!(!moved.is_empty());
 
     // one partition first, then the rest of the topic
-    let first = rows.iter().find(|r| r.replicas[0] == victim).unwrap().partition;
+    let first = rows
+        .iter()
+        .find(|r| r.replicas[0] == victim)
+        .unwrap()
+        .partition;
     let out = cluster.sluice(&[
         "topic",
         "elect-leaders",
@@ -83,7 +89,9 @@ fn elect_leaders_moves_leadership_back_on_request() {
     check(&out, "sluice topic elect-leaders --partition");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        format!("Successfully completed leader election (PREFERRED) for partitions {topic}-{first}")
+        format!(
+            "Successfully completed leader election (PREFERRED) for partitions {topic}-{first}"
+        )
     );
     let out = cluster.sluice(&["topic", "elect-leaders", "--topic", topic]);
     check(&out, "sluice topic elect-leaders --topic");
@@ -114,7 +122,14 @@ fn elect_leaders_moves_leadership_back_on_request() {
         "Valid replica already elected for every partition"
     );
     // a partition that does not exist: a one-line error, exit 1
-    let out = cluster.sluice(&["topic", "elect-leaders", "--topic", topic, "--partition", "99"]);
+    let out = cluster.sluice(&[
+        "topic",
+        "elect-leaders",
+        "--topic",
+        topic,
+        "--partition",
+        "99",
+    ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("UNKNOWN_TOPIC_OR_PARTITION"), "{err}");

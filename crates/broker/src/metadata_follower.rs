@@ -13,7 +13,7 @@
 //! Invariant: the local image's `applied_index` only grows; an event at or below it (a
 //! replay after reconnecting) is skipped.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -52,6 +52,9 @@ pub struct MetadataFollower {
     broker_epoch: Arc<AtomicI64>,
     fenced: Arc<AtomicBool>,
     caught_up: Arc<AtomicBool>,
+    /// The active controller (Raft leader) as the last heartbeat answer named it (-1:
+    /// none yet).
+    active_controller: Arc<AtomicI32>,
     shutdown: Arc<ShutdownRequest>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -84,6 +87,7 @@ impl MetadataFollower {
         let broker_epoch = Arc::new(AtomicI64::new(-1));
         let fenced = Arc::new(AtomicBool::new(true));
         let caught_up = Arc::new(AtomicBool::new(false));
+        let active_controller = Arc::new(AtomicI32::new(-1));
         let shutdown = Arc::new(ShutdownRequest::default());
         let clients: Vec<ControllerClient<Channel>> = config
             .controllers
@@ -110,6 +114,7 @@ impl MetadataFollower {
                     broker_epoch: Arc::clone(&broker_epoch),
                     fenced: Arc::clone(&fenced),
                     caught_up: Arc::clone(&caught_up),
+                    active_controller: Arc::clone(&active_controller),
                     shutdown: Arc::clone(&shutdown),
                     log_dir,
                     offline_replicas,
@@ -123,9 +128,16 @@ impl MetadataFollower {
             broker_epoch,
             fenced,
             caught_up,
+            active_controller,
             shutdown,
             tasks,
         }
+    }
+
+    /// The active controller's node id (the Raft leader that answered the last
+    /// heartbeat), or -1 before the first answer.
+    pub fn active_controller(&self) -> i32 {
+        self.active_controller.load(Ordering::Acquire)
     }
 
     /// Asks the controllers to fence this broker for good (controlled shutdown): its
@@ -325,6 +337,7 @@ struct HeartbeatState {
     broker_epoch: Arc<AtomicI64>,
     fenced: Arc<AtomicBool>,
     caught_up: Arc<AtomicBool>,
+    active_controller: Arc<AtomicI32>,
     shutdown: Arc<ShutdownRequest>,
     log_dir: Arc<LogDirHealth>,
     offline_replicas: Arc<OfflineReplicas>,
@@ -340,6 +353,7 @@ async fn heartbeat_loop(
         broker_epoch,
         fenced,
         caught_up,
+        active_controller,
         shutdown,
         log_dir,
         offline_replicas,
@@ -414,6 +428,7 @@ async fn heartbeat_loop(
         match heartbeat {
             Ok(r) => {
                 let r = r.into_inner();
+                active_controller.store(r.controller_id, Ordering::Release);
                 let code = r.error_code as i16;
                 if code == ec::STALE_BROKER_EPOCH || code == ec::BROKER_ID_NOT_REGISTERED {
                     broker_epoch.store(-1, Ordering::Release);

@@ -260,7 +260,7 @@ impl ControllerNode {
         let raft = Raft::new(
             config.node_id,
             Arc::new(raft_config),
-            GrpcNetworkFactory,
+            GrpcNetworkFactory::default(),
             log_store.clone(),
             state_machine.clone(),
         )
@@ -597,8 +597,7 @@ async fn leader_loop(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
             last_expiry = Instant::now();
             expire_offsets(&core).await;
         }
-        if core.config.auto_leader_rebalance_enable && last_rebalance.elapsed() >= rebalance_every
-        {
+        if core.config.auto_leader_rebalance_enable && last_rebalance.elapsed() >= rebalance_every {
             last_rebalance = Instant::now();
             rebalance_leaders(&core).await;
         }
@@ -621,7 +620,11 @@ async fn rebalance_leaders(core: &Core) {
     match core.propose(records).await {
         Ok(outcomes) => {
             let moved = outcomes.iter().filter(|o| o.is_ok()).count();
-            tracing::info!(partitions = n, moved, "leadership back to preferred replicas");
+            tracing::info!(
+                partitions = n,
+                moved,
+                "leadership back to preferred replicas"
+            );
         }
         Err(e) => tracing::warn!(error = %e, "preferred leader election"),
     }

@@ -244,11 +244,14 @@ impl api::controller_server::Controller for ControllerService {
     ) -> Result<Response<api::BrokerHeartbeatResponse>, Status> {
         forward!(self, broker_heartbeat, request);
         let r = request.into_inner();
+        // heartbeats are forwarded to the Raft leader: this node answers as the active one
+        let controller_id = self.core.config.node_id as i32;
         let reply = |code: i16, message: String, fenced: bool| {
             Ok(Response::new(api::BrokerHeartbeatResponse {
                 error_code: i32::from(code),
                 error_message: message,
                 fenced,
+                controller_id,
             }))
         };
         let broker = self

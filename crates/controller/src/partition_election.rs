@@ -205,8 +205,8 @@ pub fn elect_unclean(
 pub fn rebalance_leaders(image: &MetadataImage, imbalance_percentage: u32) -> Vec<Record> {
     let live = image.live_broker_ids();
     // preferred broker -> (partitions it prefers, (topic, partition) it does not lead)
-    let mut by_preferred: std::collections::BTreeMap<i32, (usize, Vec<(&Topic, &Partition)>)> =
-        Default::default();
+    type Preferred<'a> = (usize, Vec<(&'a Topic, &'a Partition)>);
+    let mut by_preferred: std::collections::BTreeMap<i32, Preferred<'_>> = Default::default();
     for topic in image.topics() {
         for p in &topic.partitions {
             let Some(&preferred) = p.replicas.first() else {

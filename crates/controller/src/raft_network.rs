@@ -32,12 +32,37 @@ use pb::RaftMessage;
 
 /// Creates one lazily connected gRPC client per peer.
 #[derive(Clone, Default)]
-pub struct GrpcNetworkFactory;
+pub struct GrpcNetworkFactory {
+    reachability: Reachability,
+}
+
+/// Whether each peer answered its last Raft RPC, shared by every client of this node: the
+/// log says once when a voter becomes unreachable and once when it is back (openraft's
+/// own per-RPC errors are off by default, see the binary's log filter).
+#[derive(Clone, Default)]
+struct Reachability(std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<NodeId, bool>>>);
+
+impl Reachability {
+    fn record(&self, target: NodeId, address: &str, error: Option<&TransportError>) {
+        let mut peers = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let was = peers.insert(target, error.is_none());
+        match (was, error) {
+            (Some(true) | None, Some(e)) => {
+                tracing::warn!(voter = target, address, error = %e, "controller voter unreachable");
+            }
+            (Some(false), None) => {
+                tracing::info!(voter = target, address, "controller voter reachable again");
+            }
+            _ => {}
+        }
+    }
+}
 
 pub struct GrpcNetwork {
     target: NodeId,
     client: Option<RaftClient<Channel>>,
     address: String,
+    reachability: Reachability,
 }
 
 /// A lazily connecting channel to `host:port`.
@@ -60,6 +85,7 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetworkFactory {
                     .max_encoding_message_size(MAX_MESSAGE_BYTES)
             }),
             address: node.addr.clone(),
+            reachability: self.reachability.clone(),
         }
     }
 }
@@ -97,9 +123,19 @@ impl GrpcNetwork {
             RaftMethod::InstallSnapshot => client.install_snapshot(req).await,
         };
         let reply = match reply {
-            Ok(r) => r.into_inner(),
+            Ok(r) => {
+                self.reachability.record(self.target, &self.address, None);
+                r.into_inner()
+            }
             Err(status) => {
                 let e = TransportError(format!("{}: {}", status.code(), status.message()));
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::DeadlineExceeded
+                ) {
+                    self.reachability
+                        .record(self.target, &self.address, Some(&e));
+                }
                 return Err(match status.code() {
                     tonic::Code::Unavailable | tonic::Code::Unknown => {
                         RPCError::Unreachable(Unreachable::new(&e))

@@ -59,11 +59,6 @@ async fn log_dir_state(cluster: &mut Cluster, id: i32) -> (String, bool) {
 pub async fn status(bootstrap: &str, expect_brokers: Option<usize>) -> Result<()> {
     let mut cluster = Cluster::connect(bootstrap).await?;
     let metadata = cluster.metadata(None).await?;
-    let mut out = format!(
-        "cluster {} controller {}\n",
-        metadata.cluster_id.as_deref().unwrap_or("-"),
-        metadata.controller_id.0
-    );
     let request = DescribeClusterRequest::default()
         .with_include_fenced_brokers(true)
         .with_endpoint_type(1);
@@ -79,6 +74,12 @@ pub async fn status(bootstrap: &str, expect_brokers: Option<usize>) -> Result<()
     if described.error_code != 0 {
         bail!("DescribeCluster: {}", error_name(described.error_code));
     }
+    // the active controller: the Raft leader, as DescribeCluster reports it
+    let mut out = format!(
+        "cluster {} controller {}\n",
+        metadata.cluster_id.as_deref().unwrap_or("-"),
+        described.controller_id.0
+    );
     let mut brokers: Vec<_> = described.brokers.iter().collect();
     brokers.sort_by_key(|b| b.broker_id.0);
     let mut offline_log_dirs = Vec::new();

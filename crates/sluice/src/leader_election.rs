@@ -116,7 +116,9 @@ pub async fn elect(
     }
     if !failed.is_empty() {
         for f in &failed {
-            out.push(format!("Error completing leader election ({kind}) for partition: {f}"));
+            out.push(format!(
+                "Error completing leader election ({kind}) for partition: {f}"
+            ));
         }
         bail!("{}", out.join("\n"));
     }

@@ -308,8 +308,13 @@ fn run() -> Result<()> {
     let cli = Cli::parse();
     // a broker logs its state changes (elections, fencing, ISR moves) by default, as Kafka
     // does at INFO; the command-line tools only warnings. RUST_LOG overrides both.
+    // openraft's per-RPC errors about an unreachable voter (~20 a second while one is down:
+    // replication retries, every leadership confirmation) are off; the controller logs each
+    // voter becoming unreachable and reachable again once instead
     let default_filter = match cli.command {
-        Command::Broker { .. } => "info,openraft=warn",
+        Command::Broker { .. } => {
+            "info,openraft=warn,openraft::replication=off,openraft::core::raft_core=off,openraft::engine::handler::replication_handler=off"
+        }
         _ => "warn",
     };
     tracing_subscriber::fmt()
@@ -349,14 +354,11 @@ fn run() -> Result<()> {
                         topic,
                         partition,
                         election_type,
-                    } => leader_election::elect(
-                        &brokers,
-                        topic.as_deref(),
-                        partition,
-                        election_type,
-                    )
-                    .await
-                    .map(|s| s + "\n"),
+                    } => {
+                        leader_election::elect(&brokers, topic.as_deref(), partition, election_type)
+                            .await
+                            .map(|s| s + "\n")
+                    }
                 }
             })?;
             print!("{out}");

@@ -462,7 +462,10 @@ impl NodeConfig {
             bail!("leader.imbalance.per.broker.percentage must be between 0 and 100");
         }
         if c.num_partitions < 1 {
-            bail!("num.partitions must be at least 1 (got {})", c.num_partitions);
+            bail!(
+                "num.partitions must be at least 1 (got {})",
+                c.num_partitions
+            );
         }
         if c.default_replication_factor < 1 {
             bail!(

@@ -211,7 +211,9 @@ pub async fn describe_cluster(
             .collect();
         DescribeClusterResponse::default()
             .with_cluster_id(str_bytes(image.cluster_id().to_string()))
-            .with_controller_id(BrokerId(broker.broker_id()))
+            // the active controller (Raft leader), as the heartbeats report it; Metadata
+            // keeps naming a broker, which admin clients send controller requests to
+            .with_controller_id(BrokerId(broker.metadata.active_controller()))
             .with_brokers(brokers)
             .with_endpoint_type(1)
             .with_cluster_authorized_operations(OPERATIONS_OMITTED)
