@@ -236,8 +236,12 @@ impl ControllerNode {
         config: ControllerConfig,
         listener: tokio::net::TcpListener,
     ) -> Result<Self> {
-        let storage = |e: std::io::Error| ControllerError::Storage(e.to_string());
-        let address = listener.local_addr().map_err(storage)?;
+        let dir = config.metadata_dir.display().to_string();
+        // errors name the metadata directory they failed on
+        let storage = |e: std::io::Error| ControllerError::Storage(format!("{dir}: {e}"));
+        let address = listener
+            .local_addr()
+            .map_err(|e| ControllerError::Storage(e.to_string()))?;
         let log_store = RaftLogStore::open(&config.metadata_dir).map_err(storage)?;
         let state_machine = MetadataStateMachine::open(&config.metadata_dir, &config.cluster_id)
             .map_err(storage)?;

@@ -1,6 +1,7 @@
 //! `sluice dump-log`: prints segment files batch by batch in the format of Kafka's
 //! `kafka-dump-log.sh`, validating every batch; stops a file at the first invalid batch
-//! and says why.
+//! and says why. Fails (exit 1) when a file held an invalid batch — a file that is not a
+//! log at all among them — after printing everything.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,13 @@ use sluice_record::limits::MAX_BATCH_SIZE_BYTES;
 use sluice_record::{BatchHeader, RecordBatch, TimestampType};
 
 pub fn run(paths: &[PathBuf], print_data_log: bool, out: &mut impl Write) -> Result<()> {
+    let mut invalid = Vec::new();
+    let mut dump = |file: &Path, out: &mut _| -> Result<()> {
+        if !dump_file(file, print_data_log, out)? {
+            invalid.push(file.display().to_string());
+        }
+        Ok(())
+    };
     for path in paths {
         if path.is_dir() {
             let mut files: Vec<PathBuf> = std::fs::read_dir(path)
@@ -19,16 +27,20 @@ pub fn run(paths: &[PathBuf], print_data_log: bool, out: &mut impl Write) -> Res
                 .collect();
             files.sort();
             for file in files {
-                dump_file(&file, print_data_log, out)?;
+                dump(&file, out)?;
             }
         } else {
-            dump_file(path, print_data_log, out)?;
+            dump(path, out)?;
         }
+    }
+    if !invalid.is_empty() {
+        anyhow::bail!("invalid batches in {}", invalid.join(", "));
     }
     Ok(())
 }
 
-fn dump_file(path: &Path, print_data_log: bool, out: &mut impl Write) -> Result<()> {
+/// Prints one file; false when it stopped at an invalid batch.
+fn dump_file(path: &Path, print_data_log: bool, out: &mut impl Write) -> Result<bool> {
     let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     writeln!(out, "Dumping {}", path.display())?;
     let start = path
@@ -52,7 +64,7 @@ fn dump_file(path: &Path, print_data_log: bool, out: &mut impl Write) -> Result<
             Ok(batch) => batch,
             Err(e) => {
                 writeln!(out, "Invalid batch at position {position}: {e}")?;
-                break;
+                return Ok(false);
             }
         };
         let h = batch.header();
@@ -93,7 +105,7 @@ fn dump_file(path: &Path, print_data_log: bool, out: &mut impl Write) -> Result<
         }
         position += batch.size_bytes();
     }
-    Ok(())
+    Ok(true)
 }
 
 fn timestamp_label(h: &BatchHeader) -> &'static str {

@@ -26,11 +26,22 @@ pub const DESCRIBE_CLUSTER_VERSION: i16 = 2;
 pub const DESCRIBE_LOG_DIRS_VERSION: i16 = 4;
 pub const ELECT_LEADERS_VERSION: i16 = 2;
 
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Every connect and every answer is bounded by this (`--timeout`, default 30 s).
+static REQUEST_TIMEOUT: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Sets the bound of every request this process makes (once, at start).
+pub fn set_request_timeout(timeout: Duration) {
+    let _ = REQUEST_TIMEOUT.set(timeout);
+}
+
+pub fn request_timeout() -> Duration {
+    *REQUEST_TIMEOUT.get().unwrap_or(&DEFAULT_REQUEST_TIMEOUT)
+}
 
 /// One connection to one broker.
 pub async fn connect(address: &str) -> Result<ClientConnection> {
-    ClientConnection::connect(address, "sluice-cli", REQUEST_TIMEOUT)
+    ClientConnection::connect(address, "sluice-cli", request_timeout())
         .await
         .with_context(|| format!("connecting to {address}"))
 }

@@ -34,6 +34,33 @@ mod topic_admin;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How long a client command waits for each connection and each answer from a broker:
+    /// `30s` (the default), `500ms`, `2m`, or plain seconds.
+    #[arg(long, global = true, default_value = "30s", value_parser = parse_timeout)]
+    timeout: std::time::Duration,
+}
+
+/// `500ms`, `30s`, `2m` or plain seconds, above zero.
+fn parse_timeout(text: &str) -> std::result::Result<std::time::Duration, String> {
+    let text = text.trim();
+    let (number, unit_ms) = if let Some(n) = text.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1000.0)
+    } else if let Some(n) = text.strip_suffix('m') {
+        (n, 60_000.0)
+    } else {
+        (text, 1000.0)
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 30s, 500ms or 2m"))?;
+    let ms = value * unit_ms;
+    if !(1.0..=86_400_000.0).contains(&ms) {
+        return Err(format!("{text:?}: the timeout must be between 1ms and 24h"));
+    }
+    Ok(std::time::Duration::from_millis(ms as u64))
 }
 
 #[derive(Subcommand)]
@@ -306,6 +333,7 @@ fn main() {
 
 fn run() -> Result<()> {
     let cli = Cli::parse();
+    kafka_client::set_request_timeout(cli.timeout);
     // a broker logs its state changes (elections, fencing, ISR moves) by default, as Kafka
     // does at INFO; the command-line tools only warnings. RUST_LOG overrides both.
     // openraft's per-RPC errors about an unreachable voter (~20 a second while one is down:
