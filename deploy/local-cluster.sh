@@ -12,7 +12,8 @@
 #   deploy/local-cluster.sh status       which nodes run, and the cluster as clients see it
 #
 # Each node runs the broker and the controller (combined mode, a three-voter quorum).
-# Bootstrap: 127.0.0.1:19092,127.0.0.1:29092,127.0.0.1:39092 (controllers on 19093, ...).
+# Bootstrap: 127.0.0.1:19092,127.0.0.1:29092,127.0.0.1:39092 (controllers on 19093, ...;
+# HTTP admin listeners — /metrics, /healthz, /readyz — on 19644, 29644, 39644).
 # Data, configs and logs live under $SLUICE_CLUSTER_DIR (default /tmp/sluice-local-cluster):
 # node-N/node.toml, node-N/data, node-N/sluice.log. `down` keeps the data; remove the
 # directory to start from scratch. The binary is $SLUICE_BIN (default
@@ -71,6 +72,7 @@ write_config() {
 "controller.quorum.voters" = "$VOTERS"
 "listeners" = "PLAINTEXT://127.0.0.1:${n}9092,CONTROLLER://127.0.0.1:${n}9093"
 "advertised.listeners" = "PLAINTEXT://127.0.0.1:${n}9092"
+"admin.listener" = "127.0.0.1:${n}9644"
 "log.dirs" = "$dir/data"
 "default.replication.factor" = 3
 "min.insync.replicas" = 2

@@ -210,3 +210,32 @@ pub fn partition_metadata(
     partitions.sort_by_key(|p| p.partition);
     Ok(partitions)
 }
+
+/// `GET path` from an HTTP server at `address` (the nodes' admin listener): (status,
+/// body), or None when it does not answer within 5 s.
+pub fn http_get(address: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::Read;
+    let timeout = Duration::from_secs(5);
+    let socket: std::net::SocketAddr = address.parse().ok()?;
+    let mut stream = std::net::TcpStream::connect_timeout(&socket, timeout).ok()?;
+    stream.set_read_timeout(Some(timeout)).ok()?;
+    stream.set_write_timeout(Some(timeout)).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
+}
+
+/// The value of the sample `name` (no labels) in a Prometheus text exposition.
+pub fn metric(exposition: &str, name: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}

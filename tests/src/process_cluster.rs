@@ -31,6 +31,8 @@ pub struct ProcessCluster {
     broker_ports: BTreeMap<i32, u16>,
     /// Voter id → controller port.
     controller_ports: BTreeMap<i32, u16>,
+    /// Node id → HTTP admin port (`admin.listener`: /metrics, /healthz, /readyz).
+    admin_ports: BTreeMap<i32, u16>,
     settings: Vec<String>,
     brokers: BTreeMap<i32, NodeProcess>,
     controller: Option<NodeProcess>,
@@ -61,8 +63,12 @@ impl ProcessCluster {
         settings: &[&str],
         data_dirs: &[(i32, PathBuf)],
     ) -> Self {
-        let ports = free_ports(6);
+        let ports = free_ports(10);
         let broker_ports: BTreeMap<i32, u16> = (1..=3).zip(ports[..3].iter().copied()).collect();
+        let admin_ports: BTreeMap<i32, u16> = [1, 2, 3, CONTROLLER_ID]
+            .into_iter()
+            .zip(ports[6..].iter().copied())
+            .collect();
         let controller_ports = match layout {
             Layout::Combined => (1..=3).zip(ports[3..].iter().copied()).collect(),
             Layout::DedicatedController => BTreeMap::from([(CONTROLLER_ID, ports[3])]),
@@ -72,6 +78,7 @@ impl ProcessCluster {
             layout,
             broker_ports,
             controller_ports,
+            admin_ports,
             settings: settings.iter().map(|s| s.to_string()).collect(),
             brokers: BTreeMap::new(),
             controller: None,
@@ -94,6 +101,11 @@ impl ProcessCluster {
             cluster.wait_ready(id, &ready);
         }
         cluster
+    }
+
+    /// `host:port` of node `id`'s HTTP admin listener.
+    pub fn admin_address(&self, id: i32) -> String {
+        format!("127.0.0.1:{}", self.admin_ports[&id])
     }
 
     pub fn voters(&self) -> String {
@@ -126,6 +138,7 @@ impl ProcessCluster {
                 self.dir.path().join(format!("meta-{id}")).display()
             ),
             "controller.quorum.election.timeout.ms=500".to_string(),
+            format!("admin.listener=127.0.0.1:{}", self.admin_ports[&id]),
         ];
         let broker_listener = |port: u16| format!("PLAINTEXT://127.0.0.1:{port}");
         match (self.layout, id) {

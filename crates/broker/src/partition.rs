@@ -246,6 +246,16 @@ impl Partition {
         self.inner().leader.is_some()
     }
 
+    /// The state from the image this replica last applied (leader, epochs, replicas, ISR).
+    pub fn state(&self) -> PartitionState {
+        self.inner().state.clone()
+    }
+
+    /// The partition's `min.insync.replicas`.
+    pub fn min_insync_replicas(&self) -> usize {
+        self.inner().min_insync_replicas
+    }
+
     pub fn high_watermark(&self) -> Offset {
         Self::high_watermark_of(&self.inner())
     }

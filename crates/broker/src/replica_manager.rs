@@ -82,6 +82,11 @@ impl ReplicaManager {
     }
 
     /// Whether the log directory takes writes (shared by every partition).
+    /// Broker-wide signals and counters every partition shares.
+    pub fn signals(&self) -> &Arc<PartitionSignals> {
+        &self.signals
+    }
+
     pub fn log_dir_health(&self) -> &Arc<LogDirHealth> {
         &self.signals.log_dir
     }

@@ -31,6 +31,52 @@ use crate::raft_network::{
 use crate::raft_types::{NodeId, Raft};
 use crate::state_machine::MetadataStateMachine;
 
+/// This controller's Raft state, as the metrics endpoint shows it.
+#[derive(Debug, Clone, Default)]
+pub struct ControllerStatus {
+    /// This node leads the quorum (Kafka's ActiveControllerCount).
+    pub active: bool,
+    pub term: u64,
+    pub last_log_index: u64,
+    pub applied_index: u64,
+    /// Registered brokers, fenced ones, and partitions without a leader (cluster-wide).
+    pub brokers: usize,
+    pub fenced_brokers: usize,
+    pub offline_partitions: usize,
+}
+
+/// See [`ControllerNode::status_reader`].
+#[derive(Clone)]
+pub struct ControllerStatusReader {
+    core: Arc<Core>,
+}
+
+impl ControllerStatusReader {
+    pub fn status(&self) -> ControllerStatus {
+        let m = self.core.raft.metrics().borrow().clone();
+        let (brokers, fenced_brokers, offline_partitions) =
+            self.core.state_machine.with_image(|image| {
+                let brokers = image.brokers().count();
+                let fenced = image.brokers().filter(|b| b.fenced).count();
+                let offline = image
+                    .topics()
+                    .flat_map(|t| &t.partitions)
+                    .filter(|p| p.leader == sluice_metadata::NO_LEADER)
+                    .count();
+                (brokers, fenced, offline)
+            });
+        ControllerStatus {
+            active: m.current_leader == Some(self.core.config.node_id),
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+            brokers,
+            fenced_brokers,
+            offline_partitions,
+        }
+    }
+}
+
 /// Settings of one controller, named after Kafka's where Kafka has them.
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
@@ -390,6 +436,14 @@ impl ControllerNode {
 
     pub fn current_leader(&self) -> Option<NodeId> {
         self.core.current_leader()
+    }
+
+    /// A reader of this node's Raft state and metadata image, for the metrics endpoint;
+    /// usable after the node stopped (it then reports the last state).
+    pub fn status_reader(&self) -> ControllerStatusReader {
+        ControllerStatusReader {
+            core: Arc::clone(&self.core),
+        }
     }
 
     /// Turns this node's own election timer off or on (for tests: with it off, only a

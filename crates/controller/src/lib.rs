@@ -16,5 +16,7 @@ pub mod raft_network;
 pub mod raft_types;
 pub mod state_machine;
 
-pub use controller_node::{ControllerConfig, ControllerNode};
+pub use controller_node::{
+    ControllerConfig, ControllerNode, ControllerStatus, ControllerStatusReader,
+};
 pub use error::{ControllerError, Result};

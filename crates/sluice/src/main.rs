@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 use sluice_log::{AppendMode, LogConfig, LogManager};
 use sluice_record::{now_ms, BatchBuilder, Compression, LeaderEpoch, TopicPartition};
 
+mod admin_server;
 mod bench_groups;
 mod cluster_status;
 mod console_consumer;
@@ -638,6 +639,14 @@ fn run_node(config: Option<&std::path::Path>, overrides: &[String]) -> Result<()
         // every listener is bound before anything connects out or accepts: once peers
         // reach the controller listener, an outgoing connection of theirs (or ours) could
         // otherwise take the broker port as its ephemeral source port
+        let admin_listener = match config.admin_listener()? {
+            Some(bind) => Some(
+                tokio::net::TcpListener::bind(&bind)
+                    .await
+                    .with_context(|| format!("binding the admin listener {bind}"))?,
+            ),
+            None => None,
+        };
         let broker = match broker {
             Some((name, bind, broker_config)) => {
                 let listener = tokio::net::TcpListener::bind(&bind)
@@ -689,6 +698,20 @@ fn run_node(config: Option<&std::path::Path>, overrides: &[String]) -> Result<()
         } else {
             println!("ready");
         }
+        let admin_task = match admin_listener {
+            Some(listener) => {
+                let bound = listener.local_addr().context("admin listener address")?;
+                let sources = admin_server::AdminSources {
+                    broker: broker_node
+                        .as_ref()
+                        .map(|b| std::sync::Arc::clone(b.broker())),
+                    controller: controller_node.as_ref().map(|c| c.status_reader()),
+                };
+                println!("listening ADMIN {bound}");
+                Some(tokio::spawn(admin_server::serve(listener, sources)))
+            }
+            None => None,
+        };
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("installing the SIGTERM handler")?;
         tokio::select! {
@@ -696,6 +719,9 @@ fn run_node(config: Option<&std::path::Path>, overrides: &[String]) -> Result<()
             _ = tokio::signal::ctrl_c() => {}
         }
         tracing::info!(node_id, "stopping");
+        if let Some(task) = admin_task {
+            task.abort();
+        }
         if let Some(b) = broker_node {
             let config = &b.broker().config;
             if config.controlled_shutdown_enable {

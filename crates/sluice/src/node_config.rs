@@ -53,6 +53,7 @@ const KEYS: &[(&str, &str)] = &[
     ("sluice.controlled.shutdown.timeout.ms", "30000"),
     ("sluice.fetch.sendfile.enable", "true"),
     ("sluice.log.append.mode", "hybrid"),
+    ("admin.listener", ""),
     ("producer.id.expiration.ms", "86400000"),
     ("producer.id.expiration.check.interval.ms", "600000"),
     // broker defaults of topic configs: unset means Kafka's default
@@ -382,6 +383,23 @@ impl NodeConfig {
         c.log = c.topic_defaults.log_config(&Default::default(), &c.log);
         c.log.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(c)
+    }
+
+    /// `admin.listener`: `host:port` of the HTTP admin listener (/metrics, /healthz,
+    /// /readyz), or None when unset (the default: off).
+    pub fn admin_listener(&self) -> Result<Option<String>> {
+        let value = self.get("admin.listener")?.trim();
+        if value.is_empty() {
+            return Ok(None);
+        }
+        let value = value.strip_prefix("http://").unwrap_or(value);
+        if value
+            .rsplit_once(':')
+            .is_none_or(|(_, port)| port.parse::<u16>().is_err())
+        {
+            bail!("admin.listener: {value:?} is not host:port");
+        }
+        Ok(Some(value.to_string()))
     }
 
     /// The address the controller listener binds.

@@ -1,0 +1,102 @@
+//! The admin listener with real processes: /metrics moves as it should through a broker's
+//! kill -9 and restart (under-replicated partitions on the leaders, a fenced broker and
+//! its return on the active controller, leadership back once it is in sync), and /readyz
+//! and /healthz answer.
+
+use std::time::{Duration, Instant};
+
+use sluice_system_tests::process_cluster::WAIT;
+use sluice_system_tests::{http_get, metric, Layout, ProcessCluster};
+
+/// `name` summed over the nodes in `ids` (a node that does not answer counts as absent).
+fn sum(cluster: &ProcessCluster, ids: &[i32], name: &str) -> f64 {
+    ids.iter()
+        .filter_map(|id| http_get(&cluster.admin_address(*id), "/metrics"))
+        .filter_map(|(_, body)| metric(&body, name))
+        .sum()
+}
+
+fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn metrics_follow_a_broker_kill_and_restart() {
+    let mut cluster = ProcessCluster::start(
+        Layout::Combined,
+        &[
+            "broker.session.timeout.ms=2000",
+            "broker.heartbeat.interval.ms=200",
+            "leader.imbalance.check.interval.seconds=1",
+        ],
+    );
+    let all = [1, 2, 3];
+    for id in all {
+        let (status, body) = http_get(&cluster.admin_address(id), "/healthz").unwrap();
+        assert_eq!((status, body.trim()), (200, "ok"));
+    }
+    wait_until("every node ready", || {
+        all.iter().all(|id| {
+            http_get(&cluster.admin_address(*id), "/readyz").is_some_and(|(s, _)| s == 200)
+        })
+    });
+    cluster.create_topic("watched", 6);
+    wait_until(
+        "6 partitions led, none under-replicated, one active controller",
+        || {
+            sum(&cluster, &all, "sluice_broker_leader_partitions") == 6.0
+                && sum(&cluster, &all, "sluice_broker_under_replicated_partitions") == 0.0
+                && sum(&cluster, &all, "sluice_controller_active") == 1.0
+        },
+    );
+    let active = *all
+        .iter()
+        .find(|id| sum(&cluster, &[**id], "sluice_controller_active") == 1.0)
+        .unwrap();
+    let victim = *all.iter().find(|id| **id != active).unwrap();
+    let live: Vec<i32> = all.iter().copied().filter(|id| *id != victim).collect();
+    assert_eq!(
+        sum(&cluster, &[victim], "sluice_broker_leader_partitions"),
+        2.0
+    );
+
+    cluster.kill(victim);
+    wait_until(
+        "the killed broker's partitions under-replicated and it fenced",
+        || {
+            sum(&cluster, &live, "sluice_broker_leader_partitions") == 6.0
+                && sum(&cluster, &live, "sluice_broker_under_replicated_partitions") == 6.0
+                && sum(&cluster, &[active], "sluice_controller_fenced_brokers") == 1.0
+        },
+    );
+    // min.insync.replicas=2 still holds with two of three
+    assert_eq!(
+        sum(&cluster, &live, "sluice_broker_under_min_isr_partitions"),
+        0.0
+    );
+    assert_eq!(
+        sum(&cluster, &[active], "sluice_controller_offline_partitions"),
+        0.0
+    );
+    // the other live node is not the active controller: it reports no cluster-wide counts
+    let other = *live.iter().find(|id| **id != active).unwrap();
+    assert_eq!(
+        sum(&cluster, &[other], "sluice_controller_fenced_brokers"),
+        0.0
+    );
+
+    cluster.restart(victim);
+    wait_until("fully replicated again and leadership rebalanced", || {
+        sum(&cluster, &all, "sluice_broker_under_replicated_partitions") == 0.0
+            && sum(&cluster, &[active], "sluice_controller_fenced_brokers") == 0.0
+            && sum(&cluster, &[victim], "sluice_broker_leader_partitions") == 2.0
+    });
+    let (status, _) = http_get(&cluster.admin_address(victim), "/readyz").unwrap();
+    assert_eq!(status, 200);
+    let (status, _) = http_get(&cluster.admin_address(victim), "/nothing-here").unwrap();
+    assert_eq!(status, 404);
+}
