@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use sluice_system_tests::process_cluster::WAIT;
-use sluice_system_tests::{http_get, metric, Layout, ProcessCluster};
+use sluice_system_tests::{http_get, kcat_produce, kcat_read_all, metric, Layout, ProcessCluster};
 
 /// `name` summed over the nodes in `ids` (a node that does not answer counts as absent).
 fn sum(cluster: &ProcessCluster, ids: &[i32], name: &str) -> f64 {
@@ -53,6 +53,41 @@ fn metrics_follow_a_broker_kill_and_restart() {
                 && sum(&cluster, &all, "sluice_controller_active") == 1.0
         },
     );
+    // requests, records and bytes: 500 records with acks=all, read back by a consumer
+    let lines: Vec<String> = (0..500).map(|i| format!("record-{i}")).collect();
+    let out = kcat_produce(&cluster.bootstrap(), "watched", "all", &lines);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(kcat_read_all(&cluster.bootstrap(), "watched").len(), 500);
+    let records = r#"sluice_topic_records_in_total{topic="watched"}"#;
+    assert_eq!(sum(&cluster, &all, records), 500.0);
+    let bytes_in = sum(
+        &cluster,
+        &all,
+        r#"sluice_topic_bytes_in_total{topic="watched"}"#,
+    );
+    let bytes_out = sum(
+        &cluster,
+        &all,
+        r#"sluice_topic_bytes_out_total{topic="watched"}"#,
+    );
+    assert!(
+        bytes_in >= 500.0 * 8.0 && bytes_out >= bytes_in,
+        "{bytes_in} in, {bytes_out} out"
+    );
+    assert!(
+        sum(
+            &cluster,
+            &all,
+            r#"sluice_requests_total{request="Produce"}"#
+        ) >= 1.0
+    );
+    let produce_time = r#"sluice_request_time_ms_count{request="Produce",stage="remote"}"#;
+    assert!(sum(&cluster, &all, produce_time) >= 1.0);
+
     let active = *all
         .iter()
         .find(|id| sum(&cluster, &[**id], "sluice_controller_active") == 1.0)

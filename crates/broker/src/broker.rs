@@ -16,6 +16,7 @@ use crate::metadata_follower::MetadataFollower;
 use crate::offset_commit_batcher::OffsetCommitBatcher;
 use crate::producer_id_manager::ProducerIdManager;
 use crate::replica_manager::ReplicaManager;
+use crate::request_metrics::RequestMetrics;
 
 pub struct Broker {
     pub config: BrokerConfig,
@@ -28,6 +29,8 @@ pub struct Broker {
     pub commits: OffsetCommitBatcher,
     /// Producer ids for InitProducerId, from blocks the controllers hand out.
     pub producer_ids: ProducerIdManager,
+    /// Requests, errors, bytes and time, for the node's `/metrics`.
+    pub metrics: RequestMetrics,
 }
 
 impl Broker {

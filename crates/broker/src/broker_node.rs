@@ -76,6 +76,7 @@ impl BrokerNode {
             groups,
             commits,
             producer_ids: Default::default(),
+            metrics: Default::default(),
         });
         let tasks = vec![
             tokio::spawn(follow_metadata(Arc::clone(&broker))),

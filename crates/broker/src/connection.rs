@@ -49,10 +49,19 @@ pub async fn serve_connection(
         else {
             return Ok(());
         };
+        let received = std::time::Instant::now();
         let mut request = parse_request(frame)?;
         request.peer = peer;
-        if let Some(chunks) = handle(&request, context).await? {
+        let (answer, remote) =
+            crate::request_metrics::with_remote_wait(handle(&request, context)).await;
+        let handled = received.elapsed();
+        if let Some(chunks) = answer? {
             writer.write(&mut stream, &chunks, &context.stats).await?;
+        }
+        if let Some(broker) = &context.broker {
+            let send = received.elapsed().saturating_sub(handled);
+            let api = format!("{:?}", request.api_key);
+            broker.metrics.record(&api, handled, remote, send);
         }
     }
 }

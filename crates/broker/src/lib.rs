@@ -25,6 +25,7 @@ pub mod partition;
 pub mod producer_id_manager;
 pub mod replica_fetcher;
 pub mod replica_manager;
+pub mod request_metrics;
 pub mod topic_config;
 
 pub use broker::Broker;

@@ -178,6 +178,8 @@ pub struct AppendResult {
     pub leader_epoch: i32,
     /// A producer's retry of a batch already in the log: nothing was appended.
     pub duplicate: bool,
+    /// Records appended (0 for a duplicate).
+    pub record_count: u64,
 }
 
 /// Where an acks=all append stands ([`Partition::acks_all_outcome`]).
@@ -575,6 +577,7 @@ impl Partition {
                 log_start_offset,
                 leader_epoch,
                 duplicate: true,
+                record_count: 0,
             });
         }
         leader.maybe_advance_high_watermark(leo);
@@ -586,6 +589,7 @@ impl Partition {
             log_start_offset,
             leader_epoch,
             duplicate: false,
+            record_count: info.record_count,
         })
     }
 

@@ -70,3 +70,60 @@ pub const UNKNOWN_PRODUCER_ID: i16 = 59;
 pub const PREFERRED_LEADER_NOT_AVAILABLE: i16 = 80;
 pub const ELIGIBLE_LEADERS_NOT_AVAILABLE: i16 = 83;
 pub const ELECTION_NOT_NEEDED: i16 = 84;
+
+/// Kafka's name for an error code (for messages and metric labels); `error N` for one
+/// this table does not know.
+pub fn name(code: i16) -> String {
+    let name = match code {
+        -1 => "UNKNOWN_SERVER_ERROR",
+        1 => "OFFSET_OUT_OF_RANGE",
+        2 => "CORRUPT_MESSAGE",
+        3 => "UNKNOWN_TOPIC_OR_PARTITION",
+        5 => "LEADER_NOT_AVAILABLE",
+        6 => "NOT_LEADER_OR_FOLLOWER",
+        7 => "REQUEST_TIMED_OUT",
+        10 => "MESSAGE_TOO_LARGE",
+        14 => "COORDINATOR_LOAD_IN_PROGRESS",
+        15 => "COORDINATOR_NOT_AVAILABLE",
+        16 => "NOT_COORDINATOR",
+        17 => "INVALID_TOPIC_EXCEPTION",
+        19 => "NOT_ENOUGH_REPLICAS",
+        21 => "INVALID_REQUIRED_ACKS",
+        22 => "ILLEGAL_GENERATION",
+        23 => "INCONSISTENT_GROUP_PROTOCOL",
+        24 => "INVALID_GROUP_ID",
+        25 => "UNKNOWN_MEMBER_ID",
+        26 => "INVALID_SESSION_TIMEOUT",
+        27 => "REBALANCE_IN_PROGRESS",
+        35 => "UNSUPPORTED_VERSION",
+        36 => "TOPIC_ALREADY_EXISTS",
+        37 => "INVALID_PARTITIONS",
+        38 => "INVALID_REPLICATION_FACTOR",
+        40 => "INVALID_CONFIG",
+        42 => "INVALID_REQUEST",
+        56 => "KAFKA_STORAGE_ERROR",
+        68 => "NON_EMPTY_GROUP",
+        69 => "GROUP_ID_NOT_FOUND",
+        73 => "TOPIC_DELETION_DISABLED",
+        79 => "MEMBER_ID_REQUIRED",
+        81 => "GROUP_MAX_SIZE_REACHED",
+        80 => "PREFERRED_LEADER_NOT_AVAILABLE",
+        82 => "FENCED_INSTANCE_ID",
+        83 => "ELIGIBLE_LEADERS_NOT_AVAILABLE",
+        84 => "ELECTION_NOT_NEEDED",
+        86 => "GROUP_SUBSCRIBED_TO_TOPIC",
+        45 => "OUT_OF_ORDER_SEQUENCE_NUMBER",
+        47 => "INVALID_PRODUCER_EPOCH",
+        48 => "INVALID_TXN_STATE",
+        49 => "INVALID_PRODUCER_ID_MAPPING",
+        43 => "UNSUPPORTED_FOR_MESSAGE_FORMAT",
+        18 => "RECORD_LIST_TOO_LARGE",
+        74 => "FENCED_LEADER_EPOCH",
+        76 => "UNKNOWN_LEADER_EPOCH",
+        87 => "INVALID_RECORD",
+        0 => "NONE",
+        100 => "UNKNOWN_TOPIC_ID",
+        _ => return format!("error {code}"),
+    };
+    name.to_string()
+}

@@ -262,6 +262,33 @@ fn broker_metrics(registry: &mut Registry, broker: &Broker) {
             usable as i64,
         );
     }
+    let m = &broker.metrics;
+    registry.register("requests", "requests answered, per API", m.requests.clone());
+    registry.register(
+        "request_errors",
+        "Produce and Fetch partition answers with an error, per Kafka error code",
+        m.errors.clone(),
+    );
+    registry.register(
+        "request_time_ms",
+        "request time in ms, split as Kafka's TotalTimeMs: local, remote (waiting for followers or data), send, total",
+        m.time_ms.clone(),
+    );
+    registry.register(
+        "topic_bytes_in",
+        "record-set bytes producers appended (Kafka's BytesInPerSec)",
+        m.bytes_in.clone(),
+    );
+    registry.register(
+        "topic_records_in",
+        "records producers appended (MessagesInPerSec)",
+        m.records_in.clone(),
+    );
+    registry.register(
+        "topic_bytes_out",
+        "record bytes sent to consumers, not followers (BytesOutPerSec)",
+        m.bytes_out.clone(),
+    );
     let producers = &broker.replicas.signals().producer_counters;
     counter(
         registry,

@@ -172,48 +172,7 @@ impl Cluster {
 
 /// Kafka's name for an error code, for one-line messages.
 pub fn error_name(code: i16) -> String {
-    let name = match code {
-        -1 => "UNKNOWN_SERVER_ERROR",
-        1 => "OFFSET_OUT_OF_RANGE",
-        2 => "CORRUPT_MESSAGE",
-        3 => "UNKNOWN_TOPIC_OR_PARTITION",
-        5 => "LEADER_NOT_AVAILABLE",
-        6 => "NOT_LEADER_OR_FOLLOWER",
-        7 => "REQUEST_TIMED_OUT",
-        10 => "MESSAGE_TOO_LARGE",
-        14 => "COORDINATOR_LOAD_IN_PROGRESS",
-        15 => "COORDINATOR_NOT_AVAILABLE",
-        16 => "NOT_COORDINATOR",
-        17 => "INVALID_TOPIC_EXCEPTION",
-        19 => "NOT_ENOUGH_REPLICAS",
-        21 => "INVALID_REQUIRED_ACKS",
-        22 => "ILLEGAL_GENERATION",
-        23 => "INCONSISTENT_GROUP_PROTOCOL",
-        24 => "INVALID_GROUP_ID",
-        25 => "UNKNOWN_MEMBER_ID",
-        26 => "INVALID_SESSION_TIMEOUT",
-        27 => "REBALANCE_IN_PROGRESS",
-        35 => "UNSUPPORTED_VERSION",
-        36 => "TOPIC_ALREADY_EXISTS",
-        37 => "INVALID_PARTITIONS",
-        38 => "INVALID_REPLICATION_FACTOR",
-        40 => "INVALID_CONFIG",
-        42 => "INVALID_REQUEST",
-        56 => "KAFKA_STORAGE_ERROR",
-        68 => "NON_EMPTY_GROUP",
-        69 => "GROUP_ID_NOT_FOUND",
-        73 => "TOPIC_DELETION_DISABLED",
-        79 => "MEMBER_ID_REQUIRED",
-        81 => "GROUP_MAX_SIZE_REACHED",
-        80 => "PREFERRED_LEADER_NOT_AVAILABLE",
-        82 => "FENCED_INSTANCE_ID",
-        83 => "ELIGIBLE_LEADERS_NOT_AVAILABLE",
-        84 => "ELECTION_NOT_NEEDED",
-        86 => "GROUP_SUBSCRIBED_TO_TOPIC",
-        100 => "UNKNOWN_TOPIC_ID",
-        _ => return format!("error {code}"),
-    };
-    name.to_string()
+    sluice_metadata::error_code::name(code)
 }
 
 /// Kafka's default partitioner for keyed records: murmur2 of the key, made positive,

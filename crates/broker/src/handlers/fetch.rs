@@ -82,6 +82,7 @@ pub async fn handle(request: &RequestFrame, broker: &Broker) -> Result<Answer, C
         let pass = read_all(broker, &body, &names, isolation, version);
         let timed_out = tokio::time::Instant::now() >= deadline;
         if pass.bytes >= min_bytes.max(1) || pass.errors || timed_out {
+            record_metrics(broker, &pass, &names, replica_id >= 0);
             let header_version = request.api_key.response_header_version(version);
             let chunks = encode_fetch_response(
                 request.correlation_id,
@@ -92,12 +93,33 @@ pub async fn handle(request: &RequestFrame, broker: &Broker) -> Result<Answer, C
             )?;
             return Ok(Some(chunks));
         }
+        let waiting = std::time::Instant::now();
         if tokio::time::timeout_at(deadline, data_version.changed())
             .await
             .is_ok_and(|r| r.is_err())
         {
             // the broker is shutting down
             tokio::time::sleep_until(deadline).await;
+        }
+        // a long poll waits for data: Kafka counts it as remote time too
+        crate::request_metrics::add_remote_wait(waiting.elapsed());
+    }
+}
+
+/// Bytes sent to consumers per topic, and every partition's error code.
+fn record_metrics(broker: &Broker, pass: &ReadPass, names: &[Option<String>], follower: bool) {
+    for ((topic, files), name) in pass.response.responses.iter().zip(&pass.files).zip(names) {
+        for p in &topic.partitions {
+            if p.error_code != ec::NONE {
+                broker.metrics.error("Fetch", p.error_code);
+            }
+        }
+        if follower {
+            continue;
+        }
+        let bytes: u64 = files.iter().flatten().map(|f| f.length).sum();
+        if let (Some(name), true) = (name, bytes > 0) {
+            broker.metrics.consumed(name, bytes);
         }
     }
 }

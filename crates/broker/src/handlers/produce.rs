@@ -60,6 +60,10 @@ pub async fn handle(request: &RequestFrame, broker: &Broker) -> Result<Answer, C
             let mut answer = PartitionProduceResponse::default().with_index(data.index);
             match append(broker, &tp, data.records.as_deref(), acks) {
                 Ok((partition, result)) => {
+                    if !result.duplicate {
+                        let bytes = data.records.as_ref().map_or(0, |r| r.len() as u64);
+                        broker.metrics.produced(&name, bytes, result.record_count);
+                    }
                     answer.base_offset = result.base_offset.0;
                     answer.log_start_offset = result.log_start_offset.0;
                     let parked_answer = Parked {
@@ -75,6 +79,7 @@ pub async fn handle(request: &RequestFrame, broker: &Broker) -> Result<Answer, C
                     }
                 }
                 Err((code, message)) => {
+                    broker.metrics.error("Produce", code);
                     first_error.get_or_insert(code);
                     answer.error_code = code;
                     answer.base_offset = -1;
@@ -97,13 +102,16 @@ pub async fn handle(request: &RequestFrame, broker: &Broker) -> Result<Answer, C
     }
     if !parked.is_empty() {
         let timeout = Duration::from_millis(body.timeout_ms.max(0) as u64);
+        let waiting = std::time::Instant::now();
         wait_for_high_watermark(broker, &parked, timeout).await;
+        crate::request_metrics::add_remote_wait(waiting.elapsed());
         for p in &parked {
             let code = match p.outcome() {
                 AcksAllOutcome::Committed => continue,
                 AcksAllOutcome::Waiting => ec::REQUEST_TIMED_OUT,
                 AcksAllOutcome::LeadershipLost => ec::NOT_LEADER_OR_FOLLOWER,
             };
+            broker.metrics.error("Produce", code);
             let answer = &mut response.responses[p.topic].partition_responses[p.partition];
             answer.error_code = code;
             answer.base_offset = -1;
