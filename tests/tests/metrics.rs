@@ -108,6 +108,9 @@ fn metrics_follow_a_broker_kill_and_restart() {
                 && sum(&cluster, &[active], "sluice_controller_fenced_brokers") == 1.0
         },
     );
+    // its two partitions got new leaders (the active controller counts elections)
+    let elections = "sluice_controller_leader_elections_total";
+    assert!(sum(&cluster, &[active], elections) >= 2.0);
     // min.insync.replicas=2 still holds with two of three
     assert_eq!(
         sum(&cluster, &live, "sluice_broker_under_min_isr_partitions"),
@@ -132,6 +135,8 @@ fn metrics_follow_a_broker_kill_and_restart() {
     });
     let (status, _) = http_get(&cluster.admin_address(victim), "/readyz").unwrap();
     assert_eq!(status, 200);
+    // the leaders took it back into their ISRs
+    assert!(sum(&cluster, &live, "sluice_broker_isr_expands_total") >= 1.0);
     let (status, _) = http_get(&cluster.admin_address(victim), "/nothing-here").unwrap();
     assert_eq!(status, 404);
 }

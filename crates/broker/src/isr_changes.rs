@@ -7,6 +7,7 @@
 //! stop acting as leader for that partition.
 
 use sluice_record::now_ms;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -91,7 +92,17 @@ async fn alter(broker: &Broker, changes: Vec<(Arc<Partition>, IsrChange)>) {
         };
         match result.error_code as i16 {
             ec::NONE => match &result.state {
-                Some(state) => partition.apply_state(state, now_ms()),
+                Some(state) => {
+                    let before = partition.state().isr;
+                    let signals = broker.replicas.signals();
+                    if state.isr.iter().any(|b| !before.contains(b)) {
+                        signals.isr_expands.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if before.iter().any(|b| !state.isr.contains(b)) {
+                        signals.isr_shrinks.fetch_add(1, Ordering::Relaxed);
+                    }
+                    partition.apply_state(state, now_ms())
+                }
                 None => partition.isr_change_failed(),
             },
             ec::INVALID_UPDATE_VERSION | ec::FENCED_LEADER_EPOCH => {

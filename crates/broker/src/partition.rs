@@ -146,6 +146,10 @@ pub struct PartitionSignals {
     pub log_dir: Arc<LogDirHealth>,
     /// Idempotent producers' outcomes, broker-wide (for metrics).
     pub producer_counters: ProducerCounters,
+    /// ISR changes this broker proposed as leader and the controller committed: members
+    /// dropped (Kafka's IsrShrinksPerSec) and added (IsrExpandsPerSec), as counters.
+    pub isr_shrinks: AtomicU64,
+    pub isr_expands: AtomicU64,
 }
 
 /// What the idempotent-producer checks did, counted since the broker started.

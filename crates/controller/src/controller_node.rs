@@ -43,6 +43,9 @@ pub struct ControllerStatus {
     pub brokers: usize,
     pub fenced_brokers: usize,
     pub offline_partitions: usize,
+    /// Partition leader changes applied since this node started (Kafka's leader
+    /// election rate, as a counter).
+    pub leader_elections: u64,
 }
 
 /// See [`ControllerNode::status_reader`].
@@ -73,6 +76,7 @@ impl ControllerStatusReader {
             brokers,
             fenced_brokers,
             offline_partitions,
+            leader_elections: self.core.state_machine.leader_elections(),
         }
     }
 }

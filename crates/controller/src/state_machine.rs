@@ -48,6 +48,54 @@ pub struct MetadataStateMachine {
     applied_tx: Arc<watch::Sender<u64>>,
     /// Index of the snapshot in `metadata-snapshot` (0: none).
     persisted_tx: Arc<watch::Sender<u64>>,
+    /// Partition leader changes applied since this process started (a new leader, not a
+    /// partition going offline): Kafka's leader election rate.
+    leader_elections: Arc<std::sync::atomic::AtomicU64>,
+}
+
+type PartitionKey = (String, i32);
+
+/// The partitions `batch` changes (PartitionChange records), with their leader in `image`.
+fn leaders_before(
+    image: &MetadataImage,
+    batch: &sluice_metadata::MetadataBatch,
+) -> Vec<(PartitionKey, i32)> {
+    batch
+        .records
+        .iter()
+        .filter_map(|r| match &r.record {
+            Some(sluice_metadata::Record::PartitionChange(c)) => {
+                let p = c.partition.as_ref()?;
+                let leader = image.partition(&c.topic, p.partition)?.leader;
+                Some(((c.topic.clone(), p.partition), leader))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// How many records of `batch` that took effect (`outcomes`) gave a partition a new, live
+/// leader; `before` holds the changed partitions' leaders before the batch.
+fn leader_elections(
+    before: Vec<(PartitionKey, i32)>,
+    batch: &sluice_metadata::MetadataBatch,
+    outcomes: &[sluice_metadata::ApplyOutcome],
+) -> u64 {
+    let mut leaders: std::collections::BTreeMap<PartitionKey, i32> = before.into_iter().collect();
+    let mut elections = 0;
+    for (record, outcome) in batch.records.iter().zip(outcomes) {
+        let Some(sluice_metadata::Record::PartitionChange(change)) = &record.record else {
+            continue;
+        };
+        let Some(next) = change.partition.as_ref().filter(|_| outcome.is_ok()) else {
+            continue;
+        };
+        let previous = leaders.insert((change.topic.clone(), next.partition), next.leader);
+        if next.leader >= 0 && previous != Some(next.leader) {
+            elections += 1;
+        }
+    }
+    elections
 }
 
 fn snapshot_err(e: &(impl std::error::Error + 'static)) -> StorageError {
@@ -89,7 +137,14 @@ impl MetadataStateMachine {
             persist: Arc::new(std::sync::Mutex::new(())),
             dir: dir.to_path_buf(),
             applied_tx: Arc::new(watch::channel(applied).0),
+            leader_elections: Default::default(),
         })
+    }
+
+    /// Partition leader changes to a live leader applied since this process started.
+    pub fn leader_elections(&self) -> u64 {
+        self.leader_elections
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn read(&self) -> RwLockReadGuard<'_, SmState> {
@@ -195,9 +250,17 @@ impl RaftStateMachine<TypeConfig> for MetadataStateMachine {
                     "applied index must grow"
                 );
                 let response = match entry.payload {
-                    EntryPayload::Normal(batch) => ApplyResponse {
-                        outcomes: s.image.apply(index, &batch),
-                    },
+                    EntryPayload::Normal(batch) => {
+                        let before = leaders_before(&s.image, &batch);
+                        let outcomes = s.image.apply(index, &batch);
+                        if !before.is_empty() {
+                            self.leader_elections.fetch_add(
+                                leader_elections(before, &batch, &outcomes),
+                                std::sync::atomic::Ordering::Relaxed,
+                            );
+                        }
+                        ApplyResponse { outcomes }
+                    }
                     EntryPayload::Blank => {
                         s.image.advance_to(index);
                         ApplyResponse::default()

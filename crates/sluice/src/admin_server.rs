@@ -172,6 +172,12 @@ fn metrics(sources: &AdminSources) -> String {
             "registered brokers that are fenced (active controller only)",
             active(s.fenced_brokers),
         );
+        counter(
+            &mut registry,
+            "controller_leader_elections",
+            "partitions given a new leader since this node started (active controller only)",
+            if s.active { s.leader_elections } else { 0 },
+        );
         gauge(
             &mut registry,
             "controller_registered_brokers",
@@ -289,7 +295,20 @@ fn broker_metrics(registry: &mut Registry, broker: &Broker) {
         "record bytes sent to consumers, not followers (BytesOutPerSec)",
         m.bytes_out.clone(),
     );
-    let producers = &broker.replicas.signals().producer_counters;
+    let signals = broker.replicas.signals();
+    counter(
+        registry,
+        "broker_isr_shrinks",
+        "ISR members dropped by this broker as leader (Kafka's IsrShrinksPerSec)",
+        signals.isr_shrinks.load(Ordering::Relaxed),
+    );
+    counter(
+        registry,
+        "broker_isr_expands",
+        "ISR members added by this broker as leader (IsrExpandsPerSec)",
+        signals.isr_expands.load(Ordering::Relaxed),
+    );
+    let producers = &signals.producer_counters;
     counter(
         registry,
         "broker_producer_duplicates_suppressed",
