@@ -76,6 +76,11 @@ enum Command {
         #[arg(long = "override", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
     },
+    /// The configuration reference (every node setting and topic config, as Markdown).
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Create, list, describe or delete topics (like kafka-topics.sh / rpk topic).
     Topic {
         #[command(subcommand)]
@@ -273,6 +278,13 @@ enum BenchCommand {
 }
 
 #[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print docs/configuration.md: every setting, its default, environment variable and
+    /// meaning.
+    Reference,
+}
+
+#[derive(Subcommand)]
 enum TopicCommand {
     /// Create a topic.
     Create {
@@ -391,6 +403,12 @@ fn run() -> Result<()> {
                 }
             })?;
             print!("{out}");
+            Ok(())
+        }
+        Command::Config {
+            command: ConfigCommand::Reference,
+        } => {
+            print!("{}", node_config::reference_markdown());
             Ok(())
         }
         Command::Cluster { command, bootstrap } => match command {

@@ -13,66 +13,69 @@ use sluice_broker::BrokerConfig;
 use sluice_controller::ControllerConfig;
 use sluice_metadata::proto::metadata as pb;
 
-/// Every key this build understands, with its default ("" = required or none).
-const KEYS: &[(&str, &str)] = &[
-    ("node.id", ""),
-    ("process.roles", "broker,controller"),
-    ("controller.quorum.voters", ""),
-    ("controller.listener.names", "CONTROLLER"),
-    ("listeners", "PLAINTEXT://:9092,CONTROLLER://:9093"),
-    ("log.dirs", "/tmp/sluice-logs"),
-    ("metadata.log.dir", ""),
-    ("cluster.id", "sluice-cluster"),
-    ("broker.session.timeout.ms", "9000"),
-    ("broker.heartbeat.interval.ms", "2000"),
-    ("controller.quorum.election.timeout.ms", "1000"),
-    ("unclean.leader.election.enable", "false"),
-    ("num.partitions", "1"),
-    ("default.replication.factor", "1"),
-    ("offsets.retention.minutes", "10080"),
-    ("offsets.retention.check.interval.ms", "600000"),
-    ("auto.leader.rebalance.enable", "true"),
-    ("leader.imbalance.check.interval.seconds", "300"),
-    ("leader.imbalance.per.broker.percentage", "10"),
+/// Every key this build understands: (key, default, meaning). A default of "" means
+/// required, none, or — for the broker defaults of topic configs — Kafka's default (the
+/// topic config table's). `docs/configuration.md` is generated from this table
+/// (`sluice config reference`).
+const KEYS: &[(&str, &str, &str)] = &[
+    ("node.id", "", "this node's id (broker and controller): required"),
+    ("process.roles", "broker,controller", "`broker`, `controller`, or both (combined mode)"),
+    ("controller.quorum.voters", "", "`id@host:port,...` of every controller voter: required"),
+    ("controller.listener.names", "CONTROLLER", "the listener name of the controller port"),
+    ("listeners", "PLAINTEXT://:9092,CONTROLLER://:9093", "the Kafka listener and the controller listener to bind (port 0: any free port)"),
+    ("log.dirs", "/tmp/sluice-logs", "the broker's log directory (one)"),
+    ("metadata.log.dir", "", "where the controller keeps the Raft log, in `__cluster_metadata-0` under it (default: `log.dirs`)"),
+    ("cluster.id", "sluice-cluster", "the cluster id clients see"),
+    ("broker.session.timeout.ms", "9000", "a broker silent this long is fenced: its leaderships move"),
+    ("broker.heartbeat.interval.ms", "2000", "how often a broker heartbeats to the controllers"),
+    ("controller.quorum.election.timeout.ms", "1000", "about how long a controller waits for the quorum leader before it campaigns"),
+    ("unclean.leader.election.enable", "false", "elect a replica outside the ISR when no ISR member is live (loses records)"),
+    ("num.partitions", "1", "partitions of an auto-created topic or a create without a count"),
+    ("default.replication.factor", "1", "replicas of an auto-created topic or a create without a factor"),
+    ("offsets.retention.minutes", "10080", "how long committed offsets of an empty group are kept"),
+    ("offsets.retention.check.interval.ms", "600000", "how often expired offsets are looked for"),
+    ("auto.leader.rebalance.enable", "true", "give leadership back to preferred replicas by itself"),
+    ("leader.imbalance.check.interval.seconds", "300", "how often the controller checks leadership balance"),
+    ("leader.imbalance.per.broker.percentage", "10", "a broker's share of preferred partitions led elsewhere that triggers a rebalance"),
     // the broker role
-    ("advertised.listeners", ""),
-    ("broker.rack", ""),
-    ("auto.create.topics.enable", "true"),
-    ("delete.topic.enable", "true"),
-    ("socket.request.max.bytes", "104857600"),
-    ("log.retention.check.interval.ms", "300000"),
-    ("replica.lag.time.max.ms", "30000"),
-    ("replica.high.watermark.checkpoint.interval.ms", "5000"),
-    ("log.scrub.bytes.per.second", "8388608"),
-    ("sluice.log.scrub.interval.ms", "60000"),
-    ("group.min.session.timeout.ms", "6000"),
-    ("group.max.session.timeout.ms", "1800000"),
-    ("group.max.size", "2147483647"),
-    ("group.initial.rebalance.delay.ms", "3000"),
-    ("controlled.shutdown.enable", "true"),
-    ("sluice.controlled.shutdown.timeout.ms", "30000"),
-    ("sluice.fetch.sendfile.enable", "true"),
-    ("sluice.log.append.mode", "hybrid"),
-    ("admin.listener", ""),
-    ("producer.id.expiration.ms", "86400000"),
-    ("producer.id.expiration.check.interval.ms", "600000"),
+    ("advertised.listeners", "", "the Kafka listener address clients are told (default: the bound one)"),
+    ("broker.rack", "", "the broker's rack (reported in metadata)"),
+    ("auto.create.topics.enable", "true", "create a topic on first Metadata or Produce for it"),
+    ("delete.topic.enable", "true", "allow DeleteTopics"),
+    ("socket.request.max.bytes", "104857600", "largest request accepted"),
+    ("log.retention.check.interval.ms", "300000", "how often retention runs"),
+    ("replica.lag.time.max.ms", "30000", "a follower not caught up for this long leaves the ISR"),
+    ("replica.high.watermark.checkpoint.interval.ms", "5000", "how often high watermarks are written to disk"),
+    ("log.scrub.bytes.per.second", "8388608", "background CRC scrub rate (0: off)"),
+    ("sluice.log.scrub.interval.ms", "60000", "the shortest time between two scrub passes"),
+    ("group.min.session.timeout.ms", "6000", "the shortest session a consumer group member may ask for"),
+    ("group.max.session.timeout.ms", "1800000", "the longest session a consumer group member may ask for"),
+    ("group.max.size", "2147483647", "members a consumer group may have"),
+    ("group.initial.rebalance.delay.ms", "3000", "how long a new group waits for more members before its first rebalance"),
+    ("controlled.shutdown.enable", "true", "on SIGTERM, move leadership away before stopping"),
+    ("sluice.controlled.shutdown.timeout.ms", "30000", "how long SIGTERM waits for followers to catch up"),
+    ("sluice.fetch.sendfile.enable", "true", "serve fetches with sendfile(2) (false: copy through a buffer)"),
+    ("sluice.log.append.mode", "hybrid", "how the active segment is written: `hybrid`, `write` or `mmap`"),
+    ("admin.listener", "", "`host:port` of the HTTP admin listener (/metrics, /healthz, /readyz); off when unset"),
+    ("producer.id.expiration.ms", "86400000", "a partition forgets an idempotent producer idle this long"),
+    ("producer.id.expiration.check.interval.ms", "600000", "how often idle producers are looked for"),
     // broker defaults of topic configs: unset means Kafka's default
-    ("message.max.bytes", ""),
-    ("min.insync.replicas", ""),
-    ("log.segment.bytes", ""),
-    ("log.roll.ms", ""),
-    ("log.roll.hours", ""),
-    ("log.retention.ms", ""),
-    ("log.retention.minutes", ""),
-    ("log.retention.hours", ""),
-    ("log.retention.bytes", ""),
-    ("log.index.interval.bytes", ""),
-    ("log.index.size.max.bytes", ""),
-    ("log.flush.interval.messages", ""),
-    ("log.flush.interval.ms", ""),
-    ("log.cleanup.policy", ""),
-    ("compression.type", ""),
-    ("log.message.timestamp.type", ""),
+    ("message.max.bytes", "", "default of the topic config `max.message.bytes`"),
+    ("min.insync.replicas", "", "default of the topic config `min.insync.replicas`"),
+    ("log.segment.bytes", "", "default of the topic config `segment.bytes`"),
+    ("log.roll.ms", "", "default of the topic config `segment.ms`"),
+    ("log.roll.hours", "", "`log.roll.ms` in hours (`log.roll.ms` wins)"),
+    ("log.retention.ms", "", "default of the topic config `retention.ms`"),
+    ("log.retention.minutes", "", "`log.retention.ms` in minutes (`log.retention.ms` wins)"),
+    ("log.retention.hours", "", "`log.retention.ms` in hours (the minutes and ms keys win)"),
+    ("log.retention.bytes", "", "default of the topic config `retention.bytes`"),
+    ("log.index.interval.bytes", "", "default of the topic config `index.interval.bytes`"),
+    ("log.index.size.max.bytes", "", "default of the topic config `segment.index.bytes`"),
+    ("log.flush.interval.messages", "", "default of the topic config `flush.messages`"),
+    ("log.flush.interval.ms", "", "default of the topic config `flush.ms`"),
+    ("log.cleanup.policy", "", "default of the topic config `cleanup.policy`"),
+    ("compression.type", "", "default of the topic config `compression.type`"),
+    ("log.message.timestamp.type", "", "default of the topic config `message.timestamp.type`"),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +87,46 @@ pub enum Role {
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     values: BTreeMap<String, String>,
+}
+
+/// `docs/configuration.md`: every node setting (key, default, environment variable,
+/// meaning) and every topic config, from the code's tables.
+pub fn reference_markdown() -> String {
+    use sluice_broker::topic_config::TOPIC_CONFIGS;
+    let mut out = String::from(
+        "# Configuration reference\n\n\
+         Generated from the code's tables by `sluice config reference` (a test fails when this \
+         file and the code disagree). A node reads a Kafka-style TOML file \
+         (`sluice broker --config FILE`), then `SLUICE_*` environment variables, then \
+         `--override key=value`; unknown keys are refused.\n\n\
+         ## Node settings\n\n\
+         | key | default | environment | meaning |\n|---|---|---|---|\n",
+    );
+    for (key, default, meaning) in KEYS {
+        let topic_default = TOPIC_CONFIGS
+            .iter()
+            .find(|t| t.broker_name == *key)
+            .map(|t| t.kafka_default);
+        let default = match (*default, topic_default) {
+            ("", Some(d)) => format!("`{d}`"),
+            ("", None) => "–".to_string(),
+            (d, _) => format!("`{d}`"),
+        };
+        out += &format!(
+            "| `{key}` | {default} | `{}` | {meaning} |\n",
+            env_name(key)
+        );
+    }
+    out += "\n## Topic configs\n\nSet per topic (`sluice topic create -c key=value`, \
+            CreateTopics, kafka-configs.sh); the broker key sets the default.\n\n\
+            | topic key | broker key | default | meaning |\n|---|---|---|---|\n";
+    for t in TOPIC_CONFIGS {
+        out += &format!(
+            "| `{}` | `{}` | `{}` | {} |\n",
+            t.name, t.broker_name, t.kafka_default, t.documentation
+        );
+    }
+    out
 }
 
 fn env_name(key: &str) -> String {
@@ -118,10 +161,10 @@ impl NodeConfig {
     ) -> Result<Self> {
         let mut values: BTreeMap<String, String> = KEYS
             .iter()
-            .filter(|(_, d)| !d.is_empty())
-            .map(|(k, d)| (k.to_string(), d.to_string()))
+            .filter(|(_, d, _)| !d.is_empty())
+            .map(|(k, d, _)| (k.to_string(), d.to_string()))
             .collect();
-        let known = |key: &str| KEYS.iter().any(|(k, _)| *k == key);
+        let known = |key: &str| KEYS.iter().any(|(k, _, _)| *k == key);
         if let Some(path) = path {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading config {}", path.display()))?;
@@ -143,7 +186,7 @@ impl NodeConfig {
                 values.insert(key.clone(), toml_value_to_string(key, value)?);
             }
         }
-        for (key, _) in KEYS {
+        for (key, _, _) in KEYS {
             if let Some(v) = env(&env_name(key)) {
                 values.insert(key.to_string(), v);
             }
@@ -509,6 +552,16 @@ fn nix_hostname() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_configuration_reference_in_docs_matches_the_code() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/configuration.md");
+        let written = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            written == reference_markdown(),
+            "docs/configuration.md is out of date: run `cargo run -p sluice -- config reference > docs/configuration.md`"
+        );
+    }
 
     #[test]
     fn file_then_env_then_overrides() {
