@@ -56,8 +56,14 @@ impl Node {
             let line = rx
                 .recv_timeout(left)
                 .unwrap_or_else(|_| panic!("broker not ready within {START_TIMEOUT:?}"));
-            if let Some(address) = line.strip_prefix("listening PLAINTEXT ") {
-                bootstrap = Some(address.to_string());
+            // the first Kafka listener (the inter-broker one) is the bootstrap
+            if let Some((name, address)) = line
+                .strip_prefix("listening ")
+                .and_then(|rest| rest.split_once(' '))
+            {
+                if name != "CONTROLLER" && name != "ADMIN" && bootstrap.is_none() {
+                    bootstrap = Some(address.to_string());
+                }
             }
             if line == "ready" {
                 break;
@@ -65,7 +71,7 @@ impl Node {
         }
         Node {
             _process: NodeProcess { child },
-            bootstrap: bootstrap.expect("the broker printed its PLAINTEXT address"),
+            bootstrap: bootstrap.expect("the broker printed its Kafka listener's address"),
             data_dir,
             _dir: dir,
         }
@@ -450,4 +456,74 @@ fn kafka_python_round_trips_through_its_admin_producer_and_consumer() {
         stdout.contains("broker version detected: (3, 9)"),
         "{stdout}"
     );
+}
+
+/// Metadata's brokers as (node id, host, port), asked at `address`.
+fn metadata_brokers(address: &str) -> Vec<(i32, String, i32)> {
+    use kafka_protocol::messages::{ApiKey, MetadataRequest, MetadataResponse};
+    let response: MetadataResponse = sluice_system_tests::kafka_request(
+        address,
+        ApiKey::Metadata,
+        12,
+        &MetadataRequest::default().with_topics(Some(Vec::new())),
+    )
+    .unwrap();
+    response
+        .brokers
+        .iter()
+        .map(|b| (b.node_id.0, b.host.to_string(), b.port))
+        .collect()
+}
+
+#[test]
+fn each_listener_advertises_its_own_addresses() {
+    // Kafka's docker shape: an internal listener for brokers, another for clients on the host
+    let ports = sluice_system_tests::free_ports(2);
+    let (internal, external) = (ports[0], ports[1]);
+    let listeners = format!(
+        "listeners=INTERNAL://127.0.0.1:{internal},EXTERNAL://127.0.0.1:{external},CONTROLLER://127.0.0.1:0"
+    );
+    let advertised = format!(
+        "advertised.listeners=INTERNAL://127.0.0.1:{internal},EXTERNAL://localhost:{external}"
+    );
+    let node = Node::start(&[
+        &listeners,
+        &advertised,
+        "listener.security.protocol.map=INTERNAL:PLAINTEXT,EXTERNAL:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "inter.broker.listener.name=INTERNAL",
+    ]);
+    assert_eq!(node.bootstrap, format!("127.0.0.1:{internal}"));
+    assert_eq!(
+        metadata_brokers(&format!("127.0.0.1:{internal}")),
+        vec![(1, "127.0.0.1".to_string(), internal as i32)]
+    );
+    assert_eq!(
+        metadata_brokers(&format!("127.0.0.1:{external}")),
+        vec![(1, "localhost".to_string(), external as i32)]
+    );
+    // a client that only knows the external address round-trips through it
+    let bootstrap = format!("localhost:{external}");
+    let produce = kcat(&["-b", &bootstrap, "-P", "-t", "outside", "-p", "0"]);
+    let out = run(produce, b"one\ntwo\n", Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(
+        kcat(&[
+            "-b",
+            &bootstrap,
+            "-C",
+            "-t",
+            "outside",
+            "-o",
+            "beginning",
+            "-e",
+            "-q",
+        ]),
+        b"",
+        Duration::from_secs(60),
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "one\ntwo\n");
 }

@@ -62,14 +62,25 @@ pub struct BrokerConfig {
 }
 
 impl BrokerConfig {
-    /// The endpoint of `broker` that clients of this broker's listener use (and followers
-    /// fetch from): the one with the same listener name, else its first.
+    /// The endpoint of `broker` that followers fetch from and other brokers use: the one
+    /// named by this broker's first advertised listener (`inter.broker.listener.name`,
+    /// which the binary puts first), else its first.
     pub fn endpoint_of<'a>(&self, broker: &'a pb::Broker) -> Option<&'a pb::Endpoint> {
         let listener = self.advertised_endpoints.first().map(|e| e.name.as_str());
-        broker
-            .endpoints
-            .iter()
-            .find(|e| Some(e.name.as_str()) == listener)
+        self.endpoint_on(broker, listener)
+    }
+
+    /// The endpoint of `broker` on listener `name` — what a client that reached this broker
+    /// on that listener is told — else the inter-broker one ([`Self::endpoint_of`]).
+    pub fn endpoint_on<'a>(
+        &self,
+        broker: &'a pb::Broker,
+        name: Option<&str>,
+    ) -> Option<&'a pb::Endpoint> {
+        let inter_broker = self.advertised_endpoints.first().map(|e| e.name.as_str());
+        let find = |n: Option<&str>| broker.endpoints.iter().find(|e| Some(e.name.as_str()) == n);
+        find(name)
+            .or_else(|| find(inter_broker))
             .or(broker.endpoints.first())
     }
 

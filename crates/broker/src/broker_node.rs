@@ -32,15 +32,26 @@ pub enum BrokerError {
 pub struct BrokerNode {
     broker: Arc<Broker>,
     listener: BrokerListener,
+    /// Named listeners besides the inter-broker one.
+    more_listeners: Vec<BrokerListener>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl BrokerNode {
     /// Opens the data directory, starts following the controllers and serves Kafka clients
     /// on `listener`. An advertised endpoint with port 0 gets the listener's bound port.
-    pub async fn start(
+    pub async fn start(config: BrokerConfig, listener: TcpListener) -> Result<Self, BrokerError> {
+        Self::start_with_listeners(config, listener, Vec::new()).await
+    }
+
+    /// [`Self::start`] with more named listeners (`listeners` = `INTERNAL://…,EXTERNAL://…`):
+    /// `listener` is the inter-broker one (the first advertised endpoint); a client on
+    /// another gets that listener's addresses in Metadata, FindCoordinator and
+    /// DescribeCluster.
+    pub async fn start_with_listeners(
         mut config: BrokerConfig,
         listener: TcpListener,
+        more: Vec<(String, TcpListener)>,
     ) -> Result<Self, BrokerError> {
         let address = listener.local_addr()?;
         for e in &mut config.advertised_endpoints {
@@ -63,6 +74,7 @@ impl BrokerNode {
         );
         let controllers = ControllerClients::new(&config.controllers);
         let listener_config = ListenerConfig {
+            name: None,
             socket_request_max_bytes: config.socket_request_max_bytes,
             use_sendfile: config.use_sendfile,
         };
@@ -87,12 +99,25 @@ impl BrokerNode {
             tokio::spawn(tick_groups(Arc::clone(&broker))),
             tokio::spawn(store_groups(Arc::clone(&broker))),
         ];
+        let mut more_listeners = Vec::with_capacity(more.len());
+        for (name, tcp) in more {
+            let config = ListenerConfig {
+                name: Some(name.into()),
+                ..listener_config.clone()
+            };
+            more_listeners.push(BrokerListener::start_with(
+                tcp,
+                config,
+                Some(Arc::clone(&broker)),
+            )?);
+        }
         let listener =
             BrokerListener::start_with(listener, listener_config, Some(Arc::clone(&broker)))?;
         tracing::info!(broker_id = broker.broker_id(), %address, "broker listening");
         Ok(BrokerNode {
             broker,
             listener,
+            more_listeners,
             tasks,
         })
     }
@@ -170,6 +195,9 @@ impl BrokerNode {
     /// Stops serving, then checkpoints and closes every log.
     pub async fn shutdown(self) -> Result<(), BrokerError> {
         self.listener.shutdown().await;
+        for l in self.more_listeners {
+            l.shutdown().await;
+        }
         for t in &self.tasks {
             t.abort();
         }

@@ -52,6 +52,7 @@ pub async fn serve_connection(
         let received = std::time::Instant::now();
         let mut request = parse_request(frame)?;
         request.peer = peer;
+        request.listener = context.config.name.clone();
         let (answer, remote) =
             crate::request_metrics::with_remote_wait(handle(&request, context)).await;
         let handled = received.elapsed();

@@ -16,6 +16,9 @@ use crate::handlers::HANDLED_APIS;
 
 #[derive(Debug, Clone)]
 pub struct ListenerConfig {
+    /// The listener's name (`listeners`), which selects the addresses Metadata, FindCoordinator
+    /// and DescribeCluster answer with; None: the broker's first (inter-broker) listener.
+    pub name: Option<Arc<str>>,
     /// `socket.request.max.bytes` (Kafka: 104857600).
     pub socket_request_max_bytes: usize,
     /// Send file regions with sendfile(2) (off: copy through user space, e.g. for TLS).
@@ -25,6 +28,7 @@ pub struct ListenerConfig {
 impl Default for ListenerConfig {
     fn default() -> Self {
         ListenerConfig {
+            name: None,
             socket_request_max_bytes: 104_857_600,
             use_sendfile: true,
         }

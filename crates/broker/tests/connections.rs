@@ -21,7 +21,7 @@ async fn start() -> BrokerListener {
         listener,
         ListenerConfig {
             socket_request_max_bytes: 1 << 20,
-            use_sendfile: true,
+            ..ListenerConfig::default()
         },
     )
     .unwrap()

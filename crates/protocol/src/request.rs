@@ -23,6 +23,9 @@ pub struct RequestFrame {
     /// The client's address, when the connection knows it (Kafka shows it as a group
     /// member's host).
     pub peer: Option<std::net::SocketAddr>,
+    /// The name of the listener the request arrived on (`PLAINTEXT`, `EXTERNAL`, ...), when
+    /// the broker has several: Metadata answers with that listener's addresses.
+    pub listener: Option<std::sync::Arc<str>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +74,7 @@ pub fn parse_request(frame: Bytes) -> Result<RequestFrame, RequestError> {
         header_version,
         body: buf,
         peer: None,
+        listener: None,
     })
 }
 

@@ -632,8 +632,10 @@ fn run_node(config: Option<&std::path::Path>, overrides: &[String]) -> Result<()
     };
     // every setting is checked before anything starts
     let broker = if is_broker {
-        let (name, bind) = config.broker_listener()?;
-        Some((name, bind, config.broker_config(Vec::new())?))
+        Some((
+            config.broker_listeners()?,
+            config.broker_config(Vec::new())?,
+        ))
     } else {
         None
     };
@@ -666,11 +668,15 @@ fn run_node(config: Option<&std::path::Path>, overrides: &[String]) -> Result<()
             None => None,
         };
         let broker = match broker {
-            Some((name, bind, broker_config)) => {
-                let listener = tokio::net::TcpListener::bind(&bind)
-                    .await
-                    .with_context(|| format!("binding the {name} listener {bind}"))?;
-                Some((name, listener, broker_config))
+            Some((binds, broker_config)) => {
+                let mut listeners = Vec::with_capacity(binds.len());
+                for (name, bind) in binds {
+                    let listener = tokio::net::TcpListener::bind(&bind)
+                        .await
+                        .with_context(|| format!("binding the {name} listener {bind}"))?;
+                    listeners.push((name, listener));
+                }
+                Some((listeners, broker_config))
             }
             None => None,
         };
@@ -693,14 +699,25 @@ fn run_node(config: Option<&std::path::Path>, overrides: &[String]) -> Result<()
             controller_node = Some(node);
         }
         let mut broker_node = None;
-        if let Some((name, listener, mut broker_config)) = broker {
-            let bound = listener.local_addr().context("broker listener address")?;
+        if let Some((mut listeners, mut broker_config)) = broker {
             broker_config.controllers = voters.values().cloned().collect();
-            broker_config.advertised_endpoints = vec![config.advertised_endpoint(&name, bound)?];
-            let node = sluice_broker::BrokerNode::start(broker_config, listener)
-                .await
-                .context("starting the broker")?;
-            println!("listening {name} {bound}");
+            // the inter-broker listener first: its endpoint is the one brokers use
+            let mut bound = Vec::with_capacity(listeners.len());
+            for (name, listener) in &listeners {
+                let address = listener.local_addr().context("broker listener address")?;
+                broker_config
+                    .advertised_endpoints
+                    .push(config.advertised_endpoint(name, address)?);
+                bound.push((name.clone(), address));
+            }
+            let (_, primary) = listeners.remove(0);
+            let node =
+                sluice_broker::BrokerNode::start_with_listeners(broker_config, primary, listeners)
+                    .await
+                    .context("starting the broker")?;
+            for (name, address) in bound {
+                println!("listening {name} {address}");
+            }
             if node
                 .wait_until_ready(std::time::Duration::from_secs(60))
                 .await

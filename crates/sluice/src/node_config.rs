@@ -38,7 +38,9 @@ const KEYS: &[(&str, &str, &str)] = &[
     ("leader.imbalance.check.interval.seconds", "300", "how often the controller checks leadership balance"),
     ("leader.imbalance.per.broker.percentage", "10", "a broker's share of preferred partitions led elsewhere that triggers a rebalance"),
     // the broker role
-    ("advertised.listeners", "", "the Kafka listener address clients are told (default: the bound one)"),
+    ("advertised.listeners", "", "per listener, the address clients of that listener are told (default: the bound one)"),
+    ("inter.broker.listener.name", "", "the listener brokers use to reach each other (default: the first Kafka listener)"),
+    ("listener.security.protocol.map", "", "`NAME:PLAINTEXT,...` (accepted for Kafka compatibility: every listener is PLAINTEXT)"),
     ("broker.rack", "", "the broker's rack (reported in metadata)"),
     ("auto.create.topics.enable", "true", "create a topic on first Metadata or Produce for it"),
     ("delete.topic.enable", "true", "allow DeleteTopics"),
@@ -276,21 +278,49 @@ impl NodeConfig {
             .to_string())
     }
 
-    /// The Kafka listener: the first of `listeners` that is not the controller's, as
-    /// (name, bind address).
-    pub fn broker_listener(&self) -> Result<(String, String)> {
+    /// Every Kafka listener (`listeners` but the controller's) as (name, bind address),
+    /// the inter-broker one (`inter.broker.listener.name`, default the first) first. Each
+    /// listener's security protocol must be PLAINTEXT (`listener.security.protocol.map`).
+    pub fn broker_listeners(&self) -> Result<Vec<(String, String)>> {
         let controller = self.controller_listener_name()?;
-        let (name, (host, port)) = self
+        let map = self
+            .explicit("listener.security.protocol.map")
+            .unwrap_or("");
+        for entry in map.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            match entry.split_once(':') {
+                Some((_, "PLAINTEXT")) => {}
+                _ => bail!(
+                    "listener.security.protocol.map: {entry:?}: only NAME:PLAINTEXT is supported"
+                ),
+            }
+        }
+        let mut listeners: Vec<(String, String)> = self
             .listeners()?
             .into_iter()
-            .find(|(name, _)| *name != controller)
-            .context("listeners has no listener for Kafka clients (e.g. PLAINTEXT://:9092)")?;
-        let host = if host.is_empty() {
-            "0.0.0.0".to_string()
-        } else {
-            host
-        };
-        Ok((name, format!("{host}:{port}")))
+            .filter(|(name, _)| *name != controller)
+            .map(|(name, (host, port))| {
+                let host = if host.is_empty() {
+                    "0.0.0.0".to_string()
+                } else {
+                    host
+                };
+                (name, format!("{host}:{port}"))
+            })
+            .collect();
+        if listeners.is_empty() {
+            bail!("listeners has no listener for Kafka clients (e.g. PLAINTEXT://:9092)");
+        }
+        if let Some(inter) = self.explicit("inter.broker.listener.name") {
+            let at = listeners
+                .iter()
+                .position(|(name, _)| name == inter)
+                .with_context(|| {
+                    format!("inter.broker.listener.name {inter:?} is not one of listeners")
+                })?;
+            let first = listeners.remove(at);
+            listeners.insert(0, first);
+        }
+        Ok(listeners)
     }
 
     /// The endpoint Metadata hands to clients for the Kafka listener `name` bound at
@@ -431,10 +461,9 @@ impl NodeConfig {
     /// `admin.listener`: `host:port` of the HTTP admin listener (/metrics, /healthz,
     /// /readyz), or None when unset (the default: off).
     pub fn admin_listener(&self) -> Result<Option<String>> {
-        let value = self.get("admin.listener")?.trim();
-        if value.is_empty() {
+        let Some(value) = self.explicit("admin.listener").map(str::trim) else {
             return Ok(None);
-        }
+        };
         let value = value.strip_prefix("http://").unwrap_or(value);
         if value
             .rsplit_once(':')
@@ -627,7 +656,7 @@ mod tests {
         assert_eq!(b.log.max_message_bytes, 5000);
         assert_eq!(b.replica_lag_time_max_ms, 1234);
         assert!(!b.auto_create_topics_enable);
-        let (name, bind) = c.broker_listener().unwrap();
+        let (name, bind) = c.broker_listeners().unwrap().remove(0);
         assert_eq!(
             (name.as_str(), bind.as_str()),
             ("PLAINTEXT", "0.0.0.0:9092")

@@ -198,7 +198,7 @@ pub async fn describe_cluster(
             .brokers()
             .filter(|b| !b.fenced || body.include_fenced_brokers)
             .filter_map(|b| {
-                let e = broker.config.endpoint_of(b)?;
+                let e = broker.config.endpoint_on(b, request.listener.as_deref())?;
                 Some(
                     DescribeClusterBroker::default()
                         .with_broker_id(BrokerId(b.broker_id))

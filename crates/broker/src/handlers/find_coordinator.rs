@@ -45,7 +45,12 @@ pub(crate) fn coordinates(broker: &Broker, group: &str) -> i16 {
 }
 
 /// (error, message, node id, host, port) for one key.
-fn find(broker: &Broker, key: &str, key_type: i8) -> (i16, Option<String>, i32, String, i32) {
+fn find(
+    broker: &Broker,
+    listener: Option<&str>,
+    key: &str,
+    key_type: i8,
+) -> (i16, Option<String>, i32, String, i32) {
     if key_type == TRANSACTION_KEY {
         let message = "transactions are not supported by this Sluice build".to_string();
         return (
@@ -59,7 +64,7 @@ fn find(broker: &Broker, key: &str, key_type: i8) -> (i16, Option<String>, i32, 
     let found = broker.with_image(|image| {
         let slot = image.coordinator_of_group(key)?;
         let b = image.broker(slot.broker_id).filter(|b| !b.fenced)?;
-        let endpoint = broker.config.endpoint_of(b)?;
+        let endpoint = broker.config.endpoint_on(b, listener)?;
         Some((b.broker_id, endpoint.host.clone(), endpoint.port as i32))
     });
     match found {
@@ -82,7 +87,8 @@ pub async fn handle(request: &RequestFrame, broker: &Broker) -> Result<Answer, C
             .coordinator_keys
             .iter()
             .map(|key| {
-                let (error_code, message, node, host, port) = find(broker, key, body.key_type);
+                let (error_code, message, node, host, port) =
+                    find(broker, request.listener.as_deref(), key, body.key_type);
                 Coordinator::default()
                     .with_key(key.clone())
                     .with_node_id(node.into())
@@ -94,7 +100,8 @@ pub async fn handle(request: &RequestFrame, broker: &Broker) -> Result<Answer, C
             .collect();
     } else {
         let key: &StrBytes = &body.key;
-        let (error_code, message, node, host, port) = find(broker, key, body.key_type);
+        let (error_code, message, node, host, port) =
+            find(broker, request.listener.as_deref(), key, body.key_type);
         response.error_code = error_code;
         response.node_id = node.into();
         response.host = str_bytes(host);

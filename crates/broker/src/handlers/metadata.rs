@@ -42,8 +42,15 @@ pub async fn handle(request: &RequestFrame, broker: &Broker) -> Result<Answer, C
     if let (Some(topics), true) = (&requested, allow_auto_create) {
         auto_create(broker, topics).await;
     }
-    let response =
-        broker.with_image(|image| build(broker, image, request.api_version, requested.as_deref()));
+    let response = broker.with_image(|image| {
+        build(
+            broker,
+            request.listener.as_deref(),
+            image,
+            request.api_version,
+            requested.as_deref(),
+        )
+    });
     respond(request, &response)
 }
 
@@ -92,6 +99,7 @@ async fn auto_create(broker: &Broker, topics: &[(Option<String>, uuid::Uuid)]) {
 
 fn build(
     broker: &Broker,
+    listener: Option<&str>,
     image: &MetadataImage,
     version: i16,
     requested: Option<&[(Option<String>, uuid::Uuid)]>,
@@ -106,7 +114,7 @@ fn build(
     let brokers = image
         .brokers()
         .filter_map(|b| {
-            let endpoint = broker.config.endpoint_of(b)?;
+            let endpoint = broker.config.endpoint_on(b, listener)?;
             Some(
                 MetadataResponseBroker::default()
                     .with_node_id(BrokerId(b.broker_id))
