@@ -108,6 +108,17 @@ fn metrics_follow_a_broker_kill_and_restart() {
                 && sum(&cluster, &[active], "sluice_controller_fenced_brokers") == 1.0
         },
     );
+    // the container healthcheck's probe fails for the dead node, passes for a live one
+    let probe = |id: i32| {
+        let url = format!("http://{}/readyz", cluster.admin_address(id));
+        let mut command = std::process::Command::new(sluice_system_tests::sluice_bin());
+        command.args(["probe", "--url", &url, "--timeout", "2s"]);
+        sluice_system_tests::run(command, b"", Duration::from_secs(30))
+            .status
+            .success()
+    };
+    assert!(!probe(victim));
+    assert!(probe(active));
     // its two partitions got new leaders (the active controller counts elections)
     let elections = "sluice_controller_leader_elections_total";
     assert!(sum(&cluster, &[active], elections) >= 2.0);

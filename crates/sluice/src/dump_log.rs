@@ -1,7 +1,8 @@
 //! `sluice dump-log`: prints segment files batch by batch in the format of Kafka's
 //! `kafka-dump-log.sh`, validating every batch; stops a file at the first invalid batch
-//! and says why. Fails (exit 1) when a file held an invalid batch — a file that is not a
-//! log at all among them — after printing everything.
+//! and says why (exit 0: the valid part was dumped, as Kafka's tool does). Fails (exit 1),
+//! after printing everything, when a file is not a log at all: its first bytes are no
+//! valid batch.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -34,12 +35,12 @@ pub fn run(paths: &[PathBuf], print_data_log: bool, out: &mut impl Write) -> Res
         }
     }
     if !invalid.is_empty() {
-        anyhow::bail!("invalid batches in {}", invalid.join(", "));
+        anyhow::bail!("not a log segment: {}", invalid.join(", "));
     }
     Ok(())
 }
 
-/// Prints one file; false when it stopped at an invalid batch.
+/// Prints one file; false when not even its first batch is valid (not a log).
 fn dump_file(path: &Path, print_data_log: bool, out: &mut impl Write) -> Result<bool> {
     let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     writeln!(out, "Dumping {}", path.display())?;
@@ -64,7 +65,7 @@ fn dump_file(path: &Path, print_data_log: bool, out: &mut impl Write) -> Result<
             Ok(batch) => batch,
             Err(e) => {
                 writeln!(out, "Invalid batch at position {position}: {e}")?;
-                return Ok(false);
+                return Ok(position > 0);
             }
         };
         let h = batch.header();

@@ -24,6 +24,7 @@ mod group_client;
 mod kafka_client;
 mod leader_election;
 mod node_config;
+mod probe;
 mod topic_admin;
 
 #[derive(Parser)]
@@ -75,6 +76,12 @@ enum Command {
         /// `key=value`, overriding the file and `SLUICE_*` environment variables.
         #[arg(long = "override", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
+    },
+    /// GET a node's admin endpoint (default `/readyz`) and exit 0 on HTTP 200: a
+    /// healthcheck that needs nothing but this binary.
+    Probe {
+        #[arg(long, default_value = "http://127.0.0.1:9644/readyz")]
+        url: String,
     },
     /// The configuration reference (every node setting and topic config, as Markdown).
     Config {
@@ -403,6 +410,10 @@ fn run() -> Result<()> {
                 }
             })?;
             print!("{out}");
+            Ok(())
+        }
+        Command::Probe { url } => {
+            print!("{}", probe::probe(&url, cli.timeout)?);
             Ok(())
         }
         Command::Config {
