@@ -40,8 +40,8 @@ for _ in $(seq 100); do docker info >/dev/null 2>&1 && break; sleep 0.2; done
 docker info >/dev/null || { tail -20 "$work/dockerd.log"; exit 1; }
 
 step "base image (debootstrap)"
-mirror=$(sed -n 's/^URIs: *\(http[^ ]*\).*/\1/p; s/^deb \(http[^ ]*\) .*/\1/p' \
-  /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null | head -1)
+mirror=$( (sed -n 's/^URIs: *\(http[^ ]*\).*/\1/p; s/^deb \(http[^ ]*\) .*/\1/p' \
+  /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null || true) | head -1)
 mirror=${mirror:-http://deb.debian.org/debian}
 debootstrap --variant=minbase bookworm "$work/rootfs" "$mirror" >"$work/debootstrap.log" 2>&1 ||
   { tail -20 "$work/debootstrap.log"; exit 1; }
