@@ -54,6 +54,16 @@ cp "$sluice" "$root/deploy/test/Dockerfile.prebuilt" "$work/context/"
 docker build -q -f "$work/context/Dockerfile.prebuilt" -t sluice:latest "$work/context" >/dev/null
 
 step "docker-compose up"
+# the host ports must be free: 39092 lies in Linux's ephemeral range, and a connection
+# (or its TIME_WAIT, 60 s) from an earlier test on it makes docker's port binding fail.
+# Keep the kernel from handing these ports out, then wait for any leftovers to go
+ports=(19092 29092 39092 19644 29644 39644)
+(IFS=,; sysctl -q -w "net.ipv4.ip_local_reserved_ports=${ports[*]}") 2>/dev/null || true
+for _ in $(seq 150); do
+  busy=$(ss -Htan | awk '{print $4}' | grep -cE ":(19092|29092|39092|19644|29644|39644)$" || true)
+  [ "$busy" = 0 ] && break
+  sleep 0.5
+done
 SLUICE_LEADER_IMBALANCE_CHECK_INTERVAL_SECONDS=2 "${compose[@]}" up -d --no-build
 healthy() {
   local c
