@@ -34,6 +34,15 @@ pub fn wait_progress(path: &Path, target: u64, script: &mut Child, log: &Path) {
     }
 }
 
+/// Polls `ok` every 100 ms until it holds; panics naming `what` after [`WAIT`].
+pub fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// (partition, offset, value) per "partition offset value" line.
 pub fn read_acks(path: &Path) -> Vec<(i32, i64, String)> {
     std::fs::read_to_string(path)

@@ -3,9 +3,9 @@
 //! dies; a controller voter that is down costs the leader's log one line, and one more when
 //! it is back.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use sluice_system_tests::process_cluster::WAIT;
+use sluice_system_tests::progress::wait_until;
 use sluice_system_tests::{Layout, ProcessCluster};
 
 /// The Raft leader with the highest term, as the controllers' logs say.
@@ -39,14 +39,6 @@ fn status_controller(cluster: &ProcessCluster) -> Option<i32> {
         .nth(1)?
         .parse()
         .ok()
-}
-
-fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]

@@ -3,9 +3,9 @@
 //! its return on the active controller, leadership back once it is in sync), and /readyz
 //! and /healthz answer.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use sluice_system_tests::process_cluster::WAIT;
+use sluice_system_tests::progress::wait_until;
 use sluice_system_tests::{http_get, kcat_produce, kcat_read_all, metric, Layout, ProcessCluster};
 
 /// `name` summed over the nodes in `ids` (a node that does not answer counts as absent).
@@ -14,14 +14,6 @@ fn sum(cluster: &ProcessCluster, ids: &[i32], name: &str) -> f64 {
         .filter_map(|id| http_get(&cluster.admin_address(*id), "/metrics"))
         .filter_map(|(_, body)| metric(&body, name))
         .sum()
-}
-
-fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]

@@ -717,7 +717,7 @@ impl Log {
         assert!(self.log_end_offset <= offset);
         self.leader_epochs.truncate_from_end(self.log_end_offset)?;
         self.recovery_point = self.recovery_point.min(self.log_end_offset);
-        self.delete_snapshots_after(self.log_end_offset)?;
+        // (snapshots past the cut went first, above)
         self.load_producer_state(self.last_producer_expiry_ms)?;
         tracing::info!(partition = %self.topic_partition, offset = offset.0, log_end_offset = self.log_end_offset.0, "truncated log");
         Ok(())
