@@ -11,6 +11,8 @@
 #      under-replicated partitions; more records; the container starts again; the
 #      partitions are fully replicated and leadership is back on the preferred replicas;
 #      every acknowledged record is read back.
+# Before all that, the file is checked by docker-compose (v1) and against the Compose
+# Specification's schema (what `docker compose`, v2, validates against).
 # Everything is torn down (containers, volumes, dockerd, its state), even on failure.
 # Needs root, docker.io, docker-compose, debootstrap and kcat (apt); run from anywhere.
 set -euo pipefail
@@ -33,6 +35,16 @@ trap cleanup EXIT
 
 step() { echo "== $*"; }
 
+step "the compose file is valid for docker-compose v1 and for the Compose Specification (v2)"
+# Debian bookworm packages docker-compose 1.29 only; `docker compose` (v2) validates against
+# the Compose Specification's JSON schema, which check-jsonschema vendors
+"${compose[@]}" config -q
+python3 -m venv "$work/venv" && "$work/venv/bin/pip" install -q check-jsonschema
+"$work/venv/bin/check-jsonschema" --builtin-schema vendor.compose-spec "$root/deploy/docker-compose.yml"
+if docker compose version >/dev/null 2>&1; then
+  docker compose -f "$root/deploy/docker-compose.yml" config -q && echo "docker compose (v2): valid"
+fi
+
 step "dockerd"
 dockerd --data-root "$work/data" --exec-root "$work/exec" -H "$DOCKER_HOST" \
   --pidfile "$work/docker.pid" >"$work/dockerd.log" 2>&1 &
@@ -54,16 +66,9 @@ cp "$sluice" "$root/deploy/test/Dockerfile.prebuilt" "$work/context/"
 docker build -q -f "$work/context/Dockerfile.prebuilt" -t sluice:latest "$work/context" >/dev/null
 
 step "docker-compose up"
-# the host ports must be free: 39092 lies in Linux's ephemeral range, and a connection
-# (or its TIME_WAIT, 60 s) from an earlier test on it makes docker's port binding fail.
-# Keep the kernel from handing these ports out, then wait for any leftovers to go
-ports=(19092 29092 39092 19644 29644 39644)
-(IFS=,; sysctl -q -w "net.ipv4.ip_local_reserved_ports=${ports[*]}") 2>/dev/null || true
-for _ in $(seq 150); do
-  busy=$(ss -Htan | awk '{print $4}' | grep -cE ":(19092|29092|39092|19644|29644|39644)$" || true)
-  [ "$busy" = 0 ] && break
-  sleep 0.5
-done
+# shellcheck source=host-ports.sh
+. "$root/deploy/test/host-ports.sh"
+free_host_ports 19092 29092 39092 19644 29644 39644
 SLUICE_LEADER_IMBALANCE_CHECK_INTERVAL_SECONDS=2 "${compose[@]}" up -d --no-build
 healthy() {
   local c

@@ -477,11 +477,12 @@ fn metadata_brokers(address: &str) -> Vec<(i32, String, i32)> {
 
 #[test]
 fn each_listener_advertises_its_own_addresses() {
-    // Kafka's docker shape: an internal listener for brokers, another for clients on the host
+    // Kafka's docker shape: an internal listener for brokers, another for clients on the
+    // host; written external first, so inter.broker.listener.name must pick the internal one
     let ports = sluice_system_tests::free_ports(2);
     let (internal, external) = (ports[0], ports[1]);
     let listeners = format!(
-        "listeners=INTERNAL://127.0.0.1:{internal},EXTERNAL://127.0.0.1:{external},CONTROLLER://127.0.0.1:0"
+        "listeners=EXTERNAL://127.0.0.1:{external},INTERNAL://127.0.0.1:{internal},CONTROLLER://127.0.0.1:0"
     );
     let advertised = format!(
         "advertised.listeners=INTERNAL://127.0.0.1:{internal},EXTERNAL://localhost:{external}"

@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use sluice_system_tests::progress::wait_until;
-use sluice_system_tests::{http_get, kcat_produce, kcat_read_all, metric, Layout, ProcessCluster};
+use sluice_system_tests::{
+    http_get, kcat_produce, kcat_produce_with, kcat_read_all, metric, Layout, ProcessCluster,
+};
 
 /// `name` summed over the nodes in `ids` (a node that does not answer counts as absent).
 fn sum(cluster: &ProcessCluster, ids: &[i32], name: &str) -> f64 {
@@ -142,4 +144,88 @@ fn metrics_follow_a_broker_kill_and_restart() {
     assert!(sum(&cluster, &live, "sluice_broker_isr_expands_total") >= 1.0);
     let (status, _) = http_get(&cluster.admin_address(victim), "/nothing-here").unwrap();
     assert_eq!(status, 404);
+}
+
+/// The samples of the labelled metric `family` whose labels start with `labels`, over the
+/// nodes in `ids`: their sum and how many there are.
+fn samples(cluster: &ProcessCluster, ids: &[i32], family: &str, labels: &str) -> (f64, usize) {
+    let prefix = format!("{family}{{{labels}");
+    let mut total = (0.0, 0);
+    for id in ids {
+        let Some((_, body)) = http_get(&cluster.admin_address(*id), "/metrics") else {
+            continue;
+        };
+        for line in body.lines().filter(|l| l.starts_with(&prefix)) {
+            if let Some(v) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) {
+                total.0 += v;
+                total.1 += 1;
+            }
+        }
+    }
+    total
+}
+
+#[test]
+fn consumer_group_lag_follows_commits_and_leaders() {
+    let mut cluster = ProcessCluster::start(
+        Layout::Combined,
+        &[
+            "broker.session.timeout.ms=2000",
+            "broker.heartbeat.interval.ms=200",
+        ],
+    );
+    let all = [1, 2, 3];
+    cluster.create_topic("lagged", 3);
+    // n records to each of the three partitions
+    let produce = |prefix: &str, n: usize| {
+        for p in ["0", "1", "2"] {
+            let lines: Vec<String> = (0..n).map(|i| format!("{prefix}-{p}-{i}")).collect();
+            let settings = ["-p", p, "-X", "acks=all"];
+            let out = kcat_produce_with(&cluster.bootstrap(), "lagged", &settings, &lines);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    };
+    let reset = |cluster: &ProcessCluster, how: &[&str]| {
+        let mut args = vec!["group", "reset-offsets", "--topic", "lagged", "--execute"];
+        args.extend(how);
+        args.push("lagging");
+        sluice_system_tests::check(&cluster.sluice(&args), "sluice group reset-offsets");
+    };
+    let lag = |cluster: &ProcessCluster, ids: &[i32]| {
+        samples(
+            cluster,
+            ids,
+            "sluice_consumer_group_lag",
+            r#"group="lagging""#,
+        )
+    };
+    produce("first", 100);
+    // no commits yet: no lag samples for the group
+    assert_eq!(lag(&cluster, &all), (0.0, 0));
+
+    reset(&cluster, &["--to-earliest"]);
+    wait_until("lag 300 over 3 partitions", || {
+        lag(&cluster, &all) == (300.0, 3)
+    });
+    reset(&cluster, &["--to-latest"]);
+    wait_until("lag 0", || lag(&cluster, &all) == (0.0, 3));
+    produce("second", 30);
+    wait_until("lag 90", || lag(&cluster, &all) == (90.0, 3));
+    reset(&cluster, &["--shift-by", "-10"]);
+    wait_until("lag 120", || lag(&cluster, &all) == (120.0, 3));
+
+    // each partition is reported by its leader only: after a kill the new leaders take
+    // over the samples, the totals do not change
+    let rows = cluster.describe("lagged").unwrap();
+    let victim = rows[0].leader;
+    cluster.kill(victim);
+    let live: Vec<i32> = all.iter().copied().filter(|id| *id != victim).collect();
+    wait_until(
+        "the killed leader's partitions reported by the new leaders",
+        || lag(&cluster, &live) == (120.0, 3),
+    );
 }

@@ -109,6 +109,8 @@ pub struct ControllerConfig {
     pub default_replication_factor: i32,
     /// Committed entries between metadata snapshots.
     pub metadata_snapshot_entries: u64,
+    /// Raft log entries a purge removes at least (openraft's `purge_batch_size`).
+    pub metadata_purge_batch_entries: u64,
     /// `offsets.retention.minutes` (Kafka: 7 days), in ms.
     pub offsets_retention_ms: i64,
     /// `offsets.retention.check.interval.ms` (Kafka: 600000).
@@ -136,6 +138,7 @@ impl ControllerConfig {
             num_partitions: 1,
             default_replication_factor: 1,
             metadata_snapshot_entries: 10_000,
+            metadata_purge_batch_entries: 256,
             offsets_retention_ms: 7 * 24 * 60 * 60 * 1000,
             offsets_retention_check_interval_ms: 600_000,
             auto_leader_rebalance_enable: true,
@@ -292,9 +295,12 @@ impl ControllerNode {
         let address = listener
             .local_addr()
             .map_err(|e| ControllerError::Storage(e.to_string()))?;
-        let log_store = RaftLogStore::open(&config.metadata_dir).map_err(storage)?;
         let state_machine = MetadataStateMachine::open(&config.metadata_dir, &config.cluster_id)
             .map_err(storage)?;
+        // purges wait for the snapshot covering them to be on disk (see RaftLogStore::purge)
+        let log_store = RaftLogStore::open(&config.metadata_dir)
+            .map_err(storage)?
+            .with_snapshot_index(state_machine.subscribe_persisted_snapshot());
         let (election_timeout_min, election_timeout_max) = raft_timeouts(&config);
         let raft_config = Config {
             cluster_name: config.cluster_id.clone(),
@@ -306,7 +312,7 @@ impl ControllerNode {
             // snapshot bytes travel as a JSON array (~3.5 bytes per byte): keep chunks small
             snapshot_max_chunk_size: 1024 * 1024,
             max_in_snapshot_log_to_keep: config.metadata_snapshot_entries / 2,
-            purge_batch_size: 256,
+            purge_batch_size: config.metadata_purge_batch_entries.max(1),
             ..Config::default()
         }
         .validate()

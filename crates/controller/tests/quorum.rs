@@ -21,6 +21,7 @@ struct Cluster {
     addresses: BTreeMap<u64, SocketAddr>,
     nodes: BTreeMap<u64, ControllerNode>,
     session_timeout_ms: u64,
+    purge_batch_entries: u64,
 }
 
 fn config(id: u64, cluster: &Cluster) -> ControllerConfig {
@@ -39,6 +40,7 @@ fn config(id: u64, cluster: &Cluster) -> ControllerConfig {
     c.broker_session_timeout_ms = cluster.session_timeout_ms;
     c.broker_heartbeat_interval_ms = 100;
     c.metadata_snapshot_entries = 5;
+    c.metadata_purge_batch_entries = cluster.purge_batch_entries;
     c
 }
 
@@ -49,6 +51,15 @@ impl Cluster {
 
     /// Three voters, of which only `running` are started (the others' ports stay closed).
     async fn start_only(session_timeout_ms: u64, running: &[u64]) -> Cluster {
+        Self::start_with(session_timeout_ms, running, 256).await
+    }
+
+    /// [`Self::start_only`], purging the Raft log in batches of `purge_batch_entries`.
+    async fn start_with(
+        session_timeout_ms: u64,
+        running: &[u64],
+        purge_batch_entries: u64,
+    ) -> Cluster {
         let mut listeners = BTreeMap::new();
         for id in 1..=3u64 {
             listeners.insert(
@@ -64,6 +75,7 @@ impl Cluster {
                 .collect(),
             nodes: BTreeMap::new(),
             session_timeout_ms,
+            purge_batch_entries,
         };
         for (id, listener) in listeners.into_iter().filter(|(id, _)| running.contains(id)) {
             let node = ControllerNode::start(config(id, &cluster), listener)
@@ -890,5 +902,85 @@ async fn the_quorum_forms_on_first_start_without_its_lowest_voter() {
     cluster.restart(1).await;
     let images = cluster.converged_images(leader).await;
     assert!(images.iter().all(|i| i.broker(7).is_some()));
+    cluster.shutdown().await;
+}
+
+/// The log index a JSON file in a metadata directory records at `pointer` (0 when the
+/// file does not exist).
+fn index_in(dir: &std::path::Path, file: &str, pointer: &str) -> u64 {
+    match std::fs::read(dir.join(file)) {
+        Ok(bytes) => {
+            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            v.pointer(pointer).and_then(|i| i.as_u64()).unwrap_or(0)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => panic!("{file}: {e}"),
+    }
+}
+
+/// openraft purges a follower's log as soon as it hands it a leader's snapshot, before
+/// the state machine has written that snapshot; a crash in between would leave a node
+/// with neither the entries nor the snapshot. Here a node whose disk was replaced gets
+/// the leader's snapshot while the snapshot's write fails (its temporary file's path is
+/// taken by a directory), which leaves on disk what a crash before its fsync would: at no
+/// moment may the purged index pass the snapshot on disk. Once the obstacle is gone the
+/// node restarts and catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_keeps_its_log_until_the_snapshot_it_installs_is_on_disk() {
+    // purges as soon as a snapshot covers anything
+    let mut cluster = Cluster::start_with(60_000, &[1, 2, 3], 1).await;
+    let leader = cluster.leader().await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let (_, heartbeats) = broker(&cluster, follower, 1).await;
+    wait_until("the broker unfenced", || {
+        cluster.nodes[&leader].image().live_broker_ids() == vec![1]
+    })
+    .await;
+    // with every voter caught up, the leader snapshots every 5 entries and purges
+    let mut client = cluster.client(leader).await;
+    for i in 0..20 {
+        let r = create_topic(&mut client, &format!("topic-{i}"), 1, 1).await;
+        assert_eq!(r.error_code, 0, "{}", r.error_message);
+    }
+    cluster.converged_images(leader).await;
+    let leader_dir = cluster.dirs[leader as usize - 1].path().to_path_buf();
+    wait_until("the leader purged its log", || {
+        index_in(&leader_dir, "raft-purged", "/index") > 0
+    })
+    .await;
+
+    // another voter's disk is replaced: it can only catch up from the leader's snapshot
+    let replaced = (1..=3).find(|id| *id != leader).unwrap();
+    cluster.stop(replaced).await;
+    let dir = cluster.dirs[replaced as usize - 1].path().to_path_buf();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path).unwrap();
+        } else {
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+    std::fs::create_dir(dir.join("metadata-snapshot.tmp")).unwrap();
+    cluster.restart(replaced).await;
+    // past the log store's 10 s wait for the snapshot
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(12);
+    while tokio::time::Instant::now() < deadline {
+        let purged = index_in(&dir, "raft-purged", "/index");
+        let snapshot = index_in(&dir, "metadata-snapshot", "/meta/last_log_id/index");
+        assert!(
+            purged <= snapshot,
+            "node {replaced} purged its log to {purged} with only {snapshot} in a snapshot on disk"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    cluster.stop(replaced).await;
+    std::fs::remove_dir(dir.join("metadata-snapshot.tmp")).unwrap();
+    cluster.restart(replaced).await;
+    let images = cluster.converged_images(leader).await;
+    assert!(images.iter().all(|i| i.topic("topic-19").is_some()));
+    assert!(index_in(&dir, "metadata-snapshot", "/meta/last_log_id/index") > 0);
+    heartbeats.abort();
     cluster.shutdown().await;
 }

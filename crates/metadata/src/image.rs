@@ -152,6 +152,11 @@ impl MetadataImage {
         ids
     }
 
+    /// Every committed offset of every group, by group, topic and partition.
+    pub fn all_committed_offsets(&self) -> impl Iterator<Item = &CommittedOffset> {
+        self.offsets.values()
+    }
+
     /// Every offset `group` committed, for `topics` (all topics when empty).
     pub fn committed_offsets(&self, group: &str, topics: &[String]) -> Vec<CommittedOffset> {
         self.offsets

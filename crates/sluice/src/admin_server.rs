@@ -8,6 +8,7 @@
 //! the active controller counts cluster-wide state (offline partitions, fenced brokers; 0
 //! on the other controllers, as Kafka's KafkaController metrics).
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use sluice_broker::Broker;
@@ -197,12 +199,16 @@ fn broker_metrics(registry: &mut Registry, broker: &Broker) {
     let mut leaders = 0i64;
     let mut under_replicated = 0i64;
     let mut under_min_isr = 0i64;
-    for p in broker.replicas.partitions() {
+    let replicas = broker.replicas.partitions();
+    let mut high_watermarks = HashMap::new();
+    for p in &replicas {
         partitions += 1;
         if !p.is_leader() {
             continue;
         }
         leaders += 1;
+        let tp = p.topic_partition();
+        high_watermarks.insert((tp.topic.as_str(), tp.partition), p.high_watermark().0);
         let state = p.state();
         if state.isr.len() < state.replicas.len() {
             under_replicated += 1;
@@ -268,6 +274,7 @@ fn broker_metrics(registry: &mut Registry, broker: &Broker) {
             usable as i64,
         );
     }
+    consumer_group_lag(registry, broker, &high_watermarks);
     let m = &broker.metrics;
     registry.register("requests", "requests answered, per API", m.requests.clone());
     registry.register(
@@ -326,5 +333,36 @@ fn broker_metrics(registry: &mut Registry, broker: &Broker) {
         "broker_producer_invalid_epoch_rejections",
         "batches refused with INVALID_PRODUCER_EPOCH",
         producers.invalid_epoch_rejections.load(Ordering::Relaxed),
+    );
+}
+
+/// `consumer_group_lag{group,topic,partition}`: the partition's high watermark less the
+/// group's committed offset, for the partitions this broker leads. Committed offsets are
+/// in every broker's metadata image and each partition has one leader, so every
+/// (group, partition) is exported once across the cluster, against the exact high
+/// watermark (as kafka-exporter's `kafka_consumergroup_lag`); sum by group for its lag.
+fn consumer_group_lag(
+    registry: &mut Registry,
+    broker: &Broker,
+    high_watermarks: &HashMap<(&str, i32), i64>,
+) {
+    let lag = Family::<Vec<(String, String)>, Gauge<i64, AtomicI64>>::default();
+    broker.metadata.with_image(|image| {
+        for o in image.all_committed_offsets() {
+            let Some(hw) = high_watermarks.get(&(o.topic.as_str(), o.partition)) else {
+                continue;
+            };
+            let labels = vec![
+                ("group".to_string(), o.group.clone()),
+                ("topic".to_string(), o.topic.clone()),
+                ("partition".to_string(), o.partition.to_string()),
+            ];
+            lag.get_or_create(&labels).set((hw - o.offset).max(0));
+        }
+    });
+    registry.register(
+        "consumer_group_lag",
+        "records between a group's committed offset and the high watermark, on the partition's leader",
+        lag,
     );
 }

@@ -245,9 +245,10 @@ impl NodeConfig {
         Ok(roles)
     }
 
-    /// `listeners` as name → (host, port).
-    pub fn listeners(&self) -> Result<BTreeMap<String, (String, u16)>> {
-        let mut out = BTreeMap::new();
+    /// `listeners` as (name, host, port), in the order written. Names must differ (as in
+    /// Kafka), and so must ports on the same host.
+    pub fn listeners(&self) -> Result<Vec<(String, String, u16)>> {
+        let mut out: Vec<(String, String, u16)> = Vec::new();
         for l in self
             .get("listeners")?
             .split(',')
@@ -263,9 +264,56 @@ impl NodeConfig {
             let port: u16 = port
                 .parse()
                 .with_context(|| format!("listeners: bad port in {l:?}"))?;
-            out.insert(name.to_string(), (host.to_string(), port));
+            if out.iter().any(|(n, _, _)| n == name) {
+                bail!("listeners: the name {name} is used twice (each listener needs its own)");
+            }
+            if port != 0 && out.iter().any(|(_, h, p)| *p == port && h == host) {
+                bail!("listeners: port {port} is used twice");
+            }
+            out.push((name.to_string(), host.to_string(), port));
         }
         Ok(out)
+    }
+
+    /// Each listener's security protocol, as Kafka resolves it: from
+    /// `listener.security.protocol.map` when it is set (a listener it does not name is an
+    /// error), else a standard name is its own protocol and the controller listener is
+    /// PLAINTEXT. Sluice speaks PLAINTEXT only, so any other protocol is refused.
+    fn check_security_protocols(&self) -> Result<()> {
+        let controller = self.controller_listener_name()?;
+        let mut map: Vec<(&str, &str)> = Vec::new();
+        if let Some(explicit) = self.explicit("listener.security.protocol.map") {
+            for entry in explicit.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+                let (name, protocol) = entry.split_once(':').with_context(|| {
+                    format!("listener.security.protocol.map: {entry:?} is not NAME:PROTOCOL")
+                })?;
+                map.push((name.trim(), protocol.trim()));
+            }
+        }
+        for (name, _, _) in self.listeners()? {
+            let protocol = if map.is_empty() {
+                match name.as_str() {
+                    "PLAINTEXT" | "SSL" | "SASL_PLAINTEXT" | "SASL_SSL" => name.clone(),
+                    _ if name == controller => "PLAINTEXT".to_string(),
+                    _ => bail!(
+                        "listener {name} has no security protocol: add {name}:PLAINTEXT to listener.security.protocol.map"
+                    ),
+                }
+            } else {
+                match map.iter().find(|(n, _)| *n == name) {
+                    Some((_, p)) => p.to_string(),
+                    None => bail!(
+                        "listener.security.protocol.map does not name the listener {name} (add {name}:PLAINTEXT)"
+                    ),
+                }
+            };
+            if protocol != "PLAINTEXT" {
+                bail!(
+                    "listener {name} uses {protocol}: Sluice supports only PLAINTEXT listeners (no TLS or SASL yet)"
+                );
+            }
+        }
+        Ok(())
     }
 
     fn controller_listener_name(&self) -> Result<String> {
@@ -279,26 +327,16 @@ impl NodeConfig {
     }
 
     /// Every Kafka listener (`listeners` but the controller's) as (name, bind address),
-    /// the inter-broker one (`inter.broker.listener.name`, default the first) first. Each
-    /// listener's security protocol must be PLAINTEXT (`listener.security.protocol.map`).
+    /// the inter-broker one first: `inter.broker.listener.name`, else the first written.
+    /// Each listener's security protocol must be PLAINTEXT (`listener.security.protocol.map`).
     pub fn broker_listeners(&self) -> Result<Vec<(String, String)>> {
         let controller = self.controller_listener_name()?;
-        let map = self
-            .explicit("listener.security.protocol.map")
-            .unwrap_or("");
-        for entry in map.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-            match entry.split_once(':') {
-                Some((_, "PLAINTEXT")) => {}
-                _ => bail!(
-                    "listener.security.protocol.map: {entry:?}: only NAME:PLAINTEXT is supported"
-                ),
-            }
-        }
+        self.check_security_protocols()?;
         let mut listeners: Vec<(String, String)> = self
             .listeners()?
             .into_iter()
-            .filter(|(name, _)| *name != controller)
-            .map(|(name, (host, port))| {
+            .filter(|(name, _, _)| *name != controller)
+            .map(|(name, host, port)| {
                 let host = if host.is_empty() {
                     "0.0.0.0".to_string()
                 } else {
@@ -477,9 +515,11 @@ impl NodeConfig {
     /// The address the controller listener binds.
     pub fn controller_bind_address(&self) -> Result<String> {
         let name = self.controller_listener_name()?;
-        let (host, port) = self
+        self.check_security_protocols()?;
+        let (_, host, port) = self
             .listeners()?
-            .remove(&name)
+            .into_iter()
+            .find(|(n, _, _)| *n == name)
             .with_context(|| format!("listeners has no {name} listener for the controller"))?;
         let host = if host.is_empty() {
             "0.0.0.0".to_string()
@@ -675,6 +715,62 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(bad.contains("exactly one directory"), "{bad}");
+    }
+
+    #[test]
+    fn listeners_keep_their_order_and_the_inter_broker_one_leads() {
+        let load = |o: &[&str]| {
+            let mut o: Vec<String> = o.iter().map(|s| s.to_string()).collect();
+            o.extend(["node.id=1".to_string(), "log.dirs=/data".to_string()]);
+            NodeConfig::load(None, |_| None, &o).and_then(|c| c.broker_listeners())
+        };
+        let names = |o: &[&str]| -> Vec<String> {
+            load(o).unwrap().into_iter().map(|(name, _)| name).collect()
+        };
+        let two = "listeners=PLAINTEXT_HOST://:29092,BROKER://:9092,CONTROLLER://:9093";
+        let map = "listener.security.protocol.map=PLAINTEXT_HOST:PLAINTEXT,BROKER:PLAINTEXT,CONTROLLER:PLAINTEXT";
+        // no inter.broker.listener.name: the first written (not the first by name)
+        assert_eq!(names(&[two, map]), ["PLAINTEXT_HOST", "BROKER"]);
+        assert_eq!(
+            names(&[two, map, "inter.broker.listener.name=BROKER"]),
+            ["BROKER", "PLAINTEXT_HOST"]
+        );
+        let err = |o: &[&str]| load(o).unwrap_err().to_string();
+        let e = err(&[two, map, "inter.broker.listener.name=OTHER"]);
+        assert!(e.contains("inter.broker.listener.name \"OTHER\""), "{e}");
+        // every listener needs a PLAINTEXT protocol, explicitly or by its standard name
+        let e = err(&[two]);
+        assert!(
+            e.contains("listener PLAINTEXT_HOST has no security protocol"),
+            "{e}"
+        );
+        let e = err(&[
+            two,
+            "listener.security.protocol.map=PLAINTEXT_HOST:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        ]);
+        assert!(e.contains("does not name the listener BROKER"), "{e}");
+        let e = err(&[
+            two,
+            "listener.security.protocol.map=PLAINTEXT_HOST:SSL,BROKER:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        ]);
+        assert!(e.contains("PLAINTEXT_HOST uses SSL"), "{e}");
+        let e = err(&["listeners=SASL_SSL://:9092,CONTROLLER://:9093"]);
+        assert!(e.contains("SASL_SSL uses SASL_SSL"), "{e}");
+        let e = err(&[two, "listener.security.protocol.map=PLAINTEXT_HOST"]);
+        assert!(e.contains("is not NAME:PROTOCOL"), "{e}");
+        // standard names and the controller listener need no map
+        assert_eq!(
+            names(&["listeners=PLAINTEXT://:9092,CONTROLLER://:9093"]),
+            ["PLAINTEXT"]
+        );
+        // a name or a port used twice is refused, not silently merged
+        let e = err(&["listeners=PLAINTEXT://:9092,PLAINTEXT://:9094,CONTROLLER://:9093"]);
+        assert!(e.contains("PLAINTEXT is used twice"), "{e}");
+        let e = err(&[
+            "listeners=PLAINTEXT://:9092,CONTROLLER://:9092",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        ]);
+        assert!(e.contains("port 9092 is used twice"), "{e}");
     }
 
     #[test]
