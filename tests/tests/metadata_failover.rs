@@ -74,3 +74,42 @@ fn a_paused_nodes_partitions_move_before_the_transport_keep_alive_could_notice()
         rows.iter().all(|r| r.isr.contains(&paused))
     });
 }
+
+/// A restarting broker binds its listeners before it has replayed the metadata; it used
+/// to answer Metadata in between from a partial image — the brokers but no topics (seen by
+/// `deploy/test/local-cluster-test.sh`), which a client takes for "the topic does not
+/// exist". Now nothing but ApiVersions is answered before its image has caught up, as in
+/// Kafka. A client asks the restarting broker again and again; every answer must know the
+/// topic.
+#[test]
+fn a_restarting_broker_answers_metadata_only_once_its_image_caught_up() {
+    let mut cluster = ProcessCluster::start(Layout::Combined, &[]);
+    let topic = "known";
+    cluster.create_topic(topic, 3);
+    let address = cluster.bootstrap_of(1);
+    cluster.kill(1);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let asker = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut answers = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(partitions) = partition_metadata(&address, topic) {
+                    answers.push(partitions.len());
+                }
+            }
+            answers
+        })
+    };
+    cluster.restart(1);
+    // a few more answers after the restart
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let answers = asker.join().unwrap();
+    assert!(!answers.is_empty());
+    assert!(
+        answers.iter().all(|n| *n == 3),
+        "answers without the topic's 3 partitions: {:?}",
+        answers.iter().filter(|n| **n != 3).count()
+    );
+}

@@ -85,6 +85,10 @@ async fn handle(
     }
     if let Some(broker) = &context.broker {
         if apis.is_supported(request.api_key, request.api_version) {
+            // as Kafka's broker, nothing but ApiVersions is answered before the metadata
+            // image has caught up: a restarting broker would otherwise answer Metadata
+            // without the topics it has not replayed yet
+            broker.metadata.wait_caught_up().await;
             return crate::handlers::handle(request, broker).await;
         }
     }

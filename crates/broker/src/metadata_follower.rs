@@ -167,6 +167,14 @@ impl MetadataFollower {
         self.caught_up.load(Ordering::Acquire)
     }
 
+    /// Returns once [`Self::caught_up`] holds.
+    pub async fn wait_caught_up(&self) {
+        // set by a heartbeat's answer, not by an apply: look again every 20 ms
+        while !self.caught_up() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Changes whenever the local image applies something that may concern partitions
     /// (see `may_concern_partitions`).
     pub fn subscribe_partition_changes(&self) -> watch::Receiver<u64> {
