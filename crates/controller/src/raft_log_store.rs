@@ -662,6 +662,24 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
             callback.log_io_completed(Ok(()));
             return Ok(());
         };
+        // after a leader's snapshot, openraft appends the entries that follow it before the
+        // state machine has written that snapshot: written at once they would leave a log
+        // that starts past its end and no snapshot on disk to cover the gap
+        let last = self.lock().last_log_id().map_or(0, |l| l.index);
+        if first_index > last + 1 {
+            if let Some(persisted) = self.persisted_snapshot.as_mut() {
+                let covered = tokio::time::timeout(
+                    PURGE_WAIT,
+                    persisted.wait_for(|index| *index + 1 >= first_index),
+                )
+                .await;
+                if !matches!(covered, Ok(Ok(_))) {
+                    return Err(io_err(&std::io::Error::other(format!(
+                        "entries from {first_index} follow a snapshot that is not on disk"
+                    ))));
+                }
+            }
+        }
         // an entry at an index already present replaces it and everything after it (Raft's
         // rule; openraft truncates first, but the storage contract allows either): the
         // writes queued for them must land before the cut
@@ -938,6 +956,34 @@ mod safety_tests {
         assert!(err.to_string().contains("committed"), "{err}");
         // the file was not cut by the refused open
         assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    }
+
+    #[tokio::test]
+    async fn entries_past_the_log_end_wait_for_the_snapshot_before_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (persisted, rx) = tokio::sync::watch::channel(0u64);
+        let mut store = RaftLogStore::open(dir.path())
+            .unwrap()
+            .with_snapshot_index(rx);
+        store.blocking_append((1..=3).map(entry)).await.unwrap();
+        // the leader's snapshot covers up to 9; entries from 10 follow it
+        let mut appending = store.clone();
+        let append =
+            tokio::spawn(async move { appending.blocking_append((10..=12).map(entry)).await });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(
+            !append.is_finished(),
+            "appended past a gap no snapshot on disk covers"
+        );
+        assert_eq!(
+            store.lock().entries.keys().copied().collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        persisted.send_replace(9);
+        append.await.unwrap().unwrap();
+        assert!(store.lock().entries.contains_key(&12));
+        // the next entry in order never waits
+        store.blocking_append([entry(13)]).await.unwrap();
     }
 
     #[tokio::test]

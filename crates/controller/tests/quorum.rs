@@ -919,12 +919,13 @@ fn index_in(dir: &std::path::Path, file: &str, pointer: &str) -> u64 {
 }
 
 /// openraft purges a follower's log as soon as it hands it a leader's snapshot, before
-/// the state machine has written that snapshot; a crash in between would leave a node
-/// with neither the entries nor the snapshot. Here a node whose disk was replaced gets
-/// the leader's snapshot while the snapshot's write fails (its temporary file's path is
-/// taken by a directory), which leaves on disk what a crash before its fsync would: at no
-/// moment may the purged index pass the snapshot on disk. Once the obstacle is gone the
-/// node restarts and catches up.
+/// the state machine has written that snapshot, and appends the entries after it at once;
+/// a crash in between would leave a node with neither the entries nor the snapshot, or a
+/// log with a gap. Here a follower that missed what the leader has purged gets the
+/// leader's snapshot while the snapshot's write fails (its temporary file's path is taken
+/// by a directory) — what a crash before its fsync leaves on disk: at no moment may the
+/// purged index pass the snapshot on disk, and once the obstacle is gone the node
+/// restarts from what it kept and catches up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_keeps_its_log_until_the_snapshot_it_installs_is_on_disk() {
     // purges as soon as a snapshot covers anything
@@ -936,33 +937,38 @@ async fn a_follower_keeps_its_log_until_the_snapshot_it_installs_is_on_disk() {
         cluster.nodes[&leader].image().live_broker_ids() == vec![1]
     })
     .await;
-    // with every voter caught up, the leader snapshots every 5 entries and purges
     let mut client = cluster.client(leader).await;
+    for i in 0..3 {
+        let r = create_topic(&mut client, &format!("early-{i}"), 1, 1).await;
+        assert_eq!(r.error_code, 0, "{}", r.error_message);
+    }
+    cluster.converged_images(leader).await;
+
+    // a follower misses more than the leader keeps: it can only catch up from a snapshot
+    let lagging = (1..=3).rev().find(|id| *id != leader).unwrap();
+    let kept = cluster.nodes[&lagging].image().applied_index();
+    cluster.stop(lagging).await;
+    let leader_dir = cluster.dirs[leader as usize - 1].path().to_path_buf();
     for i in 0..20 {
         let r = create_topic(&mut client, &format!("topic-{i}"), 1, 1).await;
         assert_eq!(r.error_code, 0, "{}", r.error_message);
     }
-    cluster.converged_images(leader).await;
-    let leader_dir = cluster.dirs[leader as usize - 1].path().to_path_buf();
-    wait_until("the leader purged its log", || {
-        index_in(&leader_dir, "raft-purged", "/index") > 0
+    wait_until("the leader purged past the stopped follower's log", || {
+        index_in(&leader_dir, "raft-purged", "/index") > kept + 1
     })
     .await;
-
-    // another voter's disk is replaced: it can only catch up from the leader's snapshot
-    let replaced = (1..=3).find(|id| *id != leader).unwrap();
-    cluster.stop(replaced).await;
+    let replaced = lagging;
     let dir = cluster.dirs[replaced as usize - 1].path().to_path_buf();
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            std::fs::remove_dir_all(&path).unwrap();
-        } else {
-            std::fs::remove_file(&path).unwrap();
-        }
-    }
+    let purged_before = index_in(&dir, "raft-purged", "/index");
+    let snapshot_before = index_in(&dir, "metadata-snapshot", "/meta/last_log_id/index");
+    assert!(purged_before <= snapshot_before);
     std::fs::create_dir(dir.join("metadata-snapshot.tmp")).unwrap();
     cluster.restart(replaced).await;
+    // entries that follow the snapshot reach the node while its snapshot is not on disk
+    for i in 0..5 {
+        let r = create_topic(&mut client, &format!("after-{i}"), 1, 1).await;
+        assert_eq!(r.error_code, 0, "{}", r.error_message);
+    }
     // past the log store's 10 s wait for the snapshot
     let deadline = tokio::time::Instant::now() + Duration::from_secs(12);
     while tokio::time::Instant::now() < deadline {
@@ -975,11 +981,13 @@ async fn a_follower_keeps_its_log_until_the_snapshot_it_installs_is_on_disk() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
+    // nothing on disk leaves a gap (the log store refused entries past a snapshot not on
+    // disk): the node restarts from what it kept
     cluster.stop(replaced).await;
     std::fs::remove_dir(dir.join("metadata-snapshot.tmp")).unwrap();
     cluster.restart(replaced).await;
     let images = cluster.converged_images(leader).await;
-    assert!(images.iter().all(|i| i.topic("topic-19").is_some()));
+    assert!(images.iter().all(|i| i.topic("after-4").is_some()));
     assert!(index_in(&dir, "metadata-snapshot", "/meta/last_log_id/index") > 0);
     heartbeats.abort();
     cluster.shutdown().await;
