@@ -26,6 +26,7 @@ mod leader_election;
 mod node_config;
 mod probe;
 mod topic_admin;
+mod verify_command;
 
 #[derive(Parser)]
 #[command(
@@ -38,12 +39,12 @@ struct Cli {
     command: Command,
     /// How long a client command waits for each connection and each answer from a broker:
     /// `30s` (the default), `500ms`, `2m`, or plain seconds.
-    #[arg(long, global = true, default_value = "30s", value_parser = parse_timeout)]
+    #[arg(long, global = true, default_value = "30s", value_parser = parse_duration)]
     timeout: std::time::Duration,
 }
 
 /// `500ms`, `30s`, `2m` or plain seconds, above zero.
-fn parse_timeout(text: &str) -> std::result::Result<std::time::Duration, String> {
+fn parse_duration(text: &str) -> std::result::Result<std::time::Duration, String> {
     let text = text.trim();
     let (number, unit_ms) = if let Some(n) = text.strip_suffix("ms") {
         (n, 1.0)
@@ -60,7 +61,7 @@ fn parse_timeout(text: &str) -> std::result::Result<std::time::Duration, String>
         .map_err(|_| format!("{text:?} is not a duration like 30s, 500ms or 2m"))?;
     let ms = value * unit_ms;
     if !(1.0..=86_400_000.0).contains(&ms) {
-        return Err(format!("{text:?}: the timeout must be between 1ms and 24h"));
+        return Err(format!("{text:?}: must be between 1ms and 24h"));
     }
     Ok(std::time::Duration::from_millis(ms as u64))
 }
@@ -110,6 +111,10 @@ enum Command {
         #[command(flatten)]
         bootstrap: Bootstrap,
     },
+    /// Check a Kafka-compatible cluster from outside as the chaos suite does: librdkafka
+    /// producers and group consumers record every operation, then a checker looks for
+    /// lost, duplicated, reordered and inconsistent records. Faults are yours to inject.
+    Verify(verify_command::VerifyArgs),
     /// Measure the cluster through the Kafka protocol (figures for docs/benchmarks.md).
     Bench {
         #[command(subcommand)]
@@ -412,6 +417,7 @@ fn run() -> Result<()> {
             print!("{out}");
             Ok(())
         }
+        Command::Verify(args) => verify_command::run(args),
         Command::Probe { url } => {
             print!("{}", probe::probe(&url, cli.timeout)?);
             Ok(())

@@ -1,0 +1,247 @@
+//! `sluice-chaos`: the fault harness. Builds three hosts in network namespaces of its own
+//! (`network.rs`), runs one Sluice node on each (`nodes.rs`), runs `sluice verify`'s
+//! workload from a fourth host, injects a seeded schedule of faults (`nemesis.rs`), heals,
+//! lets the workload do its final read, then checks the recorded history (crate
+//! `sluice-verify`) and that no replicas diverged below the high watermark
+//! (`divergence.rs`). Prints a table and exits 1 on any anomaly; a failing run keeps its
+//! directory (history, node logs and data, the seed) for replay with `--seed`.
+//!
+//! Needs root (namespaces, iptables). Everything it creates goes away at the end, also
+//! when it fails.
+
+mod divergence;
+mod nemesis;
+mod network;
+mod nodes;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use network::{Network, CLIENT, NODES};
+use nodes::Nodes;
+
+#[derive(Parser)]
+#[command(
+    name = "sluice-chaos",
+    about = "Sluice under faults: three hosts in network namespaces, seeded nemeses, a Jepsen-style checker"
+)]
+struct Args {
+    /// quick (about 4 minutes, every fault once) or long (an hour of random faults).
+    #[arg(long, default_value = "quick")]
+    profile: String,
+    /// Seed of the fault schedule (default: from the clock); printed, so a run replays.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// The producers' acks: all or 1.
+    #[arg(long, default_value = "all")]
+    acks: String,
+    /// Idempotent producers (then no value may be written twice).
+    #[arg(long)]
+    idempotent: bool,
+    /// The sluice binary (default: target/release/sluice beside this one).
+    #[arg(long)]
+    sluice: Option<PathBuf>,
+    /// Where the run's files go (default: target/chaos/<seed>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Keep the run's directory even when it passes.
+    #[arg(long)]
+    keep: bool,
+}
+
+struct Profile {
+    faults: usize,
+    fault_hold: Duration,
+    quiet: Duration,
+    rate: u32,
+}
+
+fn profile(name: &str) -> Result<Profile> {
+    Ok(match name {
+        "quick" => Profile {
+            faults: nemesis::ALL.len(),
+            fault_hold: Duration::from_secs(8),
+            quiet: Duration::from_secs(6),
+            rate: 400,
+        },
+        "long" => Profile {
+            faults: 240,
+            fault_hold: Duration::from_secs(10),
+            quiet: Duration::from_secs(5),
+            rate: 1000,
+        },
+        other => bail!("--profile must be quick or long, got {other:?}"),
+    })
+}
+
+fn main() {
+    match run() {
+        Ok(true) => {}
+        Ok(false) => std::process::exit(1),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn sluice_binary(args: &Args) -> Result<PathBuf> {
+    let path = match &args.sluice {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("no directory for this binary")?
+            .join("sluice"),
+    };
+    if !path.is_file() {
+        bail!(
+            "{} not found: build it (cargo build --release -p sluice) or pass --sluice",
+            path.display()
+        );
+    }
+    Ok(std::fs::canonicalize(path)?)
+}
+
+fn run() -> Result<bool> {
+    let args = Args::parse();
+    let profile = profile(&args.profile)?;
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_secs())
+    });
+    let bin = sluice_binary(&args)?;
+    let out = match &args.out {
+        Some(o) => o.clone(),
+        None => PathBuf::from(format!("target/chaos/{seed}")),
+    };
+    if out.exists() {
+        std::fs::remove_dir_all(&out)?;
+    }
+    std::fs::create_dir_all(&out)?;
+    let out = std::fs::canonicalize(&out)?;
+    println!(
+        "sluice-chaos: profile {} seed {seed} (replay: --seed {seed}); files in {}",
+        args.profile,
+        out.display()
+    );
+
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let schedule = nemesis::schedule(&mut rng, profile.faults);
+    let cycle = profile.fault_hold + profile.quiet;
+    let warmup = Duration::from_secs(10);
+    let cooldown = Duration::from_secs(15);
+    let duration = warmup + cycle * schedule.len() as u32 + cooldown;
+
+    let prefix = format!("sc{}", std::process::id() % 100_000);
+    let subnet = 100 + (std::process::id() % 100) as u8;
+    let net = Network::create(&prefix, subnet)?;
+    let mut nodes = Nodes::new(&net, &bin, &out)?;
+    for n in NODES {
+        nodes.start(n)?;
+    }
+    nodes.wait_healthy(Duration::from_secs(60))?;
+
+    let topic = "chaos";
+    let history = out.join("history.jsonl");
+    let mut workload = net.command_in(CLIENT, &bin.display().to_string());
+    workload
+        .args(["verify", "-b", &nodes.bootstrap(), "--topic", topic])
+        .args(["--partitions", "3", "--acks", &args.acks])
+        .args(["--rate", &profile.rate.to_string()])
+        .args(["--duration", &format!("{}s", duration.as_secs())])
+        .args(["--message-timeout", "20s", "--final-read-timeout", "120s"])
+        .arg("--history")
+        .arg(&history)
+        .stdout(std::fs::File::create(out.join("verify.log"))?)
+        .stderr(std::fs::File::create(out.join("verify.err"))?);
+    if args.idempotent {
+        workload.arg("--idempotent");
+    }
+    let mut workload = workload.spawn().context("starting sluice verify")?;
+
+    let mut nemesis_log = std::fs::File::create(out.join("nemesis.log"))?;
+    let started = Instant::now();
+    let mut faults: BTreeMap<String, usize> = BTreeMap::new();
+    std::thread::sleep(warmup);
+    for fault in &schedule {
+        if matches!(workload.try_wait(), Ok(Some(_))) {
+            break;
+        }
+        let what = match nemesis::apply(*fault, &net, &mut nodes, topic, &mut rng) {
+            Ok(w) => w,
+            Err(e) => format!("{fault} not applied: {e:#}"),
+        };
+        let line = format!("{:>6.1}s {fault}: {what}", started.elapsed().as_secs_f64());
+        println!("{line}");
+        writeln!(nemesis_log, "{line}")?;
+        *faults.entry(fault.to_string()).or_default() += 1;
+        std::thread::sleep(profile.fault_hold);
+        nemesis::heal(&net, &mut nodes)?;
+        writeln!(
+            nemesis_log,
+            "{:>6.1}s healed",
+            started.elapsed().as_secs_f64()
+        )?;
+        std::thread::sleep(profile.quiet);
+    }
+    nemesis::heal(&net, &mut nodes)?;
+    println!(
+        "{:>6.1}s all healed; the workload finishes and reads everything back",
+        started.elapsed().as_secs_f64()
+    );
+    let status = workload.wait()?;
+    let events = sluice_verify::history::read(&history).with_context(|| {
+        format!(
+            "the workload left no history (exit {status}; see {})",
+            out.join("verify.err").display()
+        )
+    })?;
+    let mut report = sluice_verify::check(&events);
+    report.faults = faults.values().sum();
+
+    nodes.wait_healthy(Duration::from_secs(60)).ok();
+    nodes.stop_all(Duration::from_secs(30));
+    let data_dirs: Vec<PathBuf> = NODES.iter().map(|n| nodes.data_dir(*n)).collect();
+    let (diverged, compared) = divergence::check(&bin, &data_dirs, topic)?;
+    drop(nodes);
+    drop(net);
+
+    println!("faults injected:");
+    for (kind, n) in &faults {
+        println!("  {kind:<32} {n}");
+    }
+    print!("{}", report.table());
+    println!(
+        "replicas compared below the high watermark: {compared} batches, {} divergences",
+        diverged.len()
+    );
+    for d in &diverged {
+        println!("  {d}");
+    }
+    let valid = report.valid() && diverged.is_empty();
+    if valid && !args.keep {
+        std::fs::remove_dir_all(&out).ok();
+    } else if !valid {
+        println!(
+            "FAILED: kept {} (history, node logs and data); replay with --seed {seed}",
+            out.display()
+        );
+    }
+    println!(
+        "{}",
+        if valid {
+            "chaos run passed"
+        } else {
+            "chaos run FAILED"
+        }
+    );
+    Ok(valid)
+}
