@@ -17,6 +17,7 @@ mod nodes;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -81,6 +82,39 @@ fn profile(name: &str) -> Result<Profile> {
     })
 }
 
+/// Set by SIGINT or SIGTERM: the run stops and tears everything down.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: nix::libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+fn catch_interrupts() -> Result<()> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for signal in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic
+        unsafe { sigaction(signal, &action) }.context("installing a signal handler")?;
+    }
+    Ok(())
+}
+
+/// Sleeps `d`, or less if interrupted; false when interrupted.
+fn sleep_unless_interrupted(d: Duration) -> bool {
+    let until = Instant::now() + d;
+    while Instant::now() < until {
+        if INTERRUPTED.load(Ordering::Relaxed) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50).min(until - Instant::now()));
+    }
+    !INTERRUPTED.load(Ordering::Relaxed)
+}
+
 fn main() {
     match run() {
         Ok(true) => {}
@@ -112,6 +146,7 @@ fn sluice_binary(args: &Args) -> Result<PathBuf> {
 fn run() -> Result<bool> {
     let args = Args::parse();
     let profile = profile(&args.profile)?;
+    catch_interrupts()?;
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -170,9 +205,9 @@ fn run() -> Result<bool> {
     let mut nemesis_log = std::fs::File::create(out.join("nemesis.log"))?;
     let started = Instant::now();
     let mut faults: BTreeMap<String, usize> = BTreeMap::new();
-    std::thread::sleep(warmup);
+    let mut interrupted = !sleep_unless_interrupted(warmup);
     for fault in &schedule {
-        if matches!(workload.try_wait(), Ok(Some(_))) {
+        if interrupted || matches!(workload.try_wait(), Ok(Some(_))) {
             break;
         }
         let what = match nemesis::apply(*fault, &net, &mut nodes, topic, &mut rng) {
@@ -183,16 +218,24 @@ fn run() -> Result<bool> {
         println!("{line}");
         writeln!(nemesis_log, "{line}")?;
         *faults.entry(fault.to_string()).or_default() += 1;
-        std::thread::sleep(profile.fault_hold);
+        interrupted = !sleep_unless_interrupted(profile.fault_hold);
         nemesis::heal(&net, &mut nodes)?;
         writeln!(
             nemesis_log,
             "{:>6.1}s healed",
             started.elapsed().as_secs_f64()
         )?;
-        std::thread::sleep(profile.quiet);
+        interrupted = interrupted || !sleep_unless_interrupted(profile.quiet);
     }
     nemesis::heal(&net, &mut nodes)?;
+    if interrupted || INTERRUPTED.load(Ordering::Relaxed) {
+        let _ = workload.kill();
+        let _ = workload.wait();
+        bail!(
+            "interrupted: everything torn down; files in {}",
+            out.display()
+        );
+    }
     println!(
         "{:>6.1}s all healed; the workload finishes and reads everything back",
         started.elapsed().as_secs_f64()
