@@ -316,6 +316,10 @@ pub struct GroupCoordinator {
     store_wake: tokio::sync::Notify,
     /// A task stores the queued changes (see `enable_storing`).
     storing: std::sync::atomic::AtomicBool,
+    /// Groups this broker forgot once they emptied, with the slot epoch it coordinated
+    /// them at: the metadata image may still hold their earlier state (the Empty store
+    /// can be in flight), which must not bring their members back under that ownership.
+    forgotten: Mutex<HashMap<String, i32>>,
 }
 
 fn new_member_id(client_id: &str, n: u64) -> String {
@@ -416,6 +420,17 @@ impl GroupCoordinator {
             }
             None => {}
         }
+        // emptied and forgotten here under this same ownership: what the image holds is
+        // older than that (the Empty state's store may still be on its way)
+        let mut forgotten = self.forgotten.lock().unwrap_or_else(|p| p.into_inner());
+        match forgotten.get(group_id) {
+            Some(epoch) if *epoch == slot_epoch => return,
+            Some(_) => {
+                forgotten.remove(group_id);
+            }
+            None => {}
+        }
+        drop(forgotten);
         if let Some(stored) = stored.filter(|s| !s.members.is_empty()) {
             tracing::info!(
                 group = group_id,
@@ -797,7 +812,14 @@ impl GroupCoordinator {
         }
         // groups with no members and no pending joins are forgotten (their committed
         // offsets live in the metadata image)
-        groups.retain(|_, g| g.state != GroupState::Empty || !g.pending.is_empty());
+        let mut forgotten = self.forgotten.lock().unwrap_or_else(|p| p.into_inner());
+        groups.retain(|id, g| {
+            let keep = g.state != GroupState::Empty || !g.pending.is_empty();
+            if let (false, Some(epoch)) = (keep, g.coordinator_epoch) {
+                forgotten.insert(id.clone(), epoch);
+            }
+            keep
+        });
     }
 
     /// A group as DescribeGroups shows it (None: not coordinated here).
@@ -1433,6 +1455,38 @@ mod tests {
         assert_eq!(member_ids(&new, "g").len(), 1);
         new.ensure_current("g", 4, None);
         assert!(member_ids(&new, "g").is_empty());
+    }
+
+    /// Seen in CI: DeleteGroups right after the last member left got NON_EMPTY_GROUP. The
+    /// emptied group was forgotten by `tick`, and the next request resumed it from the
+    /// metadata image, which still held its Stable state (the Empty store in flight).
+    #[tokio::test]
+    async fn a_group_emptied_here_is_not_resumed_from_an_older_stored_state() {
+        let c = coordinator();
+        let a = c.join(join("", &["range"])).await;
+        let a = c.join(join(&a.member_id, &["range"])).await;
+        // every request passes through ensure_current, which records the ownership
+        c.ensure_current("g", 3, None);
+        let s = c
+            .sync(
+                "g",
+                a.generation_id,
+                &a.member_id,
+                None,
+                vec![(a.member_id.clone(), Bytes::from_static(b"P0"))],
+            )
+            .await;
+        assert_eq!(s.error_code, ec::NONE);
+        let stable = c.take_stores().pop().expect("the Stable state is queued");
+        assert_eq!(c.leave("g", &[(a.member_id.clone(), None)]), vec![ec::NONE]);
+        c.tick(Instant::now());
+        assert!(!c.knows("g"), "an empty group is forgotten");
+        // the image still holds the Stable state: the same ownership does not resume it
+        c.ensure_current("g", 3, Some(&stable));
+        assert!(!c.has_members("g"));
+        // a later ownership (the slot moved away and back) starts from the store again
+        c.ensure_current("g", 4, Some(&stable));
+        assert!(c.has_members("g"));
     }
 
     #[tokio::test]
