@@ -232,6 +232,16 @@ pub fn http_get(address: &str, path: &str) -> Option<(u16, String)> {
     Some((status, body.to_string()))
 }
 
+/// A command for a program written by others (kcat, the Python clients). `cargo test`
+/// puts its build's native library directories on LD_LIBRARY_PATH — among them the
+/// librdkafka that `sluice-verify` builds from source, without zstd — and Debian's kcat
+/// would load that one instead of its own.
+pub fn external(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut command = Command::new(program);
+    command.env_remove("LD_LIBRARY_PATH");
+    command
+}
+
 /// The value of the sample `name` (no labels) in a Prometheus text exposition.
 pub fn metric(exposition: &str, name: &str) -> Option<f64> {
     exposition

@@ -459,7 +459,7 @@ pub fn kcat_produce_with(
     settings: &[&str],
     lines: &[String],
 ) -> Output {
-    let mut command = Command::new("kcat");
+    let mut command = crate::external("kcat");
     command.args(["-b", bootstrap, "-P", "-t", topic]);
     command.args(settings);
     command.args(["-X", "message.timeout.ms=20000"]);
@@ -469,7 +469,7 @@ pub fn kcat_produce_with(
 
 /// Every record of `topic` a consumer can read (below the HW): (partition, offset, value).
 pub fn kcat_read_all(bootstrap: &str, topic: &str) -> Vec<(i32, i64, String)> {
-    let mut command = Command::new("kcat");
+    let mut command = crate::external("kcat");
     command.args([
         "-b",
         bootstrap,

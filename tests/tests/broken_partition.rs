@@ -15,14 +15,12 @@
 //! ran at 0.06× and the rate check failed. The build before both took the broker's whole
 //! log directory offline over one stray file (fenced, every leadership moved away).
 
-use std::process::Command;
-
 use sluice_system_tests::{check, client_script, kcat_produce, kcat_read_all, python, run};
 use sluice_system_tests::{Layout, ProcessCluster};
 
 /// acks=all records per second to `topic`-0 (librdkafka, batched as the load tool does).
 fn acks_all_rate(cluster: &ProcessCluster, topic: &str, count: usize) -> f64 {
-    let mut command = Command::new(python());
+    let mut command = sluice_system_tests::external(python());
     command
         .arg(client_script("timed_producer.py"))
         .arg(cluster.bootstrap())

@@ -18,7 +18,7 @@
 //!   everything again, and delete the group with its offsets.
 
 use std::collections::BTreeSet;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use sluice_system_tests::{
@@ -28,7 +28,7 @@ use sluice_system_tests::{
 
 /// `kcat -G group topic` from the committed offsets (or the earliest) to the end.
 fn kcat_group_read(bootstrap: &str, group: &str, topic: &str) -> Vec<String> {
-    let mut command = Command::new("kcat");
+    let mut command = sluice_system_tests::external("kcat");
     command.args([
         "-b",
         bootstrap,
@@ -72,7 +72,7 @@ fn group_consumer_with(
     assignor: &str,
 ) -> (NodeProcess, std::sync::mpsc::Receiver<String>) {
     let mut node = NodeProcess {
-        child: Command::new(python())
+        child: sluice_system_tests::external(python())
             .arg(client_script("group_consumer.py"))
             .args([bootstrap, group, topic])
             .arg("--stop-file")
@@ -200,7 +200,7 @@ fn three_confluent_kafka_consumers_split_six_partitions_and_consume_everything()
         std::thread::sleep(Duration::from_millis(50));
     }
     // an admin client sees the group: Stable, range, three members with two partitions each
-    let mut command = Command::new(python());
+    let mut command = sluice_system_tests::external(python());
     command
         .arg(client_script("group_admin.py"))
         .args([&cluster.bootstrap(), "splitters"]);
@@ -245,7 +245,7 @@ fn python_group_reads_and_resumes(script: &str) {
     let topic = "pythonic";
     cluster.create_topic(topic, 3);
     let read = || {
-        let mut command = Command::new(python());
+        let mut command = sluice_system_tests::external(python());
         command
             .arg(client_script(script))
             .args([&cluster.bootstrap(), "pythonistas", topic]);

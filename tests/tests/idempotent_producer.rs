@@ -227,7 +227,7 @@ fn default_idempotent_clients_write_and_read_back() {
         ("confluent", "idem-confluent"),
     ] {
         cluster.create_topic(topic, 3);
-        let mut command = Command::new(python());
+        let mut command = sluice_system_tests::external(python());
         command
             .arg(client_script("idempotent_round_trip.py"))
             .args([client, &cluster.bootstrap(), topic, "3", "3000"]);
@@ -289,7 +289,7 @@ fn exactly_once_through_leader_kills_and_a_paused_follower() {
     let failed_out = work.path().join("failed");
     let log_path = work.path().join("producer.log");
     let producer_log = std::fs::File::create(&log_path).unwrap();
-    let mut producer = Command::new(python())
+    let mut producer = sluice_system_tests::external(python())
         .arg(client_script("idempotent_producer.py"))
         .arg(cluster.bootstrap())
         .arg(topic)

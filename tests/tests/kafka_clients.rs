@@ -79,7 +79,7 @@ impl Node {
 }
 
 fn kcat(args: &[&str]) -> Command {
-    let mut c = Command::new("kcat");
+    let mut c = sluice_system_tests::external("kcat");
     c.args(args);
     c
 }
@@ -230,7 +230,7 @@ fn kcat_finds_offsets_by_timestamp() {
 fn confluent_kafka_round_trips_keys_values_and_headers() {
     let node = Node::start(&[]);
     let script = client_script("confluent_round_trip.py");
-    let mut command = Command::new(python());
+    let mut command = sluice_system_tests::external(python());
     command.arg(script).arg(&node.bootstrap);
     let out = run(command, b"", Duration::from_secs(180));
     check(&out, "confluent_round_trip.py");
@@ -445,7 +445,7 @@ fn the_sluice_cli_and_kcat_read_each_others_records() {
 fn kafka_python_round_trips_through_its_admin_producer_and_consumer() {
     let node = Node::start(&[]);
     let script = client_script("kafka_python_round_trip.py");
-    let mut command = Command::new(python());
+    let mut command = sluice_system_tests::external(python());
     command.arg(script).arg(&node.bootstrap);
     let out = run(command, b"", Duration::from_secs(180));
     check(&out, "kafka_python_round_trip.py");

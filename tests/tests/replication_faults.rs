@@ -16,7 +16,7 @@
 //! of three controllers; they run three broker-only nodes and one controller-only node.
 
 use std::collections::{BTreeMap, HashMap};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use sluice_system_tests::progress::{read_acks, read_progress, wait_progress};
@@ -53,7 +53,7 @@ fn every_acknowledged_record_survives_kill_9_of_each_partition_leader() {
     let log_path = work.path().join("producer.log");
     let producer_log = std::fs::File::create(&log_path).unwrap();
     let script = client_script("acked_producer.py");
-    let mut producer = Command::new(python())
+    let mut producer = sluice_system_tests::external(python())
         .arg(script)
         .arg(cluster.bootstrap())
         .arg(topic)
@@ -242,7 +242,7 @@ fn a_deposed_leader_truncates_its_uncommitted_batches_and_matches_the_new_leader
     // an acks=all producer through the leader alone: its records are appended and parked,
     // waiting for followers that do not fetch
     let script = client_script("parked_producer.py");
-    let parked = Command::new(python())
+    let parked = sluice_system_tests::external(python())
         .arg(script)
         .arg(cluster.bootstrap_of(old))
         .args([topic, "0", "parked", "--count", "10"])
