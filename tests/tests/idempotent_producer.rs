@@ -12,7 +12,7 @@
 //!   order it was sent, with no duplicate at all.
 
 use std::collections::{BTreeMap, HashMap};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
