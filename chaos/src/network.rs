@@ -142,6 +142,14 @@ impl Network {
         self.drop_from(b, a, port, 1.0)
     }
 
+    /// Cuts `host` from every other node in both directions (with `port`, that port only).
+    pub fn isolate(&self, host: u32, port: Option<u16>) -> Result<()> {
+        for other in NODES.iter().filter(|n| **n != host) {
+            self.cut(host, *other, port)?;
+        }
+        Ok(())
+    }
+
     /// Removes every rule from every host.
     pub fn heal(&self) -> Result<()> {
         for host in NODES.iter().chain([CLIENT].iter()) {

@@ -184,39 +184,37 @@ pub fn run(
             producer(&config, id, &recorder, deadline, &stop, &progress)
         }));
     }
-    let mut first_error = None;
-    for t in producer_threads {
-        match t.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => first_error = first_error.or(Some(e)),
-            Err(_) => {
-                first_error =
-                    first_error.or(Some(VerifyError::Client("a producer panicked".into())))
-            }
-        }
-    }
+    let mut first_error = join_all(producer_threads, "a producer", None);
 
     let final_read = final_read(config, partitions, &recorder);
     if let Ok(ends) = &final_read {
         reached.wait_for(ends, config.final_read_timeout);
     }
     consumers_done.store(true, Ordering::Relaxed);
-    for t in consumer_threads {
-        match t.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => first_error = first_error.or(Some(e)),
-            Err(_) => {
-                first_error =
-                    first_error.or(Some(VerifyError::Client("a consumer panicked".into())))
-            }
-        }
-    }
+    first_error = join_all(consumer_threads, "a consumer", first_error);
     recorder.finish()?;
     final_read?;
     if let Some(e) = first_error {
         return Err(e);
     }
     crate::history::read(&config.history)
+}
+
+/// Waits for every thread; the first error (`first_error` if already set) wins.
+fn join_all(
+    threads: Vec<std::thread::JoinHandle<Result<(), VerifyError>>>,
+    what: &str,
+    mut first_error: Option<VerifyError>,
+) -> Option<VerifyError> {
+    for t in threads {
+        let error = match t.join() {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => e,
+            Err(_) => VerifyError::Client(format!("{what} panicked")),
+        };
+        first_error = first_error.or(Some(error));
+    }
+    first_error
 }
 
 /// Creates the topic if it does not exist; returns its partition count.
