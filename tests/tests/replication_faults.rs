@@ -9,6 +9,8 @@
 //!   invisible until the replicas return and rejoin;
 //! - a deposed leader that wrote uncommitted batches truncates them and matches the new
 //!   leader;
+//! - a deposed leader's parked write that a follower fetched, and kept as the new leader,
+//!   is answered with an error clients read as "outcome unknown", never "not written";
 //! - a follower paused past replica.lag.time.max.ms leaves the ISR and rejoins.
 //!
 //! The first test runs the deployment users run (three combined broker+controller
@@ -343,6 +345,116 @@ fn a_deposed_leader_truncates_its_uncommitted_batches_and_matches_the_new_leader
             .any(|b| contains(b, b"stale-")),
         "broker {old} (deposed; new leader {new}) still holds uncommitted batches"
     );
+}
+
+/// Error names librdkafka (and so confluent-kafka) reads as "maybe written": its
+/// delivery report then says POSSIBLY_PERSISTED. Any other error reads as "not written".
+const OUTCOME_UNKNOWN: &[&str] = &[
+    "REQUEST_TIMED_OUT",
+    "NOT_ENOUGH_REPLICAS_AFTER_APPEND",
+    "_TIMED_OUT",
+    "_MSG_TIMED_OUT",
+    "_TRANSPORT",
+];
+
+#[test]
+fn a_deposed_leaders_parked_write_that_the_new_leader_kept_is_never_reported_not_written() {
+    // found by the chaos suite (seed 1796028506): a parked acks=all batch that a follower
+    // had fetched survived the failover, yet the deposed leader answered it
+    // NOT_LEADER_OR_FOLLOWER, which clients read as "not written": librdkafka resent it
+    // (a refresh retry, uncounted even with retries=0) to the new leader, alone in its
+    // ISR, whose NOT_ENOUGH_REPLICAS became the final, "not persisted" answer
+    let mut cluster = ProcessCluster::start(
+        Layout::DedicatedController,
+        &[
+            "broker.session.timeout.ms=10000",
+            "broker.heartbeat.interval.ms=200",
+            "replica.lag.time.max.ms=60000",
+        ],
+    );
+    let topic = "kept";
+    cluster.create_topic(topic, 1);
+    check(
+        &kcat_produce(&cluster.bootstrap(), topic, "all", &lines("committed", 100)),
+        "kcat acks=all",
+    );
+    let old = cluster.leader_of(topic, 0);
+    let followers: Vec<i32> = (1..=3).filter(|id| *id != old).collect();
+    let (keeper, silent) = (followers[0], followers[1]);
+    // `silent` stops fetching but stays in the ISR until its session ends: the high
+    // watermark cannot pass what `keeper` fetches
+    cluster.pause(silent);
+    let parked = sluice_system_tests::external(python())
+        .arg(client_script("parked_producer.py"))
+        .arg(cluster.bootstrap_of(old))
+        .args([topic, "0", "parked", "--count", "10"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect(
+            "run parked_producer.py (scripts/install-kafka-clients.sh installs confluent-kafka)",
+        );
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while !cluster
+        .batches(keeper, topic, 0, i64::MAX)
+        .iter()
+        .any(|b| contains(b, b"parked-9"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "broker {keeper} never fetched the parked records (within the silent follower's session)"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // the leader goes silent too: both sessions end, and `keeper`, the one live ISR
+    // member, is elected with the parked records in its log
+    cluster.pause(old);
+    cluster.wait_for(topic, "the keeper takes over", |rows| {
+        rows[0].leader == keeper
+    });
+    cluster.resume(old);
+    cluster.resume(silent);
+    cluster.wait_for(
+        topic,
+        "the deposed leader and the silent follower rejoin",
+        |rows| rows[0].isr.len() == 3,
+    );
+    let reports = run_to_end(parked, Duration::from_secs(90));
+    let reports = String::from_utf8_lossy(&reports.stdout).to_string();
+    let read = kcat_read_all(&cluster.bootstrap(), topic);
+    let kept: Vec<&str> = values(&read)
+        .into_iter()
+        .filter(|v| v.starts_with("parked-"))
+        .collect();
+    assert_eq!(
+        kept,
+        lines("parked", 10),
+        "the new leader kept the parked batches"
+    );
+    assert_eq!(
+        reports.lines().count(),
+        10,
+        "one report per record: {reports}"
+    );
+    for report in reports.lines() {
+        let fields: Vec<&str> = report.split_whitespace().collect();
+        match fields.as_slice() {
+            ["ok", _, offset, value] => {
+                let offset: i64 = offset.parse().unwrap();
+                assert!(
+                    read.iter().any(|(_, o, v)| *o == offset && v == value),
+                    "acknowledged at {offset} but not there: {reports}"
+                );
+            }
+            // in the log: the answer must not have said "not written"
+            ["err", name, _] => assert!(
+                OUTCOME_UNKNOWN.contains(name),
+                "a kept record was answered {name}, which clients read as not written: {reports}"
+            ),
+            _ => panic!("unexpected report {report:?}: {reports}"),
+        }
+    }
+    cluster.assert_replicas_identical(topic, 0, read.len() as i64);
 }
 
 #[test]

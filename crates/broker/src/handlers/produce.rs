@@ -6,8 +6,16 @@
 //! notices); acks=1: answered after the local append; acks=all (-1): refused with
 //! NOT_ENOUGH_REPLICAS when |ISR| < `min.insync.replicas`, else parked until the high
 //! watermark passes the batch (REQUEST_TIMED_OUT at the request's timeout), or until this
-//! broker stops leading in the epoch it appended in (NOT_LEADER_OR_FOLLOWER at once: the
-//! batch may be truncated, so only that leadership's high watermark can commit it).
+//! broker stops leading in the epoch it appended in (REQUEST_TIMED_OUT at once: only that
+//! leadership's high watermark could commit the batch here, but a follower may already
+//! hold it and keep it as the next leader).
+//!
+//! Why not NOT_LEADER_OR_FOLLOWER there, as Kafka answers: clients read that code as
+//! "not written" (librdkafka reports such a record as `NOT_PERSISTED` once it gives up),
+//! yet the batch can survive on the new leader — a failed write that consumers then read
+//! (found by the chaos suite, seed 1796028506). REQUEST_TIMED_OUT is the code every
+//! client reads as "outcome unknown, retry"; the retry finds this broker not leading and
+//! gets NOT_LEADER_OR_FOLLOWER, which refreshes its metadata.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -106,15 +114,21 @@ pub async fn handle(request: &RequestFrame, broker: &Broker) -> Result<Answer, C
         wait_for_high_watermark(broker, &parked, timeout).await;
         crate::request_metrics::add_remote_wait(waiting.elapsed());
         for p in &parked {
-            let code = match p.outcome() {
+            // either way the batch is in this log and may be committed later (or
+            // elsewhere): an unknown outcome, never a refusal
+            let message = match p.outcome() {
                 AcksAllOutcome::Committed => continue,
-                AcksAllOutcome::Waiting => ec::REQUEST_TIMED_OUT,
-                AcksAllOutcome::LeadershipLost => ec::NOT_LEADER_OR_FOLLOWER,
+                AcksAllOutcome::Waiting => "not replicated to the ISR within timeout_ms",
+                AcksAllOutcome::LeadershipLost => {
+                    "leadership moved before the batch was committed; the new leader may hold it"
+                }
             };
+            let code = ec::REQUEST_TIMED_OUT;
             broker.metrics.error("Produce", code);
             let answer = &mut response.responses[p.topic].partition_responses[p.partition];
             answer.error_code = code;
             answer.base_offset = -1;
+            answer.error_message = Some(str_bytes(message));
         }
     }
     respond(request, &response)
