@@ -9,7 +9,9 @@
 //! Needs root (namespaces, iptables). Everything it creates goes away at the end, also
 //! when it fails.
 
+mod disk;
 mod divergence;
+mod link_proxy;
 mod nemesis;
 mod network;
 mod nodes;
@@ -25,6 +27,8 @@ use clap::Parser;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+use disk::Disks;
+use link_proxy::{LinkProxies, Route};
 use network::{Network, CLIENT, NODES};
 use nodes::Nodes;
 
@@ -62,6 +66,8 @@ struct Profile {
     fault_hold: Duration,
     quiet: Duration,
     rate: u32,
+    /// Size of each node's log directory (a tmpfs, so a fault can fill it).
+    disk_mib: u64,
 }
 
 fn profile(name: &str) -> Result<Profile> {
@@ -71,6 +77,7 @@ fn profile(name: &str) -> Result<Profile> {
             fault_hold: Duration::from_secs(8),
             quiet: Duration::from_secs(6),
             rate: 400,
+            disk_mib: 256,
         },
         // ~1 M records in an hour: the history (four events a record) stays near 400 MB
         "long" => Profile {
@@ -78,6 +85,8 @@ fn profile(name: &str) -> Result<Profile> {
             fault_hold: Duration::from_secs(10),
             quiet: Duration::from_secs(5),
             rate: 300,
+            // ~1 M records of ~100 bytes, three segments' preallocation per partition
+            disk_mib: 1024,
         },
         other => bail!("--profile must be quick or long, got {other:?}"),
     })
@@ -114,6 +123,28 @@ fn sleep_unless_interrupted(d: Duration) -> bool {
         std::thread::sleep(Duration::from_millis(50).min(until - Instant::now()));
     }
     !INTERRUPTED.load(Ordering::Relaxed)
+}
+
+/// Each node's link proxies: the controller and inter-broker ports other nodes use,
+/// relayed to where the node listens.
+fn link_routes(net: &Network) -> Result<Vec<(u32, Option<PathBuf>, Vec<Route>)>> {
+    let mut hosts = Vec::new();
+    for n in NODES {
+        let ip: std::net::IpAddr = net.address(n).parse()?;
+        let route = |listen: u16, target: u16| Route {
+            listen: (ip, listen).into(),
+            target: (ip, target).into(),
+        };
+        hosts.push((
+            n,
+            Some(net.namespace_path(n)),
+            vec![
+                route(nodes::CONTROLLER_PORT, nodes::CONTROLLER_LISTENER),
+                route(nodes::INTERNAL_PORT, nodes::INTERNAL_LISTENER),
+            ],
+        ));
+    }
+    Ok(hosts)
 }
 
 fn main() {
@@ -179,7 +210,15 @@ fn run() -> Result<bool> {
     let prefix = format!("sc{}", std::process::id() % 100_000);
     let subnet = 100 + (std::process::id() % 100) as u8;
     let net = Network::create(&prefix, subnet)?;
+    // declared before the nodes, so dropped after them (a failed run's nodes are killed
+    // before their disks are unmounted)
+    let mut disks: Disks;
+    let links: LinkProxies;
     let mut nodes = Nodes::new(&net, &bin, &out)?;
+    let data_dirs: Vec<PathBuf> = NODES.iter().map(|n| nodes.data_dir(*n)).collect();
+    let log_dirs: Vec<(u32, PathBuf)> = NODES.iter().copied().zip(data_dirs.clone()).collect();
+    disks = Disks::mount(&log_dirs, profile.disk_mib)?;
+    links = LinkProxies::start(link_routes(&net)?, std::sync::Arc::new(net.host_of()))?;
     for n in NODES {
         nodes.start(n)?;
     }
@@ -203,6 +242,12 @@ fn run() -> Result<bool> {
     }
     let mut workload = workload.spawn().context("starting sluice verify")?;
 
+    let mut lab = nemesis::Lab {
+        net: &net,
+        nodes: &mut nodes,
+        links: &links,
+        disks: &disks,
+    };
     let mut nemesis_log = std::fs::File::create(out.join("nemesis.log"))?;
     let started = Instant::now();
     let mut faults: BTreeMap<String, usize> = BTreeMap::new();
@@ -211,7 +256,7 @@ fn run() -> Result<bool> {
         if interrupted || matches!(workload.try_wait(), Ok(Some(_))) {
             break;
         }
-        let what = match nemesis::apply(*fault, &net, &mut nodes, topic, &mut rng) {
+        let what = match nemesis::apply(*fault, &mut lab, topic, &mut rng) {
             Ok(w) => w,
             Err(e) => format!("{fault} not applied: {e:#}"),
         };
@@ -220,7 +265,7 @@ fn run() -> Result<bool> {
         writeln!(nemesis_log, "{line}")?;
         *faults.entry(fault.to_string()).or_default() += 1;
         interrupted = !sleep_unless_interrupted(profile.fault_hold);
-        nemesis::heal(&net, &mut nodes)?;
+        nemesis::heal(&mut lab)?;
         writeln!(
             nemesis_log,
             "{:>6.1}s healed",
@@ -228,7 +273,7 @@ fn run() -> Result<bool> {
         )?;
         interrupted = interrupted || !sleep_unless_interrupted(profile.quiet);
     }
-    nemesis::heal(&net, &mut nodes)?;
+    nemesis::heal(&mut lab)?;
     if interrupted || INTERRUPTED.load(Ordering::Relaxed) {
         let _ = workload.kill();
         let _ = workload.wait();
@@ -253,9 +298,11 @@ fn run() -> Result<bool> {
 
     nodes.wait_healthy(Duration::from_secs(60)).ok();
     nodes.stop_all(Duration::from_secs(30));
-    let data_dirs: Vec<PathBuf> = NODES.iter().map(|n| nodes.data_dir(*n)).collect();
     let (diverged, compared) = divergence::check(&bin, &data_dirs, topic)?;
+    let valid = report.valid() && diverged.is_empty();
     drop(nodes);
+    drop(links);
+    disks.unmount(!valid || args.keep);
     drop(net);
 
     println!("faults injected:");
@@ -270,7 +317,6 @@ fn run() -> Result<bool> {
     for d in &diverged {
         println!("  {d}");
     }
-    let valid = report.valid() && diverged.is_empty();
     if valid && !args.keep {
         std::fs::remove_dir_all(&out).ok();
     } else if !valid {

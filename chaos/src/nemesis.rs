@@ -1,17 +1,29 @@
 //! The faults (nemeses) and their seeded schedule. Each fault is applied, held for a
-//! while, then healed (every iptables rule flushed, paused nodes resumed, killed nodes
-//! restarted on their data) before a quiet spell and the next one. Targets ("the leader",
-//! "a follower") are resolved when the fault starts, from what the cluster reports.
+//! while, then healed (every iptables rule flushed, every link back to full speed, every
+//! ballast removed, paused nodes resumed, killed nodes restarted on their data) before a
+//! quiet spell and the next one. Targets ("the leader", "a follower") are resolved when
+//! the fault starts, from what the cluster reports.
 
 use std::fmt;
+use std::time::Duration;
 
 use anyhow::Result;
 use rand::seq::SliceRandom;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
+use crate::disk::{self, Disks};
+use crate::link_proxy::{Delay, LinkProxies};
 use crate::network::{Network, NODES};
 use crate::nodes::{Nodes, CONTROLLER_PORT};
+
+/// What the faults act on.
+pub struct Lab<'a, 'n> {
+    pub net: &'a Network,
+    pub nodes: &'a mut Nodes<'n>,
+    pub links: &'a LinkProxies,
+    pub disks: &'a Disks,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Fault {
@@ -27,6 +39,10 @@ pub enum Fault {
     Bridge,
     OneWayPartition,
     PacketLoss,
+    SlowLinks,
+    DiskFull,
+    TornTail,
+    BitFlips,
 }
 
 pub const ALL: &[Fault] = &[
@@ -42,6 +58,10 @@ pub const ALL: &[Fault] = &[
     Fault::Bridge,
     Fault::OneWayPartition,
     Fault::PacketLoss,
+    Fault::SlowLinks,
+    Fault::DiskFull,
+    Fault::TornTail,
+    Fault::BitFlips,
 ];
 
 impl fmt::Display for Fault {
@@ -59,6 +79,10 @@ impl fmt::Display for Fault {
             Fault::Bridge => "bridge",
             Fault::OneWayPartition => "one-way-partition",
             Fault::PacketLoss => "packet-loss",
+            Fault::SlowLinks => "slow-links",
+            Fault::DiskFull => "disk-full",
+            Fault::TornTail => "torn-tail",
+            Fault::BitFlips => "bit-flips",
         };
         f.write_str(name)
     }
@@ -86,11 +110,11 @@ fn others(n: u32) -> Vec<u32> {
 /// Applies `fault`; returns what was done, in words.
 pub fn apply(
     fault: Fault,
-    net: &Network,
-    nodes: &mut Nodes<'_>,
+    lab: &mut Lab<'_, '_>,
     topic: &str,
     rng: &mut ChaCha8Rng,
 ) -> Result<String> {
+    let (net, nodes) = (lab.net, &mut *lab.nodes);
     let any = pick(rng, &NODES);
     let leader = nodes.partition_leader(topic, 0).unwrap_or(any);
     let what = match fault {
@@ -157,12 +181,49 @@ pub fn apply(
             }
             "30% of packets between nodes dropped".to_string()
         }
+        Fault::SlowLinks => {
+            // beyond the heartbeat interval (200 ms), within the session (2 s); the
+            // controllers' election timeout is 1 s
+            let delay = Delay {
+                base: Duration::from_millis(rng.random_range(50..=300)),
+                jitter: Duration::from_millis(rng.random_range(0..=300)),
+            };
+            for a in NODES {
+                for b in others(a).into_iter().filter(|b| *b > a) {
+                    lab.links.slow(a, b, delay);
+                }
+            }
+            format!(
+                "every link between nodes delayed {:?} + up to {:?} of jitter",
+                delay.base, delay.jitter
+            )
+        }
+        Fault::DiskFull => {
+            let filled = lab.disks.fill(leader)?;
+            format!(
+                "node {leader}'s (leader of {topic}-0) log directory filled ({} MiB of ballast)",
+                filled >> 20
+            )
+        }
+        Fault::TornTail => {
+            nodes.kill(any)?;
+            let what = disk::tear_tails(&nodes.data_dir(any), topic, rng)?;
+            format!("kill -9 node {any}, then tore its newest segments: {what}")
+        }
+        Fault::BitFlips => {
+            nodes.kill(any)?;
+            let what = disk::flip_bits(&nodes.data_dir(any), topic, rng)?;
+            format!("kill -9 node {any}, then flipped bits: {what}")
+        }
     };
     Ok(what)
 }
 
-/// Undoes every fault: rules flushed, paused nodes resumed, stopped nodes restarted.
-pub fn heal(net: &Network, nodes: &mut Nodes<'_>) -> Result<()> {
-    net.heal()?;
-    nodes.heal()
+/// Undoes every fault: rules flushed, links at full speed, ballasts removed, paused
+/// nodes resumed, stopped nodes restarted.
+pub fn heal(lab: &mut Lab<'_, '_>) -> Result<()> {
+    lab.net.heal()?;
+    lab.links.heal();
+    lab.disks.heal()?;
+    lab.nodes.heal()
 }

@@ -82,6 +82,23 @@ impl Network {
         format!("10.{}.0.{host}", self.subnet)
     }
 
+    /// Which host an address of this network belongs to.
+    pub fn host_of(&self) -> impl Fn(std::net::IpAddr) -> Option<u32> + Send + Sync + 'static {
+        let ours = self.subnet;
+        move |ip| match ip {
+            std::net::IpAddr::V4(v4) => {
+                let [ten, subnet, zero, host] = v4.octets();
+                (ten == 10 && subnet == ours && zero == 0).then_some(u32::from(host))
+            }
+            std::net::IpAddr::V6(_) => None,
+        }
+    }
+
+    /// The file `ip netns` keeps `host`'s namespace in (for `setns`).
+    pub fn namespace_path(&self, host: u32) -> std::path::PathBuf {
+        std::path::Path::new("/run/netns").join(self.namespace_name(host))
+    }
+
     /// A command run inside `host`'s namespace.
     pub fn command_in(&self, host: u32, program: &str) -> Command {
         let mut c = Command::new("ip");

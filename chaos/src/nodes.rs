@@ -16,8 +16,16 @@ use nix::unistd::Pid;
 
 use crate::network::{Network, CLIENT, NODES};
 
+/// Clients' listener (the client host connects here directly).
 pub const KAFKA_PORT: u16 = 9092;
+/// The controller port other nodes use: the link proxy's, relayed to [`CONTROLLER_LISTENER`].
 pub const CONTROLLER_PORT: u16 = 9093;
+/// The inter-broker port other nodes use (advertised): the link proxy's, relayed to
+/// [`INTERNAL_LISTENER`].
+pub const INTERNAL_PORT: u16 = 9094;
+/// Where the node itself listens for inter-broker and controller traffic.
+pub const INTERNAL_LISTENER: u16 = 9194;
+pub const CONTROLLER_LISTENER: u16 = 9193;
 pub const ADMIN_PORT: u16 = 9644;
 
 pub struct Nodes<'a> {
@@ -76,10 +84,14 @@ impl<'a> Nodes<'a> {
 "node.id" = {n}
 "process.roles" = "broker,controller"
 "controller.quorum.voters" = "{voters}"
-"listeners" = "PLAINTEXT://{address}:{KAFKA_PORT},CONTROLLER://{address}:{CONTROLLER_PORT}"
-"advertised.listeners" = "PLAINTEXT://{address}:{KAFKA_PORT}"
+"listeners" = "PLAINTEXT://{address}:{KAFKA_PORT},INTERNAL://{address}:{INTERNAL_LISTENER},CONTROLLER://{address}:{CONTROLLER_LISTENER}"
+"advertised.listeners" = "PLAINTEXT://{address}:{KAFKA_PORT},INTERNAL://{address}:{INTERNAL_PORT}"
+"listener.security.protocol.map" = "PLAINTEXT:PLAINTEXT,INTERNAL:PLAINTEXT,CONTROLLER:PLAINTEXT"
+"inter.broker.listener.name" = "INTERNAL"
 "admin.listener" = "{address}:{ADMIN_PORT}"
 "log.dirs" = "{data}"
+"metadata.log.dir" = "{metadata}"
+"sluice.log.scrub.interval.ms" = 5000
 "default.replication.factor" = 3
 "min.insync.replicas" = 2
 "broker.session.timeout.ms" = 2000
@@ -90,6 +102,7 @@ impl<'a> Nodes<'a> {
 "#,
             voters = voters.join(","),
             data = self.data_dir(n).display(),
+            metadata = self.node_dir(n).join("metadata").display(),
         );
         std::fs::write(dir.join("node.toml"), config)?;
         Ok(())

@@ -23,6 +23,10 @@
 //! - **unseen**: acknowledged and present at the end, yet never polled by the group's
 //!   consumers, which keep polling until they reach the end.
 //! - **final-read-gap** / **incomplete-final-read**: the end state itself is not whole.
+//! - **watermark-regressed**: a partition's high watermark, as clients read it
+//!   (ListOffsets), lower than one read before it: committed records unseen again.
+//! - **epoch-regressed**: in the final read, a record written in an older leader epoch
+//!   than a record below it (a log's epochs never decrease along its offsets).
 //!
 //! With acks=1 (or 0) a leader's failure may lose acknowledged records: lost, changed-ack,
 //! inconsistent-offset and poll anomalies are then measured and reported, not failures.
@@ -89,6 +93,8 @@ pub const KINDS: &[&str] = &[
     "unseen",
     "final-read-gap",
     "incomplete-final-read",
+    "watermark-regressed",
+    "epoch-regressed",
 ];
 
 /// Kinds that acks=1 or acks=0 allow (a leader's failure may lose acknowledged records).
@@ -193,6 +199,9 @@ pub fn check(events: &[Event]) -> Report {
     // every value seen at each offset, by anyone
     let mut seen_at: HashMap<(i32, i64), HashSet<&str>> = HashMap::new();
     let mut polled: HashSet<&str> = HashSet::new();
+    // the highest watermark read so far per partition, and when
+    let mut watermarks: HashMap<i32, (i64, u64)> = HashMap::new();
+    let mut epochs: BTreeMap<i32, BTreeMap<i64, i32>> = BTreeMap::new();
 
     for event in events {
         match event {
@@ -259,11 +268,31 @@ pub fn check(events: &[Event]) -> Report {
             } => {
                 final_ends.insert(*partition, *end_offset);
             }
+            Event::Watermark {
+                time_ms,
+                partition,
+                high,
+            } => match watermarks.get(partition) {
+                Some((max, at)) if high < max => report.kind("watermark-regressed").add(|| {
+                    format!("partition {partition}: {high} at {time_ms} ms after {max} at {at} ms")
+                }),
+                Some((max, _)) if high == max => {}
+                _ => {
+                    watermarks.insert(*partition, (*high, *time_ms));
+                }
+            },
             Event::Final {
                 partition,
                 offset,
                 value,
+                leader_epoch,
             } => {
+                if let Some(epoch) = leader_epoch {
+                    epochs
+                        .entry(*partition)
+                        .or_default()
+                        .insert(*offset, *epoch);
+                }
                 report.read += 1;
                 finals.entry(*partition).or_default().insert(*offset, value);
                 copies.entry(value).or_default().push((*partition, *offset));
@@ -343,6 +372,19 @@ pub fn check(events: &[Event]) -> Report {
             report
                 .kind("inconsistent-offset")
                 .add(|| format!("{partition}/{offset} seen with {v:?}"));
+        }
+    }
+
+    for (partition, by_offset) in &epochs {
+        let mut highest: Option<(i64, i32)> = None;
+        for (offset, epoch) in by_offset {
+            if let Some((below, e)) = highest.filter(|(_, e)| epoch < e) {
+                report.kind("epoch-regressed").add(|| {
+                    format!("partition {partition}: offset {offset} in epoch {epoch}, offset {below} below it in epoch {e}")
+                });
+            } else {
+                highest = Some((*offset, *epoch));
+            }
         }
     }
 
@@ -549,6 +591,7 @@ mod tests {
             partition: 0,
             offset,
             value: v.into(),
+            leader_epoch: None,
         }
     }
     fn end(end_offset: i64) -> Event {
@@ -779,5 +822,59 @@ mod tests {
             fin(0, "a"),
         ];
         assert_eq!(check(&h).count("unseen"), 1);
+    }
+    #[test]
+    fn a_high_watermark_read_lower_than_before_is_a_regression() {
+        let mark = |t: u64, partition: i32, high: i64| Event::Watermark {
+            time_ms: t,
+            partition,
+            high,
+        };
+        let h = vec![
+            start("all", false, 0),
+            mark(1, 0, 5),
+            mark(2, 1, 9),
+            mark(3, 0, 7),
+            mark(4, 0, 7),
+            // another partition's lower mark is no regression
+            mark(5, 1, 9),
+            end(0),
+        ];
+        assert!(check(&h).valid(), "{}", check(&h).table());
+        let mut h = h;
+        h.insert(5, mark(5, 0, 6));
+        let r = check(&h);
+        assert_eq!(r.count("watermark-regressed"), 1, "{}", r.table());
+        assert!(r.anomalies["watermark-regressed"].examples[0].contains("6 at 5 ms after 7"));
+        assert!(!r.valid());
+    }
+
+    #[test]
+    fn a_record_of_an_older_epoch_above_a_newer_one_is_an_epoch_regression() {
+        let fin_in = |offset: i64, v: &str, epoch: i32| Event::Final {
+            partition: 0,
+            offset,
+            value: v.into(),
+            leader_epoch: Some(epoch),
+        };
+        let h = |epochs: [i32; 3]| {
+            vec![
+                start("all", false, 0),
+                invoke(1, "a"),
+                ok(2, "a", 0),
+                invoke(1, "b"),
+                ok(2, "b", 1),
+                invoke(1, "c"),
+                ok(2, "c", 2),
+                end(3),
+                fin_in(0, "a", epochs[0]),
+                fin_in(1, "b", epochs[1]),
+                fin_in(2, "c", epochs[2]),
+            ]
+        };
+        assert!(check(&h([0, 2, 2])).valid());
+        let r = check(&h([0, 3, 2]));
+        assert_eq!(r.count("epoch-regressed"), 1, "{}", r.table());
+        assert!(!r.valid());
     }
 }

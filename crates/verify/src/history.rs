@@ -2,9 +2,10 @@
 //! the workload saw things happen. Producers record each send as `invoke` and then one
 //! outcome (`ok` with its partition and offset, `fail` when the client knows the record
 //! was not written, `info` when it cannot know); group consumers record what each poll
-//! returned, their assignments and their successful commits; the final read records
-//! every record of every partition after the faults are healed; the fault harness adds
-//! `nemesis` lines. The checker (`checker.rs`) reads nothing else, so a history file can
+//! returned, their assignments and their successful commits; an observer records each
+//! partition's high watermark as clients see it, a few times a second; the final read
+//! records every record of every partition (with its leader epoch) after the faults are
+//! healed; the fault harness adds `nemesis` lines. The checker (`checker.rs`) reads nothing else, so a history file can
 //! be checked again, or by another tool, after the run.
 //!
 //! Values are unique per run (`<producer>-<sequence>`), so a value names one send.
@@ -73,6 +74,12 @@ pub enum Event {
         offset: i64,
         value: String,
     },
+    /// A partition's high watermark as the observer read it (ListOffsets, latest).
+    Watermark {
+        time_ms: u64,
+        partition: i32,
+        high: i64,
+    },
     /// A group consumer's offset commit succeeded.
     Commit {
         time_ms: u64,
@@ -82,11 +89,14 @@ pub enum Event {
     },
     /// A partition's log end as the final read found it (written before its records).
     FinalEnd { partition: i32, end_offset: i64 },
-    /// A record of the final read (every partition read from its start to its end).
+    /// A record of the final read (every partition read from its start to its end), with
+    /// the leader epoch its batch was written in (when the client said).
     Final {
         partition: i32,
         offset: i64,
         value: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        leader_epoch: Option<i32>,
     },
     /// A fault began or ended (written by the fault harness).
     Nemesis { time_ms: u64, what: String },

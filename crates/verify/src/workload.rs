@@ -184,7 +184,15 @@ pub fn run(
             producer(&config, id, &recorder, deadline, &stop, &progress)
         }));
     }
+    let observing = Arc::new(AtomicBool::new(true));
+    let observer = {
+        let (config, recorder, observing) =
+            (config.clone(), recorder.clone(), Arc::clone(&observing));
+        std::thread::spawn(move || watermark_observer(&config, partitions, &recorder, &observing))
+    };
     let mut first_error = join_all(producer_threads, "a producer", None);
+    observing.store(false, Ordering::Relaxed);
+    first_error = join_all(vec![observer], "the watermark observer", first_error);
 
     let final_read = final_read(config, partitions, &recorder);
     if let Ok(ends) = &final_read {
@@ -522,6 +530,39 @@ fn group_consumer(
     Ok(())
 }
 
+/// Records each partition's high watermark (ListOffsets for the latest offset, asked of
+/// the leader) every 200 ms while `observing`. Failures during faults are skipped.
+fn watermark_observer(
+    config: &WorkloadConfig,
+    partitions: i32,
+    recorder: &Recorder,
+    observing: &AtomicBool,
+) -> Result<(), VerifyError> {
+    let consumer: BaseConsumer = config.client().create()?;
+    while observing.load(Ordering::Relaxed) {
+        for p in 0..partitions {
+            if let Ok((_, high)) =
+                consumer.fetch_watermarks(&config.topic, p, Duration::from_secs(2))
+            {
+                recorder.record(&Event::Watermark {
+                    time_ms: recorder.now_ms(),
+                    partition: p,
+                    high,
+                });
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
+/// The leader epoch a consumed record's batch carries (None: the client did not say).
+fn leader_epoch(m: &rdkafka::message::BorrowedMessage<'_>) -> Option<i32> {
+    // SAFETY: the message is valid while borrowed
+    let epoch = unsafe { rdkafka::bindings::rd_kafka_message_leader_epoch(m.ptr()) };
+    (epoch >= 0).then_some(epoch)
+}
+
 /// Reads every partition from its start to its high watermark; returns the ends.
 fn final_read(
     config: &WorkloadConfig,
@@ -582,6 +623,7 @@ fn final_read(
                         offset: o,
                         value: String::from_utf8_lossy(m.payload().unwrap_or_default())
                             .into_owned(),
+                        leader_epoch: leader_epoch(&m),
                     });
                 }
                 next.insert(p, o + 1);
