@@ -36,6 +36,14 @@ pub struct Route {
     pub target: SocketAddr,
 }
 
+/// One host's proxies: its routes, served inside its namespace (`None`: the harness's own).
+#[derive(Debug, Clone)]
+pub struct HostRoutes {
+    pub host: u32,
+    pub namespace: Option<PathBuf>,
+    pub routes: Vec<Route>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Delay {
     pub base: Duration,
@@ -81,9 +89,8 @@ pub struct LinkProxies {
 pub type HostOf = Arc<dyn Fn(IpAddr) -> Option<u32> + Send + Sync>;
 
 impl LinkProxies {
-    /// Starts one proxy thread per host: `(host, namespace file, routes)` (no namespace
-    /// file: the harness's own). Returns once every listener is bound.
-    pub fn start(hosts: Vec<(u32, Option<PathBuf>, Vec<Route>)>, host_of: HostOf) -> Result<Self> {
+    /// Starts one proxy thread per host. Returns once every listener is bound.
+    pub fn start(hosts: Vec<HostRoutes>, host_of: HostOf) -> Result<Self> {
         let delays = Arc::new(Delays::default());
         let (stop, _) = watch::channel(false);
         let mut proxies = LinkProxies {
@@ -91,7 +98,12 @@ impl LinkProxies {
             stop,
             threads: Vec::new(),
         };
-        for (host, namespace, routes) in hosts {
+        for HostRoutes {
+            host,
+            namespace,
+            routes,
+        } in hosts
+        {
             let (ready_tx, ready_rx) = std::sync::mpsc::channel();
             let stop = proxies.stop.subscribe();
             let delays = delays.clone();
@@ -284,7 +296,12 @@ mod tests {
         };
         // every peer is "host 1", the proxy is host 2
         let host_of: HostOf = Arc::new(|_| Some(1));
-        let proxies = LinkProxies::start(vec![(2, None, vec![route])], host_of).unwrap();
+        let host = HostRoutes {
+            host: 2,
+            namespace: None,
+            routes: vec![route],
+        };
+        let proxies = LinkProxies::start(vec![host], host_of).unwrap();
         let echo = std::thread::spawn(move || {
             use std::io::{Read, Write};
             let (mut s, _) = listener.accept().unwrap();

@@ -28,7 +28,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use disk::Disks;
-use link_proxy::{LinkProxies, Route};
+use link_proxy::{HostRoutes, LinkProxies, Route};
 use network::{Network, CLIENT, NODES};
 use nodes::Nodes;
 
@@ -127,7 +127,7 @@ fn sleep_unless_interrupted(d: Duration) -> bool {
 
 /// Each node's link proxies: the controller and inter-broker ports other nodes use,
 /// relayed to where the node listens.
-fn link_routes(net: &Network) -> Result<Vec<(u32, Option<PathBuf>, Vec<Route>)>> {
+fn link_routes(net: &Network) -> Result<Vec<HostRoutes>> {
     let mut hosts = Vec::new();
     for n in NODES {
         let ip: std::net::IpAddr = net.address(n).parse()?;
@@ -135,14 +135,14 @@ fn link_routes(net: &Network) -> Result<Vec<(u32, Option<PathBuf>, Vec<Route>)>>
             listen: (ip, listen).into(),
             target: (ip, target).into(),
         };
-        hosts.push((
-            n,
-            Some(net.namespace_path(n)),
-            vec![
+        hosts.push(HostRoutes {
+            host: n,
+            namespace: Some(net.namespace_path(n)),
+            routes: vec![
                 route(nodes::CONTROLLER_PORT, nodes::CONTROLLER_LISTENER),
                 route(nodes::INTERNAL_PORT, nodes::INTERNAL_LISTENER),
             ],
-        ));
+        });
     }
     Ok(hosts)
 }
