@@ -147,6 +147,30 @@ fn link_routes(net: &Network) -> Result<Vec<HostRoutes>> {
     Ok(hosts)
 }
 
+/// The faults as history events, on the history's clock (its `start` event says when
+/// that clock's 0 was). Faults from before the history began are left out.
+fn nemesis_events(
+    events: &[sluice_verify::Event],
+    timeline: &[(u64, u64, String)],
+) -> Vec<sluice_verify::Event> {
+    let zero = events.iter().find_map(|e| match e {
+        sluice_verify::Event::Start { wall_clock_ms, .. } => *wall_clock_ms,
+        _ => None,
+    });
+    let Some(zero) = zero else {
+        return Vec::new();
+    };
+    timeline
+        .iter()
+        .filter(|(started, _, _)| *started >= zero)
+        .map(|(started, healed, what)| sluice_verify::Event::Nemesis {
+            time_ms: started - zero,
+            healed_ms: Some(healed.saturating_sub(zero)),
+            what: what.clone(),
+        })
+        .collect()
+}
+
 fn main() {
     match run() {
         Ok(true) => {}
@@ -251,11 +275,14 @@ fn run() -> Result<bool> {
     let mut nemesis_log = std::fs::File::create(out.join("nemesis.log"))?;
     let started = Instant::now();
     let mut faults: BTreeMap<String, usize> = BTreeMap::new();
+    // (started, healed) wall-clock ms and what, for the history
+    let mut timeline: Vec<(u64, u64, String)> = Vec::new();
     let mut interrupted = !sleep_unless_interrupted(warmup);
     for fault in &schedule {
         if interrupted || matches!(workload.try_wait(), Ok(Some(_))) {
             break;
         }
+        let fault_started = sluice_verify::history::wall_clock_ms();
         let what = match nemesis::apply(*fault, &mut lab, topic, &mut rng) {
             Ok(w) => w,
             Err(e) => format!("{fault} not applied: {e:#}"),
@@ -266,6 +293,11 @@ fn run() -> Result<bool> {
         *faults.entry(fault.to_string()).or_default() += 1;
         interrupted = !sleep_unless_interrupted(profile.fault_hold);
         nemesis::heal(&mut lab)?;
+        timeline.push((
+            fault_started,
+            sluice_verify::history::wall_clock_ms(),
+            format!("{fault}: {what}"),
+        ));
         writeln!(
             nemesis_log,
             "{:>6.1}s healed",
@@ -287,14 +319,16 @@ fn run() -> Result<bool> {
         started.elapsed().as_secs_f64()
     );
     let status = workload.wait()?;
-    let events = sluice_verify::history::read(&history).with_context(|| {
+    let mut events = sluice_verify::history::read(&history).with_context(|| {
         format!(
             "the workload left no history (exit {status}; see {})",
             out.join("verify.err").display()
         )
     })?;
-    let mut report = sluice_verify::check(&events);
-    report.faults = faults.values().sum();
+    let nemeses = nemesis_events(&events, &timeline);
+    sluice_verify::history::append(&history, &nemeses)?;
+    events.extend(nemeses);
+    let report = sluice_verify::check(&events);
 
     nodes.wait_healthy(Duration::from_secs(60)).ok();
     nodes.stop_all(Duration::from_secs(30));

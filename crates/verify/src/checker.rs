@@ -75,8 +75,52 @@ pub struct Report {
     pub commits: usize,
     pub faults: usize,
     pub retry_duplicates: usize,
+    /// Acknowledged records that did not survive (lost or changed-ack), grouped into
+    /// windows: per partition, acknowledgements less than a second apart.
+    pub loss_windows: Vec<LossWindow>,
     /// By kind, in a fixed order (see [`KINDS`]).
     pub anomalies: BTreeMap<&'static str, Anomalies>,
+}
+
+/// A run of acknowledged records of one partition that did not survive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LossWindow {
+    pub partition: i32,
+    pub first_ack_ms: u64,
+    pub last_ack_ms: u64,
+    pub records: usize,
+    pub first_offset: i64,
+    pub last_offset: i64,
+    /// The fault it came with: the last one to start before the window ended.
+    pub fault: Option<String>,
+}
+
+/// Acknowledgements further apart than this start a new loss window.
+const LOSS_WINDOW_GAP_MS: u64 = 1000;
+
+fn loss_windows(mut truncated: Vec<(i32, u64, i64)>) -> Vec<LossWindow> {
+    truncated.sort();
+    let mut windows: Vec<LossWindow> = Vec::new();
+    for (partition, ack_ms, offset) in truncated {
+        match windows.last_mut() {
+            Some(w) if w.partition == partition && ack_ms <= w.last_ack_ms + LOSS_WINDOW_GAP_MS => {
+                w.last_ack_ms = ack_ms;
+                w.records += 1;
+                w.first_offset = w.first_offset.min(offset);
+                w.last_offset = w.last_offset.max(offset);
+            }
+            _ => windows.push(LossWindow {
+                partition,
+                first_ack_ms: ack_ms,
+                last_ack_ms: ack_ms,
+                records: 1,
+                first_offset: offset,
+                last_offset: offset,
+                fault: None,
+            }),
+        }
+    }
+    windows
 }
 
 /// Every kind the checker reports, in the order of its table.
@@ -161,6 +205,30 @@ impl Report {
             };
             let _ = writeln!(out, "{kind:<24} {n:>9}  {verdict}");
         }
+        if !self.loss_windows.is_empty() {
+            let _ = writeln!(
+                out,
+                "acknowledged records that did not survive, in {} windows:",
+                self.loss_windows.len()
+            );
+            for w in self.loss_windows.iter().take(20) {
+                let _ = writeln!(
+                    out,
+                    "  partition {}: {} records acknowledged over {} ms (at {}..{} ms), offsets {}..{}{}",
+                    w.partition,
+                    w.records,
+                    w.last_ack_ms - w.first_ack_ms,
+                    w.first_ack_ms,
+                    w.last_ack_ms,
+                    w.first_offset,
+                    w.last_offset,
+                    w.fault
+                        .as_ref()
+                        .map(|f| format!("; with {f}"))
+                        .unwrap_or_default()
+                );
+            }
+        }
         for kind in KINDS {
             if let Some(a) = self.anomalies.get(kind).filter(|a| a.count > 0) {
                 let _ = writeln!(out, "{kind}:");
@@ -202,6 +270,7 @@ pub fn check(events: &[Event]) -> Report {
     // the highest watermark read so far per partition, and when
     let mut watermarks: HashMap<i32, (i64, u64)> = HashMap::new();
     let mut epochs: BTreeMap<i32, BTreeMap<i64, i32>> = BTreeMap::new();
+    let mut nemeses: Vec<(u64, &str)> = Vec::new();
 
     for event in events {
         match event {
@@ -301,11 +370,15 @@ pub fn check(events: &[Event]) -> Report {
                     .or_default()
                     .insert(value);
             }
-            Event::Nemesis { .. } => report.faults += 1,
+            Event::Nemesis { time_ms, what, .. } => {
+                report.faults += 1;
+                nemeses.push((*time_ms, what.as_str()));
+            }
             Event::Assign { .. } => {}
         }
     }
     report.pending = sends.values().filter(|s| s.end_ms.is_none()).count();
+    let mut truncated = Vec::new();
 
     // the end state is whole: every offset from the first read to the end holds a record
     for (partition, end) in &final_ends {
@@ -342,13 +415,18 @@ pub fn check(events: &[Event]) -> Report {
                 .add(|| format!("{value}: reported not written, read at {at:?}"));
         }
         if let Some((partition, offset)) = s.acked_at {
+            let ack_ms = s.ack_ms.unwrap_or_default();
             match at {
-                None => report.kind("lost").add(|| {
-                    format!("{value}: acknowledged at {partition}/{offset}, absent at the end")
-                }),
+                None => {
+                    truncated.push((partition, ack_ms, offset));
+                    report.kind("lost").add(|| {
+                        format!("{value}: acknowledged at {partition}/{offset}, absent at the end")
+                    })
+                }
                 Some(_) => {
                     let holds = finals.get(&partition).and_then(|o| o.get(&offset)).copied();
                     if holds != Some(value) {
+                        truncated.push((partition, ack_ms, offset));
                         report.kind("changed-ack").add(|| {
                             format!(
                                 "{value}: acknowledged at {partition}/{offset}, which holds {holds:?} at the end"
@@ -363,6 +441,15 @@ pub fn check(events: &[Event]) -> Report {
                     .add(|| format!("{value} ({partition}/{offset}) never polled"));
             }
         }
+    }
+
+    report.loss_windows = loss_windows(truncated);
+    nemeses.sort();
+    for w in &mut report.loss_windows {
+        let i = nemeses.partition_point(|(t, _)| *t <= w.last_ack_ms);
+        w.fault = i
+            .checked_sub(1)
+            .map(|i| format!("{} at {} ms", nemeses[i].1, nemeses[i].0));
     }
 
     for ((partition, offset), values) in &seen_at {
@@ -568,6 +655,7 @@ mod tests {
             idempotent,
             producers: 1,
             consumers,
+            wall_clock_ms: None,
         }
     }
     fn invoke(t: u64, v: &str) -> Event {
@@ -649,6 +737,71 @@ mod tests {
         let r = check(&history("1"));
         assert_eq!(r.count("lost"), 1);
         assert!(r.valid(), "{}", r.table());
+        assert_eq!(r.loss_windows.len(), 1);
+        assert!(r
+            .table()
+            .contains("partition 0: 1 records acknowledged over 0 ms"));
+        // with the fault that came before it named
+        let mut h = history("1");
+        for (t, what) in [(1, "kill -9 node 1"), (3, "SIGSTOP node 2"), (9, "later")] {
+            h.push(Event::Nemesis {
+                time_ms: t,
+                healed_ms: Some(t + 1),
+                what: what.into(),
+            });
+        }
+        let r = check(&h);
+        assert_eq!(r.faults, 3);
+        assert!(
+            r.table()
+                .contains("offsets 1..1; with SIGSTOP node 2 at 3 ms"),
+            "{}",
+            r.table()
+        );
+    }
+
+    #[test]
+    fn truncated_acknowledgements_are_grouped_into_loss_windows() {
+        let r = loss_windows(vec![
+            (0, 5000, 12),
+            (0, 4000, 10),
+            (1, 4100, 7),
+            (0, 4500, 11),
+            // more than a second after the last one: a window of its own
+            (0, 9000, 40),
+        ]);
+        assert_eq!(
+            r,
+            vec![
+                LossWindow {
+                    partition: 0,
+                    first_ack_ms: 4000,
+                    last_ack_ms: 5000,
+                    records: 3,
+                    first_offset: 10,
+                    last_offset: 12,
+                    fault: None
+                },
+                LossWindow {
+                    partition: 0,
+                    first_ack_ms: 9000,
+                    last_ack_ms: 9000,
+                    records: 1,
+                    first_offset: 40,
+                    last_offset: 40,
+                    fault: None
+                },
+                LossWindow {
+                    partition: 1,
+                    first_ack_ms: 4100,
+                    last_ack_ms: 4100,
+                    records: 1,
+                    first_offset: 7,
+                    last_offset: 7,
+                    fault: None
+                },
+            ]
+        );
     }
 
     #[test]

@@ -31,6 +31,10 @@ pub enum Event {
         idempotent: bool,
         producers: u32,
         consumers: u32,
+        /// Wall-clock time (ms since the UNIX epoch) of the history's `time_ms` 0, so
+        /// events recorded by another process (the fault harness) can be placed on it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        wall_clock_ms: Option<u64>,
     },
     /// A producer handed `value` to its client.
     Invoke {
@@ -98,8 +102,20 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         leader_epoch: Option<i32>,
     },
-    /// A fault began or ended (written by the fault harness).
-    Nemesis { time_ms: u64, what: String },
+    /// A fault, from its start to its heal (written by the fault harness).
+    Nemesis {
+        time_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        healed_ms: Option<u64>,
+        what: String,
+    },
+}
+
+/// Milliseconds since the UNIX epoch, now.
+pub fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Appends events to a history file from any thread; each line is written whole.
@@ -111,6 +127,7 @@ pub struct Recorder {
 struct RecorderInner {
     out: BufWriter<std::fs::File>,
     started: Instant,
+    started_wall_ms: u64,
     failed: Option<String>,
 }
 
@@ -121,9 +138,15 @@ impl Recorder {
             inner: Arc::new(Mutex::new(RecorderInner {
                 out: BufWriter::new(file),
                 started: Instant::now(),
+                started_wall_ms: wall_clock_ms(),
                 failed: None,
             })),
         })
+    }
+
+    /// Wall-clock time of the history clock's 0.
+    pub fn started_wall_ms(&self) -> u64 {
+        self.lock().started_wall_ms
     }
 
     /// Milliseconds since the recorder was created (the history's clock).
@@ -188,4 +211,19 @@ pub fn read(path: &Path) -> Result<Vec<Event>, VerifyError> {
         }
     }
     Ok(events)
+}
+
+/// Appends `events` to an existing history file (the fault harness adds its faults once
+/// the workload has finished writing).
+pub fn append(path: &Path, events: &[Event]) -> Result<(), VerifyError> {
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(VerifyError::io(path))?;
+    let mut out = BufWriter::new(file);
+    for e in events {
+        serde_json::to_writer(&mut out, e).map_err(|e| VerifyError::History(e.to_string()))?;
+        out.write_all(b"\n").map_err(VerifyError::io(path))?;
+    }
+    out.flush().map_err(VerifyError::io(path))
 }

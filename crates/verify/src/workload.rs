@@ -152,6 +152,7 @@ pub fn run(
         idempotent: config.idempotent,
         producers: config.producers,
         consumers: config.consumers,
+        wall_clock_ms: Some(recorder.started_wall_ms()),
     });
 
     // the group consumers run until told to finish
