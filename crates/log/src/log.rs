@@ -80,6 +80,8 @@ pub struct LoadReport {
     pub segments: usize,
     pub recovered_segments: usize,
     pub truncated_bytes: u64,
+    /// Whether recovery cut any data (a torn or damaged batch), not only preallocated zeros.
+    pub cut_data: bool,
     pub deleted_segments: usize,
 }
 
@@ -195,11 +197,16 @@ impl Log {
                     }
                 };
             if must_rebuild {
-                let truncated = segment.recover()?;
+                let recovered = segment.recover()?;
+                let truncated = recovered.cut_bytes;
                 report.recovered_segments += 1;
                 report.truncated_bytes += truncated;
-                if truncated > 0 {
+                report.cut_data |= recovered.cut_data;
+                if recovered.cut_data {
                     tracing::warn!(dir = %dir.display(), base = base.0, truncated, "recovery cut the segment");
+                } else if truncated > 0 {
+                    // an unclean stop leaves the preallocated zeros after the last batch
+                    tracing::debug!(dir = %dir.display(), base = base.0, truncated, "recovery dropped the preallocated tail");
                 }
                 let overflows = next_base.is_some_and(|n| segment.next_offset() > n);
                 if (truncated > 0 && next_base.is_some()) || overflows {

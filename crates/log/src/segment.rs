@@ -58,6 +58,14 @@ pub struct SegmentRead {
     pub next_offset: Offset,
 }
 
+/// What [`LogSegment::recover`] cut from the end of a segment file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recovered {
+    pub cut_bytes: u64,
+    /// Whether any cut byte was data (a torn or damaged batch), not preallocated zeros.
+    pub cut_data: bool,
+}
+
 pub struct LogSegment {
     base_offset: Offset,
     log: FileRecords,
@@ -179,8 +187,9 @@ impl LogSegment {
     }
 
     /// Rebuilds the indexes from the log file, checking every batch (length, magic, CRC32C,
-    /// ascending offsets). Cuts the file at the first bad batch; returns the bytes removed.
-    pub fn recover(&mut self) -> Result<u64> {
+    /// ascending offsets). Cuts the file at the first bad batch; says how many bytes went
+    /// and whether any of them was data (not only the zeros of preallocated space).
+    pub fn recover(&mut self) -> Result<Recovered> {
         self.offset_index.make_writable(self.index_size_max_bytes)?;
         self.time_index.make_writable(self.index_size_max_bytes)?;
         self.offset_index.truncate_all();
@@ -192,6 +201,7 @@ impl LogSegment {
         self.first_batch_timestamp = None;
         let file_len = self.log.file_len()?;
         let mut valid_end = 0u64;
+        let mut cut_data = false;
         if let Some(map) = self.log.map_for_recovery()? {
             let data: &[u8] = &map;
             while (valid_end as usize) < data.len() {
@@ -200,6 +210,7 @@ impl LogSegment {
                     Ok(b) => b,
                     Err(e) => {
                         if rest.iter().any(|&b| b != 0) {
+                            cut_data = true;
                             tracing::warn!(path = %self.log.path().display(), position = valid_end, error = %e, "truncating invalid log tail");
                         }
                         break;
@@ -209,10 +220,12 @@ impl LogSegment {
                 if h.base_offset < self.next_offset
                     || h.last_offset().0 - self.base_offset.0 > i64::from(u32::MAX)
                 {
+                    cut_data = true;
                     tracing::warn!(path = %self.log.path().display(), position = valid_end, "truncating log tail: offsets do not ascend");
                     break;
                 }
                 if self.offset_index.is_full() {
+                    cut_data = true;
                     tracing::warn!(path = %self.log.path().display(), "index full during recovery; truncating");
                     break;
                 }
@@ -227,7 +240,10 @@ impl LogSegment {
         }
         self.log.set_size(valid_end);
         self.unchecked.clear();
-        Ok(file_len - valid_end)
+        Ok(Recovered {
+            cut_bytes: file_len - valid_end,
+            cut_data,
+        })
     }
 
     fn index_batch(&mut self, position: u64, b: &BatchInfo) {

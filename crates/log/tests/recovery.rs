@@ -149,6 +149,7 @@ fn damage_in_a_sealed_segment_deletes_every_later_segment() {
         let report = log.load_report();
         assert_eq!(report.deleted_segments, bases.len() - 2, "{mode:?}");
         assert!(report.truncated_bytes > 0);
+        assert!(report.cut_data);
         let mut survivors = model.clone();
         survivors.keep_batches(first_in_victim + 2);
         assert_eq!(log.log_end_offset(), survivors.end);
@@ -225,6 +226,10 @@ fn mmap_mode_preallocates_and_recovery_trims_the_zero_tail() {
     assert_eq!(file_len(&path), logical);
     assert_eq!(read_all(&log, 1 << 20), model.bytes());
     assert_eq!(log.load_report().recovered_segments, 1);
+    assert!(
+        !log.load_report().cut_data,
+        "zeros after the last batch are no damage"
+    );
 }
 
 #[test]
