@@ -215,21 +215,8 @@ fn with_one_replica_alive_acks_all_is_refused_and_nothing_uncommitted_is_exposed
 
 #[test]
 fn a_deposed_leader_truncates_its_uncommitted_batches_and_matches_the_new_leader() {
-    let mut cluster = ProcessCluster::start(
-        Layout::DedicatedController,
-        &[
-            "broker.session.timeout.ms=4000",
-            "broker.heartbeat.interval.ms=200",
-            "replica.lag.time.max.ms=30000",
-        ],
-    );
     let topic = "deposed";
-    cluster.create_topic(topic, 1);
-    check(
-        &kcat_produce(&cluster.bootstrap(), topic, "all", &lines("committed", 100)),
-        "kcat acks=all",
-    );
-    let old = cluster.leader_of(topic, 0);
+    let (mut cluster, old) = one_partition_with_100_committed(topic, 4000, 30000);
     let followers: Vec<i32> = (1..=3).filter(|id| *id != old).collect();
     // the followers stop fetching; once their parked fetches have been answered (the
     // replica fetch wait is 500 ms) nothing the leader appends reaches them
@@ -243,17 +230,7 @@ fn a_deposed_leader_truncates_its_uncommitted_batches_and_matches_the_new_leader
     );
     // an acks=all producer through the leader alone: its records are appended and parked,
     // waiting for followers that do not fetch
-    let script = client_script("parked_producer.py");
-    let parked = sluice_system_tests::external(python())
-        .arg(script)
-        .arg(cluster.bootstrap_of(old))
-        .args([topic, "0", "parked", "--count", "10"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect(
-            "run parked_producer.py (scripts/install-kafka-clients.sh installs confluent-kafka)",
-        );
+    let parked = parked_producer(&cluster, old, topic);
     let deadline = Instant::now() + Duration::from_secs(60);
     while !cluster
         .batches(old, topic, 0, i64::MAX)
@@ -364,36 +341,14 @@ fn a_deposed_leaders_parked_write_that_the_new_leader_kept_is_never_reported_not
     // NOT_LEADER_OR_FOLLOWER, which clients read as "not written": librdkafka resent it
     // (a refresh retry, uncounted even with retries=0) to the new leader, alone in its
     // ISR, whose NOT_ENOUGH_REPLICAS became the final, "not persisted" answer
-    let mut cluster = ProcessCluster::start(
-        Layout::DedicatedController,
-        &[
-            "broker.session.timeout.ms=10000",
-            "broker.heartbeat.interval.ms=200",
-            "replica.lag.time.max.ms=60000",
-        ],
-    );
     let topic = "kept";
-    cluster.create_topic(topic, 1);
-    check(
-        &kcat_produce(&cluster.bootstrap(), topic, "all", &lines("committed", 100)),
-        "kcat acks=all",
-    );
-    let old = cluster.leader_of(topic, 0);
+    let (mut cluster, old) = one_partition_with_100_committed(topic, 10000, 60000);
     let followers: Vec<i32> = (1..=3).filter(|id| *id != old).collect();
     let (keeper, silent) = (followers[0], followers[1]);
     // `silent` stops fetching but stays in the ISR until its session ends: the high
     // watermark cannot pass what `keeper` fetches
     cluster.pause(silent);
-    let parked = sluice_system_tests::external(python())
-        .arg(client_script("parked_producer.py"))
-        .arg(cluster.bootstrap_of(old))
-        .args([topic, "0", "parked", "--count", "10"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect(
-            "run parked_producer.py (scripts/install-kafka-clients.sh installs confluent-kafka)",
-        );
+    let parked = parked_producer(&cluster, old, topic);
     let deadline = Instant::now() + Duration::from_secs(8);
     while !cluster
         .batches(keeper, topic, 0, i64::MAX)
@@ -497,6 +452,43 @@ fn a_follower_paused_past_the_lag_time_leaves_the_isr_and_rejoins() {
     let read = kcat_read_all(&cluster.bootstrap(), topic);
     assert_eq!(read.len(), 30);
     cluster.assert_replicas_identical(topic, 0, 30);
+}
+
+/// Three broker-only nodes and a controller (heartbeats every 200 ms, the given session
+/// and lag time), a one-partition topic holding 100 committed records; and its leader.
+fn one_partition_with_100_committed(
+    topic: &str,
+    session_timeout_ms: u64,
+    lag_time_max_ms: u64,
+) -> (ProcessCluster, i32) {
+    let session = format!("broker.session.timeout.ms={session_timeout_ms}");
+    let lag = format!("replica.lag.time.max.ms={lag_time_max_ms}");
+    let cluster = ProcessCluster::start(
+        Layout::DedicatedController,
+        &[&session, "broker.heartbeat.interval.ms=200", &lag],
+    );
+    cluster.create_topic(topic, 1);
+    check(
+        &kcat_produce(&cluster.bootstrap(), topic, "all", &lines("committed", 100)),
+        "kcat acks=all",
+    );
+    let leader = cluster.leader_of(topic, 0);
+    (cluster, leader)
+}
+
+/// parked_producer.py: ten acks=all records (parked-0..9) to partition 0 through broker
+/// `id` alone, one delivery report line each.
+fn parked_producer(cluster: &ProcessCluster, id: i32, topic: &str) -> std::process::Child {
+    sluice_system_tests::external(python())
+        .arg(client_script("parked_producer.py"))
+        .arg(cluster.bootstrap_of(id))
+        .args([topic, "0", "parked", "--count", "10"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect(
+            "run parked_producer.py (scripts/install-kafka-clients.sh installs confluent-kafka)",
+        )
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
