@@ -1,8 +1,10 @@
 //! `sluice-client`: Sluice's own Kafka client, used by the CLI, `sluice bench`, `sluice
-//! demo` and the tests (issue 17). Built so far: the partitioners (`partitioner.rs`) and
-//! Kafka's murmur2 key hash (`murmur2.rs`). Not yet: the producer's accumulators,
-//! compression, retries and delivery reports, and the consumer.
+//! demo` and the tests (issue 17). Built so far: the partitioners (`partitioner.rs`),
+//! Kafka's murmur2 key hash (`murmur2.rs`) and the producer's record accumulator
+//! (`accumulator.rs`: batch.size, linger.ms, buffer.memory). Not yet: the producer's
+//! sender (requests, acks, retries, idempotence, delivery reports) and the consumer.
 
+pub mod accumulator;
 pub mod murmur2;
 pub mod partitioner;
 

@@ -1,0 +1,394 @@
+//! The producer's record accumulator (Kafka's `RecordAccumulator`): records are appended
+//! to an open batch per partition; a batch is sealed when the next record would pass
+//! `batch.size` (a record larger than that gets a batch of its own), and a partition is
+//! ready to send when its oldest batch is sealed or has waited `linger.ms`. Memory is
+//! bounded by `buffer.memory`: an append that would pass it is refused (the producer then
+//! waits for sent batches to be released, up to `max.block.ms`). Pure logic with the
+//! time passed in, so the async producer drives it and tests step it.
+//!
+//! Invariants: records of one partition leave in append order, batch by batch;
+//! `used_bytes` is the sum of the reserved sizes of the batches not yet released; a
+//! batch's record ids are its records' in order.
+
+use std::collections::{HashMap, VecDeque};
+
+use sluice_record::{BatchBuilder, Compression, RecordError, TopicPartition, BATCH_HEADER_BYTES};
+
+#[derive(Debug, Clone)]
+pub struct AccumulatorConfig {
+    /// `batch.size`: bytes of records (before compression) a batch may hold.
+    pub batch_size: usize,
+    /// `linger.ms`: how long a batch that is not full waits for more records.
+    pub linger_ms: u64,
+    /// `buffer.memory`: bytes all unsent and in-flight batches may take.
+    pub buffer_memory: usize,
+    /// `compression.type`.
+    pub compression: Compression,
+}
+
+impl Default for AccumulatorConfig {
+    /// Kafka's producer defaults (linger 5 ms since Kafka 4.0).
+    fn default() -> Self {
+        AccumulatorConfig {
+            batch_size: 16 * 1024,
+            linger_ms: 5,
+            buffer_memory: 32 * 1024 * 1024,
+            compression: Compression::None,
+        }
+    }
+}
+
+/// A batch on its way: the builder, when it opened, and the ids of its records.
+#[derive(Debug)]
+pub struct ProducerBatch {
+    pub topic_partition: TopicPartition,
+    pub builder: BatchBuilder,
+    pub created_ms: u64,
+    pub record_ids: Vec<u64>,
+    /// Bytes reserved from `buffer.memory` for it.
+    reserved_bytes: usize,
+    sealed: bool,
+}
+
+impl ProducerBatch {
+    pub fn record_count(&self) -> usize {
+        self.record_ids.len()
+    }
+
+    pub fn reserved_bytes(&self) -> usize {
+        self.reserved_bytes
+    }
+
+    /// The batch's bytes (compressed, CRC written); offsets and sequences as set.
+    pub fn build(&self) -> Result<Vec<u8>, RecordError> {
+        self.builder.build()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// The record opened a new batch (and sealed the one before, if there was one).
+    pub new_batch: bool,
+    /// The partition's open batch is full now: the next record opens another.
+    pub batch_full: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AccumulatorError {
+    #[error("buffer.memory ({buffer_memory} bytes) is used up: {needed} more bytes needed")]
+    BufferExhausted { buffer_memory: usize, needed: usize },
+    #[error("a record of {size} bytes does not fit in buffer.memory ({buffer_memory} bytes)")]
+    RecordTooLarge { size: usize, buffer_memory: usize },
+}
+
+pub struct RecordAccumulator {
+    config: AccumulatorConfig,
+    batches: HashMap<TopicPartition, VecDeque<ProducerBatch>>,
+    used_bytes: usize,
+}
+
+/// A record's size inside a batch, as Kafka estimates it: its body plus a varint length
+/// and the per-record overhead (attributes, deltas: at most 21 bytes).
+fn record_size(
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+    headers: &[(&[u8], Option<&[u8]>)],
+) -> usize {
+    let headers: usize = headers
+        .iter()
+        .map(|(k, v)| k.len() + v.map_or(0, <[u8]>::len) + 10)
+        .sum();
+    key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len) + headers + 21
+}
+
+impl RecordAccumulator {
+    pub fn new(config: AccumulatorConfig) -> Self {
+        RecordAccumulator {
+            config,
+            batches: HashMap::new(),
+            used_bytes: 0,
+        }
+    }
+
+    pub fn config(&self) -> &AccumulatorConfig {
+        &self.config
+    }
+
+    /// Bytes reserved by batches not yet released.
+    pub fn used_bytes(&self) -> usize {
+        self.used_bytes
+    }
+
+    /// Appends a record to `tp`'s open batch, or to a new one. Refused, and nothing
+    /// changed, when a new batch would pass `buffer.memory`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn append(
+        &mut self,
+        tp: &TopicPartition,
+        record_id: u64,
+        timestamp: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(&[u8], Option<&[u8]>)],
+        now_ms: u64,
+    ) -> Result<Appended, AccumulatorError> {
+        let size = record_size(key, value, headers);
+        let batch_size = self.config.batch_size;
+        let queue = self.batches.entry(tp.clone()).or_default();
+        if let Some(open) = queue.back_mut().filter(|b| !b.sealed) {
+            if open.builder.records_size_bytes() + size <= open.reserved_bytes - BATCH_HEADER_BYTES
+            {
+                open.builder.append(timestamp, key, value, headers);
+                open.record_ids.push(record_id);
+                let full = open.builder.records_size_bytes() + 21 >= batch_size;
+                open.sealed = full;
+                return Ok(Appended {
+                    new_batch: false,
+                    batch_full: full,
+                });
+            }
+        }
+        // a new batch: batch.size, or the record alone when it is larger
+        let reserve = BATCH_HEADER_BYTES + size.max(batch_size);
+        if reserve > self.config.buffer_memory {
+            return Err(AccumulatorError::RecordTooLarge {
+                size,
+                buffer_memory: self.config.buffer_memory,
+            });
+        }
+        if self.used_bytes + reserve > self.config.buffer_memory {
+            return Err(AccumulatorError::BufferExhausted {
+                buffer_memory: self.config.buffer_memory,
+                needed: self.used_bytes + reserve - self.config.buffer_memory,
+            });
+        }
+        if let Some(open) = queue.back_mut() {
+            open.sealed = true;
+        }
+        let mut builder = BatchBuilder::new(self.config.compression);
+        builder.append(timestamp, key, value, headers);
+        let full = builder.records_size_bytes() + 21 >= batch_size;
+        queue.push_back(ProducerBatch {
+            topic_partition: tp.clone(),
+            builder,
+            created_ms: now_ms,
+            record_ids: vec![record_id],
+            reserved_bytes: reserve,
+            sealed: full,
+        });
+        self.used_bytes += reserve;
+        Ok(Appended {
+            new_batch: true,
+            batch_full: full,
+        })
+    }
+
+    /// The partitions with a batch to send now (sealed, or open past `linger.ms`), and
+    /// when the next open batch's linger runs out (ms from `now_ms`; None: none waits).
+    pub fn ready(&self, now_ms: u64) -> (Vec<TopicPartition>, Option<u64>) {
+        let mut ready = Vec::new();
+        let mut next: Option<u64> = None;
+        for (tp, queue) in &self.batches {
+            let Some(first) = queue.front() else {
+                continue;
+            };
+            let due = first.created_ms + self.config.linger_ms;
+            if first.sealed || queue.len() > 1 || due <= now_ms {
+                ready.push(tp.clone());
+            } else {
+                let wait = due - now_ms;
+                next = Some(next.map_or(wait, |n| n.min(wait)));
+            }
+        }
+        ready.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        (ready, next)
+    }
+
+    /// Takes `tp`'s oldest batch if it is ready (sealed, followed by another, or past its
+    /// linger); its memory stays reserved until [`Self::release`].
+    pub fn drain(&mut self, tp: &TopicPartition, now_ms: u64) -> Option<ProducerBatch> {
+        let queue = self.batches.get_mut(tp)?;
+        let first = queue.front()?;
+        let lingered = first.created_ms + self.config.linger_ms <= now_ms;
+        if !(first.sealed || queue.len() > 1 || lingered) {
+            return None;
+        }
+        let mut batch = queue.pop_front()?;
+        batch.sealed = true;
+        if queue.is_empty() {
+            self.batches.remove(tp);
+        }
+        Some(batch)
+    }
+
+    /// Puts a batch back at the front of its partition's queue (a retry): it leaves
+    /// again before anything appended after it.
+    pub fn reenqueue(&mut self, batch: ProducerBatch) {
+        self.batches
+            .entry(batch.topic_partition.clone())
+            .or_default()
+            .push_front(batch);
+    }
+
+    /// A batch is done (acknowledged or failed for good): its memory is free again.
+    pub fn release(&mut self, batch: &ProducerBatch) {
+        debug_assert!(self.used_bytes >= batch.reserved_bytes);
+        self.used_bytes = self.used_bytes.saturating_sub(batch.reserved_bytes);
+    }
+
+    /// Whether any record waits to be sent.
+    pub fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_record::RecordBatch;
+
+    fn tp(p: i32) -> TopicPartition {
+        TopicPartition::new("t", p)
+    }
+
+    fn acc(batch_size: usize, linger_ms: u64, buffer_memory: usize) -> RecordAccumulator {
+        RecordAccumulator::new(AccumulatorConfig {
+            batch_size,
+            linger_ms,
+            buffer_memory,
+            compression: Compression::None,
+        })
+    }
+
+    fn values(batch: &ProducerBatch) -> Vec<Vec<u8>> {
+        let bytes = batch.build().unwrap();
+        let parsed = RecordBatch::parse(&bytes).unwrap();
+        let records = parsed.records().unwrap();
+        let values = records
+            .iter()
+            .map(|r| r.unwrap().value.unwrap().to_vec())
+            .collect();
+        values
+    }
+
+    #[test]
+    fn a_batch_waits_for_linger_unless_it_is_full() {
+        let mut a = acc(1000, 5, 1 << 20);
+        a.append(&tp(0), 1, 0, None, Some(&[1; 100]), &[], 10)
+            .unwrap();
+        assert_eq!(a.ready(10), (vec![], Some(5)));
+        assert!(a.drain(&tp(0), 14).is_none(), "not before linger.ms");
+        assert_eq!(a.ready(15).0, vec![tp(0)]);
+        let b = a.drain(&tp(0), 15).unwrap();
+        assert_eq!(b.record_ids, vec![1]);
+        assert!(a.is_empty());
+        // a full batch is ready at once, and the next record opens another
+        let mut a = acc(400, 1000, 1 << 20);
+        let mut appended = Vec::new();
+        for id in 0..8 {
+            appended.push(
+                a.append(&tp(1), id, 0, None, Some(&[2; 100]), &[], 0)
+                    .unwrap(),
+            );
+        }
+        assert!(appended[0].new_batch && !appended[0].batch_full);
+        // a record that did not fit sealed the batch before it and opened a new one
+        assert!(appended[1..].iter().any(|x| x.new_batch));
+        assert_eq!(a.ready(0).0, vec![tp(1)]);
+        let first = a.drain(&tp(1), 0).unwrap();
+        assert!(first.builder.records_size_bytes() <= 400);
+        let second = a.drain(&tp(1), 0);
+        // the second batch is open and its linger has not run out
+        assert!(second.is_none() || second.unwrap().record_ids.first() > first.record_ids.last());
+    }
+
+    #[test]
+    fn records_leave_in_append_order_across_batches_and_retries() {
+        let mut a = acc(300, 0, 1 << 20);
+        for id in 0..20u64 {
+            let v = id.to_be_bytes();
+            a.append(&tp(0), id, 0, None, Some(&v), &[], 0).unwrap();
+        }
+        let first = a.drain(&tp(0), 0).unwrap();
+        // a retry goes back in front
+        a.reenqueue(first);
+        let mut ids = Vec::new();
+        let mut read = Vec::new();
+        while let Some(b) = a.drain(&tp(0), 0) {
+            ids.extend(b.record_ids.iter().copied());
+            read.extend(values(&b));
+            a.release(&b);
+        }
+        assert_eq!(ids, (0..20).collect::<Vec<_>>());
+        assert_eq!(
+            read,
+            (0..20u64)
+                .map(|i| i.to_be_bytes().to_vec())
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(a.used_bytes(), 0);
+    }
+
+    #[test]
+    fn buffer_memory_refuses_a_new_batch_until_one_is_released() {
+        let batch = BATCH_HEADER_BYTES + 1000;
+        let mut a = acc(1000, 0, 2 * batch);
+        a.append(&tp(0), 1, 0, None, Some(&[0; 10]), &[], 0)
+            .unwrap();
+        a.append(&tp(1), 2, 0, None, Some(&[0; 10]), &[], 0)
+            .unwrap();
+        // both batches have room: appends to them need no memory
+        a.append(&tp(0), 3, 0, None, Some(&[0; 10]), &[], 0)
+            .unwrap();
+        let err = a
+            .append(&tp(2), 4, 0, None, Some(&[0; 10]), &[], 0)
+            .unwrap_err();
+        assert!(
+            matches!(err, AccumulatorError::BufferExhausted { .. }),
+            "{err}"
+        );
+        assert!(
+            a.drain(&tp(2), 0).is_none(),
+            "the refused record was not kept"
+        );
+        let sent = a.drain(&tp(0), 0).unwrap();
+        assert_eq!(a.used_bytes(), 2 * batch, "in flight, still reserved");
+        a.release(&sent);
+        a.append(&tp(2), 4, 0, None, Some(&[0; 10]), &[], 0)
+            .unwrap();
+        // a record larger than buffer.memory can never fit
+        let huge = vec![0u8; 3 * batch];
+        let err = a
+            .append(&tp(3), 5, 0, None, Some(&huge), &[], 0)
+            .unwrap_err();
+        assert!(
+            matches!(err, AccumulatorError::RecordTooLarge { .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_record_larger_than_batch_size_gets_a_batch_of_its_own() {
+        let mut a = acc(100, 1000, 1 << 20);
+        a.append(&tp(0), 1, 0, None, Some(&[1; 10]), &[], 0)
+            .unwrap();
+        let big = a
+            .append(&tp(0), 2, 0, None, Some(&[2; 500]), &[], 0)
+            .unwrap();
+        assert!(big.new_batch && big.batch_full);
+        a.append(&tp(0), 3, 0, None, Some(&[3; 10]), &[], 0)
+            .unwrap();
+        let b1 = a.drain(&tp(0), 0).unwrap();
+        let b2 = a.drain(&tp(0), 0).unwrap();
+        assert_eq!(
+            (b1.record_ids.clone(), b2.record_ids.clone()),
+            (vec![1], vec![2])
+        );
+        assert_eq!(values(&b2), vec![vec![2u8; 500]]);
+        assert!(
+            a.drain(&tp(0), 0).is_none(),
+            "the third waits for its linger"
+        );
+        assert!(a.drain(&tp(0), 1000).is_some());
+    }
+}
