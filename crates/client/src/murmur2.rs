@@ -76,6 +76,20 @@ mod tests {
         }
     }
 
+    /// Kafka's own `UtilsTest.testMurmur2` vectors (Java's signed results).
+    #[test]
+    fn matches_kafkas_utils_test() {
+        let cases: [(&[u8], i32); 4] = [
+            (b"21", -973_932_308),
+            (b"foobar", -790_332_482),
+            (b"a-little-bit-long-string", -985_981_536),
+            (b"a-little-bit-longer-string", -1_486_304_829),
+        ];
+        for (key, expected) in cases {
+            assert_eq!(murmur2(key) as i32, expected, "{key:?}");
+        }
+    }
+
     /// The same partition as librdkafka's own murmur2 partitioner (the C code, through
     /// rdkafka-sys), for random keys of every length up to 64 bytes.
     #[test]

@@ -12,7 +12,8 @@ use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicNam
 use kafka_protocol::protocol::StrBytes;
 use sluice_record::{now_ms, BatchBuilder, Compression};
 
-use crate::kafka_client::{self, error_name, partition_for_key, Cluster};
+use crate::kafka_client::{self, error_name, Cluster};
+use sluice_client::murmur2::partition_for_key;
 
 pub struct ProduceOptions {
     pub acks: i16,
