@@ -1,0 +1,973 @@
+//! The producer: `send` puts a record into the accumulator (`accumulator.rs`) on the
+//! partition the partitioner picks, waiting while `buffer.memory` is used up (at most
+//! `max.block.ms`); a sender task drains ready batches, groups them by partition leader
+//! (from `metadata_cache.rs`), sends one Produce request per broker at a time, and turns
+//! each partition's answer into delivery reports, retries or failures
+//! (`produce_error.rs`). Retries wait `retry.backoff.ms`, doubling up to
+//! `retry.backoff.max.ms`, and refresh metadata when the error says the leader moved; a
+//! batch fails once `delivery.timeout.ms` has passed since it was created or it used up
+//! `retries`. With `enable.idempotence` the producer takes an id (InitProducerId) and
+//! numbers each partition's batches; a retry keeps its sequence, so the broker drops a
+//! batch it already has.
+//!
+//! Invariants: at most one batch per partition is in flight, so a partition's records
+//! are written in `send` order even across retries; every record sent gets exactly one
+//! delivery report; a failure says "not written" only when the broker proved it
+//! (`Persisted::No`), and "maybe" once any attempt may have been appended.
+//!
+//! Not yet: more than one request in flight per broker (`max.in.flight.requests.per.
+//! connection` is 1 here), which throughput at scale will want.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    ApiKey, InitProducerIdRequest, InitProducerIdResponse, MetadataRequest, MetadataResponse,
+    ProduceRequest, ProduceResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use sluice_protocol::ClientConnection;
+use sluice_record::{BatchBuilder, TopicPartition};
+use tokio::sync::{mpsc, Notify};
+
+use crate::accumulator::{AccumulatorConfig, AccumulatorError, ProducerBatch, RecordAccumulator};
+use crate::metadata_cache::MetadataCache;
+use crate::partitioner::{DefaultPartitioner, Partitioner};
+use crate::produce_error::{produce_error_action, Persisted};
+
+const PRODUCE_VERSION: i16 = 9;
+const METADATA_VERSION: i16 = 12;
+const INIT_PRODUCER_ID_VERSION: i16 = 4;
+const CLIENT_ID: &str = "sluice-client";
+
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    /// `bootstrap.servers`: host:port[,host:port...].
+    pub bootstrap_servers: String,
+    /// `acks`: 0, 1 or -1 (all).
+    pub acks: i16,
+    pub accumulator: AccumulatorConfig,
+    /// `retries`.
+    pub retries: u32,
+    /// `retry.backoff.ms` and `retry.backoff.max.ms`.
+    pub retry_backoff_ms: u64,
+    pub retry_backoff_max_ms: u64,
+    /// `delivery.timeout.ms`: from a record's send to its final report.
+    pub delivery_timeout_ms: u64,
+    /// `request.timeout.ms`: one request's answer (and one connect).
+    pub request_timeout_ms: u64,
+    /// `enable.idempotence` (needs acks=all).
+    pub enable_idempotence: bool,
+    /// `max.block.ms`: how long `send` waits for memory or metadata.
+    pub max_block_ms: u64,
+}
+
+impl Default for ProducerConfig {
+    /// Kafka's producer defaults, idempotence off.
+    fn default() -> Self {
+        ProducerConfig {
+            bootstrap_servers: "127.0.0.1:9092".into(),
+            acks: -1,
+            accumulator: AccumulatorConfig::default(),
+            retries: u32::MAX,
+            retry_backoff_ms: 100,
+            retry_backoff_max_ms: 1000,
+            delivery_timeout_ms: 120_000,
+            request_timeout_ms: 30_000,
+            enable_idempotence: false,
+            max_block_ms: 60_000,
+        }
+    }
+}
+
+/// One record to send. `partition` None: the partitioner picks; `timestamp` None: now.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProducerRecord<'a> {
+    pub topic: &'a str,
+    pub partition: Option<i32>,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    pub headers: &'a [(&'a [u8], Option<&'a [u8]>)],
+    pub timestamp: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryError {
+    /// Kafka's error code of the last answer (-1: no answer: a connection or timeout).
+    pub code: i16,
+    pub persisted: Persisted,
+    pub message: String,
+}
+
+/// The outcome of one `send`: its partition and offset, or why it failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryReport {
+    pub record_id: u64,
+    pub partition: i32,
+    /// The record's offset (-1 when not known: acks=0, or a duplicate the broker dropped).
+    pub result: Result<i64, DeliveryError>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProducerError {
+    #[error("no broker of {bootstrap} answered: {last}")]
+    NoBroker { bootstrap: String, last: String },
+    #[error("{0}")]
+    Config(String),
+    #[error("topic {topic}: {reason}")]
+    Topic { topic: String, reason: String },
+    #[error("send waited max.block.ms ({0} ms) for buffer.memory or metadata")]
+    Blocked(u64),
+    #[error(transparent)]
+    Accumulator(#[from] AccumulatorError),
+    #[error("the producer's sender stopped")]
+    Closed,
+}
+
+/// Per-batch state the sender keeps beside the accumulator's batch.
+struct Attempt {
+    attempts: u32,
+    maybe_written: bool,
+    retry_at: Option<Instant>,
+    base_sequence: Option<i32>,
+}
+
+struct Shared {
+    accumulator: RecordAccumulator,
+    partitioner: Box<dyn Partitioner>,
+    metadata: MetadataCache,
+    next_record_id: u64,
+    /// Each unsent or in-flight record: when it was sent (delivery.timeout.ms).
+    sent_at: HashMap<u64, Instant>,
+    /// Topics whose metadata the sender should fetch.
+    wanted_topics: HashSet<String>,
+    /// Every topic a record was sent to (refreshed when metadata goes stale).
+    topics_in_use: HashSet<String>,
+    metadata_stale: bool,
+    flushing: usize,
+    /// Batches sent again after a retriable error (for tests and `sluice bench`).
+    retries: u64,
+    closed: bool,
+    sender_failed: Option<String>,
+}
+
+pub struct Producer {
+    config: ProducerConfig,
+    shared: Arc<Mutex<Shared>>,
+    /// Wakes the sender: a record appended, a flush, metadata wanted.
+    wake: Arc<Notify>,
+    /// Wakes senders waiting for memory or metadata, and flushes.
+    progress: Arc<Notify>,
+    started: Instant,
+    sender: Option<tokio::task::JoinHandle<()>>,
+}
+
+pub type DeliveryReports = mpsc::UnboundedReceiver<DeliveryReport>;
+
+fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Producer {
+    /// Connects (metadata from the first bootstrap broker that answers) and starts the
+    /// sender. Delivery reports arrive on the returned channel, one per `send`.
+    pub async fn connect(
+        config: ProducerConfig,
+    ) -> Result<(Producer, DeliveryReports), ProducerError> {
+        Self::with_partitioner(config, Box::new(DefaultPartitioner::new())).await
+    }
+
+    pub async fn with_partitioner(
+        config: ProducerConfig,
+        partitioner: Box<dyn Partitioner>,
+    ) -> Result<(Producer, DeliveryReports), ProducerError> {
+        if !matches!(config.acks, -1..=1) {
+            return Err(ProducerError::Config(format!(
+                "acks must be 0, 1 or all (-1), got {}",
+                config.acks
+            )));
+        }
+        if config.enable_idempotence && config.acks != -1 {
+            return Err(ProducerError::Config(
+                "enable.idempotence needs acks=all".into(),
+            ));
+        }
+        let mut io = BrokerIo::new(&config);
+        let mut metadata = MetadataCache::default();
+        metadata.update(&io.metadata(&metadata, &[]).await?);
+        let producer_id = if config.enable_idempotence {
+            Some(io.init_producer_id(&metadata).await?)
+        } else {
+            None
+        };
+        let shared = Arc::new(Mutex::new(Shared {
+            accumulator: RecordAccumulator::new(config.accumulator.clone()),
+            partitioner,
+            metadata,
+            next_record_id: 0,
+            sent_at: HashMap::new(),
+            wanted_topics: HashSet::new(),
+            topics_in_use: HashSet::new(),
+            metadata_stale: false,
+            flushing: 0,
+            retries: 0,
+            closed: false,
+            sender_failed: None,
+        }));
+        let (reports_tx, reports_rx) = mpsc::unbounded_channel();
+        let wake = Arc::new(Notify::new());
+        let progress = Arc::new(Notify::new());
+        let sender = Sender {
+            config: config.clone(),
+            shared: shared.clone(),
+            wake: wake.clone(),
+            progress: progress.clone(),
+            reports: reports_tx,
+            io,
+            producer_id,
+            sequences: HashMap::new(),
+            attempts: HashMap::new(),
+            in_flight: HashSet::new(),
+            started: Instant::now(),
+        };
+        let handle = tokio::spawn(sender.run());
+        Ok((
+            Producer {
+                config,
+                shared,
+                wake,
+                progress,
+                started: Instant::now(),
+                sender: Some(handle),
+            },
+            reports_rx,
+        ))
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Queues a record; returns its id (its delivery report carries it). Waits while
+    /// `buffer.memory` is used up or the topic's metadata is not known yet, at most
+    /// `max.block.ms`.
+    pub async fn send(&self, record: ProducerRecord<'_>) -> Result<u64, ProducerError> {
+        let deadline = Instant::now() + Duration::from_millis(self.config.max_block_ms);
+        loop {
+            let progressed = self.progress.notified();
+            {
+                let mut s = lock(&self.shared);
+                if s.closed {
+                    return Err(ProducerError::Closed);
+                }
+                if let Some(e) = &s.sender_failed {
+                    return Err(ProducerError::Topic {
+                        topic: record.topic.to_string(),
+                        reason: e.clone(),
+                    });
+                }
+                match s.metadata.topic(record.topic) {
+                    None => {
+                        s.wanted_topics.insert(record.topic.to_string());
+                        self.wake.notify_one();
+                    }
+                    Some(crate::metadata_cache::TopicState::Error(code)) => {
+                        return Err(ProducerError::Topic {
+                            topic: record.topic.to_string(),
+                            reason: format!("metadata error code {code}"),
+                        });
+                    }
+                    Some(crate::metadata_cache::TopicState::Known(_)) => {
+                        let partitions = s.metadata.partitions(record.topic).unwrap_or(0);
+                        if partitions == 0 {
+                            return Err(ProducerError::Topic {
+                                topic: record.topic.to_string(),
+                                reason: "no partitions".into(),
+                            });
+                        }
+                        let partition = match record.partition {
+                            Some(p) if (0..partitions).contains(&p) => p,
+                            Some(p) => {
+                                return Err(ProducerError::Topic {
+                                    topic: record.topic.to_string(),
+                                    reason: format!(
+                                        "partition {p} does not exist ({partitions} partitions)"
+                                    ),
+                                })
+                            }
+                            None => {
+                                let available = s.metadata.available(record.topic);
+                                s.partitioner.partition(
+                                    record.topic,
+                                    record.key,
+                                    partitions,
+                                    &available,
+                                )
+                            }
+                        };
+                        let id = s.next_record_id;
+                        let tp = TopicPartition::new(record.topic, partition);
+                        let timestamp = record.timestamp.unwrap_or_else(sluice_record::now_ms);
+                        let now = self.now_ms();
+                        match s.accumulator.append(
+                            &tp,
+                            id,
+                            timestamp,
+                            record.key,
+                            record.value,
+                            record.headers,
+                            now,
+                        ) {
+                            Ok(appended) => {
+                                s.next_record_id += 1;
+                                if !s.topics_in_use.contains(record.topic) {
+                                    s.topics_in_use.insert(record.topic.to_string());
+                                }
+                                s.sent_at.insert(id, Instant::now());
+                                if appended.new_batch || appended.batch_full {
+                                    let available = s.metadata.available(record.topic);
+                                    if appended.batch_full {
+                                        s.partitioner.on_batch_sealed(
+                                            record.topic,
+                                            partition,
+                                            partitions,
+                                            &available,
+                                        );
+                                    }
+                                    self.wake.notify_one();
+                                } else if s.accumulator.config().linger_ms == 0 {
+                                    self.wake.notify_one();
+                                }
+                                return Ok(id);
+                            }
+                            Err(AccumulatorError::BufferExhausted { .. }) => {
+                                self.wake.notify_one();
+                            }
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                }
+            }
+            if tokio::time::timeout_at(deadline.into(), progressed)
+                .await
+                .is_err()
+            {
+                return Err(ProducerError::Blocked(self.config.max_block_ms));
+            }
+        }
+    }
+
+    /// Sends everything queued now, without waiting for linger, and waits until every
+    /// record sent before has its delivery report.
+    pub async fn flush(&self) {
+        lock(&self.shared).flushing += 1;
+        self.wake.notify_one();
+        loop {
+            let progressed = self.progress.notified();
+            {
+                let s = lock(&self.shared);
+                if s.sent_at.is_empty() || s.sender_failed.is_some() {
+                    break;
+                }
+            }
+            // bounded: the sender reports every record within delivery.timeout.ms
+            let _ = tokio::time::timeout(Duration::from_millis(100), progressed).await;
+        }
+        lock(&self.shared).flushing -= 1;
+    }
+
+    /// How many times a batch was put back for another attempt.
+    pub fn retries(&self) -> u64 {
+        lock(&self.shared).retries
+    }
+
+    /// Flushes, then stops the sender.
+    pub async fn close(mut self) {
+        self.flush().await;
+        lock(&self.shared).closed = true;
+        self.wake.notify_one();
+        if let Some(handle) = self.sender.take() {
+            let _ = handle.await;
+        }
+    }
+}
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        lock(&self.shared).closed = true;
+        self.wake.notify_one();
+    }
+}
+
+/// Connections to brokers, made on demand; one request at a time on each.
+struct BrokerIo {
+    bootstrap: Vec<String>,
+    timeout: Duration,
+    connections: HashMap<String, ClientConnection>,
+}
+
+impl BrokerIo {
+    fn new(config: &ProducerConfig) -> Self {
+        BrokerIo {
+            bootstrap: config
+                .bootstrap_servers
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            timeout: Duration::from_millis(config.request_timeout_ms),
+            connections: HashMap::new(),
+        }
+    }
+
+    async fn connection(
+        &mut self,
+        address: &str,
+    ) -> Result<&mut ClientConnection, sluice_protocol::ClientError> {
+        if !self.connections.contains_key(address) {
+            let c = ClientConnection::connect(address, CLIENT_ID, self.timeout).await?;
+            self.connections.insert(address.to_string(), c);
+        }
+        Ok(self
+            .connections
+            .get_mut(address)
+            .expect("inserted just before"))
+    }
+
+    /// Every address worth asking for metadata: known brokers, then the bootstrap list.
+    fn candidates(&self, metadata: &MetadataCache) -> Vec<String> {
+        let mut all: Vec<String> = metadata.brokers().map(|(_, a)| a.to_string()).collect();
+        all.sort();
+        all.extend(self.bootstrap.iter().cloned());
+        all.dedup();
+        all
+    }
+
+    async fn metadata(
+        &mut self,
+        metadata: &MetadataCache,
+        topics: &[String],
+    ) -> Result<MetadataResponse, ProducerError> {
+        let request = MetadataRequest::default()
+            .with_topics(Some(
+                topics
+                    .iter()
+                    .map(|t| {
+                        kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+                            .with_name(Some(TopicName(StrBytes::from_string(t.clone()))))
+                    })
+                    .collect(),
+            ))
+            .with_allow_auto_topic_creation(true);
+        let mut last = String::from("no address to ask");
+        for address in self.candidates(metadata) {
+            let answer = match self.connection(&address).await {
+                Ok(c) => {
+                    c.send(ApiKey::Metadata, METADATA_VERSION, &request, true)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            match answer {
+                Ok(response) => return Ok(response),
+                Err(e) => {
+                    last = e.to_string();
+                    self.connections.remove(&address);
+                }
+            }
+        }
+        Err(ProducerError::NoBroker {
+            bootstrap: self.bootstrap.join(","),
+            last,
+        })
+    }
+
+    async fn init_producer_id(
+        &mut self,
+        metadata: &MetadataCache,
+    ) -> Result<(i64, i16), ProducerError> {
+        let request = InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_transaction_timeout_ms(60_000)
+            .with_producer_id(kafka_protocol::messages::ProducerId(-1))
+            .with_producer_epoch(-1);
+        let mut last = String::from("no address to ask");
+        for address in self.candidates(metadata) {
+            let answer: Result<InitProducerIdResponse, _> = match self.connection(&address).await {
+                Ok(c) => {
+                    c.send(
+                        ApiKey::InitProducerId,
+                        INIT_PRODUCER_ID_VERSION,
+                        &request,
+                        true,
+                    )
+                    .await
+                }
+                Err(e) => Err(e),
+            };
+            match answer {
+                Ok(r) if r.error_code == 0 => return Ok((r.producer_id.0, r.producer_epoch)),
+                Ok(r) => last = format!("InitProducerId: error code {}", r.error_code),
+                Err(e) => {
+                    last = e.to_string();
+                    self.connections.remove(&address);
+                }
+            }
+        }
+        Err(ProducerError::NoBroker {
+            bootstrap: self.bootstrap.join(","),
+            last,
+        })
+    }
+}
+
+/// The sender task's state.
+struct Sender {
+    config: ProducerConfig,
+    shared: Arc<Mutex<Shared>>,
+    wake: Arc<Notify>,
+    progress: Arc<Notify>,
+    reports: mpsc::UnboundedSender<DeliveryReport>,
+    io: BrokerIo,
+    producer_id: Option<(i64, i16)>,
+    sequences: HashMap<TopicPartition, i32>,
+    /// Per batch (keyed by its first record id).
+    attempts: HashMap<u64, Attempt>,
+    in_flight: HashSet<TopicPartition>,
+    started: Instant,
+}
+
+/// What one broker's Produce request carried.
+struct InFlight {
+    leader: i32,
+    batches: Vec<ProducerBatch>,
+}
+
+impl Sender {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    async fn run(mut self) {
+        let wake = self.wake.clone();
+        loop {
+            let woken = wake.notified();
+            if lock(&self.shared).closed && lock(&self.shared).accumulator.is_empty() {
+                break;
+            }
+            if let Err(e) = self.refresh_metadata_if_needed().await {
+                tracing::debug!(error = %e, "metadata refresh");
+            }
+            let requests = self.drain_ready();
+            let sent_any = !requests.is_empty();
+            self.send_all(requests).await;
+            self.fail_expired();
+            self.progress.notify_waiters();
+            if sent_any {
+                continue;
+            }
+            let wait = self.next_wake();
+            let _ = tokio::time::timeout(wait, woken).await;
+        }
+        self.progress.notify_waiters();
+    }
+
+    /// How long to sleep: until the next linger or retry backoff runs out (at most 100 ms,
+    /// so delivery timeouts and metadata needs are noticed).
+    fn next_wake(&self) -> Duration {
+        let s = lock(&self.shared);
+        let (_, linger) = s.accumulator.ready(self.now_ms());
+        let mut wait = Duration::from_millis(linger.unwrap_or(100).min(100));
+        let now = Instant::now();
+        for a in self.attempts.values() {
+            if let Some(at) = a.retry_at {
+                wait = wait.min(at.saturating_duration_since(now));
+            }
+        }
+        wait.max(Duration::from_millis(1))
+    }
+
+    async fn refresh_metadata_if_needed(&mut self) -> Result<(), ProducerError> {
+        let (wanted, all, known) = {
+            let s = lock(&self.shared);
+            if s.wanted_topics.is_empty() && !s.metadata_stale {
+                return Ok(());
+            }
+            let wanted: Vec<String> = s.wanted_topics.iter().cloned().collect();
+            let mut all = wanted.clone();
+            if s.metadata_stale {
+                all.extend(s.topics_in_use.iter().cloned());
+            }
+            all.sort();
+            all.dedup();
+            (wanted, all, s.metadata.clone())
+        };
+        let response = self.io.metadata(&known, &all).await?;
+        let mut s = lock(&self.shared);
+        s.metadata.update(&response);
+        for t in &wanted {
+            s.wanted_topics.remove(t);
+        }
+        s.metadata_stale = false;
+        drop(s);
+        self.progress.notify_waiters();
+        Ok(())
+    }
+
+    /// Takes the ready batches whose partitions have a leader, nothing in flight and no
+    /// retry backoff running, grouped by leader.
+    fn drain_ready(&mut self) -> Vec<InFlight> {
+        let mut s = lock(&self.shared);
+        let now_ms = self.now_ms();
+        let linger_now = if s.flushing > 0 || s.closed {
+            u64::MAX / 2
+        } else {
+            now_ms
+        };
+        let (ready, _) = s.accumulator.ready(linger_now);
+        let mut by_leader: HashMap<i32, Vec<ProducerBatch>> = HashMap::new();
+        let now = Instant::now();
+        for tp in ready {
+            if self.in_flight.contains(&tp) {
+                continue;
+            }
+            let Some(info) = s.metadata.partition(&tp.topic, tp.partition) else {
+                s.wanted_topics.insert(tp.topic.clone());
+                continue;
+            };
+            if info.leader < 0 {
+                s.metadata_stale = true;
+                continue;
+            }
+            let Some(mut batch) = s.accumulator.drain(&tp, linger_now) else {
+                continue;
+            };
+            let key = batch.record_ids.first().copied().unwrap_or_default();
+            let attempt = self.attempts.entry(key).or_insert(Attempt {
+                attempts: 0,
+                maybe_written: false,
+                retry_at: None,
+                base_sequence: None,
+            });
+            if attempt.retry_at.is_some_and(|at| at > now) {
+                s.accumulator.reenqueue(batch);
+                continue;
+            }
+            attempt.retry_at = None;
+            if let Some((pid, epoch)) = self.producer_id {
+                let seq = *attempt.base_sequence.get_or_insert_with(|| {
+                    let next = self.sequences.entry(tp.clone()).or_insert(0);
+                    let seq = *next;
+                    *next = next.wrapping_add(batch.record_count() as i32) & i32::MAX;
+                    seq
+                });
+                let builder = std::mem::replace(
+                    &mut batch.builder,
+                    BatchBuilder::new(self.config.accumulator.compression),
+                );
+                batch.builder = builder.producer(pid, epoch, seq);
+            }
+            self.in_flight.insert(tp);
+            by_leader.entry(info.leader).or_default().push(batch);
+        }
+        by_leader
+            .into_iter()
+            .map(|(leader, batches)| InFlight { leader, batches })
+            .collect()
+    }
+
+    /// Sends one Produce request per leader, all at once (one connection each), and
+    /// completes their batches as the answers come.
+    async fn send_all(&mut self, requests: Vec<InFlight>) {
+        let mut running = tokio::task::JoinSet::new();
+        for request in requests {
+            let address = lock(&self.shared)
+                .metadata
+                .broker_address(request.leader)
+                .map(str::to_string);
+            let built: Vec<_> = request.batches.iter().map(ProducerBatch::build).collect();
+            let produce = self.produce_request(&request, &built);
+            let connection = address.as_ref().and_then(|a| self.io.connections.remove(a));
+            let (acks, timeout) = (self.config.acks, self.io.timeout);
+            running.spawn(async move {
+                let answer =
+                    exchange(address.as_deref(), connection, &produce, acks, timeout).await;
+                (request, built, address, answer)
+            });
+        }
+        while let Some(done) = running.join_next().await {
+            let Ok((request, built, address, (connection, answer))) = done else {
+                continue; // a panicked exchange: its batches stay in flight no more below
+            };
+            if let (Some(address), Some(connection)) = (address, connection) {
+                self.io.connections.insert(address, connection);
+            }
+            self.complete(request, built, answer);
+        }
+    }
+
+    fn produce_request(
+        &self,
+        request: &InFlight,
+        built: &[Result<Vec<u8>, sluice_record::RecordError>],
+    ) -> ProduceRequest {
+        let mut topics: Vec<TopicProduceData> = Vec::new();
+        for (batch, bytes) in request.batches.iter().zip(built) {
+            let Ok(bytes) = bytes else { continue };
+            let tp = &batch.topic_partition;
+            let data = PartitionProduceData::default()
+                .with_index(tp.partition)
+                .with_records(Some(bytes::Bytes::copy_from_slice(bytes)));
+            match topics.iter_mut().find(|t| t.name.0.as_str() == tp.topic) {
+                Some(t) => t.partition_data.push(data),
+                None => topics.push(
+                    TopicProduceData::default()
+                        .with_name(TopicName(StrBytes::from_string(tp.topic.clone())))
+                        .with_partition_data(vec![data]),
+                ),
+            }
+        }
+        ProduceRequest::default()
+            .with_acks(self.config.acks)
+            .with_timeout_ms(self.config.request_timeout_ms.min(i32::MAX as u64) as i32)
+            .with_topic_data(topics)
+    }
+
+    fn complete(
+        &mut self,
+        request: InFlight,
+        built: Vec<Result<Vec<u8>, sluice_record::RecordError>>,
+        answer: Result<ProduceResponse, (i16, Persisted, String)>,
+    ) {
+        let acks_zero = self.config.acks == 0;
+        for (batch, bytes) in request.batches.into_iter().zip(built) {
+            let tp = batch.topic_partition.clone();
+            self.in_flight.remove(&tp);
+            if let Err(e) = bytes {
+                self.finish(
+                    batch,
+                    Err((-1, Persisted::No, format!("building the batch: {e}"))),
+                );
+                continue;
+            }
+            let outcome = match &answer {
+                Err((code, persisted, message)) => Err((*code, *persisted, message.clone())),
+                Ok(_) if acks_zero => Ok(-1),
+                Ok(response) => partition_answer(response, &tp),
+            };
+            match outcome {
+                Ok(base_offset) => self.finish(batch, Ok(base_offset)),
+                Err((code, persisted, message)) => {
+                    let action = if code == -1 {
+                        // no answer: the connection broke or timed out
+                        crate::produce_error::ErrorAction {
+                            retriable: true,
+                            refresh_metadata: true,
+                            persisted,
+                        }
+                    } else {
+                        produce_error_action(code, self.config.acks == -1)
+                    };
+                    if action.persisted == Persisted::Yes {
+                        // a duplicate of a batch the broker has: written
+                        self.finish(batch, Ok(-1));
+                        continue;
+                    }
+                    self.retry_or_fail(batch, code, action, message);
+                }
+            }
+        }
+    }
+
+    fn retry_or_fail(
+        &mut self,
+        batch: ProducerBatch,
+        code: i16,
+        action: crate::produce_error::ErrorAction,
+        message: String,
+    ) {
+        let key = batch.record_ids.first().copied().unwrap_or_default();
+        let expired = {
+            let s = lock(&self.shared);
+            s.sent_at.get(&key).is_some_and(|t| {
+                t.elapsed() >= Duration::from_millis(self.config.delivery_timeout_ms)
+            })
+        };
+        let attempt = self.attempts.entry(key).or_insert(Attempt {
+            attempts: 0,
+            maybe_written: false,
+            retry_at: None,
+            base_sequence: None,
+        });
+        attempt.maybe_written |= action.persisted == Persisted::Maybe;
+        attempt.attempts += 1;
+        if action.retriable && attempt.attempts <= self.config.retries && !expired {
+            let backoff = self
+                .config
+                .retry_backoff_ms
+                .saturating_mul(1 << attempt.attempts.min(16).saturating_sub(1))
+                .min(
+                    self.config
+                        .retry_backoff_max_ms
+                        .max(self.config.retry_backoff_ms),
+                );
+            attempt.retry_at = Some(Instant::now() + Duration::from_millis(backoff));
+            let mut s = lock(&self.shared);
+            s.retries += 1;
+            if action.refresh_metadata {
+                s.metadata.invalidate_leader(
+                    &batch.topic_partition.topic,
+                    batch.topic_partition.partition,
+                );
+                s.metadata_stale = true;
+            }
+            s.accumulator.reenqueue(batch);
+            return;
+        }
+        let persisted = if attempt.maybe_written {
+            Persisted::Maybe
+        } else {
+            action.persisted
+        };
+        self.finish(batch, Err((code, persisted, message)));
+    }
+
+    /// Reports every record of a batch and frees its memory.
+    fn finish(&mut self, batch: ProducerBatch, result: Result<i64, (i16, Persisted, String)>) {
+        let key = batch.record_ids.first().copied().unwrap_or_default();
+        self.attempts.remove(&key);
+        let mut s = lock(&self.shared);
+        s.accumulator.release(&batch);
+        for (i, id) in batch.record_ids.iter().enumerate() {
+            s.sent_at.remove(id);
+            let result = match &result {
+                Ok(base) if *base >= 0 => Ok(base + i as i64),
+                Ok(_) => Ok(-1),
+                Err((code, persisted, message)) => Err(DeliveryError {
+                    code: *code,
+                    persisted: *persisted,
+                    message: message.clone(),
+                }),
+            };
+            let _ = self.reports.send(DeliveryReport {
+                record_id: *id,
+                partition: batch.topic_partition.partition,
+                result,
+            });
+        }
+    }
+
+    /// Batches still queued past delivery.timeout.ms fail (never sent, or waiting for a
+    /// retry).
+    fn fail_expired(&mut self) {
+        let timeout = Duration::from_millis(self.config.delivery_timeout_ms);
+        let expired: Vec<TopicPartition> = {
+            let s = lock(&self.shared);
+            let (ready, _) = s.accumulator.ready(u64::MAX / 2);
+            ready
+                .into_iter()
+                .filter(|tp| !self.in_flight.contains(tp))
+                .collect()
+        };
+        for tp in expired {
+            loop {
+                let batch = {
+                    let mut s = lock(&self.shared);
+                    let oldest = s.accumulator.drain(&tp, u64::MAX / 2);
+                    match oldest {
+                        Some(b)
+                            if b.record_ids
+                                .first()
+                                .and_then(|id| s.sent_at.get(id))
+                                .is_some_and(|t| t.elapsed() >= timeout) =>
+                        {
+                            Some(b)
+                        }
+                        Some(b) => {
+                            s.accumulator.reenqueue(b);
+                            None
+                        }
+                        None => None,
+                    }
+                };
+                let Some(batch) = batch else { break };
+                let key = batch.record_ids.first().copied().unwrap_or_default();
+                let maybe = self.attempts.get(&key).is_some_and(|a| a.maybe_written);
+                let persisted = if maybe {
+                    Persisted::Maybe
+                } else {
+                    Persisted::No
+                };
+                self.finish(
+                    batch,
+                    Err((-1, persisted, "delivery.timeout.ms passed".to_string())),
+                );
+            }
+        }
+    }
+}
+
+type Exchanged = (
+    Option<ClientConnection>,
+    Result<ProduceResponse, (i16, Persisted, String)>,
+);
+
+/// One Produce request to `address` on `connection` (made if None); gives back the
+/// connection unless it broke.
+async fn exchange(
+    address: Option<&str>,
+    connection: Option<ClientConnection>,
+    produce: &ProduceRequest,
+    acks: i16,
+    timeout: Duration,
+) -> Exchanged {
+    let Some(address) = address else {
+        return (
+            None,
+            Err((-1, Persisted::No, "leader's address unknown".into())),
+        );
+    };
+    let mut connection = match connection {
+        Some(c) => c,
+        None => match ClientConnection::connect(address, CLIENT_ID, timeout).await {
+            Ok(c) => c,
+            // never sent: not written
+            Err(e) => return (None, Err((-1, Persisted::No, e.to_string()))),
+        },
+    };
+    match connection
+        .send(ApiKey::Produce, PRODUCE_VERSION, produce, acks != 0)
+        .await
+    {
+        Ok(response) => (Some(connection), Ok(response)),
+        // sent, maybe processed
+        Err(e) => (None, Err((-1, Persisted::Maybe, e.to_string()))),
+    }
+}
+
+/// A partition's answer in a Produce response: its base offset, or its error.
+fn partition_answer(
+    response: &ProduceResponse,
+    tp: &TopicPartition,
+) -> Result<i64, (i16, Persisted, String)> {
+    let answer = response
+        .responses
+        .iter()
+        .filter(|t| t.name.0.as_str() == tp.topic)
+        .flat_map(|t| t.partition_responses.iter())
+        .find(|p| p.index == tp.partition);
+    match answer {
+        None => Err((-1, Persisted::Maybe, "no answer for the partition".into())),
+        Some(p) if p.error_code == 0 => Ok(p.base_offset),
+        Some(p) => Err((
+            p.error_code,
+            Persisted::Maybe,
+            p.error_message
+                .as_ref()
+                .map(|m| m.to_string())
+                .unwrap_or_else(|| format!("error code {}", p.error_code)),
+        )),
+    }
+}
