@@ -127,3 +127,47 @@ fn an_idempotent_producer_keeps_every_record_once_and_in_order_through_a_leader_
         }
     }
 }
+
+#[test]
+fn sluice_bench_produce_prints_kafkas_summary_line_and_writes_every_record() {
+    let cluster = ProcessCluster::start(Layout::Combined, &[]);
+    let out = cluster.sluice(&[
+        "bench",
+        "produce",
+        "--topic",
+        "benched",
+        "--num-records",
+        "5000",
+        "--record-size",
+        "64",
+        "--partitions",
+        "3",
+        "--throughput",
+        "5000",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout.lines().last().unwrap_or_default();
+    // N records sent, X records/sec (Y MB/sec), A ms avg latency, M ms max latency,
+    // P50 ms 50th, P95 ms 95th, P99 ms 99th, P999 ms 99.9th.
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(words.len(), 27, "{line}");
+    assert_eq!(&words[..3], ["5000", "records", "sent,"], "{line}");
+    assert_eq!(words[4], "records/sec", "{line}");
+    assert!(
+        words[5].starts_with('(') && words[6] == "MB/sec),",
+        "{line}"
+    );
+    assert!(line.ends_with(" ms 99.9th."), "{line}");
+    for (i, label) in [(17, "50th,"), (20, "95th,"), (23, "99th,"), (26, "99.9th.")] {
+        assert_eq!(words[i], label, "{line}");
+        assert!(words[i - 2].parse::<u64>().is_ok(), "{line}");
+    }
+    let read = kcat_read_all(&cluster.bootstrap(), "benched");
+    assert_eq!(read.len(), 5000);
+    assert!(read.iter().all(|(_, _, v)| v.len() == 64));
+}
