@@ -250,7 +250,8 @@ impl Producer {
         self.started.elapsed().as_millis() as u64
     }
 
-    /// Queues a record; returns its id (its delivery report carries it). Waits while
+    /// Queues a record; returns its id (its delivery report carries it): ids run 0, 1,
+    /// 2, ... in the order `send` accepted the records. Waits while
     /// `buffer.memory` is used up or the topic's metadata is not known yet, at most
     /// `max.block.ms`.
     pub async fn send(&self, record: ProducerRecord<'_>) -> Result<u64, ProducerError> {

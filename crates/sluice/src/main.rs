@@ -19,6 +19,7 @@ mod bench_produce;
 mod cluster_status;
 mod console_consumer;
 mod console_producer;
+mod demo;
 mod dump_log;
 mod group_admin;
 mod group_client;
@@ -116,6 +117,18 @@ enum Command {
     /// producers and group consumers record every operation, then a checker looks for
     /// lost, duplicated, reordered and inconsistent records. Faults are yours to inject.
     Verify(verify_command::VerifyArgs),
+    /// Start a 3-node cluster here (child processes, temporary directory), produce with
+    /// acks=all, kill -9 a partition leader, watch a follower take over and the node
+    /// rejoin, then check that every acknowledged record is there exactly once. Leaves
+    /// nothing running.
+    Demo {
+        /// Records per second.
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+        /// Length of each phase: before the kill, during the outage, after the return.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        phase: Duration,
+    },
     /// Measure the cluster through the Kafka protocol (figures for docs/benchmarks.md).
     Bench {
         #[command(subcommand)]
@@ -513,6 +526,11 @@ fn run() -> Result<()> {
             print!("{out}");
             Ok(())
         }
+        Command::Demo { rate, phase } => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the runtime")?
+            .block_on(demo::run(demo::DemoOptions { rate, phase })),
         Command::Bench { command, bootstrap } => {
             // the producers' sender tasks want more than one thread
             let runtime = tokio::runtime::Builder::new_multi_thread()
