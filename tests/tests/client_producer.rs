@@ -171,3 +171,89 @@ fn sluice_bench_produce_prints_kafkas_summary_line_and_writes_every_record() {
     assert_eq!(read.len(), 5000);
     assert!(read.iter().all(|(_, _, v)| v.len() == 64));
 }
+
+#[test]
+fn a_full_buffer_blocks_send_for_max_block_ms_then_everything_accepted_is_delivered() {
+    let mut cluster = ProcessCluster::start(Layout::Combined, &[]);
+    let topic = "blocked";
+    cluster.create_topic(topic, 1);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let config = ProducerConfig {
+        bootstrap_servers: cluster.bootstrap(),
+        max_block_ms: 1000,
+        accumulator: AccumulatorConfig {
+            batch_size: 16 * 1024,
+            buffer_memory: 64 * 1024,
+            linger_ms: 0,
+            ..AccumulatorConfig::default()
+        },
+        ..ProducerConfig::default()
+    };
+    let (producer, mut reports) = runtime
+        .block_on(Producer::connect(config))
+        .expect("connect");
+    let value = vec![b'x'; 1024];
+    // a first record, so the topic's metadata is known (without it, send waits for
+    // metadata: max.block.ms covers that wait too)
+    runtime.block_on(async {
+        producer
+            .send(ProducerRecord {
+                topic,
+                value: Some(&value),
+                ..ProducerRecord::default()
+            })
+            .await
+            .expect("send");
+        producer.flush().await;
+    });
+    let mut accepted = 1u64;
+    // the cluster stops answering: sent batches stay in flight, the buffer fills up
+    for id in 1..=3 {
+        cluster.pause(id);
+    }
+    let refused = runtime.block_on(async {
+        loop {
+            match producer
+                .send(ProducerRecord {
+                    topic,
+                    value: Some(&value),
+                    ..ProducerRecord::default()
+                })
+                .await
+            {
+                Ok(_) => accepted += 1,
+                Err(e) => break e,
+            }
+            assert!(
+                accepted < 1000,
+                "64 KiB of buffer took {accepted} records of 1 KiB"
+            );
+        }
+    });
+    assert!(
+        matches!(
+            refused,
+            sluice_client::producer::ProducerError::Blocked(1000)
+        ),
+        "{refused}"
+    );
+    assert!(accepted > 1, "records fit before the buffer was full");
+    for id in 1..=3 {
+        cluster.resume(id);
+    }
+    runtime.block_on(async {
+        tokio::time::timeout(Duration::from_secs(120), producer.flush())
+            .await
+            .expect("flushed once the cluster answers again")
+    });
+    let mut delivered = 0;
+    while let Ok(report) = reports.try_recv() {
+        assert!(report.result.is_ok(), "{report:?}");
+        delivered += 1;
+    }
+    assert_eq!(delivered, accepted, "every accepted record delivered");
+    assert_eq!(
+        kcat_read_all(&cluster.bootstrap(), topic).len() as u64,
+        accepted
+    );
+}
