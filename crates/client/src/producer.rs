@@ -446,6 +446,43 @@ impl BrokerIo {
         all
     }
 
+    /// Sends `request` to the known brokers, then the bootstrap ones, until one gives an
+    /// answer `accept` takes.
+    async fn ask_any<Req, Resp>(
+        &mut self,
+        metadata: &MetadataCache,
+        api: ApiKey,
+        version: i16,
+        request: &Req,
+        accept: impl Fn(&Resp) -> Result<(), String>,
+    ) -> Result<Resp, ProducerError>
+    where
+        Req: kafka_protocol::protocol::Encodable,
+        Resp: kafka_protocol::protocol::Decodable + Default,
+    {
+        let mut last = String::from("no address to ask");
+        for address in self.candidates(metadata) {
+            let answer: Result<Resp, _> = match self.connection(&address).await {
+                Ok(c) => c.send(api, version, request, true).await,
+                Err(e) => Err(e),
+            };
+            match answer {
+                Ok(response) => match accept(&response) {
+                    Ok(()) => return Ok(response),
+                    Err(e) => last = e,
+                },
+                Err(e) => {
+                    last = e.to_string();
+                    self.connections.remove(&address);
+                }
+            }
+        }
+        Err(ProducerError::NoBroker {
+            bootstrap: self.bootstrap.join(","),
+            last,
+        })
+    }
+
     async fn metadata(
         &mut self,
         metadata: &MetadataCache,
@@ -462,27 +499,14 @@ impl BrokerIo {
                     .collect(),
             ))
             .with_allow_auto_topic_creation(true);
-        let mut last = String::from("no address to ask");
-        for address in self.candidates(metadata) {
-            let answer = match self.connection(&address).await {
-                Ok(c) => {
-                    c.send(ApiKey::Metadata, METADATA_VERSION, &request, true)
-                        .await
-                }
-                Err(e) => Err(e),
-            };
-            match answer {
-                Ok(response) => return Ok(response),
-                Err(e) => {
-                    last = e.to_string();
-                    self.connections.remove(&address);
-                }
-            }
-        }
-        Err(ProducerError::NoBroker {
-            bootstrap: self.bootstrap.join(","),
-            last,
-        })
+        self.ask_any(
+            metadata,
+            ApiKey::Metadata,
+            METADATA_VERSION,
+            &request,
+            |_| Ok(()),
+        )
+        .await
     }
 
     async fn init_producer_id(
@@ -494,33 +518,19 @@ impl BrokerIo {
             .with_transaction_timeout_ms(60_000)
             .with_producer_id(kafka_protocol::messages::ProducerId(-1))
             .with_producer_epoch(-1);
-        let mut last = String::from("no address to ask");
-        for address in self.candidates(metadata) {
-            let answer: Result<InitProducerIdResponse, _> = match self.connection(&address).await {
-                Ok(c) => {
-                    c.send(
-                        ApiKey::InitProducerId,
-                        INIT_PRODUCER_ID_VERSION,
-                        &request,
-                        true,
-                    )
-                    .await
-                }
-                Err(e) => Err(e),
-            };
-            match answer {
-                Ok(r) if r.error_code == 0 => return Ok((r.producer_id.0, r.producer_epoch)),
-                Ok(r) => last = format!("InitProducerId: error code {}", r.error_code),
-                Err(e) => {
-                    last = e.to_string();
-                    self.connections.remove(&address);
-                }
-            }
-        }
-        Err(ProducerError::NoBroker {
-            bootstrap: self.bootstrap.join(","),
-            last,
-        })
+        let r: InitProducerIdResponse = self
+            .ask_any(
+                metadata,
+                ApiKey::InitProducerId,
+                INIT_PRODUCER_ID_VERSION,
+                &request,
+                |r: &InitProducerIdResponse| match r.error_code {
+                    0 => Ok(()),
+                    code => Err(format!("InitProducerId: error code {code}")),
+                },
+            )
+            .await?;
+        Ok((r.producer_id.0, r.producer_epoch))
     }
 }
 

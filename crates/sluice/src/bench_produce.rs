@@ -20,6 +20,73 @@ use sluice_client::accumulator::AccumulatorConfig;
 use sluice_client::{Producer, ProducerConfig, ProducerRecord};
 use sluice_record::Compression;
 
+/// `sluice bench produce`'s flags (kafka-producer-perf-test's, plus the producer's).
+#[derive(clap::Args)]
+pub struct ProduceArgs {
+    #[arg(long)]
+    topic: String,
+    #[arg(long, default_value_t = 1_000_000)]
+    num_records: u64,
+    /// Bytes of each record's value.
+    #[arg(long, default_value_t = 100)]
+    record_size: usize,
+    /// Records per second in all (-1: as fast as they go).
+    #[arg(long, default_value_t = -1.0, allow_negative_numbers = true)]
+    throughput: f64,
+    /// 0, 1 or all.
+    #[arg(long, default_value = "all")]
+    acks: String,
+    /// Partitions of the topic if this creates it.
+    #[arg(long, default_value_t = 6)]
+    partitions: i32,
+    /// Replication factor of the topic if this creates it (-1: the broker's default).
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    replication_factor: i16,
+    /// none, gzip, snappy, lz4, zstd.
+    #[arg(long, default_value = "none")]
+    compression: String,
+    /// Producers, each with its own connections.
+    #[arg(long, default_value_t = 1)]
+    producers: usize,
+    #[arg(long, default_value_t = 5)]
+    linger_ms: u64,
+    #[arg(long, default_value_t = 16_384)]
+    batch_size: usize,
+    /// enable.idempotence (needs acks=all).
+    #[arg(long)]
+    idempotence: bool,
+    /// Print the figures as one JSON object instead of Kafka's summary line.
+    #[arg(long)]
+    json: bool,
+}
+
+impl ProduceArgs {
+    /// The flags checked: a known codec, acks 0, 1 or all.
+    pub fn bench(self) -> Result<ProduceBench> {
+        let Some(compression) = Compression::from_name(&self.compression) else {
+            bail!(
+                "unknown compression {:?} (none, gzip, snappy, lz4, zstd)",
+                self.compression
+            );
+        };
+        Ok(ProduceBench {
+            acks: crate::console_producer::parse_acks(&self.acks)?,
+            compression,
+            topic: self.topic,
+            num_records: self.num_records,
+            record_size: self.record_size,
+            throughput: self.throughput,
+            partitions: self.partitions,
+            replication_factor: self.replication_factor,
+            producers: self.producers,
+            linger_ms: self.linger_ms,
+            batch_size: self.batch_size,
+            idempotence: self.idempotence,
+            json: self.json,
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ProduceBench {
     pub topic: String,

@@ -279,43 +279,7 @@ enum GroupCommand {
 enum BenchCommand {
     /// Producer throughput and latency, as kafka-producer-perf-test measures them, with
     /// Sluice's own producer. Creates TOPIC if it does not exist.
-    Produce {
-        #[arg(long)]
-        topic: String,
-        #[arg(long, default_value_t = 1_000_000)]
-        num_records: u64,
-        /// Bytes of each record's value.
-        #[arg(long, default_value_t = 100)]
-        record_size: usize,
-        /// Records per second in all (-1: as fast as they go).
-        #[arg(long, default_value_t = -1.0, allow_negative_numbers = true)]
-        throughput: f64,
-        /// 0, 1 or all.
-        #[arg(long, default_value = "all")]
-        acks: String,
-        /// Partitions of the topic if this creates it.
-        #[arg(long, default_value_t = 6)]
-        partitions: i32,
-        /// Replication factor of the topic if this creates it (-1: the broker's default).
-        #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
-        replication_factor: i16,
-        /// none, gzip, snappy, lz4, zstd.
-        #[arg(long, default_value = "none")]
-        compression: String,
-        /// Producers, each with its own connections.
-        #[arg(long, default_value_t = 1)]
-        producers: usize,
-        #[arg(long, default_value_t = 5)]
-        linger_ms: u64,
-        #[arg(long, default_value_t = 16_384)]
-        batch_size: usize,
-        /// enable.idempotence (needs acks=all).
-        #[arg(long)]
-        idempotence: bool,
-        /// Print the figures as one JSON object instead of Kafka's summary line.
-        #[arg(long)]
-        json: bool,
-    },
+    Produce(bench_produce::ProduceArgs),
     /// Offset commits: one member alone (the baseline), then MEMBERS at once, each commit
     /// carrying an offset for every partition of TOPIC (which must exist).
     Commits {
@@ -539,40 +503,8 @@ fn run() -> Result<()> {
                 .context("starting the runtime")?;
             let out = runtime.block_on(async {
                 match command {
-                    BenchCommand::Produce {
-                        topic,
-                        num_records,
-                        record_size,
-                        throughput,
-                        acks,
-                        partitions,
-                        replication_factor,
-                        compression,
-                        producers,
-                        linger_ms,
-                        batch_size,
-                        idempotence,
-                        json,
-                    } => {
-                        let Some(compression) = Compression::from_name(&compression) else {
-                            bail!("unknown compression {compression:?} (none, gzip, snappy, lz4, zstd)");
-                        };
-                        let bench = bench_produce::ProduceBench {
-                            topic,
-                            num_records,
-                            record_size,
-                            throughput,
-                            acks: console_producer::parse_acks(&acks)?,
-                            partitions,
-                            replication_factor,
-                            compression,
-                            producers,
-                            linger_ms,
-                            batch_size,
-                            idempotence,
-                            json,
-                        };
-                        bench_produce::produce(&bootstrap.brokers, bench).await
+                    BenchCommand::Produce(args) => {
+                        bench_produce::produce(&bootstrap.brokers, args.bench()?).await
                     }
                     BenchCommand::Commits {
                         topic,
