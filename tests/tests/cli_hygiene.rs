@@ -100,3 +100,26 @@ fn dump_log_fails_on_a_file_that_is_not_a_log() {
     let (ok, out, _) = sluice(&["dump-log", &empty.display().to_string()]);
     assert!(ok, "{out}");
 }
+
+#[test]
+fn bench_produce_refuses_bad_flags_in_one_line_before_connecting() {
+    // nothing listens on port 1: the flags are checked first
+    for (flag, value, says) in [
+        ("--compression", "brotli", "unknown compression \"brotli\""),
+        ("--acks", "2", "acks"),
+    ] {
+        let (ok, _, err) = sluice(&[
+            "bench",
+            "produce",
+            "-b",
+            "127.0.0.1:1",
+            "--topic",
+            "t",
+            flag,
+            value,
+        ]);
+        assert!(!ok);
+        assert!(err.contains(says), "{err}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+    }
+}
