@@ -64,7 +64,7 @@ impl LeaderState {
                 )
             })
             .collect();
-        LeaderState {
+        let mut state = LeaderState {
             leader_id,
             isr: isr.to_vec(),
             joining: Vec::new(),
@@ -72,7 +72,12 @@ impl LeaderState {
             high_watermark,
             epoch_start_offset: leader_end_offset,
             followers,
-        }
+        };
+        // a leader alone in its ISR (and enough for min.insync.replicas) commits its whole
+        // log at once: otherwise a restarted single node would hide the records past its
+        // checkpointed HW until the next append
+        state.maybe_advance_high_watermark(leader_end_offset);
+        state
     }
 
     pub fn high_watermark(&self) -> Offset {
@@ -95,6 +100,10 @@ impl LeaderState {
     }
 
     /// Whether an acks=all append may proceed (|ISR| ≥ min.insync.replicas).
+    pub fn epoch_start_offset(&self) -> Offset {
+        self.epoch_start_offset
+    }
+
     pub fn has_min_isr(&self) -> bool {
         self.isr.len() >= self.min_insync_replicas
     }
@@ -228,10 +237,12 @@ mod tests {
         assert!(s.has_min_isr());
         assert!(s.on_follower_fetch(2, o(10), o(10), 1));
         assert_eq!(s.high_watermark(), o(10));
-        // alone again: a single-replica ISR with min 1 moves with the leader
+        // alone again: a single-replica ISR with min 1 moves with the leader, from the
+        // moment it leads (a restarted single node shows its whole log)
         let mut alone = LeaderState::new(1, &[1], &[1], 1, o(0), o(5), 0);
-        assert!(alone.maybe_advance_high_watermark(o(5)));
         assert_eq!(alone.high_watermark(), o(5));
+        assert!(alone.maybe_advance_high_watermark(o(6)));
+        assert_eq!(alone.high_watermark(), o(6));
     }
 
     #[test]

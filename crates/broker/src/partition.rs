@@ -48,6 +48,11 @@ pub enum PartitionError {
     LogDirOffline,
     #[error("this replica's log is damaged at the offset asked for")]
     Damaged,
+    #[error("a new leader's high watermark {high_watermark} is still below the start of its epoch {epoch_start}")]
+    OffsetNotAvailable {
+        high_watermark: i64,
+        epoch_start: i64,
+    },
     #[error(transparent)]
     Log(#[from] LogError),
 }
@@ -62,6 +67,7 @@ impl PartitionError {
             PartitionError::UnknownLeaderEpoch { .. } => ec::UNKNOWN_LEADER_EPOCH,
             PartitionError::NotEnoughReplicas { .. } => ec::NOT_ENOUGH_REPLICAS,
             PartitionError::LogDirOffline | PartitionError::Damaged => ec::KAFKA_STORAGE_ERROR,
+            PartitionError::OffsetNotAvailable { .. } => ec::OFFSET_NOT_AVAILABLE,
             PartitionError::Log(e) => match e {
                 LogError::OffsetOutOfRange { .. } => ec::OFFSET_OUT_OF_RANGE,
                 LogError::RecordSetTooLarge { .. } => ec::RECORD_LIST_TOO_LARGE,
@@ -790,6 +796,30 @@ impl Partition {
         Ok((log.log_start_offset(), hw, log.log_end_offset()))
     }
 
+    /// [`Self::offsets`] for a client's ListOffsets: OFFSET_NOT_AVAILABLE while this leader's
+    /// high watermark is below the start of its epoch (Kafka's rule). A new leader's HW
+    /// starts from what it knew as a follower, which may lag the old leader's: answering
+    /// it would show clients a high watermark going backwards (committed records hidden
+    /// again; the chaos suite's observer saw it). Once the followers have fetched up to
+    /// the epoch's start, the HW is at least every HW the old leader gave out.
+    pub fn offsets_for_client(
+        &self,
+        current_leader_epoch: i32,
+    ) -> Result<(Offset, Offset, Offset), PartitionError> {
+        let epoch_start = {
+            let inner = self.inner();
+            inner.leader.as_ref().map(LeaderState::epoch_start_offset)
+        };
+        let (start, hw, leo) = self.offsets(current_leader_epoch)?;
+        if let Some(epoch_start) = epoch_start.filter(|e| hw < *e) {
+            return Err(PartitionError::OffsetNotAvailable {
+                high_watermark: hw.0,
+                epoch_start: epoch_start.0,
+            });
+        }
+        Ok((start, hw, leo))
+    }
+
     /// ListOffsets by timestamp: the first offset below the HW whose record's timestamp is
     /// at least `timestamp`, as (timestamp, offset).
     pub fn offset_for_timestamp(
@@ -797,7 +827,7 @@ impl Partition {
         timestamp: i64,
         current_leader_epoch: i32,
     ) -> Result<Option<(i64, Offset)>, PartitionError> {
-        let (_, hw, _) = self.offsets(current_leader_epoch)?;
+        let (_, hw, _) = self.offsets_for_client(current_leader_epoch)?;
         let found = sluice_log::lock(&self.log).offset_for_timestamp(timestamp)?;
         Ok(found.filter(|(_, offset)| *offset < hw))
     }
@@ -1056,6 +1086,29 @@ mod tests {
         assert_eq!(outcome(&third), AcksAllOutcome::Waiting);
         p.resign();
         assert_eq!(outcome(&third), AcksAllOutcome::LeadershipLost);
+    }
+
+    #[test]
+    fn a_new_leader_answers_list_offsets_only_once_its_high_watermark_reaches_its_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = partition(dir.path());
+        // a follower of broker 2 with 5 records, of which it knows 3 committed
+        p.apply_state(&state(2, 1, 0, &[1, 2, 3]), 0);
+        let mut theirs = records(5);
+        sluice_record::stamp_base_offset(&mut theirs, Offset(0)).unwrap();
+        p.append_as_follower(&theirs, Offset(3), 0).unwrap();
+        // it takes over in epoch 2: its epoch starts at 5, its HW is still 3 (the old
+        // leader may have told clients 5 already)
+        p.apply_state(&state(1, 2, 1, &[1, 2, 3]), 1);
+        let err = p.offsets_for_client(-1).unwrap_err();
+        assert_eq!(err.error_code(), ec::OFFSET_NOT_AVAILABLE, "{err}");
+        assert!(p.offset_for_timestamp(0, -1).is_err());
+        // the replication path is not held up: followers and the log see the HW as it is
+        assert_eq!(p.offsets(-1).unwrap().1, Offset(3));
+        // the followers reach the epoch's start: the HW is 5, as high as any given out
+        p.on_follower_fetch(2, Offset(5), 2);
+        p.on_follower_fetch(3, Offset(5), 2);
+        assert_eq!(p.offsets_for_client(-1).unwrap().1, Offset(5));
     }
 
     fn producer_records(producer_id: i64, epoch: i16, sequence: i32, n: usize) -> Vec<u8> {

@@ -67,6 +67,7 @@ pub const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
 pub const UNKNOWN_PRODUCER_ID: i16 = 59;
 
 // leader elections
+pub const OFFSET_NOT_AVAILABLE: i16 = 78;
 pub const PREFERRED_LEADER_NOT_AVAILABLE: i16 = 80;
 pub const ELIGIBLE_LEADERS_NOT_AVAILABLE: i16 = 83;
 pub const ELECTION_NOT_NEEDED: i16 = 84;
@@ -120,6 +121,7 @@ pub fn name(code: i16) -> String {
         18 => "RECORD_LIST_TOO_LARGE",
         74 => "FENCED_LEADER_EPOCH",
         76 => "UNKNOWN_LEADER_EPOCH",
+        78 => "OFFSET_NOT_AVAILABLE",
         87 => "INVALID_RECORD",
         0 => "NONE",
         100 => "UNKNOWN_TOPIC_ID",

@@ -25,6 +25,7 @@ pub const DESCRIBE_CONFIGS_VERSION: i16 = 4;
 pub const DESCRIBE_CLUSTER_VERSION: i16 = 2;
 pub const DESCRIBE_LOG_DIRS_VERSION: i16 = 4;
 pub const ELECT_LEADERS_VERSION: i16 = 2;
+const OFFSET_NOT_AVAILABLE: i16 = sluice_metadata::error_code::OFFSET_NOT_AVAILABLE;
 
 /// Every connect and every answer is bounded by this (`--timeout`, default 30 s).
 static REQUEST_TIMEOUT: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
@@ -134,16 +135,26 @@ impl Cluster {
                 .with_partitions(vec![ListOffsetsPartition::default()
                     .with_partition_index(partition)
                     .with_timestamp(timestamp)])]);
-        let response: ListOffsetsResponse = self
-            .broker(leader)
-            .await?
-            .send(ApiKey::ListOffsets, LIST_OFFSETS_VERSION, &request, true)
-            .await?;
-        let p = response
-            .topics
-            .first()
-            .and_then(|t| t.partitions.first())
-            .context("empty ListOffsets response")?;
+        // a new leader answers OFFSET_NOT_AVAILABLE until its high watermark reaches the
+        // start of its epoch (a moment after a failover): ask again, as Kafka's tools do
+        let deadline = std::time::Instant::now() + request_timeout();
+        let p = loop {
+            let response: ListOffsetsResponse = self
+                .broker(leader)
+                .await?
+                .send(ApiKey::ListOffsets, LIST_OFFSETS_VERSION, &request, true)
+                .await?;
+            let p = response
+                .topics
+                .into_iter()
+                .next()
+                .and_then(|t| t.partitions.into_iter().next())
+                .context("empty ListOffsets response")?;
+            if p.error_code != OFFSET_NOT_AVAILABLE || std::time::Instant::now() > deadline {
+                break p;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         if p.error_code != 0 {
             anyhow::bail!(
                 "offsets of {topic}-{partition}: {}",

@@ -1,6 +1,8 @@
 //! ListOffsets: the earliest offset (-2, and -4 "earliest local": every segment is local),
 //! the latest (-1: the high watermark, what a consumer can read), or the first offset whose
-//! record timestamp is at least a given time. Only the partition leader answers.
+//! record timestamp is at least a given time. Only the partition leader answers, and a new
+//! leader only once its high watermark reached the start of its epoch
+//! (OFFSET_NOT_AVAILABLE before, as Kafka: the HW clients see never goes back).
 
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
@@ -77,7 +79,9 @@ fn lookup(
         });
     };
     let code = |e: PartitionError| e.error_code();
-    let (start, high_watermark, _) = partition.offsets(current_leader_epoch).map_err(code)?;
+    let (start, high_watermark, _) = partition
+        .offsets_for_client(current_leader_epoch)
+        .map_err(code)?;
     let epoch = partition.leader_epoch();
     match timestamp {
         LATEST => Ok(Some((-1, high_watermark.0, epoch))),
