@@ -785,15 +785,30 @@ impl Partition {
         &self,
         current_leader_epoch: i32,
     ) -> Result<(Offset, Offset, Offset), PartitionError> {
+        self.offsets_and_epoch_start(current_leader_epoch)
+            .map(|(start, hw, leo, _)| (start, hw, leo))
+    }
+
+    /// [`Self::offsets`], and where this leader's epoch started (read under one lock).
+    fn offsets_and_epoch_start(
+        &self,
+        current_leader_epoch: i32,
+    ) -> Result<(Offset, Offset, Offset, Offset), PartitionError> {
         let inner = self.inner();
-        if inner.leader.is_none() {
+        let Some(leader) = &inner.leader else {
             return Err(PartitionError::NotLeader);
-        }
+        };
+        let epoch_start = leader.epoch_start_offset();
         self.check_leader_epoch(&inner.state, current_leader_epoch)?;
         let hw = Self::high_watermark_of(&inner);
         drop(inner);
         let log = sluice_log::lock(&self.log);
-        Ok((log.log_start_offset(), hw, log.log_end_offset()))
+        Ok((
+            log.log_start_offset(),
+            hw,
+            log.log_end_offset(),
+            epoch_start,
+        ))
     }
 
     /// [`Self::offsets`] for a client's ListOffsets: OFFSET_NOT_AVAILABLE while this leader's
@@ -806,12 +821,8 @@ impl Partition {
         &self,
         current_leader_epoch: i32,
     ) -> Result<(Offset, Offset, Offset), PartitionError> {
-        let epoch_start = {
-            let inner = self.inner();
-            inner.leader.as_ref().map(LeaderState::epoch_start_offset)
-        };
-        let (start, hw, leo) = self.offsets(current_leader_epoch)?;
-        if let Some(epoch_start) = epoch_start.filter(|e| hw < *e) {
+        let (start, hw, leo, epoch_start) = self.offsets_and_epoch_start(current_leader_epoch)?;
+        if hw < epoch_start {
             return Err(PartitionError::OffsetNotAvailable {
                 high_watermark: hw.0,
                 epoch_start: epoch_start.0,

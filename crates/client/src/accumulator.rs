@@ -230,6 +230,30 @@ impl RecordAccumulator {
             .push_front(batch);
     }
 
+    /// Takes every batch created before `created_before_ms` (oldest first per partition),
+    /// except those of `skip`'s partitions; the others stay as they are (an open batch is
+    /// not sealed by looking at it).
+    pub fn drain_created_before(
+        &mut self,
+        created_before_ms: u64,
+        skip: impl Fn(&TopicPartition) -> bool,
+    ) -> Vec<ProducerBatch> {
+        let mut expired = Vec::new();
+        for (tp, queue) in self.batches.iter_mut() {
+            if skip(tp) {
+                continue;
+            }
+            while queue
+                .front()
+                .is_some_and(|b| b.created_ms < created_before_ms)
+            {
+                expired.extend(queue.pop_front());
+            }
+        }
+        self.batches.retain(|_, q| !q.is_empty());
+        expired
+    }
+
     /// A batch is done (acknowledged or failed for good): its memory is free again.
     pub fn release(&mut self, batch: &ProducerBatch) {
         debug_assert!(self.used_bytes >= batch.reserved_bytes);
@@ -365,6 +389,26 @@ mod tests {
             matches!(err, AccumulatorError::RecordTooLarge { .. }),
             "{err}"
         );
+    }
+
+    #[test]
+    fn expiry_takes_old_batches_and_leaves_the_others_open() {
+        let mut a = acc(1000, 50, 1 << 20);
+        a.append(&tp(0), 1, 0, None, Some(&[1; 10]), &[], 0)
+            .unwrap();
+        a.append(&tp(1), 2, 0, None, Some(&[1; 10]), &[], 0)
+            .unwrap();
+        a.append(&tp(2), 3, 0, None, Some(&[1; 10]), &[], 30)
+            .unwrap();
+        let expired = a.drain_created_before(10, |t| *t == tp(1));
+        let ids: Vec<u64> = expired.iter().flat_map(|b| b.record_ids.clone()).collect();
+        assert_eq!(ids, vec![1], "old, not skipped");
+        // the young batch is still open: it takes more records and waits for its linger
+        let more = a
+            .append(&tp(2), 4, 0, None, Some(&[1; 10]), &[], 31)
+            .unwrap();
+        assert!(!more.new_batch);
+        assert!(a.drain(&tp(2), 40).is_none());
     }
 
     #[test]

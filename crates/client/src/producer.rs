@@ -139,8 +139,8 @@ struct Shared {
     partitioner: Box<dyn Partitioner>,
     metadata: MetadataCache,
     next_record_id: u64,
-    /// Each unsent or in-flight record: when it was sent (delivery.timeout.ms).
-    sent_at: HashMap<u64, Instant>,
+    /// Records sent and not yet reported (flush waits for 0).
+    unreported: u64,
     /// Topics whose metadata the sender should fetch.
     wanted_topics: HashSet<String>,
     /// Every topic a record was sent to (refreshed when metadata goes stale).
@@ -150,7 +150,6 @@ struct Shared {
     /// Batches sent again after a retriable error (for tests and `sluice bench`).
     retries: u64,
     closed: bool,
-    sender_failed: Option<String>,
 }
 
 pub struct Producer {
@@ -207,16 +206,17 @@ impl Producer {
             partitioner,
             metadata,
             next_record_id: 0,
-            sent_at: HashMap::new(),
+            unreported: 0,
             wanted_topics: HashSet::new(),
             topics_in_use: HashSet::new(),
             metadata_stale: false,
             flushing: 0,
             retries: 0,
             closed: false,
-            sender_failed: None,
         }));
         let (reports_tx, reports_rx) = mpsc::unbounded_channel();
+        // one clock for batch creation, linger and delivery timeouts
+        let started = Instant::now();
         let wake = Arc::new(Notify::new());
         let progress = Arc::new(Notify::new());
         let sender = Sender {
@@ -230,7 +230,7 @@ impl Producer {
             sequences: HashMap::new(),
             attempts: HashMap::new(),
             in_flight: HashSet::new(),
-            started: Instant::now(),
+            started,
         };
         let handle = tokio::spawn(sender.run());
         Ok((
@@ -239,7 +239,7 @@ impl Producer {
                 shared,
                 wake,
                 progress,
-                started: Instant::now(),
+                started,
                 sender: Some(handle),
             },
             reports_rx,
@@ -262,12 +262,6 @@ impl Producer {
                 let mut s = lock(&self.shared);
                 if s.closed {
                     return Err(ProducerError::Closed);
-                }
-                if let Some(e) = &s.sender_failed {
-                    return Err(ProducerError::Topic {
-                        topic: record.topic.to_string(),
-                        reason: e.clone(),
-                    });
                 }
                 match s.metadata.topic(record.topic) {
                     None => {
@@ -326,7 +320,7 @@ impl Producer {
                                 if !s.topics_in_use.contains(record.topic) {
                                     s.topics_in_use.insert(record.topic.to_string());
                                 }
-                                s.sent_at.insert(id, Instant::now());
+                                s.unreported += 1;
                                 if appended.new_batch || appended.batch_full {
                                     let available = s.metadata.available(record.topic);
                                     if appended.batch_full {
@@ -369,7 +363,7 @@ impl Producer {
             let progressed = self.progress.notified();
             {
                 let s = lock(&self.shared);
-                if s.sent_at.is_empty() || s.sender_failed.is_some() {
+                if s.unreported == 0 {
                     break;
                 }
             }
@@ -698,7 +692,12 @@ impl Sender {
                 .metadata
                 .broker_address(request.leader)
                 .map(str::to_string);
-            let built: Vec<_> = request.batches.iter().map(ProducerBatch::build).collect();
+            // built once into buffers the request shares (no copy of the record bytes)
+            let built: Vec<_> = request
+                .batches
+                .iter()
+                .map(|b| b.build().map(bytes::Bytes::from))
+                .collect();
             let produce = self.produce_request(&request, &built);
             let connection = address.as_ref().and_then(|a| self.io.connections.remove(a));
             let (acks, timeout) = (self.config.acks, self.io.timeout);
@@ -722,7 +721,7 @@ impl Sender {
     fn produce_request(
         &self,
         request: &InFlight,
-        built: &[Result<Vec<u8>, sluice_record::RecordError>],
+        built: &[Result<bytes::Bytes, sluice_record::RecordError>],
     ) -> ProduceRequest {
         let mut topics: Vec<TopicProduceData> = Vec::new();
         for (batch, bytes) in request.batches.iter().zip(built) {
@@ -730,7 +729,7 @@ impl Sender {
             let tp = &batch.topic_partition;
             let data = PartitionProduceData::default()
                 .with_index(tp.partition)
-                .with_records(Some(bytes::Bytes::copy_from_slice(bytes)));
+                .with_records(Some(bytes.clone()));
             match topics.iter_mut().find(|t| t.name.0.as_str() == tp.topic) {
                 Some(t) => t.partition_data.push(data),
                 None => topics.push(
@@ -749,7 +748,7 @@ impl Sender {
     fn complete(
         &mut self,
         request: InFlight,
-        built: Vec<Result<Vec<u8>, sluice_record::RecordError>>,
+        built: Vec<Result<bytes::Bytes, sluice_record::RecordError>>,
         answer: Result<ProduceResponse, (i16, Persisted, String)>,
     ) {
         let acks_zero = self.config.acks == 0;
@@ -800,12 +799,8 @@ impl Sender {
         message: String,
     ) {
         let key = batch.record_ids.first().copied().unwrap_or_default();
-        let expired = {
-            let s = lock(&self.shared);
-            s.sent_at.get(&key).is_some_and(|t| {
-                t.elapsed() >= Duration::from_millis(self.config.delivery_timeout_ms)
-            })
-        };
+        let expired =
+            self.now_ms().saturating_sub(batch.created_ms) >= self.config.delivery_timeout_ms;
         let attempt = self.attempts.entry(key).or_insert(Attempt {
             attempts: 0,
             maybe_written: false,
@@ -851,8 +846,8 @@ impl Sender {
         self.attempts.remove(&key);
         let mut s = lock(&self.shared);
         s.accumulator.release(&batch);
+        s.unreported = s.unreported.saturating_sub(batch.record_ids.len() as u64);
         for (i, id) in batch.record_ids.iter().enumerate() {
-            s.sent_at.remove(id);
             let result = match &result {
                 Ok(base) if *base >= 0 => Ok(base + i as i64),
                 Ok(_) => Ok(-1),
@@ -870,52 +865,30 @@ impl Sender {
         }
     }
 
-    /// Batches still queued past delivery.timeout.ms fail (never sent, or waiting for a
-    /// retry).
+    /// Batches still queued past delivery.timeout.ms (never sent, or waiting for a
+    /// retry) fail; a partition with a batch in flight waits for its answer first.
     fn fail_expired(&mut self) {
-        let timeout = Duration::from_millis(self.config.delivery_timeout_ms);
-        let expired: Vec<TopicPartition> = {
-            let s = lock(&self.shared);
-            let (ready, _) = s.accumulator.ready(u64::MAX / 2);
-            ready
-                .into_iter()
-                .filter(|tp| !self.in_flight.contains(tp))
-                .collect()
+        let Some(cutoff) = self.now_ms().checked_sub(self.config.delivery_timeout_ms) else {
+            return;
         };
-        for tp in expired {
-            loop {
-                let batch = {
-                    let mut s = lock(&self.shared);
-                    let oldest = s.accumulator.drain(&tp, u64::MAX / 2);
-                    match oldest {
-                        Some(b)
-                            if b.record_ids
-                                .first()
-                                .and_then(|id| s.sent_at.get(id))
-                                .is_some_and(|t| t.elapsed() >= timeout) =>
-                        {
-                            Some(b)
-                        }
-                        Some(b) => {
-                            s.accumulator.reenqueue(b);
-                            None
-                        }
-                        None => None,
-                    }
-                };
-                let Some(batch) = batch else { break };
-                let key = batch.record_ids.first().copied().unwrap_or_default();
-                let maybe = self.attempts.get(&key).is_some_and(|a| a.maybe_written);
-                let persisted = if maybe {
-                    Persisted::Maybe
-                } else {
-                    Persisted::No
-                };
-                self.finish(
-                    batch,
-                    Err((-1, persisted, "delivery.timeout.ms passed".to_string())),
-                );
-            }
+        let expired = {
+            let in_flight = &self.in_flight;
+            lock(&self.shared)
+                .accumulator
+                .drain_created_before(cutoff, |tp| in_flight.contains(tp))
+        };
+        for batch in expired {
+            let key = batch.record_ids.first().copied().unwrap_or_default();
+            let maybe = self.attempts.get(&key).is_some_and(|a| a.maybe_written);
+            let persisted = if maybe {
+                Persisted::Maybe
+            } else {
+                Persisted::No
+            };
+            self.finish(
+                batch,
+                Err((-1, persisted, "delivery.timeout.ms passed".to_string())),
+            );
         }
     }
 }
