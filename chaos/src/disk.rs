@@ -206,8 +206,27 @@ pub fn tear_tails(data_dir: &Path, topic: &str, rng: &mut ChaCha8Rng) -> Result<
     Ok(done.join("; "))
 }
 
+/// Where the batches of a segment's first `len` bytes start, by their length fields.
+fn batch_positions(file: &std::fs::File, len: u64) -> Result<Vec<u64>> {
+    // a v2 batch header is 61 bytes; its length field counts from byte 12
+    let mut positions = Vec::new();
+    let mut at = 0u64;
+    let mut head = [0u8; 12];
+    while at + 61 <= len {
+        file.read_exact_at(&mut head, at)?;
+        let length = i32::from_be_bytes([head[8], head[9], head[10], head[11]]);
+        if length < 49 || at + 12 + length as u64 > len {
+            break;
+        }
+        positions.push(at);
+        at += 12 + length as u64;
+    }
+    Ok(positions)
+}
+
 /// Flips random bits in the written part of one partition's newest segment (4) and of its
-/// index files (2 each).
+/// index files (2 each), and one bit of a header field the batch CRC does not cover (the
+/// partition leader epoch or the base offset) of one of the segment's batches.
 /// Returns what was done.
 pub fn flip_bits(data_dir: &Path, topic: &str, rng: &mut ChaCha8Rng) -> Result<String> {
     let partitions = partition_dirs(data_dir, topic)?;
@@ -236,6 +255,25 @@ pub fn flip_bits(data_dir: &Path, topic: &str, rng: &mut ChaCha8Rng) -> Result<S
             byte[0] ^= 1 << bit;
             file.write_all_at(&byte, offset)?;
             at.push(format!("{offset}.{bit}"));
+        }
+        let positions = match path.extension() {
+            Some(e) if e == "log" => batch_positions(&file, len)?,
+            _ => Vec::new(),
+        };
+        if !positions.is_empty() {
+            let batch = positions[rng.random_range(0..positions.len())];
+            // the low bytes of the big-endian fields: epoch at 12..16, base offset at 0..8
+            let (field, offset) = if rng.random_bool(0.5) {
+                ("leader epoch", batch + 15)
+            } else {
+                ("base offset", batch + 7)
+            };
+            let bit = rng.random_range(0..8u8);
+            let mut byte = [0u8; 1];
+            file.read_exact_at(&mut byte, offset)?;
+            byte[0] ^= 1 << bit;
+            file.write_all_at(&byte, offset)?;
+            at.push(format!("{field} of the batch at byte {batch} bit {bit}"));
         }
         done.push(format!("{} bits {}", name(path), at.join(",")));
     }
@@ -313,5 +351,41 @@ mod tests {
             "only written bytes flipped"
         );
         assert_eq!(log.len(), 110_000, "a flip never changes a file's length");
+    }
+
+    #[test]
+    fn bit_flips_also_change_a_header_field_outside_the_crc_of_one_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let p0 = partition(dir.path(), "chaos", 0, &[(0, 0)]);
+        // three batches of 80, 100 and 70 bytes: base offset, length (from byte 12), then
+        // bytes that are 7
+        let mut log = Vec::new();
+        let mut starts = Vec::new();
+        for (i, size) in [80usize, 100, 70].into_iter().enumerate() {
+            starts.push(log.len());
+            log.extend_from_slice(&(i as i64 * 10).to_be_bytes());
+            log.extend_from_slice(&(size as i32 - 12).to_be_bytes());
+            log.resize(starts[i] + size, 7);
+        }
+        let original = log.clone();
+        log.resize(log.len() + 1000, 0);
+        let path = p0.join(format!("{:020}.log", 0));
+        std::fs::write(&path, &log).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(8);
+        let what = flip_bits(dir.path(), "chaos", &mut rng).unwrap();
+        let after = std::fs::read(&path).unwrap();
+        // "<field> of the batch at byte <start> bit <bit>"
+        let (field, rest) = what
+            .split_once(" of the batch at byte ")
+            .expect("a header flip is described");
+        let start: usize = rest.split_whitespace().next().unwrap().parse().unwrap();
+        assert!(starts.contains(&start), "{what}");
+        let at = if field.ends_with("leader epoch") {
+            start + 15
+        } else {
+            assert!(field.ends_with("base offset"), "{what}");
+            start + 7
+        };
+        assert_ne!(after[at], original[at], "{what}");
     }
 }

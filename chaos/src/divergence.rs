@@ -1,7 +1,8 @@
 //! Replicas must not diverge below the high watermark: after the run (nodes stopped
 //! cleanly), every partition's batches below the lowest high watermark any replica
-//! checkpointed are compared across the nodes — same offsets, same CRC. Batches are read
-//! with `sluice dump-log`, high watermarks from each node's `replication-offset-checkpoint`.
+//! checkpointed are compared across the nodes — same offsets, same CRC, same partition
+//! leader epoch (outside the CRC). Batches are read with `sluice dump-log`, high
+//! watermarks from each node's `replication-offset-checkpoint`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -11,7 +12,7 @@ use anyhow::{Context, Result};
 
 use crate::network::NODES;
 
-/// (base offset, last offset, crc) of each batch, in log order.
+/// (base offset, last offset, "crc epoch") of each batch, in log order.
 type Batches = Vec<(i64, i64, String)>;
 
 fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
@@ -31,8 +32,9 @@ fn batches(bin: &Path, partition_dir: &Path) -> Result<Batches> {
         let base = field(line, "baseOffset: ").and_then(|v| v.parse().ok());
         let last = field(line, "lastOffset: ").and_then(|v| v.parse().ok());
         let crc = field(line, "crc: ");
-        if let (Some(base), Some(last), Some(crc)) = (base, last, crc) {
-            result.push((base, last, crc.to_string()));
+        let epoch = field(line, "partitionLeaderEpoch: ");
+        if let (Some(base), Some(last), Some(crc), Some(epoch)) = (base, last, crc, epoch) {
+            result.push((base, last, format!("crc {crc} epoch {epoch}")));
         }
     }
     Ok(result)

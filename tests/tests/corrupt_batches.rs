@@ -63,6 +63,35 @@ fn damage_last_batch_of(dir: &std::path::Path, which: Segment) -> i64 {
     base
 }
 
+/// Flips a bit of the partition leader epoch (outside the CRC) of the `n`th batch of
+/// `dir`'s newest segment; returns that batch's base offset.
+fn flip_leader_epoch_of_batch(dir: &std::path::Path, n: usize) -> i64 {
+    let mut segments: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    segments.sort();
+    let newest = segments.last().expect("a segment");
+    let mut bytes = std::fs::read(newest).unwrap();
+    let mut start = 0usize;
+    let mut found = None;
+    for (i, batch) in RecordBatches::new(&bytes, usize::MAX)
+        .map_while(Result::ok)
+        .enumerate()
+    {
+        if i == n {
+            found = Some((start, batch.base_offset().0));
+        }
+        start += batch.size_bytes();
+    }
+    let (at, base) = found.expect("the batch");
+    // the epoch's low byte (bytes 12..16, big-endian): one bit, as a disk flips it
+    bytes[at + 15] ^= 0x40;
+    std::fs::write(newest, bytes).unwrap();
+    base
+}
+
 fn damage_lines(log: &str) -> Vec<String> {
     log.lines()
         .filter(|l| l.contains("a batch in this replica's log is damaged"))
@@ -283,6 +312,51 @@ fn a_consumer_read_finds_damage_and_reads_everything_from_the_intact_replica() {
     assert_eq!(read, values, "every record, once, in order");
     let reports = damage_reports(&cluster, damaged, "serving a consumer");
     assert_eq!(reports.len(), 1, "{reports:?}");
+    cluster.wait_for(topic, "the intact replica leads", |rows| {
+        rows[0].leader == intact
+    });
+    cluster.restart(old_leader);
+    cluster.wait_for(topic, "all three in the ISR", |rows| rows[0].isr.len() == 3);
+    cluster.assert_replicas_identical(topic, 0, values.len() as i64);
+}
+
+/// The chaos suite's consumers once read a record whose batch said leader epoch 65 above
+/// records of epoch 1: a bit flipped in the epoch, which the CRC does not cover, and the
+/// leader served it. Now a batch's epoch is checked against the log's leader-epoch cache
+/// and a mismatch is damage like any other.
+#[test]
+fn a_flipped_leader_epoch_is_damage_a_consumer_read_finds_though_the_crc_passes() {
+    let mut cluster = ProcessCluster::start(
+        Layout::DedicatedController,
+        &[
+            "broker.session.timeout.ms=2000",
+            "broker.heartbeat.interval.ms=200",
+            "log.scrub.bytes.per.second=0",
+        ],
+    );
+    let topic = "epoch-flipped";
+    cluster.create_topic(topic, 1);
+    let values = produce_rounds(&cluster, topic, 4);
+    let mut flipped = -1;
+    let (damaged, old_leader, intact) = damaged_node_leads(&mut cluster, topic, |dir| {
+        flipped = flip_leader_epoch_of_batch(dir, 1);
+    });
+    assert!(flipped > 0);
+    cluster.wait_for(topic, "the damaged node leads", |rows| {
+        rows[0].leader == damaged
+    });
+    let read: Vec<String> = kcat_read_all(&cluster.bootstrap(), topic)
+        .into_iter()
+        .map(|(_, _, v)| v)
+        .collect();
+    assert_eq!(read, values, "every record, once, in order");
+    let reports = damage_reports(&cluster, damaged, "serving a consumer");
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert!(
+        reports[0].contains(&format!("offset={flipped}"))
+            && reports[0].contains("carries leader epoch"),
+        "{reports:?}"
+    );
     cluster.wait_for(topic, "the intact replica leads", |rows| {
         rows[0].leader == intact
     });

@@ -63,8 +63,11 @@ async fn scrub_partition(
                 tokio::time::sleep(OFFLINE_WAIT).await;
             }
             let piece = region.clone();
-            let checked =
-                tokio::task::spawn_blocking(move || check_chunk(&piece, bound, chunk_bytes)).await;
+            let epochs = target.leader_epochs.clone();
+            let checked = tokio::task::spawn_blocking(move || {
+                check_chunk(&piece, bound, &epochs, chunk_bytes)
+            })
+            .await;
             let check = match checked {
                 Ok(Ok(check)) => check,
                 Ok(Err(_)) if partition.truncated_since(target.truncations) => break,

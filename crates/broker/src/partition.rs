@@ -659,7 +659,12 @@ impl Partition {
         let Some(region) = &mut info.region else {
             return Ok(());
         };
-        let check = match sluice_log::check_region(region, fetch_offset, CHECK_CHUNK_BYTES) {
+        let check = match sluice_log::check_region(
+            region,
+            fetch_offset,
+            &info.leader_epochs,
+            CHECK_CHUNK_BYTES,
+        ) {
             Ok(check) => check,
             // the file was truncated under the read (this replica stopped leading)
             Err(_) if self.truncated_since(info.truncations) => {

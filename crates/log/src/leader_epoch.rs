@@ -20,6 +20,15 @@ pub struct EpochEntry {
     pub start_offset: Offset,
 }
 
+/// The epoch that wrote `offset` by a cache's `entries` (None if before the first entry).
+pub fn epoch_for_offset(entries: &[EpochEntry], offset: Offset) -> Option<LeaderEpoch> {
+    entries
+        .iter()
+        .rev()
+        .find(|e| e.start_offset <= offset)
+        .map(|e| e.epoch)
+}
+
 pub struct LeaderEpochCache {
     path: PathBuf,
     entries: Vec<EpochEntry>,
@@ -114,11 +123,7 @@ impl LeaderEpochCache {
 
     /// The epoch that wrote `offset` (None if before the first entry).
     pub fn epoch_for_offset(&self, offset: Offset) -> Option<LeaderEpoch> {
-        self.entries
-            .iter()
-            .rev()
-            .find(|e| e.start_offset <= offset)
-            .map(|e| e.epoch)
+        epoch_for_offset(&self.entries, offset)
     }
 
     /// After the log was truncated to `end_offset`: drop epochs that start at or after it.

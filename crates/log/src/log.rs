@@ -20,7 +20,7 @@ use sluice_record::{
 
 use crate::config::LogConfig;
 use crate::file_records::FileRegion;
-use crate::leader_epoch::LeaderEpochCache;
+use crate::leader_epoch::{EpochEntry, LeaderEpochCache};
 use crate::producer_snapshot::{
     delete_snapshot, list_snapshots, read_snapshot, sync_snapshot, write_snapshot,
 };
@@ -60,6 +60,9 @@ pub struct LogReadInfo {
     pub unchecked: bool,
     /// The log's [`Log::truncations`] when it was read.
     pub truncations: u64,
+    /// When `unchecked`: the leader-epoch cache's entries when it was read, which the
+    /// batches' epochs are checked against (empty otherwise).
+    pub leader_epochs: Vec<EpochEntry>,
 }
 
 /// A region the scrub checks: a sealed segment whole, or the unchecked part of the active
@@ -72,6 +75,8 @@ pub struct ScrubRegion {
     pub first_offset_at_most: Offset,
     /// The log's [`Log::truncations`] when the region was taken.
     pub truncations: u64,
+    /// The leader-epoch cache's entries when the region was taken.
+    pub leader_epochs: Vec<EpochEntry>,
 }
 
 /// What loading the log found and repaired.
@@ -609,6 +614,7 @@ impl Log {
             segment_base: from_offset,
             unchecked: false,
             truncations: self.truncations,
+            leader_epochs: Vec::new(),
         };
         let max_offset = max_offset.min(self.log_end_offset);
         if from_offset >= max_offset {
@@ -628,6 +634,9 @@ impl Log {
                 info.next_offset = read.next_offset;
                 info.segment_base = segment.base_offset();
                 info.unchecked = segment.is_unchecked(&read.region);
+                if info.unchecked {
+                    info.leader_epochs = self.leader_epochs.entries().to_vec();
+                }
                 info.region = (read.region.length > 0).then_some(read.region);
                 return Ok(info);
             }
@@ -656,6 +665,7 @@ impl Log {
                     region: segment.whole_region(),
                     first_offset_at_most: base,
                     truncations: self.truncations,
+                    leader_epochs: self.leader_epochs.entries().to_vec(),
                 });
                 continue;
             }
@@ -670,6 +680,7 @@ impl Log {
                     },
                     region,
                     truncations: self.truncations,
+                    leader_epochs: self.leader_epochs.entries().to_vec(),
                 });
             }
         }

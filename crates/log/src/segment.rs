@@ -239,7 +239,9 @@ impl LogSegment {
             self.log.truncate_to(valid_end)?;
         }
         self.log.set_size(valid_end);
-        self.unchecked.clear();
+        // CRCs passed, but the fields outside them are checked against the log on first
+        // serve (see batch_damage)
+        self.unchecked = UncheckedBytes::whole(valid_end);
         Ok(Recovered {
             cut_bytes: file_len - valid_end,
             cut_data,

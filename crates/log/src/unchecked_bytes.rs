@@ -1,7 +1,8 @@
 //! Which bytes of a segment file have not had their batches checked (CRC32C, lengths)
 //! since this broker opened it. Bytes a clean restart loaded are unchecked (Kafka does not
-//! scan them either); bytes appended since were checked before they were written, and a
-//! recovered segment was checked whole. A read that touches unchecked bytes checks what it
+//! scan them either); bytes appended since were checked before they were written. A
+//! recovered segment's CRCs were checked, but not its batches' leader epochs against the
+//! log's leader-epoch cache (the epoch is outside the CRC): it stays unchecked too. A read that touches unchecked bytes checks what it
 //! serves once; the scrub checks the rest.
 //!
 //! Invariant: the ranges are sorted, disjoint, non-empty and not adjacent; their bounds are
@@ -61,10 +62,6 @@ impl UncheckedBytes {
     /// The file was cut at `size`.
     pub fn truncate(&mut self, size: u64) {
         self.remove(size..u64::MAX);
-    }
-
-    pub fn clear(&mut self) {
-        self.ranges.clear();
     }
 }
 

@@ -36,4 +36,16 @@ pub enum RecordError {
     },
     #[error("batch decompresses to more than {limit} bytes")]
     DecompressedTooLarge { limit: usize },
+    /// Offsets are dense: each batch starts where the one before it ended. The base offset
+    /// is outside the CRC, so this is how a damaged one shows.
+    #[error("batch base offset {found} does not follow the batch before it (expected {expected})")]
+    BaseOffsetOutOfSequence { expected: i64, found: i64 },
+    /// The partition leader epoch is outside the CRC (a leader stamps it): a batch whose
+    /// epoch is not the one the log's leader-epoch cache gives its offsets is damaged.
+    #[error("batch at offset {base_offset} carries leader epoch {found}, but the log's leader-epoch cache says {expected}")]
+    LeaderEpochMismatch {
+        base_offset: i64,
+        found: i32,
+        expected: i32,
+    },
 }
