@@ -79,7 +79,10 @@ impl BrokerNode {
             use_sendfile: config.use_sendfile,
         };
         let groups = crate::group_coordinator::GroupCoordinator::new(config.group.clone());
-        let commits = crate::offset_commit_batcher::OffsetCommitBatcher::start(controllers.clone());
+        let commits = crate::offset_commit_batcher::OffsetCommitBatcher::start(
+            controllers.clone(),
+            metadata.broker_epoch_handle(),
+        );
         let broker = Arc::new(Broker {
             config,
             metadata,

@@ -157,6 +157,11 @@ impl MetadataFollower {
         self.broker_epoch.load(Ordering::Acquire)
     }
 
+    /// The broker epoch as it changes (-1 while unregistered).
+    pub fn broker_epoch_handle(&self) -> Arc<AtomicI64> {
+        Arc::clone(&self.broker_epoch)
+    }
+
     pub fn is_fenced(&self) -> bool {
         self.fenced.load(Ordering::Acquire)
     }

@@ -8,10 +8,19 @@
 //! broker and its epoch on the group's slot): a commit from a broker that no longer
 //! coordinates the group is refused, the others in the entry still apply.
 //!
-//! Invariants: commits reach the controller in the order they were handed in (a member's
-//! later commit never lands before its earlier one); each caller is answered only after
-//! the call carrying its offsets returned, with its own record's outcome.
+//! Calls are numbered (per broker registration, one at a time in flight): a call that
+//! timed out here may still reach the controller later (a TCP retransmission after a
+//! partition heals, a forward from a follower controller), and the metadata image refuses
+//! it once a later call of this broker applied. Without that, a consumer's older offsets
+//! could overwrite newer ones acknowledged since.
+//!
+//! Invariants: commits reach the controller in the order they were handed in and apply
+//! in that order (a member's later commit never lands before its earlier one, nor is
+//! overwritten by it); each caller is answered only after the call carrying its offsets
+//! returned, with its own record's outcome.
 
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_metadata::error_code as ec;
@@ -25,10 +34,9 @@ use crate::controller_client::ControllerClients;
 /// How many partition offsets one controller call carries at most (about 100 bytes each,
 /// far below the controller's 8 MiB entry limit).
 pub const MAX_OFFSETS_PER_CALL: usize = 20_000;
-/// Controller calls one broker keeps in flight at once. One keeps batches largest; four
-/// measured no better (docs/benchmarks.md), the quorum's own work being the limit.
-const MAX_CALLS_IN_FLIGHT: usize = 1;
-/// How long one call may wait for the controller quorum.
+/// How long one call may wait for the controller quorum. One call is in flight at a time:
+/// that keeps batches largest (four in flight measured no better, docs/benchmarks.md, the
+/// quorum's own work being the limit), and numbered calls must apply in order.
 const CONTROLLER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a commit was not acknowledged.
@@ -66,10 +74,11 @@ pub struct OffsetCommitBatcher {
 }
 
 impl OffsetCommitBatcher {
-    /// Starts the batching task (call inside a tokio runtime).
-    pub fn start(controllers: ControllerClients) -> Self {
+    /// Starts the batching task (call inside a tokio runtime); `broker_epoch` is this
+    /// broker's registration (-1 while unregistered), which numbers its calls.
+    pub fn start(controllers: ControllerClients, broker_epoch: Arc<AtomicI64>) -> Self {
         let (queue, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(controllers, rx));
+        tokio::spawn(run(controllers, broker_epoch, rx));
         OffsetCommitBatcher { queue }
     }
 
@@ -94,13 +103,14 @@ impl OffsetCommitBatcher {
     }
 }
 
-async fn run(controllers: ControllerClients, mut queue: mpsc::UnboundedReceiver<Pending>) {
+async fn run(
+    controllers: ControllerClients,
+    broker_epoch: Arc<AtomicI64>,
+    mut queue: mpsc::UnboundedReceiver<Pending>,
+) {
     let mut carried: Option<Pending> = None;
-    let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CALLS_IN_FLIGHT));
+    let mut call_sequence = 0i64;
     loop {
-        let Ok(permit) = std::sync::Arc::clone(&in_flight).acquire_owned().await else {
-            return;
-        };
         let first = match carried.take() {
             Some(p) => p,
             None => match queue.recv().await {
@@ -123,17 +133,30 @@ async fn run(controllers: ControllerClients, mut queue: mpsc::UnboundedReceiver<
                 Err(_) => break,
             }
         }
-        let controllers = controllers.clone();
-        tokio::spawn(async move {
-            call(&controllers, batch, count).await;
-            drop(permit);
-        });
+        call_sequence += 1;
+        let numbered = CallNumber {
+            broker_epoch: broker_epoch.load(Ordering::Acquire),
+            sequence: call_sequence,
+        };
+        call(&controllers, batch, count, numbered).await;
     }
+}
+
+/// Which call of which registration of this broker.
+#[derive(Debug, Clone, Copy)]
+struct CallNumber {
+    broker_epoch: i64,
+    sequence: i64,
 }
 
 /// One controller call carrying `batch` (`count` offsets), each commit its own fenced
 /// record in one Raft entry; answers every caller in it.
-async fn call(controllers: &ControllerClients, mut batch: Vec<Pending>, count: usize) {
+async fn call(
+    controllers: &ControllerClients,
+    mut batch: Vec<Pending>,
+    count: usize,
+    number: CallNumber,
+) {
     // the offsets move into the request: the callers only need their answers
     let commits: Vec<pb::CommitOffsets> = batch
         .iter_mut()
@@ -142,6 +165,9 @@ async fn call(controllers: &ControllerClients, mut batch: Vec<Pending>, count: u
             fenced: true,
             coordinator_broker_id: p.fence.broker_id,
             coordinator_epoch: p.fence.epoch,
+            // (unregistered, -1: refused, as no registration has that epoch)
+            committer_broker_epoch: number.broker_epoch,
+            call_sequence: number.sequence,
         })
         .collect();
     let outcome = controllers

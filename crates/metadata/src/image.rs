@@ -11,6 +11,8 @@
 //!   registered and unfenced;
 //! - a coordinator slot's epoch grows by exactly one at each move, and a slot moves only
 //!   to a registered, unfenced broker (or to none, -1);
+//! - a broker's numbered commit calls apply in the order it numbered them: a call below
+//!   the latest applied of its registration (a late copy) changes nothing;
 //! - `applied_index` only grows.
 
 use std::collections::BTreeMap;
@@ -214,6 +216,7 @@ impl MetadataImage {
                     rack: r.rack.clone(),
                     broker_epoch: index as i64,
                     fenced: true,
+                    last_commit_call: 0,
                 };
                 ApplyOutcome::ok()
             }
@@ -272,10 +275,32 @@ impl MetadataImage {
                             ),
                         );
                     }
+                    if r.call_sequence > 0 {
+                        let in_order =
+                            self.brokers.get(&r.coordinator_broker_id).is_some_and(|b| {
+                                b.broker_epoch == r.committer_broker_epoch
+                                    && r.call_sequence >= b.last_commit_call
+                            });
+                        if !in_order {
+                            return ApplyOutcome::err(
+                                ec::REQUEST_TIMED_OUT,
+                                format!(
+                                    "a stale copy of commit call {} of broker {} (epoch {}): a later call of it was applied",
+                                    r.call_sequence, r.coordinator_broker_id, r.committer_broker_epoch
+                                ),
+                            );
+                        }
+                    }
                 }
                 for o in &r.offsets {
                     self.offsets
                         .insert((o.group.clone(), o.topic.clone(), o.partition), o.clone());
+                }
+                if let (true, Some(b)) = (
+                    r.fenced && r.call_sequence > 0,
+                    self.brokers.get_mut(&r.coordinator_broker_id),
+                ) {
+                    b.last_commit_call = r.call_sequence;
                 }
                 ApplyOutcome::ok()
             }

@@ -455,7 +455,76 @@ fn fenced_commit(group: &str, offset: i64, broker: i32, epoch: i32) -> Record {
         fenced: true,
         coordinator_broker_id: broker,
         coordinator_epoch: epoch,
+        ..Default::default()
     })
+}
+
+/// `fenced_commit` as call `sequence` of broker registration `broker_epoch`.
+fn numbered_commit(offset: i64, broker: i32, broker_epoch: i64, sequence: i64) -> Record {
+    let Record::CommitOffsets(mut r) = fenced_commit("g", offset, broker, 0) else {
+        unreachable!()
+    };
+    r.committer_broker_epoch = broker_epoch;
+    r.call_sequence = sequence;
+    Record::CommitOffsets(r)
+}
+
+/// The chaos suite's long run saw a group restart below an acknowledged commit: a
+/// coordinator's call that timed out (its controllers unreachable) could still reach the
+/// quorum later and apply older offsets over newer ones. A broker numbers its calls; a
+/// copy of a call older than one already applied changes nothing.
+#[test]
+fn a_late_copy_of_an_older_commit_call_never_overwrites_a_later_one() {
+    let mut image = live_brokers();
+    let slot = sluice_metadata::group_coordinator_slot("g");
+    image.apply(
+        5,
+        &batch(vec![Record::MoveCoordinators(pb::MoveCoordinators {
+            slots: vec![pb::CoordinatorSlot {
+                slot,
+                broker_id: 1,
+                epoch: 0,
+            }],
+        })]),
+    );
+    let committed = |image: &MetadataImage| image.committed_offset("g", "t", 0).map(|o| o.offset);
+    // call 7 applies; a retried copy of it (the same number) applies again, harmlessly
+    let out = image.apply(6, &batch(vec![numbered_commit(100, 1, 1, 7)]));
+    assert_eq!(codes(&out), vec![ec::NONE]);
+    let out = image.apply(7, &batch(vec![numbered_commit(100, 1, 1, 7)]));
+    assert_eq!(codes(&out), vec![ec::NONE]);
+    // call 8 (two commits in one entry), then call 7's late copy: refused
+    let out = image.apply(
+        8,
+        &batch(vec![
+            numbered_commit(150, 1, 1, 8),
+            numbered_commit(200, 1, 1, 8),
+        ]),
+    );
+    assert_eq!(codes(&out), vec![ec::NONE, ec::NONE]);
+    let out = image.apply(9, &batch(vec![numbered_commit(100, 1, 1, 7)]));
+    assert_eq!(codes(&out), vec![ec::REQUEST_TIMED_OUT]);
+    assert_eq!(committed(&image), Some(200));
+    // a call made under another registration of the broker is refused too
+    let out = image.apply(10, &batch(vec![numbered_commit(50, 1, 0, 9)]));
+    assert_eq!(codes(&out), vec![ec::REQUEST_TIMED_OUT]);
+    // the broker restarts: its new registration numbers from 1 again
+    image.apply(11, &batch(vec![register(1, "a2")]));
+    image.apply(
+        12,
+        &batch(vec![Record::UnfenceBroker(pb::UnfenceBroker {
+            broker_id: 1,
+            broker_epoch: 11,
+        })]),
+    );
+    let out = image.apply(13, &batch(vec![numbered_commit(300, 1, 11, 1)]));
+    assert_eq!(codes(&out), vec![ec::NONE]);
+    let out = image.apply(14, &batch(vec![numbered_commit(250, 1, 1, 8)]));
+    assert_eq!(codes(&out), vec![ec::REQUEST_TIMED_OUT]);
+    assert_eq!(committed(&image), Some(300));
+    // the numbers survive a snapshot
+    let restored = MetadataImage::from_proto(image.to_proto());
+    assert_eq!(restored.broker(1).map(|b| b.last_commit_call), Some(1));
 }
 
 #[test]
