@@ -119,6 +119,26 @@ impl RecordAccumulator {
         self.used_bytes
     }
 
+    /// Whether appending this record to `tp` would open a new batch (no open batch, or
+    /// the record does not fit in it).
+    pub fn opens_new_batch(
+        &self,
+        tp: &TopicPartition,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(&[u8], Option<&[u8]>)],
+    ) -> bool {
+        let size = record_size(key, value, headers);
+        !self
+            .batches
+            .get(tp)
+            .and_then(|q| q.back())
+            .filter(|b| !b.sealed)
+            .is_some_and(|open| {
+                open.builder.records_size_bytes() + size <= open.reserved_bytes - BATCH_HEADER_BYTES
+            })
+    }
+
     /// Appends a record to `tp`'s open batch, or to a new one. Refused, and nothing
     /// changed, when a new batch would pass `buffer.memory`.
     #[allow(clippy::too_many_arguments)]

@@ -1,9 +1,11 @@
 //! Which partition a record goes to. The default is Kafka's (the Java client's
 //! `DefaultPartitioner` since 2.4, KIP-480): a keyed record by the murmur2 hash of its key
 //! (`murmur2.rs`), the same partition the Java client and librdkafka's `murmur2_random`
-//! pick; a keyless record to a *sticky* partition that changes only when the batch for it
-//! is sealed, so keyless records fill batches instead of spreading one record per
-//! partition per linger. Round-robin and random ignore keys (for benchmarks and tests);
+//! pick; a keyless record to a *sticky* partition that changes only when the record would
+//! open a new batch there (the open one is full, or was sent): the producer then asks
+//! again (Kafka's `onNewBatch`) and the record opens a batch on the new sticky partition,
+//! so keyless records fill batches instead of spreading one record per partition per
+//! linger. Round-robin and random ignore keys (for benchmarks and tests);
 //! [`Partitioner`] is the trait for custom ones.
 //!
 //! Invariant: every choice is a partition in `0..partitions`; among `available` ones
@@ -28,15 +30,17 @@ pub trait Partitioner: Send {
         available: &[i32],
     ) -> i32;
 
-    /// The batch of `topic`'s partition `sealed` was sealed (full, or its linger ran
-    /// out): a sticky partitioner moves its keyless records elsewhere.
-    fn on_batch_sealed(
+    /// A keyless record for `topic`'s partition `sealed` would open a new batch there
+    /// (the open one is full, or was sent): a sticky partitioner moves to another
+    /// partition and returns it, and the record goes there. None: the record stays.
+    fn on_new_batch(
         &mut self,
         _topic: &str,
         _sealed: i32,
         _partitions: i32,
         _available: &[i32],
-    ) {
+    ) -> Option<i32> {
+        None
     }
 }
 
@@ -103,11 +107,19 @@ impl Partitioner for StickyPartitioner {
         p
     }
 
-    fn on_batch_sealed(&mut self, topic: &str, sealed: i32, partitions: i32, available: &[i32]) {
-        if self.current.get(topic) == Some(&sealed) {
-            let next = random_of(&mut self.rng, partitions, available, Some(sealed));
-            self.current.insert(topic.to_string(), next);
+    fn on_new_batch(
+        &mut self,
+        topic: &str,
+        sealed: i32,
+        partitions: i32,
+        available: &[i32],
+    ) -> Option<i32> {
+        if self.current.get(topic) != Some(&sealed) {
+            return None;
         }
+        let next = random_of(&mut self.rng, partitions, available, Some(sealed));
+        self.current.insert(topic.to_string(), next);
+        Some(next)
     }
 }
 
@@ -143,9 +155,15 @@ impl Partitioner for DefaultPartitioner {
         }
     }
 
-    fn on_batch_sealed(&mut self, topic: &str, sealed: i32, partitions: i32, available: &[i32]) {
+    fn on_new_batch(
+        &mut self,
+        topic: &str,
+        sealed: i32,
+        partitions: i32,
+        available: &[i32],
+    ) -> Option<i32> {
         self.sticky
-            .on_batch_sealed(topic, sealed, partitions, available);
+            .on_new_batch(topic, sealed, partitions, available)
     }
 }
 
@@ -233,12 +251,12 @@ mod tests {
         }
         // another topic sticks on its own
         let other = p.partition("u", None, 6, &[]);
-        p.on_batch_sealed("u", other, 6, &[]);
+        p.on_new_batch("u", other, 6, &[]);
         assert_eq!(p.partition("t", None, 6, &[]), first);
         // a sealed batch of another partition changes nothing
-        p.on_batch_sealed("t", (first + 1) % 6, 6, &[]);
+        p.on_new_batch("t", (first + 1) % 6, 6, &[]);
         assert_eq!(p.partition("t", None, 6, &[]), first);
-        p.on_batch_sealed("t", first, 6, &[]);
+        p.on_new_batch("t", first, 6, &[]);
         let second = p.partition("t", None, 6, &[]);
         assert_ne!(
             second, first,
@@ -249,7 +267,7 @@ mod tests {
         for _ in 0..200 {
             let now = p.partition("t", None, 6, &[]);
             used.insert(now);
-            p.on_batch_sealed("t", now, 6, &[]);
+            p.on_new_batch("t", now, 6, &[]);
         }
         assert_eq!(used.len(), 6);
     }
@@ -260,7 +278,7 @@ mod tests {
         for _ in 0..100 {
             let now = p.partition("t", None, 6, &[2, 4]);
             assert!([2, 4].contains(&now));
-            p.on_batch_sealed("t", now, 6, &[2, 4]);
+            p.on_new_batch("t", now, 6, &[2, 4]);
         }
         // the sticky partition lost its leader: the next record goes elsewhere
         let now = p.partition("t", None, 6, &[2]);
@@ -268,9 +286,9 @@ mod tests {
         assert_eq!(p.partition("t", None, 6, &[5]), 5);
         // one partition: it stays
         let mut q = StickyPartitioner::with_seed(9);
-        q.on_batch_sealed("t", 0, 1, &[]);
+        q.on_new_batch("t", 0, 1, &[]);
         assert_eq!(q.partition("t", None, 1, &[]), 0);
-        q.on_batch_sealed("t", 0, 1, &[]);
+        q.on_new_batch("t", 0, 1, &[]);
         assert_eq!(q.partition("t", None, 1, &[]), 0);
     }
 

@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, InitProducerIdRequest, InitProducerIdResponse, MetadataRequest, MetadataResponse,
-    ProduceRequest, ProduceResponse, TopicName,
+    ApiKey, InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse,
+    TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use sluice_protocol::ClientConnection;
@@ -33,14 +33,14 @@ use sluice_record::{BatchBuilder, TopicPartition};
 use tokio::sync::{mpsc, Notify};
 
 use crate::accumulator::{AccumulatorConfig, AccumulatorError, ProducerBatch, RecordAccumulator};
+use crate::broker_io::{BrokerIo, NoBroker};
 use crate::metadata_cache::MetadataCache;
 use crate::partitioner::{DefaultPartitioner, Partitioner};
 use crate::produce_error::{produce_error_action, Persisted};
 
 const PRODUCE_VERSION: i16 = 9;
-const METADATA_VERSION: i16 = 12;
 const INIT_PRODUCER_ID_VERSION: i16 = 4;
-const CLIENT_ID: &str = "sluice-client";
+use crate::broker_io::CLIENT_ID;
 
 #[derive(Debug, Clone)]
 pub struct ProducerConfig {
@@ -112,8 +112,8 @@ pub struct DeliveryReport {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProducerError {
-    #[error("no broker of {bootstrap} answered: {last}")]
-    NoBroker { bootstrap: String, last: String },
+    #[error(transparent)]
+    NoBroker(#[from] NoBroker),
     #[error("{0}")]
     Config(String),
     #[error("topic {topic}: {reason}")]
@@ -193,11 +193,14 @@ impl Producer {
                 "enable.idempotence needs acks=all".into(),
             ));
         }
-        let mut io = BrokerIo::new(&config);
+        let mut io = BrokerIo::new(
+            &config.bootstrap_servers,
+            Duration::from_millis(config.request_timeout_ms),
+        );
         let mut metadata = MetadataCache::default();
         metadata.update(&io.metadata(&metadata, &[]).await?);
         let producer_id = if config.enable_idempotence {
-            Some(io.init_producer_id(&metadata).await?)
+            Some(init_producer_id(&mut io, &metadata).await?)
         } else {
             None
         };
@@ -294,12 +297,34 @@ impl Producer {
                             }
                             None => {
                                 let available = s.metadata.available(record.topic);
-                                s.partitioner.partition(
+                                let chosen = s.partitioner.partition(
                                     record.topic,
                                     record.key,
                                     partitions,
                                     &available,
-                                )
+                                );
+                                // a keyless record that would open a new batch on the
+                                // sticky partition moves it first (Kafka's onNewBatch)
+                                let opens = record.key.is_none()
+                                    && s.accumulator.opens_new_batch(
+                                        &TopicPartition::new(record.topic, chosen),
+                                        record.key,
+                                        record.value,
+                                        record.headers,
+                                    );
+                                let moved = opens
+                                    .then(|| {
+                                        s.partitioner.on_new_batch(
+                                            record.topic,
+                                            chosen,
+                                            partitions,
+                                            &available,
+                                        )
+                                    })
+                                    .flatten();
+                                moved
+                                    .filter(|p| (0..partitions).contains(p))
+                                    .unwrap_or(chosen)
                             }
                         };
                         let id = s.next_record_id;
@@ -321,18 +346,10 @@ impl Producer {
                                     s.topics_in_use.insert(record.topic.to_string());
                                 }
                                 s.unreported += 1;
-                                if appended.new_batch || appended.batch_full {
-                                    let available = s.metadata.available(record.topic);
-                                    if appended.batch_full {
-                                        s.partitioner.on_batch_sealed(
-                                            record.topic,
-                                            partition,
-                                            partitions,
-                                            &available,
-                                        );
-                                    }
-                                    self.wake.notify_one();
-                                } else if s.accumulator.config().linger_ms == 0 {
+                                if appended.new_batch
+                                    || appended.batch_full
+                                    || s.accumulator.config().linger_ms == 0
+                                {
                                     self.wake.notify_one();
                                 }
                                 return Ok(id);
@@ -396,136 +413,29 @@ impl Drop for Producer {
     }
 }
 
-/// Connections to brokers, made on demand; one request at a time on each.
-struct BrokerIo {
-    bootstrap: Vec<String>,
-    timeout: Duration,
-    connections: HashMap<String, ClientConnection>,
-}
-
-impl BrokerIo {
-    fn new(config: &ProducerConfig) -> Self {
-        BrokerIo {
-            bootstrap: config
-                .bootstrap_servers
-                .split(',')
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect(),
-            timeout: Duration::from_millis(config.request_timeout_ms),
-            connections: HashMap::new(),
-        }
-    }
-
-    async fn connection(
-        &mut self,
-        address: &str,
-    ) -> Result<&mut ClientConnection, sluice_protocol::ClientError> {
-        if !self.connections.contains_key(address) {
-            let c = ClientConnection::connect(address, CLIENT_ID, self.timeout).await?;
-            self.connections.insert(address.to_string(), c);
-        }
-        Ok(self
-            .connections
-            .get_mut(address)
-            .expect("inserted just before"))
-    }
-
-    /// Every address worth asking for metadata: known brokers, then the bootstrap list.
-    fn candidates(&self, metadata: &MetadataCache) -> Vec<String> {
-        let mut all: Vec<String> = metadata.brokers().map(|(_, a)| a.to_string()).collect();
-        all.sort();
-        all.extend(self.bootstrap.iter().cloned());
-        all.dedup();
-        all
-    }
-
-    /// Sends `request` to the known brokers, then the bootstrap ones, until one gives an
-    /// answer `accept` takes.
-    async fn ask_any<Req, Resp>(
-        &mut self,
-        metadata: &MetadataCache,
-        api: ApiKey,
-        version: i16,
-        request: &Req,
-        accept: impl Fn(&Resp) -> Result<(), String>,
-    ) -> Result<Resp, ProducerError>
-    where
-        Req: kafka_protocol::protocol::Encodable,
-        Resp: kafka_protocol::protocol::Decodable + Default,
-    {
-        let mut last = String::from("no address to ask");
-        for address in self.candidates(metadata) {
-            let answer: Result<Resp, _> = match self.connection(&address).await {
-                Ok(c) => c.send(api, version, request, true).await,
-                Err(e) => Err(e),
-            };
-            match answer {
-                Ok(response) => match accept(&response) {
-                    Ok(()) => return Ok(response),
-                    Err(e) => last = e,
-                },
-                Err(e) => {
-                    last = e.to_string();
-                    self.connections.remove(&address);
-                }
-            }
-        }
-        Err(ProducerError::NoBroker {
-            bootstrap: self.bootstrap.join(","),
-            last,
-        })
-    }
-
-    async fn metadata(
-        &mut self,
-        metadata: &MetadataCache,
-        topics: &[String],
-    ) -> Result<MetadataResponse, ProducerError> {
-        let request = MetadataRequest::default()
-            .with_topics(Some(
-                topics
-                    .iter()
-                    .map(|t| {
-                        kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
-                            .with_name(Some(TopicName(StrBytes::from_string(t.clone()))))
-                    })
-                    .collect(),
-            ))
-            .with_allow_auto_topic_creation(true);
-        self.ask_any(
+/// Takes a producer id (InitProducerId) from any broker.
+async fn init_producer_id(
+    io: &mut BrokerIo,
+    metadata: &MetadataCache,
+) -> Result<(i64, i16), ProducerError> {
+    let request = InitProducerIdRequest::default()
+        .with_transactional_id(None)
+        .with_transaction_timeout_ms(60_000)
+        .with_producer_id(kafka_protocol::messages::ProducerId(-1))
+        .with_producer_epoch(-1);
+    let r: InitProducerIdResponse = io
+        .ask_any(
             metadata,
-            ApiKey::Metadata,
-            METADATA_VERSION,
+            ApiKey::InitProducerId,
+            INIT_PRODUCER_ID_VERSION,
             &request,
-            |_| Ok(()),
+            |r: &InitProducerIdResponse| match r.error_code {
+                0 => Ok(()),
+                code => Err(format!("InitProducerId: error code {code}")),
+            },
         )
-        .await
-    }
-
-    async fn init_producer_id(
-        &mut self,
-        metadata: &MetadataCache,
-    ) -> Result<(i64, i16), ProducerError> {
-        let request = InitProducerIdRequest::default()
-            .with_transactional_id(None)
-            .with_transaction_timeout_ms(60_000)
-            .with_producer_id(kafka_protocol::messages::ProducerId(-1))
-            .with_producer_epoch(-1);
-        let r: InitProducerIdResponse = self
-            .ask_any(
-                metadata,
-                ApiKey::InitProducerId,
-                INIT_PRODUCER_ID_VERSION,
-                &request,
-                |r: &InitProducerIdResponse| match r.error_code {
-                    0 => Ok(()),
-                    code => Err(format!("InitProducerId: error code {code}")),
-                },
-            )
-            .await?;
-        Ok((r.producer_id.0, r.producer_epoch))
-    }
+        .await?;
+    Ok((r.producer_id.0, r.producer_epoch))
 }
 
 /// The sender task's state.

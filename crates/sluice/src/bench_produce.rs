@@ -165,7 +165,7 @@ impl Summary {
 
     /// Percentiles from the histogram; the average and the maximum exact, as Kafka's tool
     /// computes them.
-    fn of(latencies: &Latencies, failed: u64, seconds: f64, size: usize) -> Self {
+    pub(crate) fn of(latencies: &Latencies, failed: u64, seconds: f64, size: usize) -> Self {
         let histogram = &latencies.histogram;
         let whole_ms = |q: f64| histogram.value_at_quantile(q) / 1000;
         let records = histogram.len();
@@ -186,14 +186,14 @@ impl Summary {
 
 /// Acknowledged records' latencies (µs): an HDR histogram for percentiles, exact sum
 /// and maximum.
-struct Latencies {
+pub(crate) struct Latencies {
     histogram: Histogram<u64>,
     sum_us: u64,
     max_us: u64,
 }
 
 impl Latencies {
-    fn new() -> Result<Self> {
+    pub(crate) fn new() -> Result<Self> {
         Ok(Latencies {
             // 1 µs .. 10 min, 3 significant digits
             histogram: Histogram::new_with_bounds(1, 600_000_000, 3)
@@ -203,7 +203,7 @@ impl Latencies {
         })
     }
 
-    fn record(&mut self, us: u64) {
+    pub(crate) fn record(&mut self, us: u64) {
         self.histogram.saturating_record(us);
         self.sum_us += us;
         self.max_us = self.max_us.max(us);
@@ -228,23 +228,31 @@ struct Progress {
     window: Mutex<(u64, u64, u64)>,
 }
 
+/// Creates `topic` unless it exists.
+pub(crate) async fn create_topic(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    replication_factor: i16,
+) -> Result<()> {
+    match crate::topic_admin::create(bootstrap, topic, partitions, replication_factor, &[]).await {
+        Ok(_) => Ok(()),
+        Err(e) if format!("{e:#}").contains("TOPIC_ALREADY_EXISTS") => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 pub async fn produce(bootstrap: &str, bench: ProduceBench) -> Result<String> {
     if bench.producers == 0 || bench.num_records == 0 {
         bail!("--producers and --num-records must be at least 1");
     }
-    match crate::topic_admin::create(
+    create_topic(
         bootstrap,
         &bench.topic,
         bench.partitions,
         bench.replication_factor,
-        &[],
     )
-    .await
-    {
-        Ok(_) => {}
-        Err(e) if format!("{e:#}").contains("TOPIC_ALREADY_EXISTS") => {}
-        Err(e) => return Err(e),
-    }
+    .await?;
     let payload: Vec<u8> = {
         use rand::Rng;
         let mut rng = rand::rng();

@@ -14,6 +14,7 @@ use sluice_log::{AppendMode, LogConfig, LogManager};
 use sluice_record::{now_ms, BatchBuilder, Compression, LeaderEpoch, TopicPartition};
 
 mod admin_server;
+mod bench_consume;
 mod bench_groups;
 mod bench_produce;
 mod cluster_status;
@@ -280,6 +281,12 @@ enum BenchCommand {
     /// Producer throughput and latency, as kafka-producer-perf-test measures them, with
     /// Sluice's own producer. Creates TOPIC if it does not exist.
     Produce(bench_produce::ProduceArgs),
+    /// Consumer throughput, as kafka-consumer-perf-test measures it, with Sluice's own
+    /// consumer: TOPIC read from its earliest offsets to the end it had at the start.
+    Consume(bench_consume::ConsumeArgs),
+    /// End-to-end latency (send → receive) of records produced at --throughput while a
+    /// consumer reads them; Kafka's summary line. Creates TOPIC if it does not exist.
+    E2e(bench_consume::E2eArgs),
     /// Offset commits: one member alone (the baseline), then MEMBERS at once, each commit
     /// carrying an offset for every partition of TOPIC (which must exist).
     Commits {
@@ -506,6 +513,10 @@ fn run() -> Result<()> {
                     BenchCommand::Produce(args) => {
                         bench_produce::produce(&bootstrap.brokers, args.bench()?).await
                     }
+                    BenchCommand::Consume(args) => {
+                        bench_consume::consume(&bootstrap.brokers, args).await
+                    }
+                    BenchCommand::E2e(args) => bench_consume::e2e(&bootstrap.brokers, args).await,
                     BenchCommand::Commits {
                         topic,
                         members,
