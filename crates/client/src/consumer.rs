@@ -185,6 +185,8 @@ fn whole_batches(records: &[u8]) -> Option<(usize, i64)> {
 pub struct Consumer {
     fetched: mpsc::Receiver<Result<Fetched, ConsumerError>>,
     task: tokio::task::JoinHandle<()>,
+    /// Where each assigned partition's reading started.
+    start_offsets: BTreeMap<i32, i64>,
     /// The offset after each assigned partition's last record when reading started.
     end_offsets: BTreeMap<i32, i64>,
 }
@@ -253,6 +255,7 @@ impl Consumer {
             StartOffset::At(n) => assigned.iter().map(|p| (*p, n)).collect(),
         };
         let (tx, fetched) = mpsc::channel(config.queued_max_fetches.max(1));
+        let start_offsets = positions.clone();
         let fetcher = Fetcher {
             config,
             io,
@@ -265,6 +268,7 @@ impl Consumer {
         Ok(Consumer {
             fetched,
             task: tokio::spawn(fetcher.run()),
+            start_offsets,
             end_offsets,
         })
     }
@@ -278,6 +282,11 @@ impl Consumer {
             Ok(None) => Some(Err(ConsumerError::Closed)),
             Err(_) => None,
         }
+    }
+
+    /// Where each assigned partition's reading started.
+    pub fn start_offsets(&self) -> &BTreeMap<i32, i64> {
+        &self.start_offsets
     }
 
     /// Each assigned partition's log end offset when reading started (ListOffsets latest).

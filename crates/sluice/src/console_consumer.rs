@@ -1,19 +1,19 @@
 //! `sluice consume TOPIC`: records printed one per line (Kafka's kafka-console-consumer /
-//! `kcat -C`) from each partition's leader, starting at the beginning, the end, or an
-//! offset; with `--exit` it stops at the end of every partition, with `--count` after
-//! that many records, else it waits for more (long poll).
+//! `kcat -C`), read with Sluice's own consumer (`sluice-client`: every partition's leader
+//! at once, following leader changes), starting at the beginning, the end, or an offset;
+//! with `--exit` it stops at the end every partition had at the start, with `--count`
+//! after that many records, else it waits for more (long poll).
 //!
 //! `--format` takes kcat's tokens: `%s` value, `%k` key, `%t` topic, `%p` partition,
 //! `%o` offset, `%T` timestamp (ms), `%h` headers (k=v,...), `\n` `\t`, `%%`.
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::{ApiKey, BrokerId, FetchRequest, FetchResponse, TopicName};
-use kafka_protocol::protocol::StrBytes;
-use sluice_record::{Record, RecordBatches};
+use sluice_client::{Consumer, ConsumerConfig, StartOffset as ClientStart};
+use sluice_record::Record;
 
 use crate::kafka_client::{self, error_name, Cluster};
 
@@ -44,132 +44,90 @@ pub struct ConsumeOptions {
     pub exit_at_end: bool,
 }
 
-const MAX_FETCH_BYTES: i32 = 16 * 1024 * 1024;
-
-fn topic_name(topic: &str) -> TopicName {
-    TopicName(StrBytes::from_string(topic.to_string()))
-}
-
 pub async fn run(
     bootstrap: &str,
     topic: &str,
     options: &ConsumeOptions,
     out: &mut impl Write,
 ) -> Result<()> {
+    // the topic and partition checked first: bad input gets Kafka's error name
     let mut cluster = Cluster::connect(bootstrap).await?;
     let metadata = cluster.metadata(Some(&[topic.to_string()])).await?;
     let t = metadata.topics.first().context("empty Metadata response")?;
     if t.error_code != 0 {
         bail!("topic {topic}: {}", error_name(t.error_code));
     }
-    let mut leaders: BTreeMap<i32, i32> = t
-        .partitions
-        .iter()
-        .map(|p| (p.partition_index, p.leader_id.0))
-        .collect();
     if let Some(p) = options.partition {
-        if !leaders.contains_key(&p) {
+        if !t.partitions.iter().any(|q| q.partition_index == p) {
             bail!("topic {topic} has no partition {p}");
         }
-        leaders.retain(|k, _| *k == p);
     }
-    // where each partition starts, and (for --exit) where it ends now
-    let mut positions: BTreeMap<i32, i64> = BTreeMap::new();
-    let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
-    for (&partition, &leader) in &leaders {
-        let end = cluster.list_offset(topic, partition, leader, -1).await?;
-        let start = match options.start {
-            StartOffset::Beginning => cluster.list_offset(topic, partition, leader, -2).await?,
-            StartOffset::End => end,
-            StartOffset::At(n) => n,
-        };
-        positions.insert(partition, start);
-        ends.insert(partition, end);
-    }
+    drop(cluster);
+    let config = ConsumerConfig {
+        bootstrap_servers: bootstrap.to_string(),
+        request_timeout_ms: kafka_client::request_timeout().as_millis() as u64,
+        // one partition alone: answer soon, for a terminal
+        fetch_max_wait_ms: if options.partition.is_some() {
+            500
+        } else {
+            100
+        },
+        ..ConsumerConfig::default()
+    };
+    let start = match options.start {
+        StartOffset::Beginning => ClientStart::Earliest,
+        StartOffset::End => ClientStart::Latest,
+        StartOffset::At(n) => ClientStart::At(n),
+    };
+    let partitions = options.partition.map(|p| vec![p]);
+    let mut consumer = Consumer::assign(config, topic, partitions.as_deref(), start)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let ends = consumer.end_offsets().clone();
+    // for --exit: the partitions not yet read to the end they had at the start
+    let mut unread: BTreeMap<i32, i64> = consumer
+        .start_offsets()
+        .iter()
+        .filter(|(p, start)| ends.get(p).is_some_and(|end| *start < end))
+        .map(|(p, _)| (*p, ends[p]))
+        .collect();
     let mut printed = 0u64;
     loop {
-        if options.exit_at_end && positions.iter().all(|(p, o)| *o >= ends[p]) {
+        if options.exit_at_end && unread.is_empty() {
             return Ok(());
         }
-        for (&partition, &leader) in &leaders {
-            let offset = positions[&partition];
-            if options.exit_at_end && offset >= ends[&partition] {
+        let fetched = match consumer.poll(Duration::from_millis(500)).await {
+            None => {
+                out.flush()?;
                 continue;
             }
-            let wait_ms = if leaders.len() == 1 { 500 } else { 100 };
-            let records = fetch(&mut cluster, topic, partition, leader, offset, wait_ms).await?;
-            for batch in RecordBatches::new(&records, usize::MAX) {
-                let batch = batch.map_err(|e| anyhow::anyhow!("{topic}-{partition}: {e}"))?;
-                if batch.header().is_control() {
-                    positions.insert(partition, batch.last_offset().0 + 1);
-                    continue;
-                }
-                let decoded = batch
-                    .records()
-                    .map_err(|e| anyhow::anyhow!("{topic}-{partition}: {e}"))?;
-                for record in decoded.iter() {
-                    let record = record.map_err(|e| anyhow::anyhow!("{topic}-{partition}: {e}"))?;
-                    if record.offset.0 < offset {
-                        continue;
-                    }
-                    write_record(out, &options.format, topic, partition, &record)?;
-                    positions.insert(partition, record.offset.0 + 1);
-                    printed += 1;
-                    if options.count.is_some_and(|c| printed >= c) {
-                        out.flush()?;
-                        return Ok(());
-                    }
-                }
-                positions.insert(partition, batch.last_offset().0 + 1);
+            Some(f) => f.map_err(|e| anyhow::anyhow!("{e}"))?,
+        };
+        let mut failed = None;
+        fetched.for_each_record(|record| {
+            if failed.is_some() || options.count.is_some_and(|c| printed >= c) {
+                return;
             }
+            match write_record(out, &options.format, topic, fetched.partition, record) {
+                Ok(()) => printed += 1,
+                Err(e) => failed = Some(e),
+            }
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if options.count.is_some_and(|c| printed >= c) {
+            out.flush()?;
+            return Ok(());
+        }
+        if unread
+            .get(&fetched.partition)
+            .is_some_and(|end| fetched.next_offset >= *end)
+        {
+            unread.remove(&fetched.partition);
         }
         out.flush()?;
     }
-}
-
-async fn fetch(
-    cluster: &mut Cluster,
-    topic: &str,
-    partition: i32,
-    leader: i32,
-    offset: i64,
-    max_wait_ms: i32,
-) -> Result<bytes::Bytes> {
-    let request = FetchRequest::default()
-        .with_replica_id(BrokerId(-1))
-        .with_max_wait_ms(max_wait_ms)
-        .with_min_bytes(1)
-        .with_max_bytes(MAX_FETCH_BYTES)
-        .with_session_epoch(-1)
-        .with_topics(vec![FetchTopic::default()
-            .with_topic(topic_name(topic))
-            .with_partitions(vec![FetchPartition::default()
-                .with_partition(partition)
-                .with_fetch_offset(offset)
-                .with_partition_max_bytes(MAX_FETCH_BYTES)])]);
-    let response: FetchResponse = cluster
-        .broker(leader)
-        .await?
-        .send(ApiKey::Fetch, kafka_client::FETCH_VERSION, &request, true)
-        .await?;
-    if response.error_code != 0 {
-        bail!(
-            "fetching {topic}-{partition}: {}",
-            error_name(response.error_code)
-        );
-    }
-    let p = response
-        .responses
-        .first()
-        .and_then(|t| t.partitions.first())
-        .context("empty Fetch response")?;
-    if p.error_code != 0 {
-        bail!(
-            "fetching {topic}-{partition} at {offset}: {}",
-            error_name(p.error_code)
-        );
-    }
-    Ok(p.records.clone().unwrap_or_default())
 }
 
 fn write_record(

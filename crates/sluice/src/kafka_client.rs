@@ -19,7 +19,6 @@ pub const METADATA_VERSION: i16 = 12;
 pub const CREATE_TOPICS_VERSION: i16 = 7;
 pub const DELETE_TOPICS_VERSION: i16 = 6;
 pub const PRODUCE_VERSION: i16 = 9;
-pub const FETCH_VERSION: i16 = 12;
 pub const LIST_OFFSETS_VERSION: i16 = 7;
 pub const DESCRIBE_CONFIGS_VERSION: i16 = 4;
 pub const DESCRIBE_CLUSTER_VERSION: i16 = 2;
