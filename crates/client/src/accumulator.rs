@@ -81,6 +81,47 @@ pub enum AccumulatorError {
     RecordTooLarge { size: usize, buffer_memory: usize },
 }
 
+/// A partition's key, looked up without building a `TopicPartition` (no allocation per
+/// record): `TopicPartition` and `(&str, i32)` hash and compare alike through it.
+trait PartitionKey {
+    fn key(&self) -> (&str, i32);
+}
+
+impl PartitionKey for TopicPartition {
+    fn key(&self) -> (&str, i32) {
+        (&self.topic, self.partition)
+    }
+}
+
+impl PartitionKey for (&str, i32) {
+    fn key(&self) -> (&str, i32) {
+        *self
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn PartitionKey + 'a> for TopicPartition {
+    fn borrow(&self) -> &(dyn PartitionKey + 'a) {
+        self
+    }
+}
+
+impl PartialEq for dyn PartitionKey + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for dyn PartitionKey + '_ {}
+
+impl std::hash::Hash for dyn PartitionKey + '_ {
+    // as `TopicPartition`'s derived Hash: the topic (as str), then the partition
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let (topic, partition) = self.key();
+        topic.hash(state);
+        partition.hash(state);
+    }
+}
+
 pub struct RecordAccumulator {
     config: AccumulatorConfig,
     batches: HashMap<TopicPartition, VecDeque<ProducerBatch>>,
@@ -123,7 +164,8 @@ impl RecordAccumulator {
     /// the record does not fit in it).
     pub fn opens_new_batch(
         &self,
-        tp: &TopicPartition,
+        topic: &str,
+        partition: i32,
         key: Option<&[u8]>,
         value: Option<&[u8]>,
         headers: &[(&[u8], Option<&[u8]>)],
@@ -131,7 +173,7 @@ impl RecordAccumulator {
         let size = record_size(key, value, headers);
         !self
             .batches
-            .get(tp)
+            .get(&(topic, partition) as &dyn PartitionKey)
             .and_then(|q| q.back())
             .filter(|b| !b.sealed)
             .is_some_and(|open| {
@@ -154,7 +196,12 @@ impl RecordAccumulator {
     ) -> Result<Appended, AccumulatorError> {
         let size = record_size(key, value, headers);
         let batch_size = self.config.batch_size;
-        let queue = self.batches.entry(tp.clone()).or_default();
+        if !self.batches.contains_key(tp) {
+            self.batches.insert(tp.clone(), VecDeque::new());
+        }
+        let Some(queue) = self.batches.get_mut(tp) else {
+            unreachable!("inserted just before");
+        };
         if let Some(open) = queue.back_mut().filter(|b| !b.sealed) {
             if open.builder.records_size_bytes() + size <= open.reserved_bytes - BATCH_HEADER_BYTES
             {
@@ -344,6 +391,29 @@ mod tests {
         let second = a.drain(&tp(1), 0);
         // the second batch is open and its linger has not run out
         assert!(second.is_none() || second.unwrap().record_ids.first() > first.record_ids.last());
+    }
+
+    #[test]
+    fn a_record_opens_a_new_batch_only_where_the_open_one_has_no_room() {
+        let mut a = acc(400, 1000, 1 << 20);
+        let value = [3u8; 100];
+        // no batch yet: the first record opens one
+        assert!(a.opens_new_batch("t", 0, None, Some(&value), &[]));
+        let mut opened = 0;
+        for id in 0..12 {
+            // the borrowed lookup agrees with what append does
+            let opens = a.opens_new_batch("t", 0, None, Some(&value), &[]);
+            let appended = a.append(&tp(0), id, 0, None, Some(&value), &[], 0).unwrap();
+            assert_eq!(opens, appended.new_batch, "record {id}");
+            opened += usize::from(opens);
+        }
+        assert!(
+            opened >= 3,
+            "400-byte batches of 121-byte records: {opened}"
+        );
+        // another partition of the same topic has its own batches
+        assert!(a.opens_new_batch("t", 1, None, Some(&value), &[]));
+        assert!(a.opens_new_batch("u", 0, None, Some(&value), &[]));
     }
 
     #[test]

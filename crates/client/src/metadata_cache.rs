@@ -28,6 +28,9 @@ pub enum TopicState {
 pub struct MetadataCache {
     brokers: HashMap<i32, String>,
     topics: HashMap<String, TopicState>,
+    /// Per known topic, its partitions with a leader (kept with `topics`: the producer
+    /// asks for every record).
+    available: HashMap<String, Vec<i32>>,
 }
 
 impl MetadataCache {
@@ -45,6 +48,7 @@ impl MetadataCache {
                 continue;
             };
             if t.error_code != 0 {
+                self.available.remove(&name);
                 self.topics.insert(name, TopicState::Error(t.error_code));
                 continue;
             }
@@ -79,6 +83,8 @@ impl MetadataCache {
                     }
                 }
             }
+            self.available
+                .insert(name.clone(), with_leader(&partitions));
             self.topics.insert(name, TopicState::Known(partitions));
         }
     }
@@ -104,16 +110,8 @@ impl MetadataCache {
     }
 
     /// The partitions of `topic` that have a leader now.
-    pub fn available(&self, topic: &str) -> Vec<i32> {
-        match self.topics.get(topic) {
-            Some(TopicState::Known(p)) => p
-                .iter()
-                .enumerate()
-                .filter(|(_, i)| i.leader >= 0)
-                .map(|(n, _)| n as i32)
-                .collect(),
-            _ => Vec::new(),
-        }
+    pub fn available(&self, topic: &str) -> &[i32] {
+        self.available.get(topic).map_or(&[], Vec::as_slice)
     }
 
     pub fn partition(&self, topic: &str, partition: i32) -> Option<PartitionInfo> {
@@ -130,8 +128,18 @@ impl MetadataCache {
             if let Some(i) = usize::try_from(partition).ok().and_then(|i| p.get_mut(i)) {
                 i.leader = -1;
             }
+            self.available.insert(topic.to_string(), with_leader(p));
         }
     }
+}
+
+fn with_leader(partitions: &[PartitionInfo]) -> Vec<i32> {
+    partitions
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| i.leader >= 0)
+        .map(|(n, _)| n as i32)
+        .collect()
 }
 
 #[cfg(test)]
@@ -176,11 +184,11 @@ mod tests {
         let mut m = MetadataCache::default();
         m.update(&response(&[(1, 3), (-1, 4), (3, 1)]));
         assert_eq!(m.partitions("t"), Some(3));
-        assert_eq!(m.available("t"), vec![0, 2]);
+        assert_eq!(m.available("t"), [0, 2]);
         assert_eq!(m.broker_address(3), Some("h3:9092"));
         assert_eq!(m.partition("t", 0).unwrap().leader, 1);
         m.invalidate_leader("t", 0);
-        assert_eq!(m.available("t"), vec![2]);
+        assert_eq!(m.available("t"), [2]);
     }
 
     #[test]

@@ -262,7 +262,8 @@ impl Producer {
         loop {
             let progressed = self.progress.notified();
             {
-                let mut s = lock(&self.shared);
+                let mut guard = lock(&self.shared);
+                let s = &mut *guard;
                 if s.closed {
                     return Err(ProducerError::Closed);
                 }
@@ -301,13 +302,14 @@ impl Producer {
                                     record.topic,
                                     record.key,
                                     partitions,
-                                    &available,
+                                    available,
                                 );
                                 // a keyless record that would open a new batch on the
                                 // sticky partition moves it first (Kafka's onNewBatch)
                                 let opens = record.key.is_none()
                                     && s.accumulator.opens_new_batch(
-                                        &TopicPartition::new(record.topic, chosen),
+                                        record.topic,
+                                        chosen,
                                         record.key,
                                         record.value,
                                         record.headers,
@@ -318,7 +320,7 @@ impl Producer {
                                             record.topic,
                                             chosen,
                                             partitions,
-                                            &available,
+                                            available,
                                         )
                                     })
                                     .flatten();
