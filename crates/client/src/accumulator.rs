@@ -10,8 +10,9 @@
 //! `used_bytes` is the sum of the reserved sizes of the batches not yet released; a
 //! batch's record ids are its records' in order.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
+use rustc_hash::FxHashMap;
 use sluice_record::{BatchBuilder, Compression, RecordError, TopicPartition, BATCH_HEADER_BYTES};
 
 #[derive(Debug, Clone)]
@@ -124,7 +125,7 @@ impl std::hash::Hash for dyn PartitionKey + '_ {
 
 pub struct RecordAccumulator {
     config: AccumulatorConfig,
-    batches: HashMap<TopicPartition, VecDeque<ProducerBatch>>,
+    batches: FxHashMap<TopicPartition, VecDeque<ProducerBatch>>,
     used_bytes: usize,
 }
 
@@ -146,7 +147,7 @@ impl RecordAccumulator {
     pub fn new(config: AccumulatorConfig) -> Self {
         RecordAccumulator {
             config,
-            batches: HashMap::new(),
+            batches: FxHashMap::default(),
             used_bytes: 0,
         }
     }
@@ -194,12 +195,41 @@ impl RecordAccumulator {
         headers: &[(&[u8], Option<&[u8]>)],
         now_ms: u64,
     ) -> Result<Appended, AccumulatorError> {
+        self.append_record(
+            &tp.topic,
+            tp.partition,
+            record_id,
+            timestamp,
+            key,
+            value,
+            headers,
+            || now_ms,
+        )
+    }
+
+    /// [`Self::append`] to `topic`'s `partition`, without building its `TopicPartition`
+    /// unless the partition has no batch queue yet; `now_ms` is asked only when the
+    /// record opens a batch.
+    #[allow(clippy::too_many_arguments)]
+    pub fn append_record(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        record_id: u64,
+        timestamp: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(&[u8], Option<&[u8]>)],
+        now_ms: impl FnOnce() -> u64,
+    ) -> Result<Appended, AccumulatorError> {
         let size = record_size(key, value, headers);
         let batch_size = self.config.batch_size;
-        if !self.batches.contains_key(tp) {
-            self.batches.insert(tp.clone(), VecDeque::new());
+        let key_of = (topic, partition);
+        if !self.batches.contains_key(&key_of as &dyn PartitionKey) {
+            self.batches
+                .insert(TopicPartition::new(topic, partition), VecDeque::new());
         }
-        let Some(queue) = self.batches.get_mut(tp) else {
+        let Some(queue) = self.batches.get_mut(&key_of as &dyn PartitionKey) else {
             unreachable!("inserted just before");
         };
         if let Some(open) = queue.back_mut().filter(|b| !b.sealed) {
@@ -232,13 +262,15 @@ impl RecordAccumulator {
         if let Some(open) = queue.back_mut() {
             open.sealed = true;
         }
-        let mut builder = BatchBuilder::new(self.config.compression);
+        // the whole batch's room at once: no reallocation while it fills
+        let mut builder =
+            BatchBuilder::new(self.config.compression).reserve_records(size.max(batch_size));
         builder.append(timestamp, key, value, headers);
         let full = builder.records_size_bytes() + 21 >= batch_size;
         queue.push_back(ProducerBatch {
-            topic_partition: tp.clone(),
+            topic_partition: TopicPartition::new(topic, partition),
             builder,
-            created_ms: now_ms,
+            created_ms: now_ms(),
             record_ids: vec![record_id],
             reserved_bytes: reserve,
             sealed: full,

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 
 use kafka_protocol::messages::MetadataResponse;
+use rustc_hash::FxHashMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PartitionInfo {
@@ -27,10 +28,10 @@ pub enum TopicState {
 #[derive(Debug, Default, Clone)]
 pub struct MetadataCache {
     brokers: HashMap<i32, String>,
-    topics: HashMap<String, TopicState>,
+    topics: FxHashMap<String, TopicState>,
     /// Per known topic, its partitions with a leader (kept with `topics`: the producer
     /// asks for every record).
-    available: HashMap<String, Vec<i32>>,
+    available: FxHashMap<String, Vec<i32>>,
 }
 
 impl MetadataCache {

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use rustc_hash::FxHashMap;
 
 use crate::murmur2::partition_for_key;
 
@@ -61,7 +62,7 @@ fn random_of(rng: &mut StdRng, partitions: i32, available: &[i32], not: Option<i
 /// to another (random, available, different when there is a choice).
 pub struct StickyPartitioner {
     rng: StdRng,
-    current: HashMap<String, i32>,
+    current: FxHashMap<String, i32>,
 }
 
 impl StickyPartitioner {
@@ -77,7 +78,7 @@ impl StickyPartitioner {
     fn with_rng(rng: StdRng) -> Self {
         StickyPartitioner {
             rng,
-            current: HashMap::new(),
+            current: FxHashMap::default(),
         }
     }
 }

@@ -144,7 +144,7 @@ struct Shared {
     /// Topics whose metadata the sender should fetch.
     wanted_topics: HashSet<String>,
     /// Every topic a record was sent to (refreshed when metadata goes stale).
-    topics_in_use: HashSet<String>,
+    topics_in_use: rustc_hash::FxHashSet<String>,
     metadata_stale: bool,
     flushing: usize,
     /// Batches sent again after a retriable error (for tests and `sluice bench`).
@@ -211,7 +211,7 @@ impl Producer {
             next_record_id: 0,
             unreported: 0,
             wanted_topics: HashSet::new(),
-            topics_in_use: HashSet::new(),
+            topics_in_use: Default::default(),
             metadata_stale: false,
             flushing: 0,
             retries: 0,
@@ -258,7 +258,8 @@ impl Producer {
     /// `buffer.memory` is used up or the topic's metadata is not known yet, at most
     /// `max.block.ms`.
     pub async fn send(&self, record: ProducerRecord<'_>) -> Result<u64, ProducerError> {
-        let deadline = Instant::now() + Duration::from_millis(self.config.max_block_ms);
+        // set at the first wait (most sends never wait: no clock read for them)
+        let mut deadline: Option<Instant> = None;
         loop {
             let progressed = self.progress.notified();
             {
@@ -330,17 +331,16 @@ impl Producer {
                             }
                         };
                         let id = s.next_record_id;
-                        let tp = TopicPartition::new(record.topic, partition);
                         let timestamp = record.timestamp.unwrap_or_else(sluice_record::now_ms);
-                        let now = self.now_ms();
-                        match s.accumulator.append(
-                            &tp,
+                        match s.accumulator.append_record(
+                            record.topic,
+                            partition,
                             id,
                             timestamp,
                             record.key,
                             record.value,
                             record.headers,
-                            now,
+                            || self.now_ms(),
                         ) {
                             Ok(appended) => {
                                 s.next_record_id += 1;
@@ -364,6 +364,9 @@ impl Producer {
                     }
                 }
             }
+            let deadline = *deadline.get_or_insert_with(|| {
+                Instant::now() + Duration::from_millis(self.config.max_block_ms)
+            });
             if tokio::time::timeout_at(deadline.into(), progressed)
                 .await
                 .is_err()

@@ -39,6 +39,12 @@ impl BatchBuilder {
         }
     }
 
+    /// Room for `bytes` of record data up front (no reallocation while the batch fills).
+    pub fn reserve_records(mut self, bytes: usize) -> Self {
+        self.records.reserve(bytes);
+        self
+    }
+
     pub fn base_offset(mut self, base_offset: Offset) -> Self {
         self.base_offset = base_offset;
         self

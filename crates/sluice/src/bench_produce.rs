@@ -329,29 +329,36 @@ async fn run_producer(
         tokio::spawn(async move {
             let mut latencies = Latencies::new()?;
             let mut seen = 0u64;
+            let mut arrived = Vec::with_capacity(1024);
             while seen < count {
-                let Some(report) = reports.recv().await else {
+                // the reports that arrived together (one batch's) share one clock read
+                if reports.recv_many(&mut arrived, 1024).await == 0 {
                     break;
-                };
-                seen += 1;
+                }
                 let now_us = origin.elapsed().as_micros() as u64;
-                let sent = sent_us
-                    .get(report.record_id as usize)
-                    .map_or(now_us, |s| s.load(Ordering::Relaxed));
-                let latency_us = now_us.saturating_sub(sent).max(1);
-                match report.result {
-                    Ok(_) => {
-                        progress.acked.fetch_add(1, Ordering::Relaxed);
-                        latencies.record(latency_us);
-                        let mut w = progress.window.lock().unwrap_or_else(|e| e.into_inner());
-                        w.0 += 1;
-                        w.1 += latency_us;
-                        w.2 = w.2.max(latency_us);
-                    }
-                    Err(_) => {
-                        progress.failed.fetch_add(1, Ordering::Relaxed);
+                let (mut acked, mut failed, mut sum_us, mut max_us) = (0u64, 0u64, 0u64, 0u64);
+                for report in arrived.drain(..) {
+                    seen += 1;
+                    let sent = sent_us
+                        .get(report.record_id as usize)
+                        .map_or(now_us, |s| s.load(Ordering::Relaxed));
+                    let latency_us = now_us.saturating_sub(sent).max(1);
+                    match report.result {
+                        Ok(_) => {
+                            acked += 1;
+                            latencies.record(latency_us);
+                            sum_us += latency_us;
+                            max_us = max_us.max(latency_us);
+                        }
+                        Err(_) => failed += 1,
                     }
                 }
+                progress.acked.fetch_add(acked, Ordering::Relaxed);
+                progress.failed.fetch_add(failed, Ordering::Relaxed);
+                let mut w = progress.window.lock().unwrap_or_else(|e| e.into_inner());
+                w.0 += acked;
+                w.1 += sum_us;
+                w.2 = w.2.max(max_us);
             }
             Ok::<_, anyhow::Error>(latencies)
         })
