@@ -257,3 +257,92 @@ fn a_full_buffer_blocks_send_for_max_block_ms_then_everything_accepted_is_delive
         accepted
     );
 }
+
+/// `linger.ms` and `batch.size` as Kafka means them: records sent together wait for the
+/// linger and leave as one batch; a batch that fills up leaves at once, whatever the
+/// linger.
+#[test]
+fn records_wait_for_linger_and_leave_in_one_batch_unless_the_batch_fills_first() {
+    let cluster = ProcessCluster::start(Layout::Combined, &[]);
+    let topic = "lingered";
+    cluster.create_topic(topic, 1);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let producer_with = |linger_ms: u64, batch_size: usize| ProducerConfig {
+        bootstrap_servers: cluster.bootstrap(),
+        accumulator: AccumulatorConfig {
+            linger_ms,
+            batch_size,
+            ..AccumulatorConfig::default()
+        },
+        ..ProducerConfig::default()
+    };
+    let value = vec![b'l'; 100];
+    let send_all = |producer: &Producer, count: usize| {
+        runtime.block_on(async {
+            for _ in 0..count {
+                producer
+                    .send(ProducerRecord {
+                        topic,
+                        value: Some(&value),
+                        ..ProducerRecord::default()
+                    })
+                    .await
+                    .expect("send");
+            }
+        })
+    };
+
+    // 10 records at once, linger 300 ms: no report before the linger, one batch
+    let (producer, mut reports) = runtime
+        .block_on(Producer::connect(producer_with(300, 16_384)))
+        .expect("connect");
+    let started = Instant::now();
+    send_all(&producer, 10);
+    let first = runtime
+        .block_on(async { tokio::time::timeout(Duration::from_secs(30), reports.recv()).await })
+        .expect("a report")
+        .expect("a report");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "reported {:?} after the sends, before linger.ms",
+        started.elapsed()
+    );
+    assert_eq!(first.result, Ok(0));
+    runtime.block_on(producer.close());
+    let leader = cluster.leader_of(topic, 0);
+    assert_eq!(
+        cluster.batches(leader, topic, 0, 10).len(),
+        1,
+        "10 records sent together are one batch"
+    );
+
+    // batch.size 400 (three 100-byte records), linger 10 min: full batches go at once
+    let (producer, mut reports) = runtime
+        .block_on(Producer::connect(producer_with(600_000, 400)))
+        .expect("connect");
+    send_all(&producer, 9);
+    let full = runtime.block_on(async {
+        let mut got = 0;
+        while got < 6 {
+            match tokio::time::timeout(Duration::from_secs(60), reports.recv()).await {
+                Ok(Some(r)) => {
+                    assert!(r.result.is_ok(), "{r:?}");
+                    got += 1;
+                }
+                _ => break,
+            }
+        }
+        got
+    });
+    assert!(
+        full >= 6,
+        "full batches were held for linger.ms: {full} reported"
+    );
+    runtime.block_on(producer.close());
+    let batches = cluster.batches(leader, topic, 0, 19);
+    assert!(
+        batches.len() >= 4,
+        "{} batches for 10 + 9 records",
+        batches.len()
+    );
+}
