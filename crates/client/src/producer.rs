@@ -1,7 +1,8 @@
 //! The producer: `send` puts a record into the accumulator (`accumulator.rs`) on the
 //! partition the partitioner picks, waiting while `buffer.memory` is used up (at most
 //! `max.block.ms`); a sender task drains ready batches, groups them by partition leader
-//! (from `metadata_cache.rs`), sends one Produce request per broker at a time, and turns
+//! (from `metadata_cache.rs`), keeps one Produce request in flight per broker (each
+//! broker's answer taken as it comes, never waiting for the others'), and turns
 //! each partition's answer into delivery reports, retries or failures
 //! (`produce_error.rs`). Retries wait `retry.backoff.ms`, doubling up to
 //! `retry.backoff.max.ms`, and refresh metadata when the error says the leader moved; a
@@ -465,6 +466,16 @@ struct InFlight {
     batches: Vec<ProducerBatch>,
 }
 
+/// A finished Produce exchange: the request, its built batches, the connection (None if
+/// it broke) and the answer.
+struct Exchange {
+    request: InFlight,
+    built: Vec<Result<bytes::Bytes, sluice_record::RecordError>>,
+    address: Option<String>,
+    connection: Option<ClientConnection>,
+    answer: Result<ProduceResponse, (i16, Persisted, String)>,
+}
+
 impl Sender {
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
@@ -472,24 +483,38 @@ impl Sender {
 
     async fn run(mut self) {
         let wake = self.wake.clone();
+        // one Produce request in flight per leader; a leader's answer is taken as soon as
+        // it comes, without waiting for the other leaders'
+        let mut running: tokio::task::JoinSet<Exchange> = tokio::task::JoinSet::new();
+        let mut busy: HashSet<i32> = HashSet::new();
         loop {
             let woken = wake.notified();
-            if lock(&self.shared).closed && lock(&self.shared).accumulator.is_empty() {
-                break;
+            {
+                let s = lock(&self.shared);
+                if s.closed && s.accumulator.is_empty() && running.is_empty() {
+                    break;
+                }
             }
             if let Err(e) = self.refresh_metadata_if_needed().await {
                 tracing::debug!(error = %e, "metadata refresh");
             }
-            let requests = self.drain_ready();
-            let sent_any = !requests.is_empty();
-            self.send_all(requests).await;
+            for request in self.drain_ready(&busy) {
+                busy.insert(request.leader);
+                running.spawn(self.start(request));
+            }
             self.fail_expired();
             self.progress.notify_waiters();
-            if sent_any {
-                continue;
-            }
             let wait = self.next_wake();
-            let _ = tokio::time::timeout(wait, woken).await;
+            tokio::select! {
+                Some(done) = running.join_next(), if !running.is_empty() => {
+                    // (a panicked exchange: its leader stays busy, its batches lost)
+                    if let Ok(done) = done {
+                        busy.remove(&done.request.leader);
+                        self.take_answer(done);
+                    }
+                }
+                _ = tokio::time::timeout(wait, woken) => {}
+            }
         }
         self.progress.notify_waiters();
     }
@@ -536,9 +561,10 @@ impl Sender {
         Ok(())
     }
 
-    /// Takes the ready batches whose partitions have a leader, nothing in flight and no
-    /// retry backoff running, grouped by leader.
-    fn drain_ready(&mut self) -> Vec<InFlight> {
+    /// Takes the ready batches whose partitions have a leader with no request in flight
+    /// (`busy`), nothing in flight themselves and no retry backoff running, grouped by
+    /// leader.
+    fn drain_ready(&mut self, busy: &HashSet<i32>) -> Vec<InFlight> {
         let mut s = lock(&self.shared);
         let now_ms = self.now_ms();
         let linger_now = if s.flushing > 0 || s.closed {
@@ -559,6 +585,9 @@ impl Sender {
             };
             if info.leader < 0 {
                 s.metadata_stale = true;
+                continue;
+            }
+            if busy.contains(&info.leader) {
                 continue;
             }
             let Some(mut batch) = s.accumulator.drain(&tp, linger_now) else {
@@ -598,39 +627,41 @@ impl Sender {
             .collect()
     }
 
-    /// Sends one Produce request per leader, all at once (one connection each), and
-    /// completes their batches as the answers come.
-    async fn send_all(&mut self, requests: Vec<InFlight>) {
-        let mut running = tokio::task::JoinSet::new();
-        for request in requests {
-            let address = lock(&self.shared)
-                .metadata
-                .broker_address(request.leader)
-                .map(str::to_string);
-            // built once into buffers the request shares (no copy of the record bytes)
-            let built: Vec<_> = request
-                .batches
-                .iter()
-                .map(|b| b.build().map(bytes::Bytes::from))
-                .collect();
-            let produce = self.produce_request(&request, &built);
-            let connection = address.as_ref().and_then(|a| self.io.connections.remove(a));
-            let (acks, timeout) = (self.config.acks, self.io.timeout);
-            running.spawn(async move {
-                let answer =
-                    exchange(address.as_deref(), connection, &produce, acks, timeout).await;
-                (request, built, address, answer)
-            });
-        }
-        while let Some(done) = running.join_next().await {
-            let Ok((request, built, address, (connection, answer))) = done else {
-                continue; // a panicked exchange: its batches stay in flight no more below
-            };
-            if let (Some(address), Some(connection)) = (address, connection) {
-                self.io.connections.insert(address, connection);
+    /// One Produce request to a leader on its connection (taken from the pool while in
+    /// flight), as a future to run.
+    fn start(&mut self, request: InFlight) -> impl std::future::Future<Output = Exchange> {
+        let address = lock(&self.shared)
+            .metadata
+            .broker_address(request.leader)
+            .map(str::to_string);
+        // built once into buffers the request shares (no copy of the record bytes)
+        let built: Vec<_> = request
+            .batches
+            .iter()
+            .map(|b| b.build().map(bytes::Bytes::from))
+            .collect();
+        let produce = self.produce_request(&request, &built);
+        let connection = address.as_ref().and_then(|a| self.io.connections.remove(a));
+        let (acks, timeout) = (self.config.acks, self.io.timeout);
+        async move {
+            let (connection, answer) =
+                exchange(address.as_deref(), connection, &produce, acks, timeout).await;
+            Exchange {
+                request,
+                built,
+                address,
+                connection,
+                answer,
             }
-            self.complete(request, built, answer);
         }
+    }
+
+    /// A leader's answer: its connection back to the pool, its batches completed.
+    fn take_answer(&mut self, done: Exchange) {
+        if let (Some(address), Some(connection)) = (done.address, done.connection) {
+            self.io.connections.insert(address, connection);
+        }
+        self.complete(done.request, done.built, done.answer);
     }
 
     fn produce_request(
