@@ -284,8 +284,11 @@ fn damage_reports(cluster: &ProcessCluster, id: i32, found_by: &str) -> Vec<Stri
         .collect()
 }
 
-#[test]
-fn a_consumer_read_finds_damage_and_reads_everything_from_the_intact_replica() {
+/// A follower of `topic` (4 × 50 records) gets `damage` while stopped, then leads; a
+/// consumer reads everything (from the intact replica once the damaged one found the
+/// damage serving it and left the ISR); the cluster ends whole. Returns the damaged
+/// node's damage reports.
+fn a_consumer_read_finds(topic: &str, damage: impl FnOnce(&std::path::Path)) -> Vec<String> {
     let mut cluster = ProcessCluster::start(
         Layout::DedicatedController,
         &[
@@ -295,12 +298,9 @@ fn a_consumer_read_finds_damage_and_reads_everything_from_the_intact_replica() {
             "log.scrub.bytes.per.second=0",
         ],
     );
-    let topic = "consumed";
     cluster.create_topic(topic, 1);
     let values = produce_rounds(&cluster, topic, 4);
-    let (damaged, old_leader, intact) = damaged_node_leads(&mut cluster, topic, |dir| {
-        damage_last_batch(dir);
-    });
+    let (damaged, old_leader, intact) = damaged_node_leads(&mut cluster, topic, damage);
     cluster.wait_for(topic, "the damaged node leads", |rows| {
         rows[0].leader == damaged
     });
@@ -311,13 +311,21 @@ fn a_consumer_read_finds_damage_and_reads_everything_from_the_intact_replica() {
         .collect();
     assert_eq!(read, values, "every record, once, in order");
     let reports = damage_reports(&cluster, damaged, "serving a consumer");
-    assert_eq!(reports.len(), 1, "{reports:?}");
     cluster.wait_for(topic, "the intact replica leads", |rows| {
         rows[0].leader == intact
     });
     cluster.restart(old_leader);
     cluster.wait_for(topic, "all three in the ISR", |rows| rows[0].isr.len() == 3);
     cluster.assert_replicas_identical(topic, 0, values.len() as i64);
+    reports
+}
+
+#[test]
+fn a_consumer_read_finds_damage_and_reads_everything_from_the_intact_replica() {
+    let reports = a_consumer_read_finds("consumed", |dir| {
+        damage_last_batch(dir);
+    });
+    assert_eq!(reports.len(), 1, "{reports:?}");
 }
 
 /// The chaos suite's consumers once read a record whose batch said leader epoch 65 above
@@ -326,43 +334,17 @@ fn a_consumer_read_finds_damage_and_reads_everything_from_the_intact_replica() {
 /// and a mismatch is damage like any other.
 #[test]
 fn a_flipped_leader_epoch_is_damage_a_consumer_read_finds_though_the_crc_passes() {
-    let mut cluster = ProcessCluster::start(
-        Layout::DedicatedController,
-        &[
-            "broker.session.timeout.ms=2000",
-            "broker.heartbeat.interval.ms=200",
-            "log.scrub.bytes.per.second=0",
-        ],
-    );
-    let topic = "epoch-flipped";
-    cluster.create_topic(topic, 1);
-    let values = produce_rounds(&cluster, topic, 4);
     let mut flipped = -1;
-    let (damaged, old_leader, intact) = damaged_node_leads(&mut cluster, topic, |dir| {
+    let reports = a_consumer_read_finds("epoch-flipped", |dir| {
         flipped = flip_leader_epoch_of_batch(dir, 1);
     });
     assert!(flipped > 0);
-    cluster.wait_for(topic, "the damaged node leads", |rows| {
-        rows[0].leader == damaged
-    });
-    let read: Vec<String> = kcat_read_all(&cluster.bootstrap(), topic)
-        .into_iter()
-        .map(|(_, _, v)| v)
-        .collect();
-    assert_eq!(read, values, "every record, once, in order");
-    let reports = damage_reports(&cluster, damaged, "serving a consumer");
     assert_eq!(reports.len(), 1, "{reports:?}");
     assert!(
         reports[0].contains(&format!("offset={flipped}"))
             && reports[0].contains("carries leader epoch"),
         "{reports:?}"
     );
-    cluster.wait_for(topic, "the intact replica leads", |rows| {
-        rows[0].leader == intact
-    });
-    cluster.restart(old_leader);
-    cluster.wait_for(topic, "all three in the ISR", |rows| rows[0].isr.len() == 3);
-    cluster.assert_replicas_identical(topic, 0, values.len() as i64);
 }
 
 #[test]
