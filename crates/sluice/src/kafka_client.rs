@@ -18,7 +18,6 @@ use sluice_protocol::ClientConnection;
 pub const METADATA_VERSION: i16 = 12;
 pub const CREATE_TOPICS_VERSION: i16 = 7;
 pub const DELETE_TOPICS_VERSION: i16 = 6;
-pub const PRODUCE_VERSION: i16 = 9;
 pub const LIST_OFFSETS_VERSION: i16 = 7;
 pub const DESCRIBE_CONFIGS_VERSION: i16 = 4;
 pub const DESCRIBE_CLUSTER_VERSION: i16 = 2;

@@ -154,9 +154,12 @@ enum Command {
         /// none, gzip, snappy, lz4, zstd.
         #[arg(long, short = 'z', default_value = "none")]
         compression: String,
-        /// Records per batch.
-        #[arg(long, default_value_t = 1000)]
-        batch_records: usize,
+        /// `batch.size`: bytes of records per batch.
+        #[arg(long, default_value_t = 16_384)]
+        batch_size: usize,
+        /// `linger.ms`: how long a batch waits for more records.
+        #[arg(long, default_value_t = 5)]
+        linger_ms: u64,
     },
     /// Print records of TOPIC, one per line (like kcat -C).
     Consume {
@@ -557,20 +560,22 @@ fn run() -> Result<()> {
             key,
             partition,
             compression,
-            batch_records,
+            batch_size,
+            linger_ms,
         } => {
             let Some(compression) = Compression::from_name(&compression) else {
                 bail!("unknown compression {compression:?} (none, gzip, snappy, lz4, zstd)");
             };
-            if batch_records == 0 {
-                bail!("--batch-records must be at least 1");
+            if batch_size == 0 {
+                bail!("--batch-size must be at least 1");
             }
             let options = console_producer::ProduceOptions {
                 acks: console_producer::parse_acks(&acks)?,
                 key,
                 partition,
                 compression,
-                batch_records,
+                batch_size,
+                linger_ms,
             };
             let summary = client(console_producer::run(&bootstrap.brokers, &topic, &options))?;
             eprintln!("{summary}");
