@@ -502,8 +502,12 @@ impl Sender {
                 busy.insert(request.leader);
                 running.spawn(self.start(request));
             }
-            self.fail_expired();
-            self.progress.notify_waiters();
+            // waiting senders and flushes hear only of progress (batches done, memory
+            // released): waking them for nothing would have a blocked `send` and this
+            // loop wake each other in turn while the buffer is full
+            if self.fail_expired() {
+                self.progress.notify_waiters();
+            }
             let wait = self.next_wake();
             tokio::select! {
                 Some(done) = running.join_next(), if !running.is_empty() => {
@@ -511,6 +515,7 @@ impl Sender {
                     if let Ok(done) = done {
                         busy.remove(&done.request.leader);
                         self.take_answer(done);
+                        self.progress.notify_waiters();
                     }
                 }
                 _ = tokio::time::timeout(wait, woken) => {}
@@ -813,9 +818,10 @@ impl Sender {
 
     /// Batches still queued past delivery.timeout.ms (never sent, or waiting for a
     /// retry) fail; a partition with a batch in flight waits for its answer first.
-    fn fail_expired(&mut self) {
+    /// Fails the batches past `delivery.timeout.ms`; whether there were any.
+    fn fail_expired(&mut self) -> bool {
         let Some(cutoff) = self.now_ms().checked_sub(self.config.delivery_timeout_ms) else {
-            return;
+            return false;
         };
         let expired = {
             let in_flight = &self.in_flight;
@@ -823,6 +829,7 @@ impl Sender {
                 .accumulator
                 .drain_created_before(cutoff, |tp| in_flight.contains(tp))
         };
+        let any = !expired.is_empty();
         for batch in expired {
             let key = batch.record_ids.first().copied().unwrap_or_default();
             let maybe = self.attempts.get(&key).is_some_and(|a| a.maybe_written);
@@ -836,6 +843,7 @@ impl Sender {
                 Err((-1, persisted, "delivery.timeout.ms passed".to_string())),
             );
         }
+        any
     }
 }
 
