@@ -328,6 +328,8 @@ impl Partition {
                 match assigned {
                     Ok(()) => {
                         let hw = Self::high_watermark_of(&inner).min(leo);
+                        // (Kafka logs each leadership it takes, with where its log stands)
+                        tracing::info!(partition = %self.topic_partition, leader_epoch = p.leader_epoch, high_watermark = hw.0, log_end = leo.0, isr = ?p.isr, "leading");
                         inner.leader = Some(LeaderState::new(
                             self.broker_id,
                             &p.replicas,
