@@ -36,21 +36,27 @@ enum Segment {
     Newest,
 }
 
-/// Flips a byte in the records of the last batch of `dir`'s oldest or newest segment;
-/// returns that batch's base offset.
-fn damage_last_batch_of(dir: &std::path::Path, which: Segment) -> i64 {
+/// `dir`'s oldest or newest segment file.
+fn segment(dir: &std::path::Path, which: Segment) -> std::path::PathBuf {
     let mut segments: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "log"))
         .collect();
     segments.sort();
-    let newest = match which {
+    match which {
         Segment::Oldest => segments.first(),
         Segment::Newest => segments.last(),
     }
-    .expect("a segment");
-    let mut bytes = std::fs::read(newest).unwrap();
+    .expect("a segment")
+    .clone()
+}
+
+/// Flips a byte in the records of the last batch of `dir`'s oldest or newest segment;
+/// returns that batch's base offset.
+fn damage_last_batch_of(dir: &std::path::Path, which: Segment) -> i64 {
+    let newest = segment(dir, which);
+    let mut bytes = std::fs::read(&newest).unwrap();
     let mut start = 0usize;
     let mut last = None;
     for batch in RecordBatches::new(&bytes, usize::MAX).map_while(Result::ok) {
@@ -66,14 +72,8 @@ fn damage_last_batch_of(dir: &std::path::Path, which: Segment) -> i64 {
 /// Flips a bit of the partition leader epoch (outside the CRC) of the `n`th batch of
 /// `dir`'s newest segment; returns that batch's base offset.
 fn flip_leader_epoch_of_batch(dir: &std::path::Path, n: usize) -> i64 {
-    let mut segments: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "log"))
-        .collect();
-    segments.sort();
-    let newest = segments.last().expect("a segment");
-    let mut bytes = std::fs::read(newest).unwrap();
+    let newest = segment(dir, Segment::Newest);
+    let mut bytes = std::fs::read(&newest).unwrap();
     let mut start = 0usize;
     let mut found = None;
     for (i, batch) in RecordBatches::new(&bytes, usize::MAX)

@@ -56,6 +56,8 @@ async fn scrub_partition(
     let health = broker.replicas.log_dir_health();
     let mut read = 0u64;
     for target in partition.scrub_regions() {
+        // one snapshot of the leader epochs for every chunk of the region
+        let epochs: Arc<[sluice_log::EpochEntry]> = target.leader_epochs.clone().into();
         let mut region = target.region.clone();
         let mut bound = target.first_offset_at_most;
         while region.length > 0 {
@@ -63,7 +65,7 @@ async fn scrub_partition(
                 tokio::time::sleep(OFFLINE_WAIT).await;
             }
             let piece = region.clone();
-            let epochs = target.leader_epochs.clone();
+            let epochs = Arc::clone(&epochs);
             let checked = tokio::task::spawn_blocking(move || {
                 check_chunk(&piece, bound, &epochs, chunk_bytes)
             })

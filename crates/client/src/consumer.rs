@@ -159,11 +159,6 @@ impl Fetched {
         }
         Ok(count)
     }
-
-    /// The fetched bytes (whole record batches).
-    pub fn bytes(&self) -> &Bytes {
-        &self.records
-    }
 }
 
 /// The whole batches at the start of `records` (a response may end inside one): their
