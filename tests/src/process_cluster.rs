@@ -260,8 +260,14 @@ impl ProcessCluster {
         self.paused.remove(&id);
     }
 
+    /// Sends `signal` to node `id` (a broker, or [`CONTROLLER_ID`]: the controller-only
+    /// node of [`Layout::DedicatedController`]).
     pub fn signal(&self, id: i32, signal: &str) {
-        let pid = self.brokers[&id].child.id().to_string();
+        let node = match (&self.controller, id) {
+            (Some(controller), CONTROLLER_ID) => controller,
+            _ => &self.brokers[&id],
+        };
+        let pid = node.child.id().to_string();
         let status = Command::new("kill")
             .args([signal, pid.as_str()])
             .status()

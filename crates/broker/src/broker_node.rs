@@ -71,6 +71,7 @@ impl BrokerNode {
             },
             Arc::clone(replicas.log_dir_health()),
             Arc::clone(replicas.offline_replicas()),
+            Arc::clone(replicas.controller_lease()),
         );
         let controllers = ControllerClients::new(&config.controllers);
         let listener_config = ListenerConfig {

@@ -107,7 +107,7 @@ async fn alter(broker: &Broker, changes: Vec<(Arc<Partition>, IsrChange)>) {
             },
             ec::INVALID_UPDATE_VERSION | ec::FENCED_LEADER_EPOCH => {
                 tracing::warn!(partition = %tp, error = %result.error_message, "AlterPartition refused as stale");
-                partition.resign();
+                partition.resign(change.leader_epoch, change.partition_epoch);
             }
             code => {
                 tracing::warn!(partition = %tp, error = code, message = %result.error_message, "AlterPartition refused");

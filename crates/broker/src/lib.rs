@@ -11,6 +11,7 @@ pub mod broker_config;
 pub mod broker_node;
 pub mod connection;
 pub mod controller_client;
+pub mod controller_lease;
 pub mod group_coordinator;
 pub mod handlers;
 pub mod isr_changes;

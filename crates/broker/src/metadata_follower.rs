@@ -27,6 +27,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
+use crate::controller_lease::ControllerLease;
 use crate::log_dir_health::LogDirHealth;
 use crate::offline_replicas::OfflineReplicas;
 
@@ -80,6 +81,7 @@ impl MetadataFollower {
         config: MetadataFollowerConfig,
         log_dir: Arc<LogDirHealth>,
         offline_replicas: Arc<OfflineReplicas>,
+        controller_lease: Arc<ControllerLease>,
     ) -> Self {
         let image = Arc::new(RwLock::new(MetadataImage::default()));
         let (applied_tx, applied) = watch::channel(0u64);
@@ -89,11 +91,11 @@ impl MetadataFollower {
         let caught_up = Arc::new(AtomicBool::new(false));
         let active_controller = Arc::new(AtomicI32::new(-1));
         let shutdown = Arc::new(ShutdownRequest::default());
-        let clients: Vec<ControllerClient<Channel>> = config
+        let (addresses, clients): (Vec<String>, Vec<ControllerClient<Channel>>) = config
             .controllers
             .iter()
-            .filter_map(|a| crate::controller_client::connect(a))
-            .collect();
+            .filter_map(|a| Some((a.clone(), crate::controller_client::connect(a)?)))
+            .unzip();
         let tasks = vec![
             tokio::spawn(watch_loop(
                 clients.clone(),
@@ -108,6 +110,7 @@ impl MetadataFollower {
             )),
             tokio::spawn(heartbeat_loop(
                 config,
+                addresses,
                 clients,
                 applied.clone(),
                 HeartbeatState {
@@ -118,6 +121,7 @@ impl MetadataFollower {
                     shutdown: Arc::clone(&shutdown),
                     log_dir,
                     offline_replicas,
+                    controller_lease,
                 },
             )),
         ];
@@ -354,10 +358,13 @@ struct HeartbeatState {
     shutdown: Arc<ShutdownRequest>,
     log_dir: Arc<LogDirHealth>,
     offline_replicas: Arc<OfflineReplicas>,
+    /// Renewed by every "not fenced" answer, ended by a "fenced" one.
+    controller_lease: Arc<ControllerLease>,
 }
 
 async fn heartbeat_loop(
     config: MetadataFollowerConfig,
+    addresses: Vec<String>,
     clients: Vec<ControllerClient<Channel>>,
     applied: watch::Receiver<u64>,
     state: HeartbeatState,
@@ -370,13 +377,16 @@ async fn heartbeat_loop(
         shutdown,
         log_dir,
         offline_replicas,
+        controller_lease,
     } = state;
     if clients.is_empty() {
         return;
     }
     let interval = Duration::from_millis(config.heartbeat_interval_ms.max(10));
     let mut next = 0usize;
+    let mut lease_held = false;
     loop {
+        let round_started = tokio::time::Instant::now();
         let mut client = clients[next % clients.len()].clone();
         if broker_epoch.load(Ordering::Acquire) < 0 {
             let registered = tokio::time::timeout(
@@ -417,6 +427,7 @@ async fn heartbeat_loop(
             }
         }
         let metadata_index = *applied.borrow();
+        let sent_at = std::time::Instant::now();
         let heartbeat = tokio::time::timeout(
             HEARTBEAT_TIMEOUT,
             client.broker_heartbeat(api::BrokerHeartbeatRequest {
@@ -442,10 +453,21 @@ async fn heartbeat_loop(
             Ok(r) => {
                 let r = r.into_inner();
                 active_controller.store(r.controller_id, Ordering::Release);
+                // the next heartbeats go straight to the active controller: one forwarding
+                // hop less, so a slow network renews the controller lease in time
+                if let Some(i) = addresses.iter().position(|a| *a == r.controller_address) {
+                    next = i;
+                }
                 let code = r.error_code as i16;
                 if code == ec::STALE_BROKER_EPOCH || code == ec::BROKER_ID_NOT_REGISTERED {
+                    controller_lease.revoke();
                     broker_epoch.store(-1, Ordering::Release);
                     continue;
+                }
+                if r.fenced {
+                    controller_lease.revoke();
+                } else if code == ec::NONE {
+                    controller_lease.renew(sent_at, Duration::from_millis(r.session_timeout_ms));
                 }
                 fenced.store(r.fenced, Ordering::Release);
                 if !r.fenced {
@@ -457,8 +479,22 @@ async fn heartbeat_loop(
                 next += 1;
             }
         }
+        let held = controller_lease.is_held();
+        if held != lease_held {
+            if held {
+                tracing::info!(
+                    broker_id = config.broker_id,
+                    "controller lease held: acting on the leaderships the metadata gives"
+                );
+            } else {
+                tracing::warn!(broker_id = config.broker_id, "controller lease lost (fenced, or no controller answered in time): acting as leader of nothing until a controller answers");
+            }
+            lease_held = held;
+        }
+        // one heartbeat per interval, counted from when this one was sent: a slow answer
+        // does not push the next one (and the lease's renewal) further out
         tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep_until(round_started + interval) => {}
             _ = shutdown.wake.notified() => {}
             // the log directory went offline or came back: tell the controller now
             _ = log_dir.changed() => {}

@@ -17,6 +17,7 @@ use sluice_metadata::proto::metadata as pb;
 use sluice_record::{LeaderEpoch, Offset, TopicPartition};
 use tokio::sync::{watch, Notify};
 
+use crate::controller_lease::ControllerLease;
 use crate::leader_state::LeaderState;
 use crate::log_dir_health::LogDirHealth;
 
@@ -156,6 +157,9 @@ pub struct PartitionSignals {
     /// dropped (Kafka's IsrShrinksPerSec) and added (IsrExpandsPerSec), as counters.
     pub isr_shrinks: AtomicU64,
     pub isr_expands: AtomicU64,
+    /// Whether the active controller still vouches for this broker: without it, no
+    /// partition acts as leader (see [`ControllerLease`]).
+    pub controller_lease: Arc<ControllerLease>,
 }
 
 /// What the idempotent-producer checks did, counted since the broker started.
@@ -428,10 +432,19 @@ impl Partition {
         }
     }
 
-    /// The controller says this leadership is stale (a newer partition or leader epoch
-    /// exists): stop acting as leader until the metadata brings the newer state.
-    pub fn resign(&self) {
+    /// The controller says the state a change was proposed against (`leader_epoch`,
+    /// `partition_epoch`) is stale (a newer partition or leader epoch exists): stop acting
+    /// as leader until the metadata brings the newer state. If this replica has applied a
+    /// newer state meanwhile (the answer crossed it), that state stands: resigning then
+    /// would wait for a state that has already come, leaderless until the next change.
+    pub fn resign(&self, leader_epoch: i32, partition_epoch: i32) {
         let mut inner = self.inner();
+        let proposed_against = (leader_epoch, partition_epoch);
+        if (inner.state.leader_epoch, inner.state.partition_epoch) != proposed_against {
+            drop(inner);
+            self.isr_change_failed();
+            return;
+        }
         if inner.leader.is_some() {
             tracing::warn!(partition = %self.topic_partition, "leadership is stale: no longer acting as leader");
             Self::end_leadership(&mut inner);
@@ -491,6 +504,9 @@ impl Partition {
     pub fn on_follower_fetch(&self, follower_id: i32, fetch_offset: Offset, now_ms: i64) {
         let mut inner = self.inner();
         let pending = inner.isr_change_pending;
+        if !self.serving_as_leader(&inner) {
+            return;
+        }
         let Some(leader) = &mut inner.leader else {
             return;
         };
@@ -503,6 +519,17 @@ impl Partition {
         if moved {
             self.bump();
         }
+    }
+
+    /// Whether this replica may act as leader now: it leads in its image, and the
+    /// controller lease holds (a broker cut from the controllers may have been replaced).
+    fn serving_as_leader(&self, inner: &Inner) -> bool {
+        inner.leader.is_some() && self.signals.controller_lease.is_held()
+    }
+
+    /// Whether this broker leads the partition and may answer as leader now.
+    pub fn serves_as_leader(&self) -> bool {
+        self.serving_as_leader(&self.inner())
     }
 
     fn check_leader_epoch(
@@ -539,6 +566,9 @@ impl Partition {
         let epoch = LeaderEpoch(leader_epoch);
         let isr = inner.state.isr.len();
         let min = inner.min_insync_replicas;
+        if !self.serving_as_leader(&inner) {
+            return Err(PartitionError::NotLeader);
+        }
         let Some(leader) = &mut inner.leader else {
             return Err(PartitionError::NotLeader);
         };
@@ -619,7 +649,7 @@ impl Partition {
         current_leader_epoch: i32,
     ) -> Result<(LogReadInfo, Offset), PartitionError> {
         let inner = self.inner();
-        if inner.leader.is_none() {
+        if !self.serving_as_leader(&inner) {
             return Err(PartitionError::NotLeader);
         }
         self.check_leader_epoch(&inner.state, current_leader_epoch)?;
@@ -802,7 +832,11 @@ impl Partition {
         current_leader_epoch: i32,
     ) -> Result<(Offset, Offset, Offset, Offset), PartitionError> {
         let inner = self.inner();
-        let Some(leader) = &inner.leader else {
+        let Some(leader) = inner
+            .leader
+            .as_ref()
+            .filter(|_| self.serving_as_leader(&inner))
+        else {
             return Err(PartitionError::NotLeader);
         };
         let epoch_start = leader.epoch_start_offset();
@@ -859,7 +893,7 @@ impl Partition {
         epoch: i32,
     ) -> Result<(i32, i64), PartitionError> {
         let inner = self.inner();
-        if inner.leader.is_none() {
+        if !self.serving_as_leader(&inner) {
             return Err(PartitionError::NotLeader);
         }
         self.check_leader_epoch(&inner.state, current_leader_epoch)?;
@@ -981,6 +1015,10 @@ mod tests {
     use super::*;
 
     fn partition(dir: &std::path::Path) -> Partition {
+        partition_under_lease(dir, Arc::new(ControllerLease::unlimited()))
+    }
+
+    fn partition_under_lease(dir: &std::path::Path, lease: Arc<ControllerLease>) -> Partition {
         let tp = TopicPartition::new("t", 0);
         let log = Log::open(
             &dir.join("t-0"),
@@ -997,7 +1035,10 @@ mod tests {
             1,
             Arc::new(Mutex::new(log)),
             Offset::ZERO,
-            Arc::new(PartitionSignals::default()),
+            Arc::new(PartitionSignals {
+                controller_lease: lease,
+                ..PartitionSignals::default()
+            }),
         )
     }
 
@@ -1102,7 +1143,7 @@ mod tests {
         // a resigned leader's parked appends are answered too
         let third = p.append_as_leader(&mut records(1), -1, 5).unwrap();
         assert_eq!(outcome(&third), AcksAllOutcome::Waiting);
-        p.resign();
+        p.resign(3, 2);
         assert_eq!(outcome(&third), AcksAllOutcome::LeadershipLost);
     }
 
@@ -1281,6 +1322,47 @@ mod tests {
     }
 
     #[test]
+    fn a_leader_whose_controller_lease_ran_out_answers_nothing_as_leader() {
+        let dir = tempfile::tempdir().unwrap();
+        let lease = Arc::new(ControllerLease::default());
+        let p = partition_under_lease(dir.path(), Arc::clone(&lease));
+        lease.renew(
+            std::time::Instant::now(),
+            std::time::Duration::from_secs(60),
+        );
+        p.apply_state(&state(1, 3, 7, &[1, 2]), 0);
+        p.append_as_leader(&mut records(2), 1, 0).unwrap();
+        p.on_follower_fetch(2, Offset(1), 1);
+        assert_eq!(p.high_watermark(), Offset(1));
+        assert_eq!(p.offsets_for_client(3).unwrap().1, Offset(1));
+        // cut from the controllers: it may have been replaced, so it serves nothing
+        lease.revoke();
+        assert!(p.is_leader(), "the image still names it");
+        assert!(!p.serves_as_leader());
+        let refused = |r: Result<(), PartitionError>| {
+            assert!(matches!(r, Err(PartitionError::NotLeader)), "{r:?}");
+        };
+        refused(p.append_as_leader(&mut records(1), 1, 2).map(|_| ()));
+        refused(p.offsets_for_client(3).map(|_| ()));
+        refused(p.end_offset_for_epoch(3, 3).map(|_| ()));
+        refused(
+            p.read(Offset::ZERO, 100, FetchIsolation::LogEnd, true, 3)
+                .map(|_| ()),
+        );
+        // a follower's fetch position does not commit anything meanwhile
+        p.on_follower_fetch(2, Offset(2), 3);
+        assert_eq!(p.high_watermark(), Offset(1));
+        // renewed: it serves again, from where it was
+        lease.renew(
+            std::time::Instant::now(),
+            std::time::Duration::from_secs(60),
+        );
+        assert_eq!(p.offsets_for_client(3).unwrap().1, Offset(1));
+        p.on_follower_fetch(2, Offset(2), 4);
+        assert_eq!(p.high_watermark(), Offset(2));
+    }
+
+    #[test]
     fn leadership_moves_with_the_epoch_and_stale_states_are_ignored() {
         let dir = tempfile::tempdir().unwrap();
         let p = partition(dir.path());
@@ -1336,7 +1418,14 @@ mod tests {
         // the committed state (a newer partition epoch) settles it
         p.apply_state(&state(1, 0, 1, &[1, 2]), 2003);
         assert_eq!(p.propose_isr_change(2004, 1000, |_| true), None);
-        p.resign();
+        // a refusal as stale of a change proposed against (0, 0), answered after this
+        // replica applied (0, 1): it still leads by (0, 1) (chaos CI replay: a leader that
+        // resigned here waited 40 s for a state it already had)
+        p.resign(0, 0);
+        assert!(p.is_leader());
+        assert!(p.serves_as_leader());
+        // a refusal of a change proposed against the current state: it stops leading
+        p.resign(0, 1);
         assert!(!p.is_leader());
         assert_eq!(p.propose_isr_change(9999, 1000, |_| true), None);
     }

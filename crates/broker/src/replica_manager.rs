@@ -18,6 +18,7 @@ use sluice_record::{now_ms, Offset, TopicPartition};
 use tokio::sync::watch;
 
 use crate::broker_config::BrokerConfig;
+use crate::controller_lease::ControllerLease;
 use crate::log_dir_health::LogDirHealth;
 use crate::offline_replicas::OfflineReplicas;
 use crate::partition::{Partition, PartitionSignals};
@@ -85,6 +86,12 @@ impl ReplicaManager {
     /// Broker-wide signals and counters every partition shares.
     pub fn signals(&self) -> &Arc<PartitionSignals> {
         &self.signals
+    }
+
+    /// Whether the active controller still vouches for this broker's leaderships (the
+    /// heartbeats renew it).
+    pub fn controller_lease(&self) -> &Arc<ControllerLease> {
+        &self.signals.controller_lease
     }
 
     pub fn log_dir_health(&self) -> &Arc<LogDirHealth> {

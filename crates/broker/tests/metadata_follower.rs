@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use sluice_broker::controller_lease::ControllerLease;
 use sluice_broker::{MetadataFollower, MetadataFollowerConfig};
 use sluice_controller::{ControllerConfig, ControllerNode};
 use sluice_metadata::proto::controller as api;
@@ -77,16 +78,28 @@ async fn create_topic(address: &str, name: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_node_quorum_is_followed() {
     let (_dirs, voters, nodes) = quorum(1).await;
+    let lease = std::sync::Arc::new(ControllerLease::default());
     let follower = MetadataFollower::start(
         follower_config(1, voters.values().cloned().collect()),
         Default::default(),
         Default::default(),
+        std::sync::Arc::clone(&lease),
     );
+    assert!(!lease.is_held(), "no lease before a controller answers");
     assert!(
         follower
             .wait_until(WAIT, |i| i.broker(1).is_some_and(|b| !b.fenced))
             .await,
         "broker never unfenced"
+    );
+    // the unfencing answer (or the next heartbeat's) grants the controller lease
+    let deadline = std::time::Instant::now() + WAIT;
+    while !lease.is_held() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        lease.is_held(),
+        "an unfenced broker holds the controller lease"
     );
     assert!(follower.broker_epoch() > 0);
     create_topic(&voters[&1], "orders").await;
@@ -110,6 +123,7 @@ async fn the_follower_moves_on_when_its_controller_stops() {
     // the follower lists node 1 first: it watches node 1
     let follower = MetadataFollower::start(
         follower_config(5, voters.values().cloned().collect()),
+        Default::default(),
         Default::default(),
         Default::default(),
     );

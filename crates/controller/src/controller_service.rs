@@ -246,12 +246,22 @@ impl api::controller_server::Controller for ControllerService {
         let r = request.into_inner();
         // heartbeats are forwarded to the Raft leader: this node answers as the active one
         let controller_id = self.core.config.node_id as i32;
+        let session_timeout_ms = self.core.config.broker_session_timeout_ms;
+        let controller_address = self
+            .core
+            .config
+            .voters
+            .get(&self.core.config.node_id)
+            .cloned()
+            .unwrap_or_default();
         let reply = |code: i16, message: String, fenced: bool| {
             Ok(Response::new(api::BrokerHeartbeatResponse {
                 error_code: i32::from(code),
                 error_message: message,
                 fenced,
                 controller_id,
+                session_timeout_ms,
+                controller_address: controller_address.clone(),
             }))
         };
         let broker = self

@@ -124,8 +124,14 @@ fn build(
             )
         })
         .collect();
+    // without the controller lease this broker may have been replaced as leader: it names
+    // no leader where its image names itself, so clients ask elsewhere
+    let unleased = (!broker.replicas.controller_lease().is_held()).then(|| broker.broker_id());
     let topics: Vec<MetadataResponseTopic> = match requested {
-        None => image.topics().map(|t| topic_entry(image, t)).collect(),
+        None => image
+            .topics()
+            .map(|t| topic_entry(image, t, unleased))
+            .collect(),
         Some(requested) => requested
             .iter()
             .map(|(name, id)| {
@@ -134,7 +140,7 @@ fn build(
                     None => image.topics().find(|t| uuid_of(&t.topic_id) == *id),
                 };
                 match found {
-                    Some(t) => topic_entry(image, t),
+                    Some(t) => topic_entry(image, t, unleased),
                     None => {
                         let code = match name {
                             Some(n) if sluice_metadata::topic_name::validate(n).is_err() => {
@@ -165,7 +171,13 @@ fn build(
     response
 }
 
-fn topic_entry(image: &MetadataImage, topic: &sluice_metadata::Topic) -> MetadataResponseTopic {
+/// One topic's entry; partitions led by `unleased` (this broker, without its controller
+/// lease) show no leader.
+fn topic_entry(
+    image: &MetadataImage,
+    topic: &sluice_metadata::Topic,
+    unleased: Option<i32>,
+) -> MetadataResponseTopic {
     let live = |id: &i32| image.broker(*id).is_some_and(|b| !b.fenced);
     let partitions = topic
         .partitions
@@ -179,14 +191,19 @@ fn topic_entry(image: &MetadataImage, topic: &sluice_metadata::Topic) -> Metadat
                 .copied()
                 .filter(|id| !live(id) || p.offline_replicas.contains(id))
                 .collect();
+            let leader = if unleased == Some(p.leader) {
+                -1
+            } else {
+                p.leader
+            };
             MetadataResponsePartition::default()
-                .with_error_code(if p.leader < 0 {
+                .with_error_code(if leader < 0 {
                     ec::LEADER_NOT_AVAILABLE
                 } else {
                     ec::NONE
                 })
                 .with_partition_index(p.partition)
-                .with_leader_id(BrokerId(p.leader))
+                .with_leader_id(BrokerId(leader))
                 .with_leader_epoch(p.leader_epoch)
                 .with_replica_nodes(ids(&p.replicas))
                 .with_isr_nodes(ids(&p.isr))

@@ -1,0 +1,120 @@
+//! The controller lease: how long this broker may act on the leaderships its metadata
+//! image gives it. The active controller fences a broker it has not heard from for
+//! `broker.session.timeout.ms` and moves its leaderships; a broker cut from the
+//! controllers cannot learn that, and would keep answering as leader — a zombie: acks=1
+//! writes acknowledged and then truncated, a high watermark read that goes backwards.
+//!
+//! So every heartbeat the active controller answers (it confirms its leadership with the
+//! quorum before saying "not fenced") renews the lease until the time the heartbeat was
+//! *sent* plus the session timeout, less a margin: the controller received it no earlier,
+//! so it cannot fence this broker for silence before the lease has run out. A "fenced"
+//! answer, or one that no longer knows this registration, ends the lease at once. While
+//! the lease has run out, partitions answer NOT_LEADER_OR_FOLLOWER to every request that
+//! needs the leader (produce, fetch, ListOffsets, OffsetForLeaderEpoch), and Metadata
+//! names no leader for them, so clients look elsewhere.
+//!
+//! Invariant: the expiry only moves forward, except for [`ControllerLease::revoke`].
+//! A lease never granted is expired: a broker leads nothing before its first answer.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Taken off the session timeout: the controller's clock may run a little faster than
+/// this broker's, and fencing is checked on a timer.
+const MARGIN_FRACTION: u32 = 10;
+const MIN_MARGIN: Duration = Duration::from_millis(50);
+
+#[derive(Debug)]
+pub struct ControllerLease {
+    /// Instants are stored as nanoseconds after `base`; 0 means expired.
+    base: Instant,
+    expires_at_ns: AtomicU64,
+}
+
+impl Default for ControllerLease {
+    /// Not granted: expired until the first heartbeat answer.
+    fn default() -> Self {
+        ControllerLease {
+            base: Instant::now(),
+            expires_at_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+impl ControllerLease {
+    /// A lease that never runs out: for a partition no controller can take away (unit
+    /// tests of one partition).
+    pub fn unlimited() -> Self {
+        let lease = ControllerLease::default();
+        lease.expires_at_ns.store(u64::MAX, Ordering::Release);
+        lease
+    }
+
+    /// The active controller answered "not fenced" to a heartbeat sent at `sent_at`.
+    pub fn renew(&self, sent_at: Instant, session_timeout: Duration) {
+        let margin = (session_timeout / MARGIN_FRACTION).max(MIN_MARGIN);
+        let until = sent_at + session_timeout.saturating_sub(margin);
+        let ns = self.nanos_at(until);
+        self.expires_at_ns.fetch_max(ns, Ordering::AcqRel);
+    }
+
+    /// The controller fenced this broker, or no longer knows its registration.
+    pub fn revoke(&self) {
+        self.expires_at_ns.store(0, Ordering::Release);
+    }
+
+    /// Whether this broker may still act as a leader now.
+    pub fn is_held(&self) -> bool {
+        self.is_held_at(Instant::now())
+    }
+
+    pub fn is_held_at(&self, now: Instant) -> bool {
+        let expires = self.expires_at_ns.load(Ordering::Acquire);
+        expires != 0 && self.nanos_at(now) < expires
+    }
+
+    /// Nanoseconds after `base` (at least 1, so 0 stays "expired").
+    fn nanos_at(&self, t: Instant) -> u64 {
+        let ns = t.saturating_duration_since(self.base).as_nanos();
+        u64::try_from(ns).unwrap_or(u64::MAX - 1).max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SESSION: Duration = Duration::from_millis(2000);
+
+    #[test]
+    fn a_lease_never_granted_is_expired() {
+        let lease = ControllerLease::default();
+        assert!(!lease.is_held());
+        assert!(ControllerLease::unlimited().is_held());
+    }
+
+    #[test]
+    fn a_renewal_runs_from_the_send_time_less_a_margin() {
+        let lease = ControllerLease::default();
+        let sent = Instant::now();
+        lease.renew(sent, SESSION);
+        assert!(lease.is_held_at(sent));
+        assert!(lease.is_held_at(sent + Duration::from_millis(1799)));
+        // the controller may fence at sent + 2000 ms at the earliest: the lease ends first
+        assert!(!lease.is_held_at(sent + Duration::from_millis(1800)));
+        assert!(!lease.is_held_at(sent + SESSION));
+    }
+
+    #[test]
+    fn an_older_answer_never_shortens_the_lease_but_a_revocation_ends_it() {
+        let lease = ControllerLease::default();
+        let t0 = Instant::now();
+        lease.renew(t0 + Duration::from_millis(500), SESSION);
+        lease.renew(t0, SESSION);
+        assert!(lease.is_held_at(t0 + Duration::from_millis(2200)));
+        lease.revoke();
+        assert!(!lease.is_held_at(t0));
+        lease.renew(t0, SESSION);
+        assert!(lease.is_held_at(t0 + Duration::from_millis(100)));
+    }
+}
