@@ -72,6 +72,8 @@ const RETRY: Duration = Duration::from_millis(100);
 /// A heartbeat (or registration) not answered by then goes to the next controller: a
 /// paused controller never answers, and its connection stays open.
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Heartbeats sent and not yet answered, at most (once unfenced).
+const MAX_HEARTBEATS_IN_FLIGHT: usize = 8;
 
 impl MetadataFollower {
     /// Starts following; returns at once (use [`MetadataFollower::wait_until`]). The
@@ -385,6 +387,17 @@ async fn heartbeat_loop(
     let interval = Duration::from_millis(config.heartbeat_interval_ms.max(10));
     let mut next = 0usize;
     let mut lease_held = false;
+    let mut in_flight: tokio::task::JoinSet<HeartbeatAnswer> = tokio::task::JoinSet::new();
+    // when the newest heartbeat whose answer was handled was sent
+    let mut newest_answer: Option<std::time::Instant> = None;
+    // since when the heartbeats go to `next` or its last answer came, whichever is later:
+    // no answer for HEARTBEAT_TIMEOUT moves them to the next controller, while the ones
+    // in flight may still answer (a slow network), until the lease they could renew
+    // would be over anyway
+    let mut heard_since = tokio::time::Instant::now();
+    let mut answer_timeout = HEARTBEAT_TIMEOUT;
+    // heartbeats in flight per controller (by index)
+    let mut unanswered = vec![0usize; clients.len()];
     loop {
         let round_started = tokio::time::Instant::now();
         let mut client = clients[next % clients.len()].clone();
@@ -426,14 +439,25 @@ async fn heartbeat_loop(
                 }
             }
         }
-        let metadata_index = *applied.borrow();
-        let sent_at = std::time::Instant::now();
-        let heartbeat = tokio::time::timeout(
-            HEARTBEAT_TIMEOUT,
-            client.broker_heartbeat(api::BrokerHeartbeatRequest {
+        // while fenced, one heartbeat at a time (each may propose the unfencing); once
+        // unfenced, a new one each interval even while earlier ones are unanswered, so
+        // the controller lease is renewed as long as a round trip stays under it
+        let epoch = broker_epoch.load(Ordering::Acquire);
+        let limit = if fenced.load(Ordering::Acquire) {
+            1
+        } else {
+            MAX_HEARTBEATS_IN_FLIGHT
+        };
+        if unanswered[next % clients.len()] > 0 && heard_since.elapsed() > HEARTBEAT_TIMEOUT {
+            tracing::debug!("heartbeats unanswered: trying the next controller");
+            next += 1;
+            heard_since = tokio::time::Instant::now();
+        }
+        if unanswered[next % clients.len()] < limit {
+            let request = api::BrokerHeartbeatRequest {
                 broker_id: config.broker_id,
-                broker_epoch: broker_epoch.load(Ordering::Acquire),
-                metadata_index,
+                broker_epoch: epoch,
+                metadata_index: *applied.borrow(),
                 want_shut_down: shutdown.wanted.load(Ordering::Acquire),
                 log_dir_offline: log_dir.is_offline(),
                 offline_replicas: offline_replicas
@@ -445,38 +469,94 @@ async fn heartbeat_loop(
                         partition: tp.partition,
                     })
                     .collect(),
-            }),
-        )
-        .await
-        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("heartbeat not answered")));
-        match heartbeat {
-            Ok(r) => {
-                let r = r.into_inner();
-                active_controller.store(r.controller_id, Ordering::Release);
-                // the next heartbeats go straight to the active controller: one forwarding
-                // hop less, so a slow network renews the controller lease in time
-                if let Some(i) = addresses.iter().position(|a| *a == r.controller_address) {
-                    next = i;
+            };
+            let target = next;
+            unanswered[target % clients.len()] += 1;
+            // while fenced (one at a time) a lost answer must not hold up the next one
+            let answer_timeout = if limit == 1 {
+                HEARTBEAT_TIMEOUT
+            } else {
+                answer_timeout
+            };
+            let mut client = clients[target % clients.len()].clone();
+            in_flight.spawn(async move {
+                let sent_at = std::time::Instant::now();
+                let answer = tokio::time::timeout(answer_timeout, client.broker_heartbeat(request))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(tonic::Status::deadline_exceeded("heartbeat not answered"))
+                    })
+                    .map(tonic::Response::into_inner);
+                HeartbeatAnswer {
+                    target,
+                    epoch,
+                    sent_at,
+                    answer,
                 }
-                let code = r.error_code as i16;
-                if code == ec::STALE_BROKER_EPOCH || code == ec::BROKER_ID_NOT_REGISTERED {
-                    controller_lease.revoke();
-                    broker_epoch.store(-1, Ordering::Release);
-                    continue;
+            });
+        }
+        // answers as they come, until the next heartbeat is due (one per interval, counted
+        // from the last send: a slow answer does not push the next one out)
+        let due = round_started + interval;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(due) => break,
+                _ = shutdown.wake.notified() => break,
+                // the log directory went offline or came back: tell the controller now
+                _ = log_dir.changed() => break,
+                // a replica's log failed to open or opened again: the same
+                _ = offline_replicas.changed() => break,
+                Some(done) = in_flight.join_next() => {
+                    let Ok(done) = done else { continue };
+                    let slot = &mut unanswered[done.target % clients.len()];
+                    *slot = slot.saturating_sub(1);
+                    // an answer to an earlier registration, or older than one handled
+                    if done.epoch != broker_epoch.load(Ordering::Acquire)
+                        || newest_answer.is_some_and(|t| done.sent_at < t)
+                    {
+                        continue;
+                    }
+                    let r = match done.answer {
+                        Ok(r) => r,
+                        Err(e) => {
+                            if done.target == next {
+                                tracing::debug!(error = %e, "heartbeat: trying the next controller");
+                                next += 1;
+                                heard_since = tokio::time::Instant::now();
+                            }
+                            continue;
+                        }
+                    };
+                    newest_answer = Some(done.sent_at);
+                    heard_since = tokio::time::Instant::now();
+                    // an answer later than this could not renew the lease any more
+                    answer_timeout = Duration::from_millis(r.session_timeout_ms)
+                        .max(HEARTBEAT_TIMEOUT);
+                    active_controller.store(r.controller_id, Ordering::Release);
+                    // the next heartbeats go straight to the active controller: one
+                    // forwarding hop less
+                    if let Some(i) = addresses.iter().position(|a| *a == r.controller_address) {
+                        next = i;
+                    }
+                    let code = r.error_code as i16;
+                    if code == ec::STALE_BROKER_EPOCH || code == ec::BROKER_ID_NOT_REGISTERED {
+                        controller_lease.revoke();
+                        broker_epoch.store(-1, Ordering::Release);
+                        in_flight.abort_all();
+                        unanswered.iter_mut().for_each(|n| *n = 0);
+                        break;
+                    }
+                    if r.fenced {
+                        controller_lease.revoke();
+                    } else if code == ec::NONE {
+                        controller_lease
+                            .renew(done.sent_at, Duration::from_millis(r.session_timeout_ms));
+                    }
+                    fenced.store(r.fenced, Ordering::Release);
+                    if !r.fenced {
+                        caught_up.store(true, Ordering::Release);
+                    }
                 }
-                if r.fenced {
-                    controller_lease.revoke();
-                } else if code == ec::NONE {
-                    controller_lease.renew(sent_at, Duration::from_millis(r.session_timeout_ms));
-                }
-                fenced.store(r.fenced, Ordering::Release);
-                if !r.fenced {
-                    caught_up.store(true, Ordering::Release);
-                }
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "heartbeat: trying the next controller");
-                next += 1;
             }
         }
         let held = controller_lease.is_held();
@@ -491,15 +571,15 @@ async fn heartbeat_loop(
             }
             lease_held = held;
         }
-        // one heartbeat per interval, counted from when this one was sent: a slow answer
-        // does not push the next one (and the lease's renewal) further out
-        tokio::select! {
-            _ = tokio::time::sleep_until(round_started + interval) => {}
-            _ = shutdown.wake.notified() => {}
-            // the log directory went offline or came back: tell the controller now
-            _ = log_dir.changed() => {}
-            // a replica's log failed to open or opened again: the same
-            _ = offline_replicas.changed() => {}
-        }
     }
+}
+
+/// A heartbeat's outcome, with what it was sent under.
+struct HeartbeatAnswer {
+    /// The index of the controller it went to.
+    target: usize,
+    /// The broker epoch (registration) it carried.
+    epoch: i64,
+    sent_at: std::time::Instant,
+    answer: Result<api::BrokerHeartbeatResponse, tonic::Status>,
 }
