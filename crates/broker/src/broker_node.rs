@@ -388,6 +388,19 @@ async fn delete_group(broker: &Broker, group_id: &str) -> i16 {
     match answer {
         Ok(r) if r.error_code == 0 => {
             tracing::info!(group = group_id, "group deleted");
+            // read-your-writes: the deleting client's next request (OffsetDelete,
+            // OffsetFetch, DescribeGroups) must not find the group in this broker's image
+            // because the image had not yet applied the deletion
+            let gone = broker
+                .metadata
+                .wait_until(Duration::from_secs(5), |image| {
+                    image.stored_group(group_id).is_none()
+                        && image.committed_offsets(group_id, &[]).is_empty()
+                })
+                .await;
+            if !gone {
+                tracing::warn!(group = group_id, "group deleted, but this broker's metadata has not caught up in 5 s");
+            }
             ec::NONE
         }
         Ok(r) => {

@@ -29,6 +29,9 @@ pub struct ControllerLease {
     /// Instants are stored as nanoseconds after `base`; 0 means expired.
     base: Instant,
     expires_at_ns: AtomicU64,
+    /// When the lease was last granted after having run out (0: never, which for a held
+    /// lease means an unlimited one).
+    held_since_ns: AtomicU64,
 }
 
 impl Default for ControllerLease {
@@ -37,6 +40,7 @@ impl Default for ControllerLease {
         ControllerLease {
             base: Instant::now(),
             expires_at_ns: AtomicU64::new(0),
+            held_since_ns: AtomicU64::new(0),
         }
     }
 }
@@ -55,7 +59,27 @@ impl ControllerLease {
         let margin = (session_timeout / MARGIN_FRACTION).max(MIN_MARGIN);
         let until = sent_at + session_timeout.saturating_sub(margin);
         let ns = self.nanos_at(until);
+        let now = Instant::now();
+        if !self.is_held_at(now) && ns > self.nanos_at(now) {
+            self.held_since_ns.store(self.nanos_at(now), Ordering::Release);
+        }
         self.expires_at_ns.fetch_max(ns, Ordering::AcqRel);
+    }
+
+    /// How long the lease has been held without a break (None: not held now). A leader
+    /// whose lease ran out refused its followers' fetches meanwhile: their lag says
+    /// nothing about them until they have had `replica.lag.time.max.ms` to fetch again.
+    pub fn held_for(&self, now: Instant) -> Option<Duration> {
+        if !self.is_held_at(now) {
+            return None;
+        }
+        let since = self.held_since_ns.load(Ordering::Acquire);
+        if since == 0 {
+            // held without ever being granted: an unlimited lease
+            return Some(Duration::MAX);
+        }
+        let now_ns = self.nanos_at(now);
+        Some(Duration::from_nanos(now_ns.saturating_sub(since)))
     }
 
     /// The controller fenced this broker, or no longer knows its registration.
@@ -116,5 +140,21 @@ mod tests {
         assert!(!lease.is_held_at(t0));
         lease.renew(t0, SESSION);
         assert!(lease.is_held_at(t0 + Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn held_for_counts_from_the_last_grant_after_a_break() {
+        let lease = ControllerLease::default();
+        assert_eq!(lease.held_for(Instant::now()), None);
+        lease.renew(Instant::now(), SESSION);
+        let granted = Instant::now();
+        std::thread::sleep(Duration::from_millis(20));
+        lease.renew(Instant::now(), SESSION);
+        let held = lease.held_for(Instant::now()).unwrap();
+        assert!(held >= Duration::from_millis(20), "{held:?}: a renewal is no new grant");
+        lease.revoke();
+        assert_eq!(lease.held_for(Instant::now()), None);
+        lease.renew(Instant::now(), SESSION);
+        assert!(lease.held_for(Instant::now()).unwrap() < granted.elapsed());
     }
 }

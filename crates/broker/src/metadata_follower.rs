@@ -72,6 +72,9 @@ const RETRY: Duration = Duration::from_millis(100);
 /// A heartbeat (or registration) not answered by then goes to the next controller: a
 /// paused controller never answers, and its connection stays open.
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long heartbeats stay off a controller that did not answer them, though answers
+/// forwarded by another controller name it as the active one.
+const REDIRECT_HOLD_OFF: Duration = Duration::from_secs(10);
 /// Heartbeats sent and not yet answered, at most (once unfenced).
 const MAX_HEARTBEATS_IN_FLIGHT: usize = 8;
 
@@ -398,6 +401,12 @@ async fn heartbeat_loop(
     let mut answer_timeout = HEARTBEAT_TIMEOUT;
     // heartbeats in flight per controller (by index)
     let mut unanswered = vec![0usize; clients.len()];
+    let mut sequence = 0u64;
+    // the controller the heartbeats last moved off for want of an answer, and when: an
+    // answer naming it as the active controller (forwarded by another) does not send them
+    // straight back there for a while
+    let mut left: Option<(usize, tokio::time::Instant)> = None;
+    let len = clients.len();
     loop {
         let round_started = tokio::time::Instant::now();
         let mut client = clients[next % clients.len()].clone();
@@ -448,13 +457,16 @@ async fn heartbeat_loop(
         } else {
             MAX_HEARTBEATS_IN_FLIGHT
         };
-        if unanswered[next % clients.len()] > 0 && heard_since.elapsed() > HEARTBEAT_TIMEOUT {
+        if unanswered[next % len] > 0 && heard_since.elapsed() > HEARTBEAT_TIMEOUT {
             tracing::debug!("heartbeats unanswered: trying the next controller");
+            left = Some((next % len, tokio::time::Instant::now()));
             next += 1;
             heard_since = tokio::time::Instant::now();
         }
         if unanswered[next % clients.len()] < limit {
+            sequence += 1;
             let request = api::BrokerHeartbeatRequest {
+                sequence,
                 broker_id: config.broker_id,
                 broker_epoch: epoch,
                 metadata_index: *applied.borrow(),
@@ -519,8 +531,9 @@ async fn heartbeat_loop(
                     let r = match done.answer {
                         Ok(r) => r,
                         Err(e) => {
-                            if done.target == next {
+                            if done.target % len == next % len {
                                 tracing::debug!(error = %e, "heartbeat: trying the next controller");
+                                left = Some((next % len, tokio::time::Instant::now()));
                                 next += 1;
                                 heard_since = tokio::time::Instant::now();
                             }
@@ -535,13 +548,20 @@ async fn heartbeat_loop(
                     active_controller.store(r.controller_id, Ordering::Release);
                     // the next heartbeats go straight to the active controller: one
                     // forwarding hop less
+                    let recently_left = |i: usize| {
+                        left.is_some_and(|(l, at)| l == i && at.elapsed() < REDIRECT_HOLD_OFF)
+                    };
                     if let Some(i) = addresses.iter().position(|a| *a == r.controller_address) {
-                        next = i;
+                        if !recently_left(i) {
+                            next = i;
+                        }
                     }
                     let code = r.error_code as i16;
                     if code == ec::STALE_BROKER_EPOCH || code == ec::BROKER_ID_NOT_REGISTERED {
                         controller_lease.revoke();
                         broker_epoch.store(-1, Ordering::Release);
+                        // a new registration starts fenced: one heartbeat at a time
+                        fenced.store(true, Ordering::Release);
                         in_flight.abort_all();
                         unanswered.iter_mut().for_each(|n| *n = 0);
                         break;

@@ -395,8 +395,17 @@ impl Partition {
                 new_isr,
             });
         }
+        // no ISR change without the controller lease, and no follower dropped for lag until
+        // the lease has been held for a whole lag time: followers' fetches were refused
+        // while it had run out
+        let held_for = self.signals.controller_lease.held_for(std::time::Instant::now())?;
+        let lag_counts = held_for.as_millis() >= u128::try_from(max_lag_ms).unwrap_or(0);
         let leader = inner.leader.as_mut()?;
-        let out = leader.out_of_sync(leo, now_ms, max_lag_ms);
+        let out = if lag_counts {
+            leader.out_of_sync(leo, now_ms, max_lag_ms)
+        } else {
+            Vec::new()
+        };
         let mut join = leader.ready_to_join();
         join.retain(|id| eligible(*id));
         if out.is_empty() && join.is_empty() {
@@ -625,6 +634,12 @@ impl Partition {
         leader.maybe_advance_high_watermark(leo);
         drop(inner);
         self.bump();
+        // the lease again: a broker stalled between the first check and here (a paused
+        // process) may have been replaced meanwhile; an acks=0/1 write must then not be
+        // acknowledged (it will be truncated). The producer retries it
+        if !self.signals.controller_lease.is_held() {
+            return Err(PartitionError::NotLeader);
+        }
         Ok(AppendResult {
             base_offset: info.base_offset,
             last_offset: info.last_offset,
@@ -1360,6 +1375,28 @@ mod tests {
         assert_eq!(p.offsets_for_client(3).unwrap().1, Offset(1));
         p.on_follower_fetch(2, Offset(2), 4);
         assert_eq!(p.high_watermark(), Offset(2));
+    }
+
+    #[test]
+    fn no_follower_is_dropped_for_lag_until_the_lease_has_been_held_for_a_lag_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let lease = Arc::new(ControllerLease::default());
+        let p = partition_under_lease(dir.path(), Arc::clone(&lease));
+        lease.renew(std::time::Instant::now(), std::time::Duration::from_secs(60));
+        p.apply_state(&state(1, 3, 7, &[1, 2, 3]), 0);
+        p.append_as_leader(&mut records(2), 1, 0).unwrap();
+        p.on_follower_fetch(2, Offset(2), 100_000);
+        // follower 3 never fetched, long ago by the partition's clock: but the lease was
+        // granted just now (its fetches may have been refused until then)
+        let max_lag_ms = 300;
+        assert_eq!(p.propose_isr_change(100_000, max_lag_ms, |_| true), None);
+        std::thread::sleep(std::time::Duration::from_millis(320));
+        let change = p.propose_isr_change(100_001, max_lag_ms, |_| true).unwrap();
+        assert_eq!(change.new_isr, vec![1, 2]);
+        p.isr_change_failed();
+        // without the lease, no ISR change at all
+        lease.revoke();
+        assert_eq!(p.propose_isr_change(100_002, max_lag_ms, |_| true), None);
     }
 
     #[test]

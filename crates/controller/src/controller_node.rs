@@ -650,7 +650,8 @@ async fn leader_loop(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
             let registered = core
                 .state_machine
                 .with_image(|image| image.brokers().map(|b| b.broker_id).collect::<Vec<_>>());
-            core.lock_failure_detector().take_over(&registered);
+            core.lock_failure_detector()
+                .take_over(&registered, Instant::now());
             led_term = Some(term);
             tracing::info!(
                 node = core.config.node_id,
@@ -718,16 +719,22 @@ async fn expire_offsets(core: &Core) {
 
 async fn fence_expired_brokers(core: &Core) -> Result<()> {
     let unfenced = core.state_machine.with_image(|i| i.live_broker_ids());
-    let expired = {
-        let fd = core.lock_failure_detector();
-        fd.expired(&unfenced, Instant::now())
-    };
+    let expired = core
+        .lock_failure_detector()
+        .expired(&unfenced, Instant::now());
     let unclean = core.config.unclean_leader_election_enable;
-    for broker_id in expired {
+    // every broker given out is marked as being fenced until its fence is applied or has
+    // failed: heartbeats answered meanwhile say "fenced" (see `broker_heartbeat`)
+    let settle = |ids: &[i32]| {
+        let mut fd = core.lock_failure_detector();
+        ids.iter().for_each(|id| fd.fencing_settled(*id));
+    };
+    for (i, broker_id) in expired.iter().copied().enumerate() {
         let Some(broker_epoch) = core
             .state_machine
             .with_image(|i| i.broker(broker_id).map(|b| b.broker_epoch))
         else {
+            settle(&[broker_id]);
             continue;
         };
         tracing::warn!(broker_id, "broker session expired: fencing");
@@ -735,7 +742,12 @@ async fn fence_expired_brokers(core: &Core) -> Result<()> {
             broker_id,
             broker_epoch,
         });
-        core.propose(core.fencing(fence, broker_id)).await?;
+        let proposed = core.propose(core.fencing(fence, broker_id)).await;
+        settle(&[broker_id]);
+        if let Err(e) = proposed {
+            settle(&expired[i..]);
+            return Err(e);
+        }
     }
     // repairs, for changes an earlier batch lost to a concurrent one: fenced brokers
     // still leading or in an ISR they can leave, and offline partitions a live ISR member

@@ -285,9 +285,21 @@ impl api::controller_server::Controller for ControllerService {
                 true,
             );
         }
-        self.core
-            .lock_failure_detector()
-            .heartbeat(r.broker_id, Instant::now());
+        let newest = {
+            let mut fd = self.core.lock_failure_detector();
+            fd.heartbeat(r.broker_id, Instant::now());
+            fd.is_newest_heartbeat(r.broker_id, r.broker_epoch, r.sequence)
+        };
+        if !newest {
+            // a late copy (several heartbeats are in flight): what it says (shutdown
+            // wanted or not, the log directory, offline replicas) is older than what a
+            // newer one said, so nothing is done with it
+            return reply(
+                ec::REQUEST_TIMED_OUT,
+                "a newer heartbeat was handled".into(),
+                broker.fenced,
+            );
+        }
         // replicas whose log the broker cannot open leave their ISRs and leaderships (and
         // come back once it can); the heartbeat carries the whole set. A fenced broker's
         // report only adds: a restarted one reports nothing until it has tried its logs
@@ -366,7 +378,17 @@ impl api::controller_server::Controller for ControllerService {
         // cut off from the quorum cannot know the others fenced the broker meanwhile
         let timeout = Duration::from_millis(self.core.config.election_timeout_ms * 2);
         match tokio::time::timeout(timeout, self.core.raft.ensure_linearizable()).await {
-            Ok(Ok(_)) => reply(ec::NONE, String::new(), broker.fenced),
+            Ok(Ok(_)) => {
+                // as of now, not as of the start of this call: a fence may have been
+                // applied meanwhile, or be under way (decided, not yet committed). "Not
+                // fenced" renews the broker's controller lease
+                let fenced = self
+                    .core
+                    .state_machine
+                    .with_image(|i| i.broker(r.broker_id).is_none_or(|b| b.fenced))
+                    || self.core.lock_failure_detector().is_being_fenced(r.broker_id);
+                reply(ec::NONE, String::new(), fenced)
+            }
             _ => Err(Status::unavailable(
                 "this controller cannot confirm its leadership; retry",
             )),

@@ -27,6 +27,11 @@ pub struct FailureDetector<K> {
     /// Each sender's latest `Alive` stream.
     streams: BTreeMap<K, AliveStream>,
     next_stream_id: u64,
+    /// Senders [`FailureDetector::expired`] gave out whose fence is not yet settled
+    /// (proposed, not yet applied): a heartbeat answered meanwhile must say "fenced".
+    fencing: std::collections::BTreeSet<K>,
+    /// Each sender's newest heartbeat seen: (registration epoch, sequence).
+    newest_heartbeat: BTreeMap<K, (i64, u64)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -43,6 +48,8 @@ impl<K: Ord + Copy> FailureDetector<K> {
             last_heartbeat: BTreeMap::new(),
             streams: BTreeMap::new(),
             next_stream_id: 0,
+            fencing: std::collections::BTreeSet::new(),
+            newest_heartbeat: BTreeMap::new(),
         }
     }
 
@@ -82,13 +89,19 @@ impl<K: Ord + Copy> FailureDetector<K> {
             .is_none_or(|heard| ended_at >= *heard)
     }
 
-    /// Call when this node becomes the Raft leader: a registered broker never heard from
-    /// gets a session counted from when this controller started observing.
-    pub fn take_over(&mut self, registered: &[K]) {
+    /// Call when this node becomes the Raft leader (at `now`): every registered sender
+    /// not known to be gone gets a session counted from now at the earliest. The old
+    /// leader may have answered its heartbeats (renewing its controller lease) while this
+    /// node heard nothing from it (a partial partition): fencing it before its lease runs
+    /// out would let two brokers lead one partition. A sender whose stream to this node
+    /// ended with nothing heard since (its process died) stays due at once.
+    pub fn take_over(&mut self, registered: &[K], now: Instant) {
         for b in registered {
-            self.last_heartbeat
-                .entry(*b)
-                .or_insert(self.observing_since);
+            if self.is_gone(*b) {
+                continue;
+            }
+            let t = self.last_heartbeat.entry(*b).or_insert(now);
+            *t = (*t).max(now);
         }
     }
 
@@ -101,13 +114,37 @@ impl<K: Ord + Copy> FailureDetector<K> {
     }
 
     /// Senders among `unfenced` whose session has expired, who never heartbeated here, or
-    /// whose stream ended with nothing heard since.
-    pub fn expired(&self, unfenced: &[K], now: Instant) -> Vec<K> {
-        unfenced
+    /// whose stream ended with nothing heard since. Each is marked as being fenced until
+    /// [`FailureDetector::fencing_settled`].
+    pub fn expired(&mut self, unfenced: &[K], now: Instant) -> Vec<K> {
+        let expired: Vec<K> = unfenced
             .iter()
             .copied()
             .filter(|b| !self.is_alive(*b, now))
-            .collect()
+            .collect();
+        self.fencing.extend(expired.iter().copied());
+        expired
+    }
+
+    /// Notes heartbeat `sequence` of `sender`'s registration `epoch`; false when a newer
+    /// one was seen already (a late copy: its contents are older than what was acted on).
+    pub fn is_newest_heartbeat(&mut self, sender: K, epoch: i64, sequence: u64) -> bool {
+        let newest = self.newest_heartbeat.entry(sender).or_insert((epoch, sequence));
+        if (epoch, sequence) < *newest {
+            return false;
+        }
+        *newest = (epoch, sequence);
+        true
+    }
+
+    /// The fence of `sender` was applied, or failed (the next round decides again).
+    pub fn fencing_settled(&mut self, sender: K) {
+        self.fencing.remove(&sender);
+    }
+
+    /// Whether a fence of `sender` is under way.
+    pub fn is_being_fenced(&self, sender: K) -> bool {
+        self.fencing.contains(&sender)
     }
 }
 
@@ -137,23 +174,55 @@ mod tests {
     }
 
     #[test]
-    fn a_new_leader_fences_at_once_only_brokers_it_has_not_heard_from() {
+    fn a_new_leader_gives_every_broker_not_known_gone_a_session_from_its_takeover() {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
         let mut fd = FailureDetector::new(100, t0);
         // pings while following: broker 1 keeps pinging, broker 2 stopped at 50 ms,
-        // broker 3 never pinged this controller
+        // broker 3 never pinged this controller (it may still reach the old leader, whose
+        // answers renewed its controller lease), broker 4's process died (its stream ended)
         fd.heartbeat(2, t0 + ms(50));
         for t in (0..=400).step_by(20) {
             fd.heartbeat(1, t0 + ms(t));
         }
-        fd.take_over(&[1, 2, 3]);
-        assert_eq!(fd.expired(&[1, 2, 3], t0 + ms(410)), vec![2, 3]);
+        let stream = fd.stream_opened(4, t0 + ms(10));
+        assert!(fd.stream_ended(4, stream, t0 + ms(60)));
+        fd.take_over(&[1, 2, 3, 4], t0 + ms(400));
+        assert_eq!(fd.expired(&[1, 2, 3, 4], t0 + ms(410)), vec![4]);
+        assert_eq!(fd.expired(&[1, 2, 3], t0 + ms(499)), Vec::<i32>::new());
+        assert_eq!(fd.expired(&[1, 2, 3], t0 + ms(500)), vec![1, 2, 3]);
         // taking over right after starting: everyone gets a session from the start
         let mut fresh = FailureDetector::new(100, t0);
-        fresh.take_over(&[1, 2]);
+        fresh.take_over(&[1, 2], t0);
         assert!(fresh.expired(&[1, 2], t0 + ms(99)).is_empty());
         assert_eq!(fresh.expired(&[1, 2], t0 + ms(100)), vec![1, 2]);
+    }
+
+    #[test]
+    fn a_late_copy_of_an_older_heartbeat_is_known_as_such() {
+        let mut fd = FailureDetector::new(100, Instant::now());
+        assert!(fd.is_newest_heartbeat(1, 5, 10));
+        assert!(fd.is_newest_heartbeat(1, 5, 12));
+        assert!(!fd.is_newest_heartbeat(1, 5, 11));
+        assert!(fd.is_newest_heartbeat(1, 5, 12), "a retried copy of the newest");
+        // a new registration starts its own numbering
+        assert!(fd.is_newest_heartbeat(1, 6, 0));
+        assert!(!fd.is_newest_heartbeat(1, 5, 13));
+        assert!(fd.is_newest_heartbeat(2, 1, 0));
+    }
+
+    #[test]
+    fn a_fence_under_way_is_known_until_settled() {
+        let t0 = Instant::now();
+        let mut fd = FailureDetector::new(100, t0);
+        fd.heartbeat(1, t0);
+        assert!(!fd.is_being_fenced(1));
+        assert_eq!(fd.expired(&[1], t0 + Duration::from_millis(100)), vec![1]);
+        // a heartbeat arriving now does not stop the fence already proposed
+        fd.heartbeat(1, t0 + Duration::from_millis(101));
+        assert!(fd.is_being_fenced(1));
+        fd.fencing_settled(1);
+        assert!(!fd.is_being_fenced(1));
     }
 
     #[test]
