@@ -189,6 +189,7 @@ async fn register_live_broker(client: &mut ControllerClient<tonic::transport::Ch
             want_shut_down: false,
             log_dir_offline: false,
             offline_replicas: Vec::new(),
+            sequence: 0,
         })
         .await
         .unwrap()

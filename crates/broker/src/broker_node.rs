@@ -399,7 +399,10 @@ async fn delete_group(broker: &Broker, group_id: &str) -> i16 {
                 })
                 .await;
             if !gone {
-                tracing::warn!(group = group_id, "group deleted, but this broker's metadata has not caught up in 5 s");
+                tracing::warn!(
+                    group = group_id,
+                    "group deleted, but this broker's metadata has not caught up in 5 s"
+                );
             }
             ec::NONE
         }

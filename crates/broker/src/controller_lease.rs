@@ -61,7 +61,8 @@ impl ControllerLease {
         let ns = self.nanos_at(until);
         let now = Instant::now();
         if !self.is_held_at(now) && ns > self.nanos_at(now) {
-            self.held_since_ns.store(self.nanos_at(now), Ordering::Release);
+            self.held_since_ns
+                .store(self.nanos_at(now), Ordering::Release);
         }
         self.expires_at_ns.fetch_max(ns, Ordering::AcqRel);
     }
@@ -151,7 +152,10 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         lease.renew(Instant::now(), SESSION);
         let held = lease.held_for(Instant::now()).unwrap();
-        assert!(held >= Duration::from_millis(20), "{held:?}: a renewal is no new grant");
+        assert!(
+            held >= Duration::from_millis(20),
+            "{held:?}: a renewal is no new grant"
+        );
         lease.revoke();
         assert_eq!(lease.held_for(Instant::now()), None);
         lease.renew(Instant::now(), SESSION);

@@ -398,7 +398,10 @@ impl Partition {
         // no ISR change without the controller lease, and no follower dropped for lag until
         // the lease has been held for a whole lag time: followers' fetches were refused
         // while it had run out
-        let held_for = self.signals.controller_lease.held_for(std::time::Instant::now())?;
+        let held_for = self
+            .signals
+            .controller_lease
+            .held_for(std::time::Instant::now())?;
         let lag_counts = held_for.as_millis() >= u128::try_from(max_lag_ms).unwrap_or(0);
         let leader = inner.leader.as_mut()?;
         let out = if lag_counts {
@@ -1382,7 +1385,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let lease = Arc::new(ControllerLease::default());
         let p = partition_under_lease(dir.path(), Arc::clone(&lease));
-        lease.renew(std::time::Instant::now(), std::time::Duration::from_secs(60));
+        lease.renew(
+            std::time::Instant::now(),
+            std::time::Duration::from_secs(60),
+        );
         p.apply_state(&state(1, 3, 7, &[1, 2, 3]), 0);
         p.append_as_leader(&mut records(2), 1, 0).unwrap();
         p.on_follower_fetch(2, Offset(2), 100_000);

@@ -329,14 +329,8 @@ impl ControllerNode {
 
         let (stop, stop_rx) = watch::channel(false);
         let core = Arc::new(Core {
-            failure_detector: Mutex::new(FailureDetector::new(
-                config.broker_session_timeout_ms,
-                Instant::now(),
-            )),
-            peer_liveness: Mutex::new(FailureDetector::new(
-                config.election_timeout_ms,
-                Instant::now(),
-            )),
+            failure_detector: Mutex::new(FailureDetector::new(config.broker_session_timeout_ms)),
+            peer_liveness: Mutex::new(FailureDetector::new(config.election_timeout_ms)),
             liveness_changed: tokio::sync::Notify::new(),
             stopping: stop_rx.clone(),
             config,

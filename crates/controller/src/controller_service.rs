@@ -386,7 +386,10 @@ impl api::controller_server::Controller for ControllerService {
                     .core
                     .state_machine
                     .with_image(|i| i.broker(r.broker_id).is_none_or(|b| b.fenced))
-                    || self.core.lock_failure_detector().is_being_fenced(r.broker_id);
+                    || self
+                        .core
+                        .lock_failure_detector()
+                        .is_being_fenced(r.broker_id);
                 reply(ec::NONE, String::new(), fenced)
             }
             _ => Err(Status::unavailable(

@@ -5,11 +5,10 @@
 //! without word from it) or whose stream ended with nothing heard since is due to be
 //! fenced.
 //!
-//! Every broker pings every controller, so a newly elected leader already knows who is
-//! alive: a broker it has heard nothing from since it started observing, for longer than
-//! the session timeout, is fenced at once (it most likely died with the old leader). A
-//! broker never heard from gets a session starting when this controller started
-//! observing, so a controller that has just started never fences anyone early.
+//! Every broker pings every controller, so a newly elected leader already knows who died
+//! (its stream ended): fenced at once. Every other registered broker gets a session from
+//! the takeover at the earliest: it may have reached only the old leader, whose answers
+//! renewed its controller lease (`sluice_broker::controller_lease`).
 //!
 //! A stream's end counts only if it was the sender's latest stream, and word from the
 //! sender after it (a new stream, a heartbeat) makes the sender alive again: a process
@@ -21,8 +20,6 @@ use std::time::{Duration, Instant};
 #[derive(Debug)]
 pub struct FailureDetector<K> {
     session_timeout: Duration,
-    /// When this controller started receiving heartbeats and pings.
-    observing_since: Instant,
     last_heartbeat: BTreeMap<K, Instant>,
     /// Each sender's latest `Alive` stream.
     streams: BTreeMap<K, AliveStream>,
@@ -41,10 +38,9 @@ struct AliveStream {
 }
 
 impl<K: Ord + Copy> FailureDetector<K> {
-    pub fn new(session_timeout_ms: u64, observing_since: Instant) -> Self {
+    pub fn new(session_timeout_ms: u64) -> Self {
         FailureDetector {
             session_timeout: Duration::from_millis(session_timeout_ms),
-            observing_since,
             last_heartbeat: BTreeMap::new(),
             streams: BTreeMap::new(),
             next_stream_id: 0,
@@ -129,7 +125,10 @@ impl<K: Ord + Copy> FailureDetector<K> {
     /// Notes heartbeat `sequence` of `sender`'s registration `epoch`; false when a newer
     /// one was seen already (a late copy: its contents are older than what was acted on).
     pub fn is_newest_heartbeat(&mut self, sender: K, epoch: i64, sequence: u64) -> bool {
-        let newest = self.newest_heartbeat.entry(sender).or_insert((epoch, sequence));
+        let newest = self
+            .newest_heartbeat
+            .entry(sender)
+            .or_insert((epoch, sequence));
         if (epoch, sequence) < *newest {
             return false;
         }
@@ -155,7 +154,7 @@ mod tests {
     #[test]
     fn sessions_expire_after_the_timeout() {
         let t0 = Instant::now();
-        let mut fd = FailureDetector::new(100, t0);
+        let mut fd = FailureDetector::new(100);
         fd.heartbeat(1, t0);
         fd.heartbeat(2, t0);
         assert!(fd
@@ -177,7 +176,7 @@ mod tests {
     fn a_new_leader_gives_every_broker_not_known_gone_a_session_from_its_takeover() {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        let mut fd = FailureDetector::new(100, t0);
+        let mut fd = FailureDetector::new(100);
         // pings while following: broker 1 keeps pinging, broker 2 stopped at 50 ms,
         // broker 3 never pinged this controller (it may still reach the old leader, whose
         // answers renewed its controller lease), broker 4's process died (its stream ended)
@@ -192,7 +191,7 @@ mod tests {
         assert_eq!(fd.expired(&[1, 2, 3], t0 + ms(499)), Vec::<i32>::new());
         assert_eq!(fd.expired(&[1, 2, 3], t0 + ms(500)), vec![1, 2, 3]);
         // taking over right after starting: everyone gets a session from the start
-        let mut fresh = FailureDetector::new(100, t0);
+        let mut fresh = FailureDetector::new(100);
         fresh.take_over(&[1, 2], t0);
         assert!(fresh.expired(&[1, 2], t0 + ms(99)).is_empty());
         assert_eq!(fresh.expired(&[1, 2], t0 + ms(100)), vec![1, 2]);
@@ -200,11 +199,14 @@ mod tests {
 
     #[test]
     fn a_late_copy_of_an_older_heartbeat_is_known_as_such() {
-        let mut fd = FailureDetector::new(100, Instant::now());
+        let mut fd = FailureDetector::new(100);
         assert!(fd.is_newest_heartbeat(1, 5, 10));
         assert!(fd.is_newest_heartbeat(1, 5, 12));
         assert!(!fd.is_newest_heartbeat(1, 5, 11));
-        assert!(fd.is_newest_heartbeat(1, 5, 12), "a retried copy of the newest");
+        assert!(
+            fd.is_newest_heartbeat(1, 5, 12),
+            "a retried copy of the newest"
+        );
         // a new registration starts its own numbering
         assert!(fd.is_newest_heartbeat(1, 6, 0));
         assert!(!fd.is_newest_heartbeat(1, 5, 13));
@@ -214,7 +216,7 @@ mod tests {
     #[test]
     fn a_fence_under_way_is_known_until_settled() {
         let t0 = Instant::now();
-        let mut fd = FailureDetector::new(100, t0);
+        let mut fd = FailureDetector::new(100);
         fd.heartbeat(1, t0);
         assert!(!fd.is_being_fenced(1));
         assert_eq!(fd.expired(&[1], t0 + Duration::from_millis(100)), vec![1]);
@@ -229,7 +231,7 @@ mod tests {
     fn an_ended_stream_expires_its_sender_at_once_until_it_is_heard_from_again() {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        let mut fd = FailureDetector::new(10_000, t0);
+        let mut fd = FailureDetector::new(10_000);
         let s1 = fd.stream_opened(1, t0);
         let s2 = fd.stream_opened(2, t0);
         fd.heartbeat(1, t0 + ms(5));
