@@ -254,8 +254,12 @@ impl api::controller_server::Controller for ControllerService {
             .get(&self.core.config.node_id)
             .cloned()
             .unwrap_or_default();
+        let state_machine = &self.core.state_machine;
         let reply = |code: i16, message: String, fenced: bool| {
+            // read as the answer is made: every path below reads the image first
+            let metadata_index = state_machine.with_image(|i| i.applied_index());
             Ok(Response::new(api::BrokerHeartbeatResponse {
+                metadata_index,
                 error_code: i32::from(code),
                 error_message: message,
                 fenced,
