@@ -32,6 +32,9 @@ pub struct ControllerLease {
     /// When the lease was last granted after having run out (0: never, which for a held
     /// lease means an unlimited one).
     held_since_ns: AtomicU64,
+    /// A "not fenced" answer waiting for this broker's image to apply what the controller
+    /// had applied when it answered: (sent at, session timeout, metadata index).
+    pending: std::sync::Mutex<Option<(Instant, Duration, u64)>>,
 }
 
 impl Default for ControllerLease {
@@ -41,6 +44,7 @@ impl Default for ControllerLease {
             base: Instant::now(),
             expires_at_ns: AtomicU64::new(0),
             held_since_ns: AtomicU64::new(0),
+            pending: std::sync::Mutex::new(None),
         }
     }
 }
@@ -83,8 +87,46 @@ impl ControllerLease {
         Some(Duration::from_nanos(now_ns.saturating_sub(since)))
     }
 
+    /// The active controller answered "not fenced" to a heartbeat sent at `sent_at`, with
+    /// its metadata applied up to `metadata_index`; this broker's image has applied
+    /// `applied_index`. The lease is renewed once the image has applied as much as the
+    /// controller's had ([`Self::applied`] does it later): a broker back from a cut must
+    /// not lead by the stale image that still names it leader.
+    pub fn offer(
+        &self,
+        sent_at: Instant,
+        session_timeout: Duration,
+        metadata_index: u64,
+        applied_index: u64,
+    ) {
+        *self.lock_pending() = Some((sent_at, session_timeout, metadata_index));
+        self.applied(applied_index);
+    }
+
+    /// This broker's image has applied the metadata up to `applied_index`.
+    pub fn applied(&self, applied_index: u64) {
+        let mut pending = self.lock_pending();
+        if let Some((sent_at, session_timeout, index)) = *pending {
+            if applied_index >= index {
+                *pending = None;
+                drop(pending);
+                self.renew(sent_at, session_timeout);
+            }
+        }
+    }
+
+    /// Whether an offer waits for the image.
+    pub fn is_pending(&self) -> bool {
+        self.lock_pending().is_some()
+    }
+
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, Option<(Instant, Duration, u64)>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The controller fenced this broker, or no longer knows its registration.
     pub fn revoke(&self) {
+        *self.lock_pending() = None;
         self.expires_at_ns.store(0, Ordering::Release);
     }
 
@@ -141,6 +183,35 @@ mod tests {
         assert!(!lease.is_held_at(t0));
         lease.renew(t0, SESSION);
         assert!(lease.is_held_at(t0 + Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn an_answer_renews_only_once_the_image_applied_what_the_controller_had() {
+        let lease = ControllerLease::default();
+        let sent = Instant::now();
+        // back from a cut: the controller answered at index 90, this image is at 40 (it
+        // may still name this broker leader of a partition moved meanwhile)
+        lease.offer(sent, SESSION, 90, 40);
+        assert!(!lease.is_held_at(sent));
+        assert!(lease.is_pending());
+        lease.applied(89);
+        assert!(!lease.is_held_at(sent));
+        lease.applied(90);
+        assert!(
+            lease.is_held_at(sent),
+            "renewed from the answered heartbeat's send time"
+        );
+        assert!(!lease.is_pending());
+        // caught up already: at once
+        let other = ControllerLease::default();
+        other.offer(sent, SESSION, 90, 95);
+        assert!(other.is_held_at(sent));
+        // a revocation drops a waiting offer
+        let third = ControllerLease::default();
+        third.offer(sent, SESSION, 90, 40);
+        third.revoke();
+        third.applied(100);
+        assert!(!third.is_held_at(sent));
     }
 
     #[test]

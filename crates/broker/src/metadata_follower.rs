@@ -402,9 +402,6 @@ async fn heartbeat_loop(
     // heartbeats in flight per controller (by index)
     let mut unanswered = vec![0usize; clients.len()];
     let mut sequence = 0u64;
-    // a "not fenced" answer waiting for this broker's image to apply what the controller
-    // had applied when it answered: (sent at, session timeout, metadata index)
-    let mut lease_pending: Option<(std::time::Instant, Duration, u64)> = None;
     let mut applied_changes = applied.clone();
     // the controller the heartbeats last moved off for want of an answer, and when: an
     // answer naming it as the active controller (forwarded by another) does not send them
@@ -515,15 +512,9 @@ async fn heartbeat_loop(
         // from the last send: a slow answer does not push the next one out)
         let due = round_started + interval;
         loop {
-            // the lease from a "not fenced" answer holds once this broker's image has
-            // applied what the controller's had (a broker back from a cut would otherwise
-            // lead, with a valid lease, partitions its stale image still gives it)
-            if let Some((sent_at, session_timeout, index)) = lease_pending {
-                if *applied.borrow() >= index {
-                    controller_lease.renew(sent_at, session_timeout);
-                    lease_pending = None;
-                }
-            }
+            // a "not fenced" answer holds once this broker's image has applied what the
+            // controller's had (see ControllerLease::offer)
+            controller_lease.applied(*applied.borrow());
             tokio::select! {
                 _ = tokio::time::sleep_until(due) => break,
                 _ = shutdown.wake.notified() => break,
@@ -532,7 +523,7 @@ async fn heartbeat_loop(
                 // a replica's log failed to open or opened again: the same
                 _ = offline_replicas.changed() => break,
                 // the image moved on: a pending lease renewal may apply now
-                Ok(()) = applied_changes.changed(), if lease_pending.is_some() => {}
+                Ok(()) = applied_changes.changed(), if controller_lease.is_pending() => {}
                 Some(done) = in_flight.join_next() => {
                     let Ok(done) = done else { continue };
                     let slot = &mut unanswered[done.target % clients.len()];
@@ -574,7 +565,6 @@ async fn heartbeat_loop(
                     let code = r.error_code as i16;
                     if code == ec::STALE_BROKER_EPOCH || code == ec::BROKER_ID_NOT_REGISTERED {
                         controller_lease.revoke();
-                        lease_pending = None;
                         broker_epoch.store(-1, Ordering::Release);
                         // a new registration starts fenced: one heartbeat at a time
                         fenced.store(true, Ordering::Release);
@@ -585,14 +575,12 @@ async fn heartbeat_loop(
                     if r.fenced {
                         controller_lease.revoke();
                     } else if code == ec::NONE {
-                        lease_pending = Some((
+                        controller_lease.offer(
                             done.sent_at,
                             Duration::from_millis(r.session_timeout_ms),
                             r.metadata_index,
-                        ));
-                    }
-                    if r.fenced {
-                        lease_pending = None;
+                            *applied.borrow(),
+                        );
                     }
                     fenced.store(r.fenced, Ordering::Release);
                     if !r.fenced {
