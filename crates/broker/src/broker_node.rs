@@ -394,8 +394,7 @@ async fn delete_group(broker: &Broker, group_id: &str) -> i16 {
             let gone = broker
                 .metadata
                 .wait_until(Duration::from_secs(5), |image| {
-                    image.stored_group(group_id).is_none()
-                        && image.committed_offsets(group_id, &[]).is_empty()
+                    !crate::handlers::known_in_image(image, group_id)
                 })
                 .await;
             if !gone {

@@ -7,8 +7,11 @@
 //! So every heartbeat the active controller answers (it confirms its leadership with the
 //! quorum before saying "not fenced") renews the lease until the time the heartbeat was
 //! *sent* plus the session timeout, less a margin: the controller received it no earlier,
-//! so it cannot fence this broker for silence before the lease has run out. A "fenced"
-//! answer, or one that no longer knows this registration, ends the lease at once. While
+//! so it cannot fence this broker for silence before the lease has run out. The renewal
+//! waits until this broker's image has applied the metadata index the answer carries
+//! ([`ControllerLease::offer`]): a broker back from a cut must not lead by a stale image.
+//! A "fenced" answer, or one that no longer knows this registration, ends the lease at
+//! once. While
 //! the lease has run out, partitions answer NOT_LEADER_OR_FOLLOWER to every request that
 //! needs the leader (produce, fetch, ListOffsets, OffsetForLeaderEpoch), and Metadata
 //! names no leader for them, so clients look elsewhere.

@@ -363,7 +363,7 @@ struct HeartbeatState {
     shutdown: Arc<ShutdownRequest>,
     log_dir: Arc<LogDirHealth>,
     offline_replicas: Arc<OfflineReplicas>,
-    /// Renewed by every "not fenced" answer, ended by a "fenced" one.
+    /// Offered every "not fenced" answer, ended by a "fenced" one.
     controller_lease: Arc<ControllerLease>,
 }
 
@@ -388,30 +388,22 @@ async fn heartbeat_loop(
         return;
     }
     let interval = Duration::from_millis(config.heartbeat_interval_ms.max(10));
-    let mut next = 0usize;
+    let mut target = HeartbeatTarget::new(clients.len());
     let mut lease_held = false;
     let mut in_flight: tokio::task::JoinSet<HeartbeatAnswer> = tokio::task::JoinSet::new();
     // when the newest heartbeat whose answer was handled was sent
     let mut newest_answer: Option<std::time::Instant> = None;
-    // since when the heartbeats go to `next` or its last answer came, whichever is later:
-    // no answer for HEARTBEAT_TIMEOUT moves them to the next controller, while the ones
-    // in flight may still answer (a slow network), until the lease they could renew
-    // would be over anyway
-    let mut heard_since = tokio::time::Instant::now();
+    // heartbeats in flight may still answer (a slow network) until the lease they could
+    // renew would be over anyway
     let mut answer_timeout = HEARTBEAT_TIMEOUT;
     // heartbeats in flight per controller (by index)
     let mut unanswered = vec![0usize; clients.len()];
     let mut sequence = 0u64;
     let mut applied_changes = applied.clone();
-    // the controller the heartbeats last moved off for want of an answer, and when: an
-    // answer naming it as the active controller (forwarded by another) does not send them
-    // straight back there for a while
-    let mut left: Option<(usize, tokio::time::Instant)> = None;
-    let len = clients.len();
     loop {
         let round_started = tokio::time::Instant::now();
-        let mut client = clients[next % clients.len()].clone();
         if broker_epoch.load(Ordering::Acquire) < 0 {
+            let mut client = clients[target.index].clone();
             let registered = tokio::time::timeout(
                 HEARTBEAT_TIMEOUT,
                 client.register_broker(api::RegisterBrokerRequest {
@@ -443,7 +435,7 @@ async fn heartbeat_loop(
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "register: trying the next controller");
-                    next += 1;
+                    target.next();
                     tokio::time::sleep(RETRY).await;
                     continue;
                 }
@@ -458,13 +450,11 @@ async fn heartbeat_loop(
         } else {
             MAX_HEARTBEATS_IN_FLIGHT
         };
-        if unanswered[next % len] > 0 && heard_since.elapsed() > HEARTBEAT_TIMEOUT {
+        if unanswered[target.index] > 0 && target.is_silent() {
             tracing::debug!("heartbeats unanswered: trying the next controller");
-            left = Some((next % len, tokio::time::Instant::now()));
-            next += 1;
-            heard_since = tokio::time::Instant::now();
+            target.give_up();
         }
-        if unanswered[next % clients.len()] < limit {
+        if unanswered[target.index] < limit {
             sequence += 1;
             let request = api::BrokerHeartbeatRequest {
                 sequence,
@@ -483,15 +473,15 @@ async fn heartbeat_loop(
                     })
                     .collect(),
             };
-            let target = next;
-            unanswered[target % clients.len()] += 1;
+            let to = target.index;
+            unanswered[to] += 1;
             // while fenced (one at a time) a lost answer must not hold up the next one
             let answer_timeout = if limit == 1 {
                 HEARTBEAT_TIMEOUT
             } else {
                 answer_timeout
             };
-            let mut client = clients[target % clients.len()].clone();
+            let mut client = clients[to].clone();
             in_flight.spawn(async move {
                 let sent_at = std::time::Instant::now();
                 let answer = tokio::time::timeout(answer_timeout, client.broker_heartbeat(request))
@@ -501,7 +491,7 @@ async fn heartbeat_loop(
                     })
                     .map(tonic::Response::into_inner);
                 HeartbeatAnswer {
-                    target,
+                    target: to,
                     epoch,
                     sent_at,
                     answer,
@@ -526,7 +516,7 @@ async fn heartbeat_loop(
                 Ok(()) = applied_changes.changed(), if controller_lease.is_pending() => {}
                 Some(done) = in_flight.join_next() => {
                     let Ok(done) = done else { continue };
-                    let slot = &mut unanswered[done.target % clients.len()];
+                    let slot = &mut unanswered[done.target];
                     *slot = slot.saturating_sub(1);
                     // an answer to an earlier registration, or older than one handled
                     if done.epoch != broker_epoch.load(Ordering::Acquire)
@@ -537,30 +527,23 @@ async fn heartbeat_loop(
                     let r = match done.answer {
                         Ok(r) => r,
                         Err(e) => {
-                            if done.target % len == next % len {
+                            if done.target == target.index {
                                 tracing::debug!(error = %e, "heartbeat: trying the next controller");
-                                left = Some((next % len, tokio::time::Instant::now()));
-                                next += 1;
-                                heard_since = tokio::time::Instant::now();
+                                target.give_up();
                             }
                             continue;
                         }
                     };
                     newest_answer = Some(done.sent_at);
-                    heard_since = tokio::time::Instant::now();
+                    target.heard();
                     // an answer later than this could not renew the lease any more
                     answer_timeout = Duration::from_millis(r.session_timeout_ms)
                         .max(HEARTBEAT_TIMEOUT);
                     active_controller.store(r.controller_id, Ordering::Release);
                     // the next heartbeats go straight to the active controller: one
                     // forwarding hop less
-                    let recently_left = |i: usize| {
-                        left.is_some_and(|(l, at)| l == i && at.elapsed() < REDIRECT_HOLD_OFF)
-                    };
                     if let Some(i) = addresses.iter().position(|a| *a == r.controller_address) {
-                        if !recently_left(i) {
-                            next = i;
-                        }
+                        target.follow(i);
                     }
                     let code = r.error_code as i16;
                     if code == ec::STALE_BROKER_EPOCH || code == ec::BROKER_ID_NOT_REGISTERED {
@@ -600,6 +583,62 @@ async fn heartbeat_loop(
                 tracing::warn!(broker_id = config.broker_id, "controller lease lost (fenced, or no controller answered in time): acting as leader of nothing until a controller answers");
             }
             lease_held = held;
+        }
+    }
+}
+
+/// Which controller the heartbeats go to, and when to give up on it.
+struct HeartbeatTarget {
+    /// An index into the controller list.
+    index: usize,
+    len: usize,
+    /// Since when the heartbeats go to `index`, or its last answer, whichever is later:
+    /// silence for [`HEARTBEAT_TIMEOUT`] after it moves them to the next controller.
+    heard_since: tokio::time::Instant,
+    /// The controller last given up on for want of an answer, and when: an answer naming
+    /// it as the active controller (forwarded by another) does not send the heartbeats
+    /// straight back there for [`REDIRECT_HOLD_OFF`].
+    left: Option<(usize, tokio::time::Instant)>,
+}
+
+impl HeartbeatTarget {
+    fn new(len: usize) -> Self {
+        HeartbeatTarget {
+            index: 0,
+            len,
+            heard_since: tokio::time::Instant::now(),
+            left: None,
+        }
+    }
+
+    fn next(&mut self) {
+        self.index = (self.index + 1) % self.len;
+    }
+
+    /// No answer from the current controller: move on, and remember it.
+    fn give_up(&mut self) {
+        let now = tokio::time::Instant::now();
+        self.left = Some((self.index, now));
+        self.next();
+        self.heard_since = now;
+    }
+
+    fn heard(&mut self) {
+        self.heard_since = tokio::time::Instant::now();
+    }
+
+    fn is_silent(&self) -> bool {
+        self.heard_since.elapsed() > HEARTBEAT_TIMEOUT
+    }
+
+    /// Sends the heartbeats to controller `i` (the active one), unless it was given up on
+    /// lately.
+    fn follow(&mut self, i: usize) {
+        let recently_left = self
+            .left
+            .is_some_and(|(l, at)| l == i && at.elapsed() < REDIRECT_HOLD_OFF);
+        if !recently_left {
+            self.index = i;
         }
     }
 }

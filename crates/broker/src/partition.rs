@@ -516,10 +516,7 @@ impl Partition {
     pub fn on_follower_fetch(&self, follower_id: i32, fetch_offset: Offset, now_ms: i64) {
         let mut inner = self.inner();
         let pending = inner.isr_change_pending;
-        if !self.serving_as_leader(&inner) {
-            return;
-        }
-        let Some(leader) = &mut inner.leader else {
+        let Ok(leader) = self.leading_mut(&mut inner) else {
             return;
         };
         let leo = sluice_log::lock(&self.log).log_end_offset();
@@ -533,15 +530,27 @@ impl Partition {
         }
     }
 
-    /// Whether this replica may act as leader now: it leads in its image, and the
-    /// controller lease holds (a broker cut from the controllers may have been replaced).
-    fn serving_as_leader(&self, inner: &Inner) -> bool {
-        inner.leader.is_some() && self.signals.controller_lease.is_held()
+    /// This replica's leader state, if it may act as leader now: it leads in its image,
+    /// and the controller lease holds (a broker cut from the controllers may have been
+    /// replaced).
+    fn leading<'a>(&self, inner: &'a Inner) -> Result<&'a LeaderState, PartitionError> {
+        match &inner.leader {
+            Some(leader) if self.signals.controller_lease.is_held() => Ok(leader),
+            _ => Err(PartitionError::NotLeader),
+        }
+    }
+
+    /// [`Self::leading`], to change.
+    fn leading_mut<'a>(&self, inner: &'a mut Inner) -> Result<&'a mut LeaderState, PartitionError> {
+        match &mut inner.leader {
+            Some(leader) if self.signals.controller_lease.is_held() => Ok(leader),
+            _ => Err(PartitionError::NotLeader),
+        }
     }
 
     /// Whether this broker leads the partition and may answer as leader now.
     pub fn serves_as_leader(&self) -> bool {
-        self.serving_as_leader(&self.inner())
+        self.leading(&self.inner()).is_ok()
     }
 
     fn check_leader_epoch(
@@ -578,12 +587,7 @@ impl Partition {
         let epoch = LeaderEpoch(leader_epoch);
         let isr = inner.state.isr.len();
         let min = inner.min_insync_replicas;
-        if !self.serving_as_leader(&inner) {
-            return Err(PartitionError::NotLeader);
-        }
-        let Some(leader) = &mut inner.leader else {
-            return Err(PartitionError::NotLeader);
-        };
+        let leader = self.leading_mut(&mut inner)?;
         // checked under the state lock: once shutdown closed writes and saw HW = LEO, no
         // append slips in behind it
         if self.signals.writes_closed.load(Ordering::SeqCst) {
@@ -667,9 +671,7 @@ impl Partition {
         current_leader_epoch: i32,
     ) -> Result<(LogReadInfo, Offset), PartitionError> {
         let inner = self.inner();
-        if !self.serving_as_leader(&inner) {
-            return Err(PartitionError::NotLeader);
-        }
+        self.leading(&inner)?;
         self.check_leader_epoch(&inner.state, current_leader_epoch)?;
         let high_watermark = Self::high_watermark_of(&inner);
         let damaged_from = inner.damaged_from;
@@ -850,13 +852,7 @@ impl Partition {
         current_leader_epoch: i32,
     ) -> Result<(Offset, Offset, Offset, Offset), PartitionError> {
         let inner = self.inner();
-        let Some(leader) = inner
-            .leader
-            .as_ref()
-            .filter(|_| self.serving_as_leader(&inner))
-        else {
-            return Err(PartitionError::NotLeader);
-        };
+        let leader = self.leading(&inner)?;
         let epoch_start = leader.epoch_start_offset();
         self.check_leader_epoch(&inner.state, current_leader_epoch)?;
         let hw = Self::high_watermark_of(&inner);
@@ -911,9 +907,7 @@ impl Partition {
         epoch: i32,
     ) -> Result<(i32, i64), PartitionError> {
         let inner = self.inner();
-        if !self.serving_as_leader(&inner) {
-            return Err(PartitionError::NotLeader);
-        }
+        self.leading(&inner)?;
         self.check_leader_epoch(&inner.state, current_leader_epoch)?;
         drop(inner);
         let (found, end) = sluice_log::lock(&self.log).end_offset_for_epoch(LeaderEpoch(epoch));
@@ -1339,15 +1333,25 @@ mod tests {
         assert_eq!(p.end_offset_for_epoch(3, 2).unwrap(), (1, 4));
     }
 
-    #[test]
-    fn a_leader_whose_controller_lease_ran_out_answers_nothing_as_leader() {
-        let dir = tempfile::tempdir().unwrap();
-        let lease = Arc::new(ControllerLease::default());
-        let p = partition_under_lease(dir.path(), Arc::clone(&lease));
+    /// Grants `lease` for a minute from now.
+    fn grant(lease: &ControllerLease) {
         lease.renew(
             std::time::Instant::now(),
             std::time::Duration::from_secs(60),
         );
+    }
+
+    /// A partition under a lease granted just now, and the lease.
+    fn partition_under_fresh_lease(dir: &std::path::Path) -> (Partition, Arc<ControllerLease>) {
+        let lease = Arc::new(ControllerLease::default());
+        grant(&lease);
+        (partition_under_lease(dir, Arc::clone(&lease)), lease)
+    }
+
+    #[test]
+    fn a_leader_whose_controller_lease_ran_out_answers_nothing_as_leader() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, lease) = partition_under_fresh_lease(dir.path());
         p.apply_state(&state(1, 3, 7, &[1, 2]), 0);
         p.append_as_leader(&mut records(2), 1, 0).unwrap();
         p.on_follower_fetch(2, Offset(1), 1);
@@ -1371,10 +1375,7 @@ mod tests {
         p.on_follower_fetch(2, Offset(2), 3);
         assert_eq!(p.high_watermark(), Offset(1));
         // renewed: it serves again, from where it was
-        lease.renew(
-            std::time::Instant::now(),
-            std::time::Duration::from_secs(60),
-        );
+        grant(&lease);
         assert_eq!(p.offsets_for_client(3).unwrap().1, Offset(1));
         p.on_follower_fetch(2, Offset(2), 4);
         assert_eq!(p.high_watermark(), Offset(2));
@@ -1383,12 +1384,7 @@ mod tests {
     #[test]
     fn no_follower_is_dropped_for_lag_until_the_lease_has_been_held_for_a_lag_time() {
         let dir = tempfile::tempdir().unwrap();
-        let lease = Arc::new(ControllerLease::default());
-        let p = partition_under_lease(dir.path(), Arc::clone(&lease));
-        lease.renew(
-            std::time::Instant::now(),
-            std::time::Duration::from_secs(60),
-        );
+        let (p, lease) = partition_under_fresh_lease(dir.path());
         p.apply_state(&state(1, 3, 7, &[1, 2, 3]), 0);
         p.append_as_leader(&mut records(2), 1, 0).unwrap();
         p.on_follower_fetch(2, Offset(2), 100_000);

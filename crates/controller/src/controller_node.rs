@@ -739,7 +739,7 @@ async fn fence_expired_brokers(core: &Core) -> Result<()> {
         let proposed = core.propose(core.fencing(fence, broker_id)).await;
         settle(&[broker_id]);
         if let Err(e) = proposed {
-            settle(&expired[i..]);
+            settle(&expired[i + 1..]);
             return Err(e);
         }
     }

@@ -93,11 +93,9 @@ impl<K: Ord + Copy> FailureDetector<K> {
     /// ended with nothing heard since (its process died) stays due at once.
     pub fn take_over(&mut self, registered: &[K], now: Instant) {
         for b in registered {
-            if self.is_gone(*b) {
-                continue;
+            if !self.is_gone(*b) {
+                self.heartbeat(*b, now);
             }
-            let t = self.last_heartbeat.entry(*b).or_insert(now);
-            *t = (*t).max(now);
         }
     }
 

@@ -197,9 +197,12 @@ const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
 
 /// Whether the metadata log holds anything of `group_id` (a stored state, offsets).
 pub(crate) fn known_in_metadata(broker: &Broker, group_id: &str) -> bool {
-    broker.with_image(|image| {
-        image.stored_group(group_id).is_some() || !image.committed_offsets(group_id, &[]).is_empty()
-    })
+    broker.with_image(|image| known_in_image(image, group_id))
+}
+
+/// Whether `image` holds a trace of the group: its stored state or committed offsets.
+pub(crate) fn known_in_image(image: &sluice_metadata::MetadataImage, group_id: &str) -> bool {
+    image.stored_group(group_id).is_some() || !image.committed_offsets(group_id, &[]).is_empty()
 }
 
 pub async fn list_groups(

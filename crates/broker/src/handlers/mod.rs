@@ -10,6 +10,7 @@ mod elect_leaders;
 mod fetch;
 mod find_coordinator;
 mod groups;
+pub(crate) use groups::known_in_image;
 mod init_producer_id;
 mod list_offsets;
 mod metadata;
