@@ -320,13 +320,17 @@ impl RecordAccumulator {
         Some(batch)
     }
 
-    /// Puts a batch back at the front of its partition's queue (a retry): it leaves
-    /// again before anything appended after it.
+    /// Puts a batch back into its partition's queue (a retry) where its records belong:
+    /// before every batch with later records, so it leaves again before anything
+    /// appended after it, whatever order several retries come back in.
     pub fn reenqueue(&mut self, batch: ProducerBatch) {
-        self.batches
+        let first = batch.record_ids.first().copied().unwrap_or_default();
+        let queue = self
+            .batches
             .entry(batch.topic_partition.clone())
-            .or_default()
-            .push_front(batch);
+            .or_default();
+        let at = queue.partition_point(|b| b.record_ids.first().is_some_and(|id| *id < first));
+        queue.insert(at, batch);
     }
 
     /// Takes every batch created before `created_before_ms` (oldest first per partition),
@@ -456,8 +460,12 @@ mod tests {
             a.append(&tp(0), id, 0, None, Some(&v), &[], 0).unwrap();
         }
         let first = a.drain(&tp(0), 0).unwrap();
-        // a retry goes back in front
+        let second = a.drain(&tp(0), 0).unwrap();
+        assert!(first.record_count() > 0 && second.record_count() > 0);
+        // retries go back before what was appended after them, in record order, whatever
+        // order their answers came in
         a.reenqueue(first);
+        a.reenqueue(second);
         let mut ids = Vec::new();
         let mut read = Vec::new();
         while let Some(b) = a.drain(&tp(0), 0) {

@@ -1,23 +1,29 @@
 //! The producer: `send` puts a record into the accumulator (`accumulator.rs`) on the
 //! partition the partitioner picks, waiting while `buffer.memory` is used up (at most
 //! `max.block.ms`); a sender task drains ready batches, groups them by partition leader
-//! (from `metadata_cache.rs`), keeps one Produce request in flight per broker (each
-//! broker's answer taken as it comes, never waiting for the others'), and turns
-//! each partition's answer into delivery reports, retries or failures
-//! (`produce_error.rs`). Retries wait `retry.backoff.ms`, doubling up to
+//! (from `metadata_cache.rs`), keeps up to `max.in.flight.requests.per.connection`
+//! Produce requests in flight per broker on one pipelined connection (each answer taken
+//! as it comes, never waiting for other brokers'), and turns each partition's answer into
+//! delivery reports, retries or failures (`produce_error.rs`). Retries wait `retry.backoff.ms`, doubling up to
 //! `retry.backoff.max.ms`, and refresh metadata when the error says the leader moved; a
 //! batch fails once `delivery.timeout.ms` has passed since it was created or it used up
 //! `retries`. With `enable.idempotence` the producer takes an id (InitProducerId) and
 //! numbers each partition's batches; a retry keeps its sequence, so the broker drops a
 //! batch it already has.
 //!
-//! Invariants: at most one batch per partition is in flight, so a partition's records
-//! are written in `send` order even across retries; every record sent gets exactly one
-//! delivery report; a failure says "not written" only when the broker proved it
-//! (`Persisted::No`), and "maybe" once any attempt may have been appended.
+//! Order: a partition's batches leave in `send` order, each request carrying at most one
+//! batch per partition, and a retried batch goes back into its queue in that order and is
+//! sent again only once nothing of its partition is in flight (then alone until the
+//! retries are done). With idempotence the broker enforces the order: a batch behind a
+//! failed one is refused (OUT_OF_ORDER_SEQUENCE_NUMBER) and retried after it, so records
+//! are written in `send` order, at most five batches in flight per partition (the batches
+//! a broker remembers per producer). Without idempotence and with more than one request
+//! in flight, a retry may land behind later batches (as in Kafka); with one in flight,
+//! order is kept.
 //!
-//! Not yet: more than one request in flight per broker (`max.in.flight.requests.per.
-//! connection` is 1 here), which throughput at scale will want.
+//! Invariants: every record sent gets exactly one delivery report; a failure says "not
+//! written" only when the broker proved it (`Persisted::No`), and "maybe" once any
+//! attempt may have been appended.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -29,7 +35,7 @@ use kafka_protocol::messages::{
     TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
-use sluice_protocol::ClientConnection;
+use sluice_protocol::PipelinedConnection;
 use sluice_record::{BatchBuilder, TopicPartition};
 use tokio::sync::{mpsc, Notify};
 
@@ -41,6 +47,9 @@ use crate::produce_error::{produce_error_action, Persisted};
 
 const PRODUCE_VERSION: i16 = 9;
 const INIT_PRODUCER_ID_VERSION: i16 = 4;
+/// A broker remembers a producer's last 5 batches per partition (`MAX_CACHED_BATCHES`):
+/// more in flight and a retry could no longer be told from a new batch.
+const MAX_IN_FLIGHT_IDEMPOTENT: usize = 5;
 use crate::broker_io::CLIENT_ID;
 
 #[derive(Debug, Clone)]
@@ -63,6 +72,9 @@ pub struct ProducerConfig {
     pub enable_idempotence: bool,
     /// `max.block.ms`: how long `send` waits for memory or metadata.
     pub max_block_ms: u64,
+    /// `max.in.flight.requests.per.connection`: Produce requests sent to one broker and
+    /// not yet answered (at most 5 with idempotence).
+    pub max_in_flight: usize,
 }
 
 impl Default for ProducerConfig {
@@ -79,6 +91,7 @@ impl Default for ProducerConfig {
             request_timeout_ms: 30_000,
             enable_idempotence: false,
             max_block_ms: 60_000,
+            max_in_flight: 5,
         }
     }
 }
@@ -127,12 +140,28 @@ pub enum ProducerError {
     Closed,
 }
 
+/// Kafka's OUT_OF_ORDER_SEQUENCE_NUMBER.
+const OUT_OF_ORDER_SEQUENCE: i16 = 45;
+
 /// Per-batch state the sender keeps beside the accumulator's batch.
 struct Attempt {
+    topic_partition: TopicPartition,
     attempts: u32,
     maybe_written: bool,
     retry_at: Option<Instant>,
     base_sequence: Option<i32>,
+}
+
+impl Attempt {
+    fn new(topic_partition: &TopicPartition) -> Self {
+        Attempt {
+            topic_partition: topic_partition.clone(),
+            attempts: 0,
+            maybe_written: false,
+            retry_at: None,
+            base_sequence: None,
+        }
+    }
 }
 
 struct Shared {
@@ -194,6 +223,18 @@ impl Producer {
                 "enable.idempotence needs acks=all".into(),
             ));
         }
+        if config.max_in_flight == 0 {
+            return Err(ProducerError::Config(
+                "max.in.flight.requests.per.connection must be at least 1".into(),
+            ));
+        }
+        if config.enable_idempotence && config.max_in_flight > MAX_IN_FLIGHT_IDEMPOTENT {
+            return Err(ProducerError::Config(format!(
+                "enable.idempotence needs max.in.flight.requests.per.connection <= \
+                 {MAX_IN_FLIGHT_IDEMPOTENT}, got {}",
+                config.max_in_flight
+            )));
+        }
         let mut io = BrokerIo::new(
             &config.bootstrap_servers,
             Duration::from_millis(config.request_timeout_ms),
@@ -230,10 +271,12 @@ impl Producer {
             progress: progress.clone(),
             reports: reports_tx,
             io,
+            connections: HashMap::new(),
+            requests_in_flight: HashMap::new(),
             producer_id,
             sequences: HashMap::new(),
             attempts: HashMap::new(),
-            in_flight: HashSet::new(),
+            in_flight: HashMap::new(),
             started,
         };
         let handle = tokio::spawn(sender.run());
@@ -451,12 +494,18 @@ struct Sender {
     wake: Arc<Notify>,
     progress: Arc<Notify>,
     reports: mpsc::UnboundedSender<DeliveryReport>,
+    /// Metadata and InitProducerId, one request at a time.
     io: BrokerIo,
+    /// Produce requests, pipelined, by broker address.
+    connections: HashMap<String, PipelinedConnection>,
+    /// Produce requests in flight per leader.
+    requests_in_flight: HashMap<i32, usize>,
     producer_id: Option<(i64, i16)>,
     sequences: HashMap<TopicPartition, i32>,
-    /// Per batch (keyed by its first record id).
+    /// Per batch sent at least once and not yet reported (keyed by its first record id).
     attempts: HashMap<u64, Attempt>,
-    in_flight: HashSet<TopicPartition>,
+    /// Batches in flight per partition (no entry: none).
+    in_flight: HashMap<TopicPartition, usize>,
     started: Instant,
 }
 
@@ -466,13 +515,10 @@ struct InFlight {
     batches: Vec<ProducerBatch>,
 }
 
-/// A finished Produce exchange: the request, its built batches, the connection (None if
-/// it broke) and the answer.
+/// A finished Produce exchange: the request, its built batches and the answer.
 struct Exchange {
     request: InFlight,
     built: Vec<Result<bytes::Bytes, sluice_record::RecordError>>,
-    address: Option<String>,
-    connection: Option<ClientConnection>,
     answer: Result<ProduceResponse, (i16, Persisted, String)>,
 }
 
@@ -483,10 +529,9 @@ impl Sender {
 
     async fn run(mut self) {
         let wake = self.wake.clone();
-        // one Produce request in flight per leader; a leader's answer is taken as soon as
-        // it comes, without waiting for the other leaders'
+        // up to max_in_flight Produce requests per leader; each answer is taken as soon
+        // as it comes, without waiting for the others
         let mut running: tokio::task::JoinSet<Exchange> = tokio::task::JoinSet::new();
-        let mut busy: HashSet<i32> = HashSet::new();
         loop {
             let woken = wake.notified();
             {
@@ -498,8 +543,8 @@ impl Sender {
             if let Err(e) = self.refresh_metadata_if_needed().await {
                 tracing::debug!(error = %e, "metadata refresh");
             }
-            for request in self.drain_ready(&busy) {
-                busy.insert(request.leader);
+            for request in self.drain_ready() {
+                *self.requests_in_flight.entry(request.leader).or_default() += 1;
                 running.spawn(self.start(request));
             }
             // waiting senders and flushes hear only of progress (batches done, memory
@@ -511,10 +556,12 @@ impl Sender {
             let wait = self.next_wake();
             tokio::select! {
                 Some(done) = running.join_next(), if !running.is_empty() => {
-                    // (a panicked exchange: its leader stays busy, its batches lost)
+                    // (a panicked exchange: its request stays counted, its batches lost)
                     if let Ok(done) = done {
-                        busy.remove(&done.request.leader);
-                        self.take_answer(done);
+                        if let Some(n) = self.requests_in_flight.get_mut(&done.request.leader) {
+                            *n = n.saturating_sub(1);
+                        }
+                        self.complete(done.request, done.built, done.answer);
                         self.progress.notify_waiters();
                     }
                 }
@@ -566,10 +613,12 @@ impl Sender {
         Ok(())
     }
 
-    /// Takes the ready batches whose partitions have a leader with no request in flight
-    /// (`busy`), nothing in flight themselves and no retry backoff running, grouped by
-    /// leader.
-    fn drain_ready(&mut self, busy: &HashSet<i32>) -> Vec<InFlight> {
+    /// Takes the ready batches, at most one per partition, grouped by leader: those whose
+    /// leader has fewer than `max_in_flight` requests in flight and whose partition has
+    /// fewer than that many batches in flight; a retry only once nothing of its
+    /// partition is in flight, and not before its backoff ran out.
+    fn drain_ready(&mut self) -> Vec<InFlight> {
+        let max_in_flight = self.config.max_in_flight;
         let mut s = lock(&self.shared);
         let now_ms = self.now_ms();
         let linger_now = if s.flushing > 0 || s.closed {
@@ -581,7 +630,8 @@ impl Sender {
         let mut by_leader: HashMap<i32, Vec<ProducerBatch>> = HashMap::new();
         let now = Instant::now();
         for tp in ready {
-            if self.in_flight.contains(&tp) {
+            let batches_in_flight = self.in_flight.get(&tp).copied().unwrap_or(0);
+            if batches_in_flight >= max_in_flight {
                 continue;
             }
             let Some(info) = s.metadata.partition(&tp.topic, tp.partition) else {
@@ -592,20 +642,26 @@ impl Sender {
                 s.metadata_stale = true;
                 continue;
             }
-            if busy.contains(&info.leader) {
+            if self
+                .requests_in_flight
+                .get(&info.leader)
+                .copied()
+                .unwrap_or(0)
+                >= max_in_flight
+            {
                 continue;
             }
             let Some(mut batch) = s.accumulator.drain(&tp, linger_now) else {
                 continue;
             };
             let key = batch.record_ids.first().copied().unwrap_or_default();
-            let attempt = self.attempts.entry(key).or_insert(Attempt {
-                attempts: 0,
-                maybe_written: false,
-                retry_at: None,
-                base_sequence: None,
-            });
-            if attempt.retry_at.is_some_and(|at| at > now) {
+            let attempt = self
+                .attempts
+                .entry(key)
+                .or_insert_with(|| Attempt::new(&batch.topic_partition));
+            if attempt.retry_at.is_some_and(|at| at > now)
+                || (attempt.attempts > 0 && batches_in_flight > 0)
+            {
                 s.accumulator.reenqueue(batch);
                 continue;
             }
@@ -623,7 +679,7 @@ impl Sender {
                 );
                 batch.builder = builder.producer(pid, epoch, seq);
             }
-            self.in_flight.insert(tp);
+            self.in_flight.insert(tp, batches_in_flight + 1);
             by_leader.entry(info.leader).or_default().push(batch);
         }
         by_leader
@@ -632,8 +688,9 @@ impl Sender {
             .collect()
     }
 
-    /// One Produce request to a leader on its connection (taken from the pool while in
-    /// flight), as a future to run.
+    /// One Produce request queued on its leader's connection (made if there is none
+    /// or it failed), and a future for its answer. Queued here, in drain order, so a
+    /// partition's batches reach the broker in order.
     fn start(&mut self, request: InFlight) -> impl std::future::Future<Output = Exchange> {
         let address = lock(&self.shared)
             .metadata
@@ -646,27 +703,39 @@ impl Sender {
             .map(|b| b.build().map(bytes::Bytes::from))
             .collect();
         let produce = self.produce_request(&request, &built);
-        let connection = address.as_ref().and_then(|a| self.io.connections.remove(a));
-        let (acks, timeout) = (self.config.acks, self.io.timeout);
+        let expect_response = self.config.acks != 0;
+        let timeout = self.io.timeout;
+        let pending = address.map(|address| {
+            let connection = self
+                .connections
+                .entry(address)
+                .and_modify(|c| {
+                    if c.is_closed() {
+                        *c = PipelinedConnection::connect(c.address(), CLIENT_ID, timeout);
+                    }
+                })
+                .or_insert_with_key(|a| PipelinedConnection::connect(a, CLIENT_ID, timeout));
+            connection.send(ApiKey::Produce, PRODUCE_VERSION, &produce, expect_response)
+        });
         async move {
-            let (connection, answer) =
-                exchange(address.as_deref(), connection, &produce, acks, timeout).await;
+            let answer = match pending {
+                None => Err((-1, Persisted::No, "leader's address unknown".into())),
+                Some(pending) => pending.await.map_err(|e| {
+                    let persisted = if e.written {
+                        // sent, maybe processed
+                        Persisted::Maybe
+                    } else {
+                        Persisted::No
+                    };
+                    (-1, persisted, e.to_string())
+                }),
+            };
             Exchange {
                 request,
                 built,
-                address,
-                connection,
                 answer,
             }
         }
-    }
-
-    /// A leader's answer: its connection back to the pool, its batches completed.
-    fn take_answer(&mut self, done: Exchange) {
-        if let (Some(address), Some(connection)) = (done.address, done.connection) {
-            self.io.connections.insert(address, connection);
-        }
-        self.complete(done.request, done.built, done.answer);
     }
 
     fn produce_request(
@@ -704,8 +773,13 @@ impl Sender {
     ) {
         let acks_zero = self.config.acks == 0;
         for (batch, bytes) in request.batches.into_iter().zip(built) {
-            let tp = batch.topic_partition.clone();
-            self.in_flight.remove(&tp);
+            let tp = &batch.topic_partition;
+            if let Some(n) = self.in_flight.get_mut(tp) {
+                *n -= 1;
+                if *n == 0 {
+                    self.in_flight.remove(tp);
+                }
+            }
             if let Err(e) = bytes {
                 self.finish(
                     batch,
@@ -716,7 +790,7 @@ impl Sender {
             let outcome = match &answer {
                 Err((code, persisted, message)) => Err((*code, *persisted, message.clone())),
                 Ok(_) if acks_zero => Ok(-1),
-                Ok(response) => partition_answer(response, &tp),
+                Ok(response) => partition_answer(response, tp),
             };
             match outcome {
                 Ok(base_offset) => self.finish(batch, Ok(base_offset)),
@@ -727,6 +801,14 @@ impl Sender {
                             retriable: true,
                             refresh_metadata: true,
                             persisted,
+                        }
+                    } else if code == OUT_OF_ORDER_SEQUENCE && self.behind_a_retry(&batch) {
+                        // refused (not appended) because a batch before it is missing:
+                        // that one is retried first, then this one
+                        crate::produce_error::ErrorAction {
+                            retriable: true,
+                            refresh_metadata: false,
+                            persisted: Persisted::No,
                         }
                     } else {
                         produce_error_action(code, self.config.acks == -1)
@@ -742,6 +824,15 @@ impl Sender {
         }
     }
 
+    /// Whether a batch of the same partition sent before this one is still unreported
+    /// (in flight or queued for a retry).
+    fn behind_a_retry(&self, batch: &ProducerBatch) -> bool {
+        let key = batch.record_ids.first().copied().unwrap_or_default();
+        self.attempts
+            .iter()
+            .any(|(k, a)| *k < key && a.topic_partition == batch.topic_partition)
+    }
+
     fn retry_or_fail(
         &mut self,
         batch: ProducerBatch,
@@ -752,12 +843,10 @@ impl Sender {
         let key = batch.record_ids.first().copied().unwrap_or_default();
         let expired =
             self.now_ms().saturating_sub(batch.created_ms) >= self.config.delivery_timeout_ms;
-        let attempt = self.attempts.entry(key).or_insert(Attempt {
-            attempts: 0,
-            maybe_written: false,
-            retry_at: None,
-            base_sequence: None,
-        });
+        let attempt = self
+            .attempts
+            .entry(key)
+            .or_insert_with(|| Attempt::new(&batch.topic_partition));
         attempt.maybe_written |= action.persisted == Persisted::Maybe;
         attempt.attempts += 1;
         if action.retriable && attempt.attempts <= self.config.retries && !expired {
@@ -827,7 +916,7 @@ impl Sender {
             let in_flight = &self.in_flight;
             lock(&self.shared)
                 .accumulator
-                .drain_created_before(cutoff, |tp| in_flight.contains(tp))
+                .drain_created_before(cutoff, |tp| in_flight.contains_key(tp))
         };
         let any = !expired.is_empty();
         for batch in expired {
@@ -844,44 +933,6 @@ impl Sender {
             );
         }
         any
-    }
-}
-
-type Exchanged = (
-    Option<ClientConnection>,
-    Result<ProduceResponse, (i16, Persisted, String)>,
-);
-
-/// One Produce request to `address` on `connection` (made if None); gives back the
-/// connection unless it broke.
-async fn exchange(
-    address: Option<&str>,
-    connection: Option<ClientConnection>,
-    produce: &ProduceRequest,
-    acks: i16,
-    timeout: Duration,
-) -> Exchanged {
-    let Some(address) = address else {
-        return (
-            None,
-            Err((-1, Persisted::No, "leader's address unknown".into())),
-        );
-    };
-    let mut connection = match connection {
-        Some(c) => c,
-        None => match ClientConnection::connect(address, CLIENT_ID, timeout).await {
-            Ok(c) => c,
-            // never sent: not written
-            Err(e) => return (None, Err((-1, Persisted::No, e.to_string()))),
-        },
-    };
-    match connection
-        .send(ApiKey::Produce, PRODUCE_VERSION, produce, acks != 0)
-        .await
-    {
-        Ok(response) => (Some(connection), Ok(response)),
-        // sent, maybe processed
-        Err(e) => (None, Err((-1, Persisted::Maybe, e.to_string()))),
     }
 }
 
