@@ -225,14 +225,12 @@ impl RecordAccumulator {
         let size = record_size(key, value, headers);
         let batch_size = self.config.batch_size;
         let key_of = (topic, partition);
-        if !self.batches.contains_key(&key_of as &dyn PartitionKey) {
-            self.batches
-                .insert(TopicPartition::new(topic, partition), VecDeque::new());
-        }
-        let Some(queue) = self.batches.get_mut(&key_of as &dyn PartitionKey) else {
-            unreachable!("inserted just before");
-        };
-        if let Some(open) = queue.back_mut().filter(|b| !b.sealed) {
+        if let Some(open) = self
+            .batches
+            .get_mut(&key_of as &dyn PartitionKey)
+            .and_then(|q| q.back_mut())
+            .filter(|b| !b.sealed)
+        {
             if open.builder.records_size_bytes() + size <= open.reserved_bytes - BATCH_HEADER_BYTES
             {
                 open.builder.append(timestamp, key, value, headers);
@@ -259,6 +257,15 @@ impl RecordAccumulator {
                 needed: self.used_bytes + reserve - self.config.buffer_memory,
             });
         }
+        // a partition's queue exists only while it holds a batch (a refused append leaves
+        // none behind: `is_empty` would stay false and a closing producer wait)
+        if !self.batches.contains_key(&key_of as &dyn PartitionKey) {
+            self.batches
+                .insert(TopicPartition::new(topic, partition), VecDeque::new());
+        }
+        let Some(queue) = self.batches.get_mut(&key_of as &dyn PartitionKey) else {
+            unreachable!("inserted just before");
+        };
         if let Some(open) = queue.back_mut() {
             open.sealed = true;
         }
@@ -519,6 +526,17 @@ mod tests {
             matches!(err, AccumulatorError::RecordTooLarge { .. }),
             "{err}"
         );
+        // refusals leave nothing queued: once everything is sent, the accumulator is
+        // empty (a closing producer waits for that)
+        let err = a
+            .append(&tp(4), 6, 0, None, Some(&[0; 10]), &[], 0)
+            .unwrap_err();
+        assert!(matches!(err, AccumulatorError::BufferExhausted { .. }));
+        for p in [1, 2] {
+            let b = a.drain(&tp(p), 0).unwrap();
+            a.release(&b);
+        }
+        assert!(a.is_empty(), "refused appends left queues behind");
     }
 
     #[test]

@@ -55,6 +55,9 @@ pub struct ProduceArgs {
     /// enable.idempotence (needs acks=all).
     #[arg(long)]
     idempotence: bool,
+    /// max.in.flight.requests.per.connection (at most 5 with idempotence).
+    #[arg(long, default_value_t = 5)]
+    max_in_flight: usize,
     /// Print the figures as one JSON object instead of Kafka's summary line.
     #[arg(long)]
     json: bool,
@@ -82,6 +85,7 @@ impl ProduceArgs {
             linger_ms: self.linger_ms,
             batch_size: self.batch_size,
             idempotence: self.idempotence,
+            max_in_flight: self.max_in_flight,
             json: self.json,
         })
     }
@@ -103,6 +107,7 @@ pub struct ProduceBench {
     pub linger_ms: u64,
     pub batch_size: usize,
     pub idempotence: bool,
+    pub max_in_flight: usize,
     pub json: bool,
 }
 
@@ -274,6 +279,7 @@ pub async fn produce(bootstrap: &str, bench: ProduceBench) -> Result<String> {
             bootstrap_servers: bootstrap.to_string(),
             acks: bench.acks,
             enable_idempotence: bench.idempotence,
+            max_in_flight: bench.max_in_flight,
             accumulator: AccumulatorConfig {
                 linger_ms: bench.linger_ms,
                 batch_size: bench.batch_size,
