@@ -48,9 +48,11 @@ async fn produce_keyless(bootstrap: String, topic: &str) -> Vec<(i32, i64)> {
     }
     producer.close().await;
     let mut placed = vec![(-1, -1); RECORDS];
-    while let Ok(report) = reports.try_recv() {
-        let offset = report.result.expect("every record acknowledged");
-        placed[report.record_id as usize] = (report.partition, offset);
+    while let Ok(batch) = reports.try_recv() {
+        for report in batch.records() {
+            let offset = report.result.expect("every record acknowledged");
+            placed[report.record_id as usize] = (report.partition, offset);
+        }
     }
     assert!(placed.iter().all(|(p, _)| *p >= 0), "one report per record");
     placed

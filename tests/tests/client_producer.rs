@@ -64,8 +64,8 @@ fn an_idempotent_producer_keeps_every_record_once_and_in_order_through_a_leader_
             let retries = producer.retries();
             producer.close().await;
             let mut delivered = Vec::new();
-            while let Ok(report) = reports.try_recv() {
-                delivered.push(report);
+            while let Ok(batch) = reports.try_recv() {
+                delivered.extend(batch.records());
             }
             (keys, delivered, retries)
         })
@@ -247,9 +247,9 @@ fn a_full_buffer_blocks_send_for_max_block_ms_then_everything_accepted_is_delive
             .expect("flushed once the cluster answers again")
     });
     let mut delivered = 0;
-    while let Ok(report) = reports.try_recv() {
-        assert!(report.result.is_ok(), "{report:?}");
-        delivered += 1;
+    while let Ok(batch) = reports.try_recv() {
+        assert!(batch.result.is_ok(), "{batch:?}");
+        delivered += batch.len() as u64;
     }
     assert_eq!(delivered, accepted, "every accepted record delivered");
     assert_eq!(
@@ -308,6 +308,7 @@ fn records_wait_for_linger_and_leave_in_one_batch_unless_the_batch_fills_first()
         started.elapsed()
     );
     assert_eq!(first.result, Ok(0));
+    assert_eq!(first.len(), 10, "the 10 records are one batch: one report");
     runtime.block_on(producer.close());
     let leader = cluster.leader_of(topic, 0);
     assert_eq!(
@@ -327,7 +328,7 @@ fn records_wait_for_linger_and_leave_in_one_batch_unless_the_batch_fills_first()
             match tokio::time::timeout(Duration::from_secs(60), reports.recv()).await {
                 Ok(Some(r)) => {
                     assert!(r.result.is_ok(), "{r:?}");
-                    got += 1;
+                    got += r.len();
                 }
                 _ => break,
             }

@@ -12,6 +12,7 @@
 
 use std::collections::VecDeque;
 
+use bytes::Bytes;
 use rustc_hash::FxHashMap;
 use sluice_record::{BatchBuilder, Compression, RecordError, TopicPartition, BATCH_HEADER_BYTES};
 
@@ -43,7 +44,10 @@ impl Default for AccumulatorConfig {
 #[derive(Debug)]
 pub struct ProducerBatch {
     pub topic_partition: TopicPartition,
+    /// The records, until [`ProducerBatch::bytes`] builds them.
     pub builder: BatchBuilder,
+    /// The batch as first built: every attempt sends these very bytes.
+    built: Option<Bytes>,
     pub created_ms: u64,
     pub record_ids: Vec<u64>,
     /// Bytes reserved from `buffer.memory` for it.
@@ -62,7 +66,29 @@ impl ProducerBatch {
 
     /// The batch's bytes (compressed, CRC written); offsets and sequences as set.
     pub fn build(&self) -> Result<Vec<u8>, RecordError> {
-        self.builder.build()
+        match &self.built {
+            Some(bytes) => Ok(bytes.to_vec()),
+            None => self.builder.build(),
+        }
+    }
+
+    /// The batch's bytes, built from the builder's own buffer on first use (no copy of
+    /// an uncompressed batch's records) and kept: a retry sends the same bytes, with the
+    /// same sequence numbers.
+    pub fn bytes(&mut self) -> Result<Bytes, RecordError> {
+        if let Some(bytes) = &self.built {
+            return Ok(bytes.clone());
+        }
+        let compression = self.builder.compression();
+        let builder = std::mem::replace(&mut self.builder, BatchBuilder::new(compression));
+        let bytes = Bytes::from(builder.into_bytes()?);
+        self.built = Some(bytes.clone());
+        Ok(bytes)
+    }
+
+    /// Whether the bytes are built (the producer fields can no longer change).
+    pub fn is_built(&self) -> bool {
+        self.built.is_some()
     }
 }
 
@@ -277,6 +303,7 @@ impl RecordAccumulator {
         queue.push_back(ProducerBatch {
             topic_partition: TopicPartition::new(topic, partition),
             builder,
+            built: None,
             created_ms: now_ms(),
             record_ids: vec![record_id],
             reserved_bytes: reserve,

@@ -20,4 +20,6 @@ pub use consumer::{Consumer, ConsumerConfig, ConsumerError, Fetched, OffsetReset
 pub use partitioner::{
     DefaultPartitioner, Partitioner, RandomPartitioner, RoundRobinPartitioner, StickyPartitioner,
 };
-pub use producer::{DeliveryError, DeliveryReport, Producer, ProducerConfig, ProducerRecord};
+pub use producer::{
+    BatchReport, DeliveryError, DeliveryReport, Producer, ProducerConfig, ProducerRecord,
+};

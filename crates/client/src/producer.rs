@@ -124,6 +124,44 @@ pub struct DeliveryReport {
     pub result: Result<i64, DeliveryError>,
 }
 
+/// The outcome of one batch's records: what the reports channel carries (one message per
+/// batch, not per record). [`BatchReport::records`] gives each record's report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchReport {
+    pub partition: i32,
+    /// The records' ids, in offset order.
+    pub record_ids: Vec<u64>,
+    /// The first record's offset (-1 when not known), or why none was written.
+    pub result: Result<i64, DeliveryError>,
+}
+
+impl BatchReport {
+    /// How many records the batch held.
+    pub fn len(&self) -> usize {
+        self.record_ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.record_ids.is_empty()
+    }
+
+    /// One report per record, in offset order.
+    pub fn records(&self) -> impl Iterator<Item = DeliveryReport> + '_ {
+        self.record_ids
+            .iter()
+            .enumerate()
+            .map(move |(i, id)| DeliveryReport {
+                record_id: *id,
+                partition: self.partition,
+                result: match &self.result {
+                    Ok(base) if *base >= 0 => Ok(base + i as i64),
+                    Ok(_) => Ok(-1),
+                    Err(e) => Err(e.clone()),
+                },
+            })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProducerError {
     #[error(transparent)]
@@ -193,7 +231,8 @@ pub struct Producer {
     sender: Option<tokio::task::JoinHandle<()>>,
 }
 
-pub type DeliveryReports = mpsc::UnboundedReceiver<DeliveryReport>;
+/// The reports channel: one [`BatchReport`] per batch, every record in exactly one.
+pub type DeliveryReports = mpsc::UnboundedReceiver<BatchReport>;
 
 fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
     shared.lock().unwrap_or_else(|e| e.into_inner())
@@ -493,7 +532,7 @@ struct Sender {
     shared: Arc<Mutex<Shared>>,
     wake: Arc<Notify>,
     progress: Arc<Notify>,
-    reports: mpsc::UnboundedSender<DeliveryReport>,
+    reports: mpsc::UnboundedSender<BatchReport>,
     /// Metadata and InitProducerId, one request at a time.
     io: BrokerIo,
     /// Produce requests, pipelined, by broker address.
@@ -666,7 +705,7 @@ impl Sender {
                 continue;
             }
             attempt.retry_at = None;
-            if let Some((pid, epoch)) = self.producer_id {
+            if let Some((pid, epoch)) = self.producer_id.filter(|_| !batch.is_built()) {
                 let seq = *attempt.base_sequence.get_or_insert_with(|| {
                     let next = self.sequences.entry(tp.clone()).or_insert(0);
                     let seq = *next;
@@ -691,17 +730,13 @@ impl Sender {
     /// One Produce request queued on its leader's connection (made if there is none
     /// or it failed), and a future for its answer. Queued here, in drain order, so a
     /// partition's batches reach the broker in order.
-    fn start(&mut self, request: InFlight) -> impl std::future::Future<Output = Exchange> {
+    fn start(&mut self, mut request: InFlight) -> impl std::future::Future<Output = Exchange> {
         let address = lock(&self.shared)
             .metadata
             .broker_address(request.leader)
             .map(str::to_string);
-        // built once into buffers the request shares (no copy of the record bytes)
-        let built: Vec<_> = request
-            .batches
-            .iter()
-            .map(|b| b.build().map(bytes::Bytes::from))
-            .collect();
+        // built once, in place, into buffers the request shares
+        let built: Vec<_> = request.batches.iter_mut().map(|b| b.bytes()).collect();
         let produce = self.produce_request(&request, &built);
         let expect_response = self.config.acks != 0;
         let timeout = self.io.timeout;
@@ -880,29 +915,24 @@ impl Sender {
         self.finish(batch, Err((code, persisted, message)));
     }
 
-    /// Reports every record of a batch and frees its memory.
+    /// Reports every record of a batch (one message) and frees its memory.
     fn finish(&mut self, batch: ProducerBatch, result: Result<i64, (i16, Persisted, String)>) {
         let key = batch.record_ids.first().copied().unwrap_or_default();
         self.attempts.remove(&key);
+        let result = result.map_err(|(code, persisted, message)| DeliveryError {
+            code,
+            persisted,
+            message,
+        });
         let mut s = lock(&self.shared);
         s.accumulator.release(&batch);
         s.unreported = s.unreported.saturating_sub(batch.record_ids.len() as u64);
-        for (i, id) in batch.record_ids.iter().enumerate() {
-            let result = match &result {
-                Ok(base) if *base >= 0 => Ok(base + i as i64),
-                Ok(_) => Ok(-1),
-                Err((code, persisted, message)) => Err(DeliveryError {
-                    code: *code,
-                    persisted: *persisted,
-                    message: message.clone(),
-                }),
-            };
-            let _ = self.reports.send(DeliveryReport {
-                record_id: *id,
-                partition: batch.topic_partition.partition,
-                result,
-            });
-        }
+        // sent under the lock: a flush that saw `unreported` drop finds the report queued
+        let _ = self.reports.send(BatchReport {
+            partition: batch.topic_partition.partition,
+            record_ids: batch.record_ids,
+            result,
+        });
     }
 
     /// Batches still queued past delivery.timeout.ms (never sent, or waiting for a
@@ -958,5 +988,44 @@ fn partition_answer(
                 .map(|m| m.to_string())
                 .unwrap_or_else(|| format!("error code {}", p.error_code)),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_report_gives_each_record_its_offset_or_the_batchs_error() {
+        let written = BatchReport {
+            partition: 2,
+            record_ids: vec![4, 9, 11],
+            result: Ok(100),
+        };
+        let offsets: Vec<_> = written
+            .records()
+            .map(|r| (r.record_id, r.partition, r.result))
+            .collect();
+        assert_eq!(
+            offsets,
+            [(4, 2, Ok(100)), (9, 2, Ok(101)), (11, 2, Ok(102))]
+        );
+        // acks=0 or a duplicate: no offsets known
+        let unknown = BatchReport {
+            result: Ok(-1),
+            ..written.clone()
+        };
+        assert!(unknown.records().all(|r| r.result == Ok(-1)));
+        let error = DeliveryError {
+            code: 7,
+            persisted: Persisted::Maybe,
+            message: "timed out".into(),
+        };
+        let failed = BatchReport {
+            result: Err(error.clone()),
+            ..written
+        };
+        assert_eq!(failed.len(), 3);
+        assert!(failed.records().all(|r| r.result == Err(error.clone())));
     }
 }

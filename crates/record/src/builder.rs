@@ -1,8 +1,13 @@
 //! Builds RecordBatch v2 bytes: for clients, tools, tests and benchmarks. The broker never
 //! builds batches on the data path; it stores what producers built.
+//!
+//! One pass: each record is written once, straight into the batch's buffer, behind room
+//! kept for the batch header; [`BatchBuilder::into_bytes`] then writes the header into that
+//! room, so an uncompressed batch leaves as the very buffer its records were written to.
+//! Invariant: `records` always starts with [`BATCH_HEADER_BYTES`] of header room.
 
 use crate::batch::{write_crc, BATCH_HEADER_BYTES, LOG_OVERHEAD_BYTES, MAGIC_V2};
-use crate::varint::{varint_size, write_varint, write_varlong};
+use crate::varint::{varint_size, varlong_size, write_varint, write_varlong};
 use crate::{Compression, LeaderEpoch, Offset, RecordError};
 
 /// Accumulates records and encodes them as one batch. Producer id/epoch/sequence are
@@ -15,8 +20,8 @@ pub struct BatchBuilder {
     base_timestamp: Option<i64>,
     max_timestamp: i64,
     record_count: i32,
+    /// Header room, then the records.
     records: Vec<u8>,
-    scratch: Vec<u8>,
     producer_id: i64,
     producer_epoch: i16,
     base_sequence: i32,
@@ -31,8 +36,7 @@ impl BatchBuilder {
             base_timestamp: None,
             max_timestamp: -1,
             record_count: 0,
-            records: Vec::new(),
-            scratch: Vec::new(),
+            records: vec![0; BATCH_HEADER_BYTES],
             producer_id: -1,
             producer_epoch: -1,
             base_sequence: -1,
@@ -67,9 +71,13 @@ impl BatchBuilder {
         self.record_count
     }
 
+    pub fn compression(&self) -> Compression {
+        self.compression
+    }
+
     /// Bytes of record data so far (before compression).
     pub fn records_size_bytes(&self) -> usize {
-        self.records.len()
+        self.records.len() - BATCH_HEADER_BYTES
     }
 
     /// Appends a record; its offset is the next one in the batch.
@@ -82,31 +90,92 @@ impl BatchBuilder {
     ) -> &mut Self {
         let base_timestamp = *self.base_timestamp.get_or_insert(timestamp);
         self.max_timestamp = self.max_timestamp.max(timestamp);
-        let body = &mut self.scratch;
-        body.clear();
-        body.push(0); // attributes
-        write_varlong(body, timestamp.wrapping_sub(base_timestamp));
-        write_varint(body, self.record_count);
-        write_nullable(body, key);
-        write_nullable(body, value);
-        write_varint(body, headers.len() as i32);
+        let timestamp_delta = timestamp.wrapping_sub(base_timestamp);
+        // the record's length comes first: sized here, so the body is written once
+        let len = 1
+            + varlong_size(timestamp_delta)
+            + varint_size(self.record_count)
+            + nullable_size(key)
+            + nullable_size(value)
+            + varint_size(headers.len() as i32)
+            + headers
+                .iter()
+                .map(|(k, v)| nullable_size(Some(k)) + nullable_size(*v))
+                .sum::<usize>();
+        let out = &mut self.records;
+        out.reserve(varint_size(len as i32) + len);
+        write_varint(out, len as i32);
+        let body_start = out.len();
+        out.push(0); // attributes
+        write_varlong(out, timestamp_delta);
+        write_varint(out, self.record_count);
+        write_nullable(out, key);
+        write_nullable(out, value);
+        write_varint(out, headers.len() as i32);
         for (k, v) in headers {
-            write_nullable(body, Some(k));
-            write_nullable(body, *v);
+            write_nullable(out, Some(k));
+            write_nullable(out, *v);
         }
-        let len = body.len() as i32;
-        self.records.reserve(varint_size(len) + body.len());
-        write_varint(&mut self.records, len);
-        self.records.extend_from_slice(body);
+        debug_assert_eq!(out.len() - body_start, len);
         self.record_count += 1;
         self
     }
 
     /// Encodes the batch: compresses the records, writes the header and the CRC32C.
     pub fn build(&self) -> Result<Vec<u8>, RecordError> {
-        let payload = self.compression.compress(&self.records)?;
-        let total = BATCH_HEADER_BYTES + payload.len();
-        let mut out = Vec::with_capacity(total);
+        self.clone().into_bytes()
+    }
+
+    /// [`Self::build`], consuming the builder: an uncompressed batch is its own buffer
+    /// (no copy), a compressed one a new buffer with the compressed records.
+    pub fn into_bytes(self) -> Result<Vec<u8>, RecordError> {
+        let mut out = if self.compression == Compression::None {
+            self.records
+        } else {
+            let payload = self
+                .compression
+                .compress(&self.records[BATCH_HEADER_BYTES..])?;
+            let mut out = Vec::with_capacity(BATCH_HEADER_BYTES + payload.len());
+            out.resize(BATCH_HEADER_BYTES, 0);
+            out.extend_from_slice(&payload);
+            out
+        };
+        let header = BatchHeaderFields {
+            base_offset: self.base_offset,
+            partition_leader_epoch: self.partition_leader_epoch,
+            compression: self.compression,
+            record_count: self.record_count,
+            base_timestamp: self.base_timestamp,
+            max_timestamp: self.max_timestamp,
+            producer_id: self.producer_id,
+            producer_epoch: self.producer_epoch,
+            base_sequence: self.base_sequence,
+        };
+        header.write(&mut out);
+        write_crc(&mut out);
+        Ok(out)
+    }
+}
+
+/// What the header of a built batch says (the builder's state without its records).
+struct BatchHeaderFields {
+    base_offset: Offset,
+    partition_leader_epoch: LeaderEpoch,
+    compression: Compression,
+    record_count: i32,
+    base_timestamp: Option<i64>,
+    max_timestamp: i64,
+    producer_id: i64,
+    producer_epoch: i16,
+    base_sequence: i32,
+}
+
+impl BatchHeaderFields {
+    /// Writes the header (CRC zero) into `batch`'s first [`BATCH_HEADER_BYTES`], the
+    /// records already behind them.
+    fn write(&self, batch: &mut [u8]) {
+        let total = batch.len();
+        let mut out = Vec::with_capacity(BATCH_HEADER_BYTES);
         out.extend_from_slice(&self.base_offset.0.to_be_bytes());
         out.extend_from_slice(&((total - LOG_OVERHEAD_BYTES) as i32).to_be_bytes());
         out.extend_from_slice(&self.partition_leader_epoch.0.to_be_bytes());
@@ -122,9 +191,14 @@ impl BatchBuilder {
         out.extend_from_slice(&self.base_sequence.to_be_bytes());
         out.extend_from_slice(&self.record_count.to_be_bytes());
         debug_assert_eq!(out.len(), BATCH_HEADER_BYTES);
-        out.extend_from_slice(&payload);
-        write_crc(&mut out);
-        Ok(out)
+        batch[..BATCH_HEADER_BYTES].copy_from_slice(&out);
+    }
+}
+
+fn nullable_size(bytes: Option<&[u8]>) -> usize {
+    match bytes {
+        None => varint_size(-1),
+        Some(b) => varint_size(b.len() as i32) + b.len(),
     }
 }
 

@@ -47,6 +47,16 @@ fn write_unsigned(out: &mut Vec<u8>, mut value: u64) {
     out.push(value as u8);
 }
 
+pub fn varlong_size(value: i64) -> usize {
+    let mut v = ((value << 1) ^ (value >> 63)) as u64;
+    let mut n = 1;
+    while v >= 0x80 {
+        v >>= 7;
+        n += 1;
+    }
+    n
+}
+
 pub fn varint_size(value: i32) -> usize {
     let mut v = ((value << 1) ^ (value >> 31)) as u32;
     let mut n = 1;
@@ -72,6 +82,7 @@ mod tests {
         for v in [0i64, -1, i64::MAX, i64::MIN, 1 << 40] {
             let mut out = Vec::new();
             write_varlong(&mut out, v);
+            assert_eq!(out.len(), varlong_size(v));
             assert_eq!(read_varlong(&out), Ok((v, out.len())));
         }
     }

@@ -238,9 +238,9 @@ pub async fn e2e(bootstrap: &str, args: E2eArgs) -> Result<String> {
     let drain = {
         let failed = failed.clone();
         tokio::spawn(async move {
-            while let Some(report) = reports.recv().await {
-                if report.result.is_err() {
-                    failed.fetch_add(1, Ordering::Relaxed);
+            while let Some(batch) = reports.recv().await {
+                if batch.result.is_err() {
+                    failed.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 }
             }
         })

@@ -335,28 +335,29 @@ async fn run_producer(
         tokio::spawn(async move {
             let mut latencies = Latencies::new()?;
             let mut seen = 0u64;
-            let mut arrived = Vec::with_capacity(1024);
+            let mut arrived = Vec::with_capacity(64);
             while seen < count {
-                // the reports that arrived together (one batch's) share one clock read
-                if reports.recv_many(&mut arrived, 1024).await == 0 {
+                // the batches reported together share one clock read
+                if reports.recv_many(&mut arrived, 64).await == 0 {
                     break;
                 }
                 let now_us = origin.elapsed().as_micros() as u64;
                 let (mut acked, mut failed, mut sum_us, mut max_us) = (0u64, 0u64, 0u64, 0u64);
-                for report in arrived.drain(..) {
-                    seen += 1;
-                    let sent = sent_us
-                        .get(report.record_id as usize)
-                        .map_or(now_us, |s| s.load(Ordering::Relaxed));
-                    let latency_us = now_us.saturating_sub(sent).max(1);
-                    match report.result {
-                        Ok(_) => {
-                            acked += 1;
-                            latencies.record(latency_us);
-                            sum_us += latency_us;
-                            max_us = max_us.max(latency_us);
-                        }
-                        Err(_) => failed += 1,
+                for batch in arrived.drain(..) {
+                    seen += batch.len() as u64;
+                    if batch.result.is_err() {
+                        failed += batch.len() as u64;
+                        continue;
+                    }
+                    for id in &batch.record_ids {
+                        let sent = sent_us
+                            .get(*id as usize)
+                            .map_or(now_us, |s| s.load(Ordering::Relaxed));
+                        let latency_us = now_us.saturating_sub(sent).max(1);
+                        acked += 1;
+                        latencies.record(latency_us);
+                        sum_us += latency_us;
+                        max_us = max_us.max(latency_us);
                     }
                 }
                 progress.acked.fetch_add(acked, Ordering::Relaxed);

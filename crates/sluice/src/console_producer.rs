@@ -100,16 +100,16 @@ pub async fn run(bootstrap: &str, topic: &str, options: &ProduceOptions) -> Resu
     }
     producer.close().await;
     let (mut failed, mut first_failure) = (0u64, None);
-    while let Ok(report) = reports.try_recv() {
-        if let Err(e) = report.result {
-            failed += 1;
+    while let Ok(batch) = reports.try_recv() {
+        if let Err(e) = &batch.result {
+            failed += batch.len() as u64;
             first_failure.get_or_insert_with(|| {
                 let code = if e.code >= 0 {
                     format!("{} ", error_name(e.code))
                 } else {
                     String::new()
                 };
-                format!("{topic}-{}: {code}{}", report.partition, e.message)
+                format!("{topic}-{}: {code}{}", batch.partition, e.message)
             });
         }
     }

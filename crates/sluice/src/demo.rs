@@ -261,21 +261,23 @@ async fn produce(
     let collector = {
         let produced = produced.clone();
         tokio::spawn(async move {
-            while let Some(report) = reports.recv().await {
-                match report.result {
-                    Ok(offset) => {
-                        produced.acked.fetch_add(1, Ordering::Relaxed);
-                        produced
-                            .acked_at
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .insert(
-                                format!("demo-{}", report.record_id),
-                                (report.partition, offset),
-                            );
-                    }
-                    Err(_) => {
-                        produced.failed.fetch_add(1, Ordering::Relaxed);
+            while let Some(batch) = reports.recv().await {
+                for report in batch.records() {
+                    match report.result {
+                        Ok(offset) => {
+                            produced.acked.fetch_add(1, Ordering::Relaxed);
+                            produced
+                                .acked_at
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .insert(
+                                    format!("demo-{}", report.record_id),
+                                    (report.partition, offset),
+                                );
+                        }
+                        Err(_) => {
+                            produced.failed.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
             }
