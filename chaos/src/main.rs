@@ -113,6 +113,18 @@ fn catch_interrupts() -> Result<()> {
     Ok(())
 }
 
+/// A child process killed (and reaped) when dropped, unless it already ended.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Sleeps `d`, or less if interrupted; false when interrupted.
 fn sleep_unless_interrupted(d: Duration) -> bool {
     let until = Instant::now() + d;
@@ -264,7 +276,9 @@ fn run() -> Result<bool> {
     if args.idempotent {
         workload.arg("--idempotent");
     }
-    let mut workload = workload.spawn().context("starting sluice verify")?;
+    // killed on drop: a failing step (a heal that cannot run, say) returns early with `?`
+    let mut workload = KillOnDrop(workload.spawn().context("starting sluice verify")?);
+    let workload = &mut workload.0;
 
     let mut lab = nemesis::Lab {
         net: &net,
