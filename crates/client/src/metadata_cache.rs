@@ -28,10 +28,15 @@ pub enum TopicState {
 #[derive(Debug, Default, Clone)]
 pub struct MetadataCache {
     brokers: HashMap<i32, String>,
-    topics: FxHashMap<String, TopicState>,
-    /// Per known topic, its partitions with a leader (kept with `topics`: the producer
-    /// asks for every record).
-    available: FxHashMap<String, Vec<i32>>,
+    topics: FxHashMap<String, TopicEntry>,
+}
+
+#[derive(Debug, Clone)]
+struct TopicEntry {
+    state: TopicState,
+    /// Its partitions with a leader (kept with the state: the producer asks for every
+    /// record, in the same lookup).
+    available: Vec<i32>,
 }
 
 impl MetadataCache {
@@ -49,8 +54,13 @@ impl MetadataCache {
                 continue;
             };
             if t.error_code != 0 {
-                self.available.remove(&name);
-                self.topics.insert(name, TopicState::Error(t.error_code));
+                self.topics.insert(
+                    name,
+                    TopicEntry {
+                        state: TopicState::Error(t.error_code),
+                        available: Vec::new(),
+                    },
+                );
                 continue;
             }
             let count = t
@@ -77,16 +87,21 @@ impl MetadataCache {
                 slot.leader = p.leader_id.0;
                 slot.leader_epoch = p.leader_epoch;
             }
-            if let Some(TopicState::Known(old)) = self.topics.get(&name) {
+            if let Some(TopicState::Known(old)) = self.topics.get(&name).map(|e| &e.state) {
                 for (new, old) in partitions.iter_mut().zip(old) {
                     if new.leader_epoch < old.leader_epoch {
                         *new = *old; // stale answer: keep what a newer epoch said
                     }
                 }
             }
-            self.available
-                .insert(name.clone(), with_leader(&partitions));
-            self.topics.insert(name, TopicState::Known(partitions));
+            let available = with_leader(&partitions);
+            self.topics.insert(
+                name,
+                TopicEntry {
+                    state: TopicState::Known(partitions),
+                    available,
+                },
+            );
         }
     }
 
@@ -99,12 +114,20 @@ impl MetadataCache {
     }
 
     pub fn topic(&self, topic: &str) -> Option<&TopicState> {
-        self.topics.get(topic)
+        self.topics.get(topic).map(|e| &e.state)
+    }
+
+    /// What a producer needs for each record, in one lookup: the topic's state and its
+    /// partitions that have a leader now.
+    pub fn topic_with_available(&self, topic: &str) -> Option<(&TopicState, &[i32])> {
+        self.topics
+            .get(topic)
+            .map(|e| (&e.state, e.available.as_slice()))
     }
 
     /// The partition count of a known topic.
     pub fn partitions(&self, topic: &str) -> Option<i32> {
-        match self.topics.get(topic)? {
+        match self.topic(topic)? {
             TopicState::Known(p) => Some(p.len() as i32),
             TopicState::Error(_) => None,
         }
@@ -112,11 +135,13 @@ impl MetadataCache {
 
     /// The partitions of `topic` that have a leader now.
     pub fn available(&self, topic: &str) -> &[i32] {
-        self.available.get(topic).map_or(&[], Vec::as_slice)
+        self.topics
+            .get(topic)
+            .map_or(&[], |e| e.available.as_slice())
     }
 
     pub fn partition(&self, topic: &str, partition: i32) -> Option<PartitionInfo> {
-        match self.topics.get(topic)? {
+        match self.topic(topic)? {
             TopicState::Known(p) => p.get(usize::try_from(partition).ok()?).copied(),
             TopicState::Error(_) => None,
         }
@@ -125,11 +150,15 @@ impl MetadataCache {
     /// Forgets `topic`'s leaders (after NOT_LEADER_OR_FOLLOWER, say) but keeps their
     /// epochs, so the next response cannot bring back an older leader.
     pub fn invalidate_leader(&mut self, topic: &str, partition: i32) {
-        if let Some(TopicState::Known(p)) = self.topics.get_mut(topic) {
+        if let Some(TopicEntry {
+            state: TopicState::Known(p),
+            available,
+        }) = self.topics.get_mut(topic)
+        {
             if let Some(i) = usize::try_from(partition).ok().and_then(|i| p.get_mut(i)) {
                 i.leader = -1;
             }
-            self.available.insert(topic.to_string(), with_leader(p));
+            *available = with_leader(p);
         }
     }
 }

@@ -351,19 +351,20 @@ impl Producer {
                 if s.closed {
                     return Err(ProducerError::Closed);
                 }
-                match s.metadata.topic(record.topic) {
+                // one lookup of the topic's metadata per record
+                match s.metadata.topic_with_available(record.topic) {
                     None => {
                         s.wanted_topics.insert(record.topic.to_string());
                         self.wake.notify_one();
                     }
-                    Some(crate::metadata_cache::TopicState::Error(code)) => {
+                    Some((crate::metadata_cache::TopicState::Error(code), _)) => {
                         return Err(ProducerError::Topic {
                             topic: record.topic.to_string(),
                             reason: format!("metadata error code {code}"),
                         });
                     }
-                    Some(crate::metadata_cache::TopicState::Known(_)) => {
-                        let partitions = s.metadata.partitions(record.topic).unwrap_or(0);
+                    Some((crate::metadata_cache::TopicState::Known(known), available)) => {
+                        let partitions = known.len() as i32;
                         if partitions == 0 {
                             return Err(ProducerError::Topic {
                                 topic: record.topic.to_string(),
@@ -381,7 +382,6 @@ impl Producer {
                                 })
                             }
                             None => {
-                                let available = s.metadata.available(record.topic);
                                 let chosen = s.partitioner.partition(
                                     record.topic,
                                     record.key,
