@@ -248,27 +248,14 @@ impl RecordAccumulator {
         headers: &[(&[u8], Option<&[u8]>)],
         now_ms: impl FnOnce() -> u64,
     ) -> Result<Appended, AccumulatorError> {
+        if let Some(appended) =
+            self.append_to_open(topic, partition, record_id, timestamp, key, value, headers)
+        {
+            return Ok(appended);
+        }
         let size = record_size(key, value, headers);
         let batch_size = self.config.batch_size;
         let key_of = (topic, partition);
-        if let Some(open) = self
-            .batches
-            .get_mut(&key_of as &dyn PartitionKey)
-            .and_then(|q| q.back_mut())
-            .filter(|b| !b.sealed)
-        {
-            if open.builder.records_size_bytes() + size <= open.reserved_bytes - BATCH_HEADER_BYTES
-            {
-                open.builder.append(timestamp, key, value, headers);
-                open.record_ids.push(record_id);
-                let full = open.builder.records_size_bytes() + 21 >= batch_size;
-                open.sealed = full;
-                return Ok(Appended {
-                    new_batch: false,
-                    batch_full: full,
-                });
-            }
-        }
         // a new batch: batch.size, or the record alone when it is larger
         let reserve = BATCH_HEADER_BYTES + size.max(batch_size);
         if reserve > self.config.buffer_memory {
@@ -312,6 +299,40 @@ impl RecordAccumulator {
         self.used_bytes += reserve;
         Ok(Appended {
             new_batch: true,
+            batch_full: full,
+        })
+    }
+
+    /// Appends a record to `topic`'s `partition`'s open batch if it has room (one lookup);
+    /// None, and nothing changed, when the record would open a new batch. (A keyless
+    /// record tries its sticky partition this way first: Kafka's `abortOnNewBatch`.)
+    #[allow(clippy::too_many_arguments)]
+    pub fn append_to_open(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        record_id: u64,
+        timestamp: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(&[u8], Option<&[u8]>)],
+    ) -> Option<Appended> {
+        let size = record_size(key, value, headers);
+        let batch_size = self.config.batch_size;
+        let open = self
+            .batches
+            .get_mut(&(topic, partition) as &dyn PartitionKey)
+            .and_then(|q| q.back_mut())
+            .filter(|b| !b.sealed)?;
+        if open.builder.records_size_bytes() + size > open.reserved_bytes - BATCH_HEADER_BYTES {
+            return None;
+        }
+        open.builder.append(timestamp, key, value, headers);
+        open.record_ids.push(record_id);
+        let full = open.builder.records_size_bytes() + 21 >= batch_size;
+        open.sealed = full;
+        Some(Appended {
+            new_batch: false,
             batch_full: full,
         })
     }

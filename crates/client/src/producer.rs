@@ -39,7 +39,9 @@ use sluice_protocol::PipelinedConnection;
 use sluice_record::{BatchBuilder, TopicPartition};
 use tokio::sync::{mpsc, Notify};
 
-use crate::accumulator::{AccumulatorConfig, AccumulatorError, ProducerBatch, RecordAccumulator};
+use crate::accumulator::{
+    AccumulatorConfig, AccumulatorError, Appended, ProducerBatch, RecordAccumulator,
+};
 use crate::broker_io::{BrokerIo, NoBroker};
 use crate::metadata_cache::MetadataCache;
 use crate::partitioner::{DefaultPartitioner, Partitioner};
@@ -365,6 +367,8 @@ impl Producer {
                     }
                     Some((crate::metadata_cache::TopicState::Known(known), available)) => {
                         let partitions = known.len() as i32;
+                        let id = s.next_record_id;
+                        let timestamp = record.timestamp.unwrap_or_else(sluice_record::now_ms);
                         if partitions == 0 {
                             return Err(ProducerError::Topic {
                                 topic: record.topic.to_string(),
@@ -388,33 +392,29 @@ impl Producer {
                                     partitions,
                                     available,
                                 );
-                                // a keyless record that would open a new batch on the
-                                // sticky partition moves it first (Kafka's onNewBatch)
-                                let opens = record.key.is_none()
-                                    && s.accumulator.opens_new_batch(
-                                        record.topic,
-                                        chosen,
-                                        record.key,
-                                        record.value,
-                                        record.headers,
-                                    );
-                                let moved = opens
-                                    .then(|| {
-                                        s.partitioner.on_new_batch(
-                                            record.topic,
-                                            chosen,
-                                            partitions,
-                                            available,
-                                        )
-                                    })
-                                    .flatten();
-                                moved
-                                    .filter(|p| (0..partitions).contains(p))
-                                    .unwrap_or(chosen)
+                                if record.key.is_some() {
+                                    chosen
+                                } else if let Some(appended) = s.accumulator.append_to_open(
+                                    record.topic,
+                                    chosen,
+                                    id,
+                                    timestamp,
+                                    record.key,
+                                    record.value,
+                                    record.headers,
+                                ) {
+                                    // the common case: room in the sticky partition's batch
+                                    return Ok(self.accepted(s, record.topic, appended));
+                                } else {
+                                    // a keyless record that would open a new batch on the
+                                    // sticky partition moves it first (Kafka's onNewBatch)
+                                    s.partitioner
+                                        .on_new_batch(record.topic, chosen, partitions, available)
+                                        .filter(|p| (0..partitions).contains(p))
+                                        .unwrap_or(chosen)
+                                }
                             }
                         };
-                        let id = s.next_record_id;
-                        let timestamp = record.timestamp.unwrap_or_else(sluice_record::now_ms);
                         match s.accumulator.append_record(
                             record.topic,
                             partition,
@@ -425,20 +425,7 @@ impl Producer {
                             record.headers,
                             || self.now_ms(),
                         ) {
-                            Ok(appended) => {
-                                s.next_record_id += 1;
-                                if !s.topics_in_use.contains(record.topic) {
-                                    s.topics_in_use.insert(record.topic.to_string());
-                                }
-                                s.unreported += 1;
-                                if appended.new_batch
-                                    || appended.batch_full
-                                    || s.accumulator.config().linger_ms == 0
-                                {
-                                    self.wake.notify_one();
-                                }
-                                return Ok(id);
-                            }
+                            Ok(appended) => return Ok(self.accepted(s, record.topic, appended)),
                             Err(AccumulatorError::BufferExhausted { .. }) => {
                                 self.wake.notify_one();
                             }
@@ -457,6 +444,21 @@ impl Producer {
                 return Err(ProducerError::Blocked(self.config.max_block_ms));
             }
         }
+    }
+
+    /// A record the accumulator took: numbered, counted, and the sender woken if a batch
+    /// is ready for it. Returns the record's id.
+    fn accepted(&self, s: &mut Shared, topic: &str, appended: Appended) -> u64 {
+        let id = s.next_record_id;
+        s.next_record_id += 1;
+        if !s.topics_in_use.contains(topic) {
+            s.topics_in_use.insert(topic.to_string());
+        }
+        s.unreported += 1;
+        if appended.new_batch || appended.batch_full || s.accumulator.config().linger_ms == 0 {
+            self.wake.notify_one();
+        }
+        id
     }
 
     /// Sends everything queued now, without waiting for linger, and waits until every
