@@ -86,6 +86,14 @@ impl ProducerBatch {
         Ok(bytes)
     }
 
+    /// The batch's buffer, to reuse for a new batch (None: still shared).
+    pub fn into_buffer(self) -> Option<Vec<u8>> {
+        match self.built {
+            Some(bytes) => bytes.try_into_mut().ok().map(Vec::from),
+            None => Some(self.builder.into_buffer()),
+        }
+    }
+
     /// Whether the bytes are built (the producer fields can no longer change).
     pub fn is_built(&self) -> bool {
         self.built.is_some()
@@ -153,6 +161,10 @@ pub struct RecordAccumulator {
     config: AccumulatorConfig,
     batches: FxHashMap<TopicPartition, VecDeque<ProducerBatch>>,
     used_bytes: usize,
+    /// Buffers of finished batches kept for new ones (Kafka's `BufferPool` free list),
+    /// each with room for a whole `batch.size` batch; they count against `buffer.memory`
+    /// at that size: `used_bytes + pooled_bytes() <= buffer.memory`.
+    free_buffers: Vec<Vec<u8>>,
 }
 
 /// A record's size inside a batch, as Kafka estimates it: its body plus a varint length
@@ -175,6 +187,7 @@ impl RecordAccumulator {
             config,
             batches: FxHashMap::default(),
             used_bytes: 0,
+            free_buffers: Vec::new(),
         }
     }
 
@@ -264,11 +277,21 @@ impl RecordAccumulator {
                 buffer_memory: self.config.buffer_memory,
             });
         }
-        if self.used_bytes + reserve > self.config.buffer_memory {
-            return Err(AccumulatorError::BufferExhausted {
-                buffer_memory: self.config.buffer_memory,
-                needed: self.used_bytes + reserve - self.config.buffer_memory,
-            });
+        // a batch of the usual size reuses a pooled buffer (already counted); any other
+        // needs fresh memory, for which the pool gives its buffers up if in the way
+        let pooled = (reserve == self.standard_batch_bytes())
+            .then(|| self.free_buffers.pop())
+            .flatten();
+        if pooled.is_none() {
+            if self.used_bytes + self.pooled_bytes() + reserve > self.config.buffer_memory {
+                self.free_buffers.clear();
+            }
+            if self.used_bytes + reserve > self.config.buffer_memory {
+                return Err(AccumulatorError::BufferExhausted {
+                    buffer_memory: self.config.buffer_memory,
+                    needed: self.used_bytes + reserve - self.config.buffer_memory,
+                });
+            }
         }
         // a partition's queue exists only while it holds a batch (a refused append leaves
         // none behind: `is_empty` would stay false and a closing producer wait)
@@ -283,8 +306,11 @@ impl RecordAccumulator {
             open.sealed = true;
         }
         // the whole batch's room at once: no reallocation while it fills
-        let mut builder =
-            BatchBuilder::new(self.config.compression).reserve_records(size.max(batch_size));
+        let mut builder = match pooled {
+            Some(buffer) => BatchBuilder::with_buffer(self.config.compression, buffer),
+            None => BatchBuilder::new(self.config.compression),
+        }
+        .reserve_records(size.max(batch_size));
         builder.append(timestamp, key, value, headers);
         let full = builder.records_size_bytes() + 21 >= batch_size;
         queue.push_back(ProducerBatch {
@@ -413,6 +439,26 @@ impl RecordAccumulator {
     }
 
     /// A batch is done (acknowledged or failed for good): its memory is free again.
+    /// A finished batch's buffer, kept for a new batch if it has room for a whole one
+    /// (and is not much larger) and the pool stays within `buffer.memory`.
+    pub fn recycle(&mut self, buffer: Vec<u8>) {
+        let standard = self.standard_batch_bytes();
+        if (standard..=2 * standard).contains(&buffer.capacity())
+            && self.used_bytes + self.pooled_bytes() + standard <= self.config.buffer_memory
+        {
+            self.free_buffers.push(buffer);
+        }
+    }
+
+    /// A `batch.size` batch's bytes, header included.
+    fn standard_batch_bytes(&self) -> usize {
+        BATCH_HEADER_BYTES + self.config.batch_size
+    }
+
+    fn pooled_bytes(&self) -> usize {
+        self.free_buffers.len() * self.standard_batch_bytes()
+    }
+
     pub fn release(&mut self, batch: &ProducerBatch) {
         debug_assert!(self.used_bytes >= batch.reserved_bytes);
         self.used_bytes = self.used_bytes.saturating_sub(batch.reserved_bytes);
@@ -585,6 +631,43 @@ mod tests {
             a.release(&b);
         }
         assert!(a.is_empty(), "refused appends left queues behind");
+    }
+
+    #[test]
+    fn a_finished_batchs_buffer_carries_a_later_batch_within_buffer_memory() {
+        let standard = BATCH_HEADER_BYTES + 1000;
+        let mut a = acc(1000, 0, 2 * standard);
+        a.append(&tp(0), 1, 0, None, Some(&[1; 10]), &[], 0)
+            .unwrap();
+        let mut first = a.drain(&tp(0), 0).unwrap();
+        let sent = first.bytes().unwrap();
+        let buffer_at = sent.as_ptr();
+        drop(sent); // the request let go of it
+        a.release(&first);
+        a.recycle(first.into_buffer().expect("no other owner"));
+        assert_eq!(a.used_bytes(), 0);
+        a.append(&tp(1), 2, 0, None, Some(&[2; 10]), &[], 0)
+            .unwrap();
+        let mut second = a.drain(&tp(1), 0).unwrap();
+        assert_eq!(second.bytes().unwrap().as_ptr(), buffer_at, "buffer reused");
+        assert_eq!(values(&second), [vec![2; 10]], "holding the new batch only");
+        // a pooled buffer counts against buffer.memory: with one pooled and one in use,
+        // a record larger than batch.size (fresh memory) makes the pool let go first
+        a.recycle(vec![0; 1]);
+        assert_eq!(a.pooled_bytes(), 0, "too small to carry a batch: not kept");
+        let mut third_buffer = Vec::with_capacity(standard);
+        third_buffer.push(0);
+        a.recycle(third_buffer);
+        assert_eq!(a.pooled_bytes(), standard);
+        let big = vec![3u8; 1500];
+        let err = a
+            .append(&tp(2), 3, 0, None, Some(&big), &[], 0)
+            .unwrap_err();
+        assert!(matches!(err, AccumulatorError::BufferExhausted { .. }));
+        a.release(&second);
+        a.append(&tp(2), 3, 0, None, Some(&big), &[], 0)
+            .expect("the pool gave its memory up");
+        assert_eq!(a.pooled_bytes(), 0);
     }
 
     #[test]

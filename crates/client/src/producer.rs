@@ -817,12 +817,16 @@ impl Sender {
                     self.in_flight.remove(tp);
                 }
             }
-            if let Err(e) = bytes {
-                self.finish(
-                    batch,
-                    Err((-1, Persisted::No, format!("building the batch: {e}"))),
-                );
-                continue;
+            match bytes {
+                Err(e) => {
+                    self.finish(
+                        batch,
+                        Err((-1, Persisted::No, format!("building the batch: {e}"))),
+                    );
+                    continue;
+                }
+                // the request's copy let go: the batch's buffer can be reused when done
+                Ok(bytes) => drop(bytes),
             }
             let outcome = match &answer {
                 Err((code, persisted, message)) => Err((*code, *persisted, message.clone())),
@@ -918,8 +922,10 @@ impl Sender {
     }
 
     /// Reports every record of a batch (one message) and frees its memory.
-    fn finish(&mut self, batch: ProducerBatch, result: Result<i64, (i16, Persisted, String)>) {
+    fn finish(&mut self, mut batch: ProducerBatch, result: Result<i64, (i16, Persisted, String)>) {
         let key = batch.record_ids.first().copied().unwrap_or_default();
+        let record_ids = std::mem::take(&mut batch.record_ids);
+        let partition = batch.topic_partition.partition;
         self.attempts.remove(&key);
         let result = result.map_err(|(code, persisted, message)| DeliveryError {
             code,
@@ -928,11 +934,14 @@ impl Sender {
         });
         let mut s = lock(&self.shared);
         s.accumulator.release(&batch);
-        s.unreported = s.unreported.saturating_sub(batch.record_ids.len() as u64);
+        s.unreported = s.unreported.saturating_sub(record_ids.len() as u64);
+        if let Some(buffer) = batch.into_buffer() {
+            s.accumulator.recycle(buffer);
+        }
         // sent under the lock: a flush that saw `unreported` drop finds the report queued
         let _ = self.reports.send(BatchReport {
-            partition: batch.topic_partition.partition,
-            record_ids: batch.record_ids,
+            partition,
+            record_ids,
             result,
         });
     }

@@ -43,6 +43,21 @@ impl BatchBuilder {
         }
     }
 
+    /// A builder writing into `buffer` (cleared; its allocation reused: a producer's
+    /// finished batch's).
+    pub fn with_buffer(compression: Compression, mut buffer: Vec<u8>) -> Self {
+        buffer.clear();
+        buffer.resize(BATCH_HEADER_BYTES, 0);
+        let mut builder = BatchBuilder::new(compression);
+        builder.records = buffer;
+        builder
+    }
+
+    /// The builder's buffer back, to reuse (see [`Self::with_buffer`]).
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.records
+    }
+
     /// Room for `bytes` of record data up front (no reallocation while the batch fills).
     pub fn reserve_records(mut self, bytes: usize) -> Self {
         self.records.reserve(bytes);
