@@ -107,6 +107,7 @@ fn bench_produce_refuses_bad_flags_in_one_line_before_connecting() {
     for (flag, value, says) in [
         ("--compression", "brotli", "unknown compression \"brotli\""),
         ("--acks", "2", "acks"),
+        ("--max-in-flight", "0", "--max-in-flight must be 1 or more"),
     ] {
         let (ok, _, err) = sluice(&[
             "bench",
@@ -122,4 +123,18 @@ fn bench_produce_refuses_bad_flags_in_one_line_before_connecting() {
         assert!(err.contains(says), "{err}");
         assert_eq!(err.lines().count(), 1, "one line: {err}");
     }
+    // more in flight than a broker remembers per producer
+    let (ok, _, err) = sluice(&[
+        "bench",
+        "produce",
+        "-b",
+        "127.0.0.1:1",
+        "--topic",
+        "t",
+        "--idempotence",
+        "--max-in-flight",
+        "6",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("at most 5 with --idempotence"), "{err}");
 }

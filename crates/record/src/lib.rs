@@ -32,7 +32,10 @@ pub use record::{Header, Record, RecordIter, Records};
 /// Wall-clock time in milliseconds since the Unix epoch: what record timestamps
 /// (CreateTime) and log times are measured in. 0 if the clock is before 1970.
 pub fn now_ms() -> i64 {
+    // (no u128 division: a producer reads this for every record)
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+        .map_or(0, |d| {
+            d.as_secs() as i64 * 1000 + i64::from(d.subsec_millis())
+        })
 }

@@ -72,6 +72,12 @@ impl ProduceArgs {
                 self.compression
             );
         };
+        if self.max_in_flight == 0 || (self.idempotence && self.max_in_flight > 5) {
+            bail!(
+                "--max-in-flight must be 1 or more, and at most 5 with --idempotence (got {})",
+                self.max_in_flight
+            );
+        }
         Ok(ProduceBench {
             acks: crate::console_producer::parse_acks(&self.acks)?,
             compression,
