@@ -347,3 +347,72 @@ fn records_wait_for_linger_and_leave_in_one_batch_unless_the_batch_fills_first()
         batches.len()
     );
 }
+
+/// A batch of an idempotent producer that fails for good (here a record over the topic's
+/// `max.message.bytes`, refused with MESSAGE_TOO_LARGE) leaves a gap in its partition's
+/// sequence. The producer bumps its epoch (KIP-360) and numbers again from 0, so the
+/// records sent after it are written, not refused as out of order.
+#[test]
+fn an_idempotent_producer_goes_on_after_a_batch_fails_for_good() {
+    let cluster = ProcessCluster::start(Layout::Combined, &[]);
+    let topic = "too-large";
+    cluster.create_topic_with(topic, 1, &["max.message.bytes=2000"]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let config = ProducerConfig {
+        bootstrap_servers: cluster.bootstrap(),
+        enable_idempotence: true,
+        request_timeout_ms: 10_000,
+        delivery_timeout_ms: 60_000,
+        accumulator: AccumulatorConfig {
+            linger_ms: 0,
+            ..AccumulatorConfig::default()
+        },
+        ..ProducerConfig::default()
+    };
+    let reports = runtime.block_on(async {
+        let (producer, mut reports) = Producer::connect(config).await.expect("connect");
+        let big = vec![b'x'; 5000];
+        let values: Vec<Vec<u8>> = (0..5)
+            .map(|i| format!("before-{i}").into_bytes())
+            .chain([big])
+            .chain((0..5).map(|i| format!("after-{i}").into_bytes()))
+            .collect();
+        // one record at a time: the large one alone in its batch
+        for value in &values {
+            producer
+                .send(ProducerRecord {
+                    topic,
+                    value: Some(value),
+                    ..ProducerRecord::default()
+                })
+                .await
+                .expect("send");
+            tokio::time::timeout(Duration::from_secs(60), producer.flush())
+                .await
+                .expect("flushed");
+        }
+        producer.close().await;
+        let mut delivered = Vec::new();
+        while let Ok(batch) = reports.try_recv() {
+            delivered.extend(batch.records());
+        }
+        delivered.sort_by_key(|r| r.record_id);
+        delivered
+    });
+    assert_eq!(reports.len(), 11, "{reports:?}");
+    let failed: Vec<u64> = reports
+        .iter()
+        .filter(|r| r.result.is_err())
+        .map(|r| r.record_id)
+        .collect();
+    assert_eq!(failed, [5], "only the large record fails: {reports:?}");
+    let read: Vec<String> = kcat_read_all(&cluster.bootstrap(), topic)
+        .into_iter()
+        .map(|(_, _, value)| value)
+        .collect();
+    let expected: Vec<String> = (0..5)
+        .map(|i| format!("before-{i}"))
+        .chain((0..5).map(|i| format!("after-{i}")))
+        .collect();
+    assert_eq!(read, expected);
+}

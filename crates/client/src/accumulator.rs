@@ -94,9 +94,32 @@ impl ProducerBatch {
         }
     }
 
-    /// Whether the bytes are built (the producer fields can no longer change).
-    pub fn is_built(&self) -> bool {
-        self.built.is_some()
+    /// Numbers the batch for an idempotent producer: in the builder, or, once built (a
+    /// retry after the producer bumped its epoch), in a renumbered copy of its bytes.
+    pub fn set_producer(
+        &mut self,
+        producer_id: i64,
+        producer_epoch: i16,
+        base_sequence: i32,
+    ) -> Result<(), RecordError> {
+        match self.built.take() {
+            Some(bytes) => {
+                let mut renumbered = bytes.to_vec();
+                sluice_record::stamp_producer(
+                    &mut renumbered,
+                    producer_id,
+                    producer_epoch,
+                    base_sequence,
+                )?;
+                self.built = Some(Bytes::from(renumbered));
+            }
+            None => {
+                let compression = self.builder.compression();
+                let builder = std::mem::replace(&mut self.builder, BatchBuilder::new(compression));
+                self.builder = builder.producer(producer_id, producer_epoch, base_sequence);
+            }
+        }
+        Ok(())
     }
 }
 

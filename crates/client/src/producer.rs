@@ -36,7 +36,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 use sluice_protocol::PipelinedConnection;
-use sluice_record::{BatchBuilder, TopicPartition};
+use sluice_record::TopicPartition;
 use tokio::sync::{mpsc, Notify};
 
 use crate::accumulator::{
@@ -283,7 +283,7 @@ impl Producer {
         let mut metadata = MetadataCache::default();
         metadata.update(&io.metadata(&metadata, &[]).await?);
         let producer_id = if config.enable_idempotence {
-            Some(init_producer_id(&mut io, &metadata).await?)
+            Some(init_producer_id(&mut io, &metadata, None).await?)
         } else {
             None
         };
@@ -315,6 +315,7 @@ impl Producer {
             connections: HashMap::new(),
             requests_in_flight: HashMap::new(),
             producer_id,
+            epoch_bump_needed: false,
             sequences: HashMap::new(),
             attempts: HashMap::new(),
             in_flight: HashMap::new(),
@@ -503,16 +504,19 @@ impl Drop for Producer {
     }
 }
 
-/// Takes a producer id (InitProducerId) from any broker.
+/// Takes a producer id (InitProducerId) from any broker: a new one, or with `current`
+/// the next epoch of that id (KIP-360; a new id if its epochs are used up).
 async fn init_producer_id(
     io: &mut BrokerIo,
     metadata: &MetadataCache,
+    current: Option<(i64, i16)>,
 ) -> Result<(i64, i16), ProducerError> {
+    let (producer_id, epoch) = current.unwrap_or((-1, -1));
     let request = InitProducerIdRequest::default()
         .with_transactional_id(None)
         .with_transaction_timeout_ms(60_000)
-        .with_producer_id(kafka_protocol::messages::ProducerId(-1))
-        .with_producer_epoch(-1);
+        .with_producer_id(kafka_protocol::messages::ProducerId(producer_id))
+        .with_producer_epoch(epoch);
     let r: InitProducerIdResponse = io
         .ask_any(
             metadata,
@@ -542,6 +546,8 @@ struct Sender {
     /// Produce requests in flight per leader.
     requests_in_flight: HashMap<i32, usize>,
     producer_id: Option<(i64, i16)>,
+    /// A numbered batch failed for good: send nothing until the epoch is bumped.
+    epoch_bump_needed: bool,
     sequences: HashMap<TopicPartition, i32>,
     /// Per batch sent at least once and not yet reported (keyed by its first record id).
     attempts: HashMap<u64, Attempt>,
@@ -583,6 +589,9 @@ impl Sender {
             }
             if let Err(e) = self.refresh_metadata_if_needed().await {
                 tracing::debug!(error = %e, "metadata refresh");
+            }
+            if self.epoch_bump_needed && running.is_empty() {
+                self.bump_epoch().await;
             }
             for request in self.drain_ready() {
                 *self.requests_in_flight.entry(request.leader).or_default() += 1;
@@ -659,6 +668,10 @@ impl Sender {
     /// fewer than that many batches in flight; a retry only once nothing of its
     /// partition is in flight, and not before its backoff ran out.
     fn drain_ready(&mut self) -> Vec<InFlight> {
+        if self.epoch_bump_needed {
+            // nothing is numbered with the old epoch any more
+            return Vec::new();
+        }
         let max_in_flight = self.config.max_in_flight;
         let mut s = lock(&self.shared);
         let now_ms = self.now_ms();
@@ -707,18 +720,18 @@ impl Sender {
                 continue;
             }
             attempt.retry_at = None;
-            if let Some((pid, epoch)) = self.producer_id.filter(|_| !batch.is_built()) {
-                let seq = *attempt.base_sequence.get_or_insert_with(|| {
+            // numbered once, at its first send (again after an epoch bump); a retry keeps
+            // its number
+            if let Some((pid, epoch)) = self.producer_id {
+                if attempt.base_sequence.is_none() {
                     let next = self.sequences.entry(tp.clone()).or_insert(0);
                     let seq = *next;
                     *next = next.wrapping_add(batch.record_count() as i32) & i32::MAX;
-                    seq
-                });
-                let builder = std::mem::replace(
-                    &mut batch.builder,
-                    BatchBuilder::new(self.config.accumulator.compression),
-                );
-                batch.builder = builder.producer(pid, epoch, seq);
+                    attempt.base_sequence = Some(seq);
+                    if let Err(e) = batch.set_producer(pid, epoch, seq) {
+                        tracing::warn!(error = %e, "numbering a built batch");
+                    }
+                }
             }
             self.in_flight.insert(tp, batches_in_flight + 1);
             by_leader.entry(info.leader).or_default().push(batch);
@@ -843,9 +856,12 @@ impl Sender {
                             refresh_metadata: true,
                             persisted,
                         }
-                    } else if code == OUT_OF_ORDER_SEQUENCE && self.behind_a_retry(&batch) {
+                    } else if code == OUT_OF_ORDER_SEQUENCE
+                        && (self.epoch_bump_needed || self.behind_a_retry(&batch))
+                    {
                         // refused (not appended) because a batch before it is missing:
-                        // that one is retried first, then this one
+                        // that one is retried first, then this one — or it failed for
+                        // good, and this one goes again renumbered in the next epoch
                         crate::produce_error::ErrorAction {
                             retriable: true,
                             refresh_metadata: false,
@@ -921,9 +937,46 @@ impl Sender {
         self.finish(batch, Err((code, persisted, message)));
     }
 
+    /// An idempotent producer whose numbered batch failed for good left a gap in its
+    /// partition's sequence, which the broker would refuse every later batch for: once
+    /// nothing is in flight, it takes the next epoch of its producer id (KIP-360) and
+    /// numbers everything not yet written from 0 again. Tried again on the next round if
+    /// no broker answers.
+    async fn bump_epoch(&mut self) {
+        let Some((producer_id, epoch)) = self.producer_id else {
+            self.epoch_bump_needed = false;
+            return;
+        };
+        let metadata = lock(&self.shared).metadata.clone();
+        match init_producer_id(&mut self.io, &metadata, Some((producer_id, epoch))).await {
+            Ok(next) => {
+                tracing::info!(
+                    producer_id,
+                    from_epoch = epoch,
+                    to = ?next,
+                    "a batch failed for good: producer epoch bumped, sequences restart at 0"
+                );
+                self.producer_id = Some(next);
+                self.sequences.clear();
+                for attempt in self.attempts.values_mut() {
+                    attempt.base_sequence = None;
+                }
+                self.epoch_bump_needed = false;
+            }
+            Err(e) => tracing::warn!(error = %e, "bumping the producer epoch"),
+        }
+    }
+
     /// Reports every record of a batch (one message) and frees its memory.
     fn finish(&mut self, mut batch: ProducerBatch, result: Result<i64, (i16, Persisted, String)>) {
         let key = batch.record_ids.first().copied().unwrap_or_default();
+        let numbered = self
+            .attempts
+            .get(&key)
+            .is_some_and(|a| a.base_sequence.is_some());
+        if numbered && result.is_err() {
+            self.epoch_bump_needed = true;
+        }
         let record_ids = std::mem::take(&mut batch.record_ids);
         let partition = batch.topic_partition.partition;
         self.attempts.remove(&key);

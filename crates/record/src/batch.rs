@@ -336,6 +336,28 @@ pub fn stamp_partition_leader_epoch(buf: &mut [u8], epoch: LeaderEpoch) -> Resul
     Ok(())
 }
 
+/// Rewrites the idempotent-producer fields (producer id, epoch, first sequence) of the
+/// batch that is all of `buf`, and its CRC: a producer that bumped its epoch (KIP-360)
+/// renumbers a batch it built before.
+pub fn stamp_producer(
+    buf: &mut [u8],
+    producer_id: i64,
+    producer_epoch: i16,
+    base_sequence: i32,
+) -> Result<(), RecordError> {
+    if buf.len() < BATCH_HEADER_BYTES {
+        return Err(RecordError::Truncated {
+            needed: BATCH_HEADER_BYTES,
+            available: buf.len(),
+        });
+    }
+    buf[43..51].copy_from_slice(&producer_id.to_be_bytes());
+    buf[51..53].copy_from_slice(&producer_epoch.to_be_bytes());
+    buf[53..57].copy_from_slice(&base_sequence.to_be_bytes());
+    write_crc(buf);
+    Ok(())
+}
+
 /// Writes the CRC32C of bytes 21..end into the batch at the start of `buf` (builders).
 pub(crate) fn write_crc(batch: &mut [u8]) {
     let crc = crc32c(&batch[ATTRIBUTES_POS..]);

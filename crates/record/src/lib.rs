@@ -20,8 +20,8 @@ mod record;
 mod varint;
 
 pub use batch::{
-    crc32c, stamp_base_offset, stamp_partition_leader_epoch, BatchHeader, RecordBatch,
-    RecordBatches, TimestampType, BATCH_HEADER_BYTES, LOG_OVERHEAD_BYTES, MAGIC_V2,
+    crc32c, stamp_base_offset, stamp_partition_leader_epoch, stamp_producer, BatchHeader,
+    RecordBatch, RecordBatches, TimestampType, BATCH_HEADER_BYTES, LOG_OVERHEAD_BYTES, MAGIC_V2,
 };
 pub use builder::BatchBuilder;
 pub use compression::Compression;

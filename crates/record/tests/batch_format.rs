@@ -10,8 +10,8 @@ use kafka_protocol::records::{
 };
 use proptest::prelude::*;
 use sluice_record::{
-    stamp_base_offset, stamp_partition_leader_epoch, BatchBuilder, BatchHeader, Compression,
-    LeaderEpoch, Offset, RecordBatch, RecordBatches, RecordError, TimestampType,
+    stamp_base_offset, stamp_partition_leader_epoch, stamp_producer, BatchBuilder, BatchHeader,
+    Compression, LeaderEpoch, Offset, RecordBatch, RecordBatches, RecordError, TimestampType,
     BATCH_HEADER_BYTES,
 };
 
@@ -264,6 +264,34 @@ fn header_fields_round_trip_through_builder() {
     assert!(!h.is_transactional() && !h.is_control());
     assert_eq!(h.total_size(), bytes.len());
     assert!(bytes.len() > BATCH_HEADER_BYTES);
+}
+
+#[test]
+fn a_renumbered_batch_carries_its_new_producer_fields_and_a_valid_crc() {
+    for codec in [Compression::None, Compression::Zstd] {
+        let mut bytes = BatchBuilder::new(codec)
+            .producer(7, 0, 40)
+            .append(10, None, Some(b"a"), &[])
+            .append(11, None, Some(b"b"), &[])
+            .clone()
+            .into_bytes()
+            .unwrap();
+        stamp_producer(&mut bytes, 7, 1, 0).unwrap();
+        let batch = RecordBatch::parse(&bytes).expect("CRC still valid");
+        let h = batch.header();
+        assert_eq!(
+            (h.producer_id, h.producer_epoch, h.base_sequence),
+            (7, 1, 0)
+        );
+        assert_eq!(h.record_count, 2);
+        assert_eq!(
+            stamp_producer(&mut bytes[..20], 7, 2, 0),
+            Err(RecordError::Truncated {
+                needed: BATCH_HEADER_BYTES,
+                available: 20
+            })
+        );
+    }
 }
 
 proptest! {
