@@ -73,6 +73,8 @@ pub struct Report {
     pub unknown_written: usize,
     pub polls: usize,
     pub commits: usize,
+    /// Commits the client reported failed (some may still have been applied).
+    pub commits_failed: usize,
     pub faults: usize,
     pub retry_duplicates: usize,
     /// Acknowledged records that did not survive (lost or changed-ack), grouped into
@@ -191,8 +193,8 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "final read {} records; consumers polled {}, committed {} times; faults {}; retry duplicates {}",
-            self.read, self.polls, self.commits, self.faults, self.retry_duplicates
+            "final read {} records; consumers polled {}, committed {} times ({} failed); faults {}; retry duplicates {}",
+            self.read, self.polls, self.commits, self.commits_failed, self.faults, self.retry_duplicates
         );
         let _ = writeln!(out, "{:<24} {:>9}  verdict", "anomaly", "count");
         for kind in KINDS {
@@ -331,6 +333,7 @@ pub fn check(events: &[Event]) -> Report {
                     .insert(value);
             }
             Event::Commit { .. } => report.commits += 1,
+            Event::CommitFailed { .. } => report.commits_failed += 1,
             Event::FinalEnd {
                 partition,
                 end_offset,

@@ -91,6 +91,15 @@ pub enum Event {
         partition: i32,
         offset: i64,
     },
+    /// A group consumer's offset commit failed (the client's error): it may still have
+    /// been applied (a timeout), or not (a refusal). Recorded for diagnosis.
+    CommitFailed {
+        time_ms: u64,
+        consumer: u32,
+        partition: i32,
+        offset: i64,
+        error: String,
+    },
     /// A partition's log end as the final read found it (written before its records).
     FinalEnd { partition: i32, end_offset: i64 },
     /// A record of the final read (every partition read from its start to its end), with

@@ -467,19 +467,30 @@ impl ConsumerContext for GroupRecording {
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        if result.is_err() {
-            return;
-        }
         for e in offsets.elements() {
             if let (true, Offset::Offset(offset)) = (e.topic() == self.topic, e.offset()) {
-                if e.error().is_ok() {
-                    self.recorder.record(&Event::Commit {
-                        time_ms: self.recorder.now_ms(),
-                        consumer: self.consumer,
-                        partition: e.partition(),
+                let failed = match (&result, e.error()) {
+                    (Err(err), _) => Some(err.to_string()),
+                    (Ok(()), Err(err)) => Some(err.to_string()),
+                    (Ok(()), Ok(())) => None,
+                };
+                let time_ms = self.recorder.now_ms();
+                let (consumer, partition) = (self.consumer, e.partition());
+                self.recorder.record(&match failed {
+                    None => Event::Commit {
+                        time_ms,
+                        consumer,
+                        partition,
                         offset,
-                    });
-                }
+                    },
+                    Some(error) => Event::CommitFailed {
+                        time_ms,
+                        consumer,
+                        partition,
+                        offset,
+                        error,
+                    },
+                });
             }
         }
     }
