@@ -126,6 +126,10 @@ impl<'a> Nodes<'a> {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
+        // every offset commit and fetch in the log: what a commit-lost finding needs
+        if std::env::var_os("RUST_LOG").is_none() {
+            command.env("RUST_LOG", "info,sluice_broker::handlers::offsets=debug");
+        }
         // `ip netns exec` execs the binary: the child's pid is the node's
         self.processes[i] = Some(command.spawn().context("starting a node")?);
         self.paused[i] = false;

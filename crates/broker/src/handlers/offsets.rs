@@ -104,10 +104,28 @@ pub async fn offset_commit(
                 epoch: c.epoch,
             })
         });
+        // (topic, partition, offset) of each commit, for the debug line below
+        let committing: Vec<(String, i32, i64)> = if tracing::enabled!(tracing::Level::DEBUG) {
+            offsets
+                .iter()
+                .map(|o| (o.topic.clone(), o.partition, o.offset))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let committed = match fence {
             Some(fence) => broker.commits.commit(offsets, fence).await,
             None => Err(CommitError::NotCoordinator),
         };
+        tracing::debug!(
+            group = %group,
+            member = %body.member_id,
+            generation = body.generation_id_or_member_epoch,
+            coordinator_epoch = fence.map_or(-1, |f| f.epoch),
+            offsets = ?committing,
+            outcome = ?committed,
+            "offset commit"
+        );
         let failure = match committed {
             Ok(()) => None,
             Err(CommitError::NotCoordinator) => Some(ec::NOT_COORDINATOR),
@@ -186,6 +204,15 @@ async fn fetch_group(
             tracing::warn!(group, error = %e, "offset fetch failed");
             ec::COORDINATOR_NOT_AVAILABLE
         })?;
+    tracing::debug!(
+        group,
+        offsets = ?fetched
+            .offsets
+            .iter()
+            .map(|o| (&o.topic, o.partition, o.offset))
+            .collect::<Vec<_>>(),
+        "offset fetch"
+    );
     let mut by_topic: BTreeMap<String, BTreeMap<i32, CommittedOffset>> = BTreeMap::new();
     for o in fetched.offsets {
         by_topic
