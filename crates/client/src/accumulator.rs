@@ -102,8 +102,9 @@ impl ProducerBatch {
         producer_epoch: i16,
         base_sequence: i32,
     ) -> Result<(), RecordError> {
-        match self.built.take() {
+        match &self.built {
             Some(bytes) => {
+                // stamped in a copy: on an error the batch keeps its bytes
                 let mut renumbered = bytes.to_vec();
                 sluice_record::stamp_producer(
                     &mut renumbered,

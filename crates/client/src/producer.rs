@@ -13,8 +13,7 @@
 //!
 //! Order: a partition's batches leave in `send` order, each request carrying at most one
 //! batch per partition, and a retried batch goes back into its queue in that order and is
-//! sent again only once nothing of its partition is in flight (then alone until the
-//! retries are done). With idempotence the broker enforces the order: a batch behind a
+//! sent again only once nothing of its partition is in flight. With idempotence the broker enforces the order: a batch behind a
 //! failed one is refused (OUT_OF_ORDER_SEQUENCE_NUMBER) and retried after it, so records
 //! are written in `send` order, at most five batches in flight per partition (the batches
 //! a broker remembers per producer). Without idempotence and with more than one request
@@ -628,9 +627,11 @@ impl Sender {
         let (_, linger) = s.accumulator.ready(self.now_ms());
         let mut wait = Duration::from_millis(linger.unwrap_or(100).min(100));
         let now = Instant::now();
+        // a backoff that ran out but whose batch is held back (its partition or leader has
+        // requests in flight) waits for an answer, which wakes the loop: no 1 ms spin
         for a in self.attempts.values() {
-            if let Some(at) = a.retry_at {
-                wait = wait.min(at.saturating_duration_since(now));
+            if let Some(at) = a.retry_at.filter(|at| *at > now) {
+                wait = wait.min(at - now);
             }
         }
         wait.max(Duration::from_millis(1))
@@ -958,8 +959,14 @@ impl Sender {
                 );
                 self.producer_id = Some(next);
                 self.sequences.clear();
+                // a batch that may already be in a log keeps its old epoch and numbers:
+                // renumbered, the broker would take it for a new batch and append it
+                // twice. It leaves first in its partition (record order), so the
+                // partition moves to the new epoch only after it.
                 for attempt in self.attempts.values_mut() {
-                    attempt.base_sequence = None;
+                    if !attempt.maybe_written {
+                        attempt.base_sequence = None;
+                    }
                 }
                 self.epoch_bump_needed = false;
             }

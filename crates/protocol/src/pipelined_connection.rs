@@ -231,6 +231,11 @@ async fn write_requests(
                 let _ = w.answer.send(Err(closed(address, false)));
                 return;
             }
+            if waiting.is_closed() {
+                // the reader failed meanwhile and answered this request: writing it now
+                // would put it on the wire after a failure the caller already acts on
+                return;
+            }
             None
         } else {
             Some(out.answer)
