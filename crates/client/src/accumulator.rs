@@ -64,6 +64,11 @@ impl ProducerBatch {
         self.reserved_bytes
     }
 
+    /// Whether a record of `size` bytes fits in the room reserved for this batch.
+    fn has_room(&self, size: usize) -> bool {
+        self.builder.records_size_bytes() + size <= self.reserved_bytes - BATCH_HEADER_BYTES
+    }
+
     /// The batch's bytes (compressed, CRC written); offsets and sequences as set.
     pub fn build(&self) -> Result<Vec<u8>, RecordError> {
         match &self.built {
@@ -240,9 +245,7 @@ impl RecordAccumulator {
             .get(&(topic, partition) as &dyn PartitionKey)
             .and_then(|q| q.back())
             .filter(|b| !b.sealed)
-            .is_some_and(|open| {
-                open.builder.records_size_bytes() + size <= open.reserved_bytes - BATCH_HEADER_BYTES
-            })
+            .is_some_and(|open| open.has_room(size))
     }
 
     /// Appends a record to `tp`'s open batch, or to a new one. Refused, and nothing
@@ -374,7 +377,7 @@ impl RecordAccumulator {
             .get_mut(&(topic, partition) as &dyn PartitionKey)
             .and_then(|q| q.back_mut())
             .filter(|b| !b.sealed)?;
-        if open.builder.records_size_bytes() + size > open.reserved_bytes - BATCH_HEADER_BYTES {
+        if !open.has_room(size) {
             return None;
         }
         open.builder.append(timestamp, key, value, headers);
