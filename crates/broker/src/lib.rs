@@ -24,6 +24,7 @@ pub mod offline_replicas;
 pub mod offset_commit_batcher;
 pub mod partition;
 pub mod producer_id_manager;
+pub mod purgatory;
 pub mod replica_fetcher;
 pub mod replica_manager;
 pub mod request_metrics;

@@ -20,6 +20,7 @@ use tokio::sync::{watch, Notify};
 use crate::controller_lease::ControllerLease;
 use crate::leader_state::LeaderState;
 use crate::log_dir_health::LogDirHealth;
+use crate::purgatory::{ParkedRequest, WatchList};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionState {
@@ -135,13 +136,15 @@ pub struct Partition {
     log: SharedLog,
     inner: Mutex<Inner>,
     signals: Arc<PartitionSignals>,
+    /// The requests parked on this partition (acks=all produces, long-polling fetches).
+    watchers: WatchList,
 }
 
 /// Broker-wide signals every partition shares.
 #[derive(Default)]
 pub struct PartitionSignals {
-    /// Bumped whenever a log end offset or high watermark moves: wakes long-polling
-    /// fetches and parked acks=all produces.
+    /// Bumped whenever any partition's log end offset or high watermark moves (broker-wide:
+    /// controlled shutdown waits on it; parked requests wait on their own partitions).
     pub data_version: watch::Sender<u64>,
     /// Set when controlled shutdown begins: producers are refused with
     /// NOT_LEADER_OR_FOLLOWER so the followers can catch up before leadership moves.
@@ -239,6 +242,7 @@ impl Partition {
                 damaged_from: None,
             }),
             signals,
+            watchers: WatchList::default(),
         }
     }
 
@@ -506,7 +510,14 @@ impl Partition {
         }
     }
 
+    /// Parks `request` on this partition: it is woken whenever the log end offset or the
+    /// high watermark moves, or leadership changes.
+    pub fn watch(&self, request: &ParkedRequest) {
+        request.watch(&self.watchers);
+    }
+
     fn bump(&self) {
+        self.watchers.wake();
         self.signals
             .data_version
             .send_modify(|v| *v = v.wrapping_add(1));

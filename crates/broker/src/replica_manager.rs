@@ -342,8 +342,20 @@ impl ReplicaManager {
             .iter()
             .map(|p| (p.topic_partition().clone(), p.high_watermark()))
             .collect();
-        let logs = self.logs.lock().unwrap_or_else(|p| p.into_inner());
-        logs.tick(now_ms(), run_retention, |tp| hws.get(tp).copied())
+        // the manager is not held across the flushes: creating a partition never waits
+        // for another's fsync (the recovery points are checkpointed with the high
+        // watermarks, next)
+        let logs = self
+            .logs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .shared_logs();
+        let now = now_ms();
+        for (tp, log) in &logs {
+            let retention = run_retention.then(|| hws.get(tp).copied());
+            LogManager::tick_log(log, now, retention)?;
+        }
+        Ok(())
     }
 
     /// Checkpoints and closes every log (writes the clean-shutdown marker last).

@@ -166,6 +166,11 @@ impl FileRecords {
         &self.path
     }
 
+    /// The open file, for an fsync outside the owner's lock.
+    pub fn shared_file(&self) -> Arc<File> {
+        Arc::clone(&self.file)
+    }
+
     pub fn size(&self) -> u64 {
         self.size
     }

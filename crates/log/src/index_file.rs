@@ -16,6 +16,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use memmap2::MmapMut;
 
@@ -26,7 +27,7 @@ pub(crate) const ALLOCATION_STEP_BYTES: usize = 64 * 1024;
 
 pub(crate) struct IndexFile<const N: usize> {
     path: PathBuf,
-    file: File,
+    file: Arc<File>,
     mmap: Option<MmapMut>,
     entries: usize,
     /// Bytes from the start known to be backed by disk blocks.
@@ -48,7 +49,7 @@ impl<const N: usize> IndexFile<N> {
         let len = file.metadata().map_err(LogError::io(path))?.len() as usize;
         let mut index = IndexFile {
             path: path.to_path_buf(),
-            file,
+            file: Arc::new(file),
             mmap: None,
             entries: len / N,
             allocated_bytes: 0,
@@ -169,6 +170,12 @@ impl<const N: usize> IndexFile<N> {
     /// Grows the file back to `max_bytes` so that appends can resume.
     pub fn make_writable(&mut self, max_bytes: usize) -> Result<()> {
         self.remap((max_bytes / N * N).max(self.entries * N))
+    }
+
+    /// The file, for an fsync outside the owner's lock: on Linux an fsync of the file
+    /// writes back the pages dirtied through the map too (msync(MS_SYNC) is the same call).
+    pub fn durable_handle(&self) -> (PathBuf, Arc<File>) {
+        (self.path.clone(), Arc::clone(&self.file))
     }
 
     pub fn flush(&self) -> Result<()> {

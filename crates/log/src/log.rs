@@ -11,7 +11,9 @@
 //! broker, which passes bounds in (`max_offset` on reads, `deletable_below` on retention).
 
 use std::collections::BTreeMap;
+use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sluice_record::{
     stamp_base_offset, stamp_partition_leader_epoch, LeaderEpoch, Offset, RecordBatches,
@@ -63,6 +65,49 @@ pub struct LogReadInfo {
     /// When `unchecked`: the leader-epoch cache's entries when it was read, which the
     /// batches' epochs are checked against (empty otherwise).
     pub leader_epochs: Vec<EpochEntry>,
+}
+
+/// A flush taken under the log's lock and run outside it, so appends and reads never wait
+/// for an fsync (Kafka flushes outside its log lock the same way): the files of the
+/// segments to make durable, the producer snapshots written since the last flush, and the
+/// offset the recovery point moves to once it is done ([`Log::finish_flush`]).
+///
+/// A segment rolled, trimmed or deleted meanwhile is harmless: its file handles stay
+/// valid, and a snapshot or directory that is gone holds nothing left to make durable.
+#[derive(Debug)]
+pub struct FlushTask {
+    up_to: Offset,
+    truncations: u64,
+    files: Vec<(PathBuf, Arc<File>)>,
+    dir: PathBuf,
+    snapshots: Vec<Offset>,
+}
+
+impl FlushTask {
+    /// The recovery point once this is done.
+    pub fn up_to(&self) -> Offset {
+        self.up_to
+    }
+
+    /// fdatasyncs the segments' files (the pages written through a map too), then the
+    /// snapshots and their directory.
+    pub fn run(&self) -> Result<()> {
+        for (path, file) in &self.files {
+            file.sync_data().map_err(LogError::io(path))?;
+        }
+        for snapshot in &self.snapshots {
+            sync_snapshot(&self.dir, *snapshot)?;
+        }
+        if !self.snapshots.is_empty() {
+            match std::fs::File::open(&self.dir) {
+                Ok(dir) => dir.sync_all().map_err(LogError::io(&self.dir))?,
+                // the partition was deleted meanwhile
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(LogError::io(&self.dir)(e)),
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A region the scrub checks: a sealed segment whole, or the unchecked part of the active
@@ -832,45 +877,89 @@ impl Log {
 
     /// fsyncs the segments holding offsets in `[recovery_point, offset)`.
     pub fn flush_up_to(&mut self, offset: Offset) -> Result<()> {
+        match self.flush_task(offset) {
+            Some(task) => {
+                let result = task.run();
+                self.finish_flush(task, result.is_ok());
+                result
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// What making `[recovery_point, offset)` durable takes (None: nothing), to run outside
+    /// the log's lock: [`FlushTask::run`], then [`Log::finish_flush`].
+    pub fn flush_task(&mut self, offset: Offset) -> Option<FlushTask> {
         let offset = offset.min(self.log_end_offset);
         if offset <= self.recovery_point {
-            return Ok(());
+            return None;
         }
         let from = self
             .segments
             .range(..=self.recovery_point)
             .next_back()
             .map_or(self.log_start_offset, |(b, _)| *b);
-        for (_, segment) in self.segments.range(from..offset) {
-            segment.flush()?;
-        }
-        let mut synced = false;
-        for snapshot in std::mem::take(&mut self.unsynced_snapshots) {
-            sync_snapshot(&self.dir, snapshot)?;
-            synced = true;
-        }
-        if synced {
-            crate::sync_dir(&self.dir)?;
-        }
-        self.recovery_point = offset;
+        let files = self
+            .segments
+            .range(from..offset)
+            .flat_map(|(_, segment)| segment.durable_handles())
+            .collect();
         self.unflushed_messages = 0;
-        Ok(())
+        Some(FlushTask {
+            up_to: offset,
+            truncations: self.truncations,
+            files,
+            dir: self.dir.clone(),
+            snapshots: std::mem::take(&mut self.unsynced_snapshots),
+        })
+    }
+
+    /// Moves the recovery point to what `task` made durable (`ok`), unless the log was
+    /// truncated meanwhile (the offsets it covered may hold other records now); a failed
+    /// task's snapshots wait for the next flush.
+    pub fn finish_flush(&mut self, task: FlushTask, ok: bool) {
+        if !ok {
+            self.unsynced_snapshots.extend(task.snapshots);
+            return;
+        }
+        if task.truncations == self.truncations {
+            let durable = task.up_to.min(self.log_end_offset);
+            self.recovery_point = self.recovery_point.max(durable);
+        }
     }
 
     /// Periodic work: flushes sealed segments (so recovery after a crash starts at the
     /// active segment) and applies `log.flush.interval.ms`.
     pub fn tick(&mut self, now_ms: i64) -> Result<()> {
-        let active_base = self.active().base_offset();
-        if self.recovery_point < active_base {
-            self.flush_up_to(active_base)?;
+        if let Some(task) = self.tick_flush_task(now_ms) {
+            let result = task.run();
+            self.finish_flush(task, result.is_ok());
+            result?;
         }
+        self.expire_producers(now_ms);
+        Ok(())
+    }
+
+    /// [`Log::tick`]'s flush, to run outside the log's lock: the sealed segments, and the
+    /// whole log when `log.flush.interval.ms` has passed.
+    pub fn tick_flush_task(&mut self, now_ms: i64) -> Option<FlushTask> {
         if let Some(interval) = self.config.flush_interval_ms {
             if now_ms - self.last_flush_ms >= interval && self.recovery_point < self.log_end_offset
             {
-                self.flush()?;
                 self.last_flush_ms = now_ms;
+                return self.flush_task(self.log_end_offset);
             }
         }
+        let active_base = self.active().base_offset();
+        if self.recovery_point < active_base {
+            return self.flush_task(active_base);
+        }
+        None
+    }
+
+    /// Forgets idle producer ids (`producer.id.expiration.ms`), checked every
+    /// `producer.id.expiration.check.interval.ms`.
+    pub fn expire_producers(&mut self, now_ms: i64) {
         if now_ms - self.last_producer_expiry_ms
             >= self.config.producer_id_expiration_check_interval_ms
         {
@@ -882,7 +971,11 @@ impl Log {
                 tracing::debug!(partition = %self.topic_partition, expired, "producer ids expired");
             }
         }
-        Ok(())
+    }
+
+    /// Whether [`Log::close`] ran (the log is being deleted, or the broker stops).
+    pub fn is_closed(&self) -> bool {
+        self.closed
     }
 
     /// Flushes and trims the active segment; the log is then ready for a clean restart and

@@ -178,9 +178,8 @@ impl LogManager {
         Ok(true)
     }
 
-    /// Periodic work for every log: flush policy, sealed-segment flushes, retention (bounded
-    /// per partition by `deletable_below`, e.g. the high watermark; None = log end offset),
-    /// then the recovery-point checkpoint.
+    /// Periodic work for every log ([`LogManager::tick_log`]), then the recovery-point
+    /// checkpoint.
     pub fn tick(
         &self,
         now_ms: i64,
@@ -188,14 +187,49 @@ impl LogManager {
         deletable_below: impl Fn(&TopicPartition) -> Option<Offset>,
     ) -> Result<()> {
         for (tp, log) in &self.logs {
-            let mut log = lock(log);
-            log.tick(now_ms)?;
-            if run_retention {
-                let bound = deletable_below(tp).unwrap_or(log.log_end_offset());
-                log.delete_retained_segments(now_ms, bound)?;
-            }
+            let bound = run_retention.then(|| deletable_below(tp));
+            Self::tick_log(log, now_ms, bound)?;
         }
         self.checkpoint_recovery_points()
+    }
+
+    /// Every log, to work on without holding the manager (its logs stay valid: a deleted
+    /// one is closed, and flushes nothing more).
+    pub fn shared_logs(&self) -> Vec<(TopicPartition, SharedLog)> {
+        self.logs
+            .iter()
+            .map(|(tp, log)| (tp.clone(), Arc::clone(log)))
+            .collect()
+    }
+
+    /// One log's periodic work: the flush policy and sealed-segment flushes, with the
+    /// fsyncs outside the log's lock (appends and reads go on meanwhile); producer-id
+    /// expiry; and, when `retention` is Some, retention bounded by its offset (e.g. the
+    /// high watermark; None = the log end offset).
+    pub fn tick_log(log: &SharedLog, now_ms: i64, retention: Option<Option<Offset>>) -> Result<()> {
+        // a closed log (deleted since the caller listed it) is left alone
+        let task = {
+            let mut log = lock(log);
+            if log.is_closed() {
+                return Ok(());
+            }
+            log.tick_flush_task(now_ms)
+        };
+        if let Some(task) = task {
+            let result = task.run();
+            lock(log).finish_flush(task, result.is_ok());
+            result?;
+        }
+        let mut log = lock(log);
+        if log.is_closed() {
+            return Ok(());
+        }
+        log.expire_producers(now_ms);
+        if let Some(bound) = retention {
+            let bound = bound.unwrap_or(log.log_end_offset());
+            log.delete_retained_segments(now_ms, bound)?;
+        }
+        Ok(())
     }
 
     pub fn checkpoint_recovery_points(&self) -> Result<()> {

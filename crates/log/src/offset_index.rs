@@ -164,6 +164,10 @@ impl OffsetIndex {
         self.file.make_writable(max_bytes)
     }
 
+    pub(crate) fn durable_handle(&self) -> (std::path::PathBuf, std::sync::Arc<std::fs::File>) {
+        self.file.durable_handle()
+    }
+
     pub fn flush(&self) -> Result<()> {
         self.file.flush()
     }

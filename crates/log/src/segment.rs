@@ -6,8 +6,10 @@
 //! one past the last batch (`base_offset` when empty); every index entry points at a batch
 //! start.
 
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sluice_record::limits::MAX_BATCH_SIZE_BYTES;
 use sluice_record::{BatchHeader, LeaderEpoch, Offset, RecordBatch};
@@ -462,6 +464,16 @@ impl LogSegment {
         self.unchecked.truncate(position);
         self.load_state()?;
         Ok(removed)
+    }
+
+    /// The segment's files (log, offset index, time index), for an fsync outside the log's
+    /// lock ([`crate::log::FlushTask`]).
+    pub(crate) fn durable_handles(&self) -> [(PathBuf, Arc<File>); 3] {
+        [
+            (self.log.path().to_path_buf(), self.log.shared_file()),
+            self.offset_index.durable_handle(),
+            self.time_index.durable_handle(),
+        ]
     }
 
     pub fn flush(&self) -> Result<()> {

@@ -477,3 +477,43 @@ fn invalid_configs_are_rejected() {
         assert!(matches!(result, Err(LogError::InvalidConfig(_))));
     }
 }
+
+#[test]
+fn a_flush_runs_outside_the_lock_and_moves_the_recovery_point_only_once_done() {
+    for mode in MODES {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path(), &small_config(mode));
+        let mut model = Model::default();
+        for i in 0..50 {
+            model.append_leader(&mut log, batch(2, T0 + i, 100, Compression::None), 0);
+        }
+        let sealed_up_to = log.segments().last().unwrap().base_offset();
+        assert!(sealed_up_to > Offset(0));
+        // taken under the lock; while it runs the log takes appends and reads
+        let task = log.tick_flush_task(T0).expect("sealed segments to flush");
+        assert_eq!(task.up_to(), sealed_up_to);
+        assert_eq!(log.recovery_point(), Offset(0), "{mode:?}: not durable yet");
+        model.append_leader(&mut log, batch(2, T0, 100, Compression::None), 0);
+        task.run().unwrap();
+        log.finish_flush(task, true);
+        assert_eq!(log.recovery_point(), sealed_up_to, "{mode:?}");
+
+        // a failed flush moves nothing, and the next one covers it all
+        let task = log.flush_task(log.log_end_offset()).unwrap();
+        log.finish_flush(task, false);
+        assert_eq!(log.recovery_point(), sealed_up_to, "{mode:?}");
+
+        // a truncation while a flush runs: the offsets it covered may hold other records
+        // by the time it is done, so the recovery point stays where it was
+        let task = log.flush_task(log.log_end_offset()).unwrap();
+        let cut = Offset(log.log_end_offset().0 - 4);
+        log.truncate_to(cut).unwrap();
+        task.run().unwrap();
+        log.finish_flush(task, true);
+        assert_eq!(log.recovery_point(), sealed_up_to, "{mode:?}");
+        assert!(log.recovery_point() <= log.log_end_offset());
+        log.flush().unwrap();
+        assert_eq!(log.recovery_point(), log.log_end_offset(), "{mode:?}");
+        assert!(log.flush_task(log.log_end_offset()).is_none());
+    }
+}

@@ -235,3 +235,27 @@ fn leftovers_open_or_are_refused_naming_the_path_and_never_stop_the_others() {
         "{err}"
     );
 }
+
+#[test]
+fn a_flush_or_tick_of_a_log_deleted_meanwhile_does_nothing_and_fails_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        retention_ms: 1000,
+        ..small_config(MODES[0])
+    };
+    let mut manager = LogManager::open(dir.path(), config, T0).unwrap();
+    let tp = TopicPartition::new("gone", 0);
+    manager.get_or_create(&tp, None, T0).unwrap();
+    // rolls: sealed segments and unsynced producer snapshots to flush
+    append(&manager, &tp, 100);
+    let listed = manager.shared_logs();
+    assert_eq!(listed.len(), 1);
+    let log = &listed[0].1;
+    let task = lock(log).flush_task(Offset(i64::MAX)).unwrap();
+    assert!(manager.delete(&tp, T0).unwrap());
+    assert!(!dir.path().join("gone-0").exists());
+    // the files, snapshots and directory are gone: nothing left to make durable
+    task.run().unwrap();
+    LogManager::tick_log(log, T0 + 10_000, Some(None)).unwrap();
+    assert!(manager.get(&tp).is_none());
+}

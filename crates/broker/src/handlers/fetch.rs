@@ -3,8 +3,8 @@
 //! high watermark, followers (replica_id ≥ 0) up to the log end.
 //!
 //! Long poll: with fewer than `min_bytes` available and no error, the request waits up to
-//! `max_wait_ms`, woken whenever any partition's log end or high watermark moves, then
-//! reads again. `max_bytes` bounds the response and `partition_max_bytes` each partition,
+//! `max_wait_ms`, woken whenever the log end or high watermark of one of its own
+//! partitions moves (see `purgatory`), then reads again. `max_bytes` bounds the response and `partition_max_bytes` each partition,
 //! except that the first batch found is always sent whole (so a batch larger than the
 //! limits cannot stall a consumer). Fetch sessions (KIP-227) are not kept: every request
 //! is a full fetch and the response's session id is 0, which clients treat as "no session".
@@ -21,6 +21,7 @@ use super::{decode, respond, str_bytes, uuid_of, Answer};
 use crate::broker::Broker;
 use crate::connection::ConnectionError;
 use crate::partition::FetchIsolation;
+use crate::purgatory::ParkedRequest;
 
 /// The longest wait honoured, whatever the client asks.
 const MAX_WAIT_CAP_MS: i32 = 60_000;
@@ -76,10 +77,10 @@ pub async fn handle(request: &RequestFrame, broker: &Broker) -> Result<Answer, C
     let min_bytes = body.min_bytes.max(0) as u64;
     let wait = Duration::from_millis(body.max_wait_ms.clamp(0, MAX_WAIT_CAP_MS) as u64);
     let deadline = tokio::time::Instant::now() + wait;
-    let mut data_version = broker.replicas.data_version();
+    // woken by the partitions read, each watched before it is read (no move is missed)
+    let parked = ParkedRequest::new();
     loop {
-        data_version.borrow_and_update();
-        let pass = read_all(broker, &body, &names, isolation, version);
+        let pass = read_all(broker, &body, &names, isolation, version, &parked);
         let timed_out = tokio::time::Instant::now() >= deadline;
         if pass.bytes >= min_bytes.max(1) || pass.errors || timed_out {
             record_metrics(broker, &pass, &names, replica_id >= 0);
@@ -94,13 +95,7 @@ pub async fn handle(request: &RequestFrame, broker: &Broker) -> Result<Answer, C
             return Ok(Some(chunks));
         }
         let waiting = std::time::Instant::now();
-        if tokio::time::timeout_at(deadline, data_version.changed())
-            .await
-            .is_ok_and(|r| r.is_err())
-        {
-            // the broker is shutting down
-            tokio::time::sleep_until(deadline).await;
-        }
+        let _ = tokio::time::timeout_at(deadline, parked.woken()).await;
         // a long poll waits for data: Kafka counts it as remote time too
         crate::request_metrics::add_remote_wait(waiting.elapsed());
     }
@@ -148,6 +143,7 @@ fn read_all(
     names: &[Option<String>],
     isolation: FetchIsolation,
     version: i16,
+    parked: &ParkedRequest,
 ) -> ReadPass {
     let mut pass = ReadPass {
         response: FetchResponse::default().with_session_id(0),
@@ -193,6 +189,7 @@ fn read_all(
                             }
                         }
                         Some(partition) => {
+                            partition.watch(parked);
                             let limit = (fp.partition_max_bytes.max(0) as u64).min(remaining);
                             let read = partition.read(
                                 Offset(fp.fetch_offset),

@@ -30,6 +30,7 @@ use super::{decode, now_ms, respond, str_bytes, Answer};
 use crate::broker::Broker;
 use crate::connection::ConnectionError;
 use crate::partition::{AcksAllOutcome, Partition};
+use crate::purgatory::ParkedRequest;
 
 /// A partition answer waiting for the high watermark (acks=all).
 struct Parked {
@@ -111,7 +112,7 @@ pub async fn handle(request: &RequestFrame, broker: &Broker) -> Result<Answer, C
     if !parked.is_empty() {
         let timeout = Duration::from_millis(body.timeout_ms.max(0) as u64);
         let waiting = std::time::Instant::now();
-        wait_for_high_watermark(broker, &parked, timeout).await;
+        wait_for_high_watermark(&parked, timeout).await;
         crate::request_metrics::add_remote_wait(waiting.elapsed());
         for p in &parked {
             // either way the batch is in this log and may be committed later (or
@@ -165,8 +166,12 @@ fn append(
     }
 }
 
-async fn wait_for_high_watermark(broker: &Broker, parked: &[Parked], timeout: Duration) {
-    let mut version = broker.replicas.data_version();
+/// Waits until every parked answer is settled, woken only by the partitions it waits on.
+async fn wait_for_high_watermark(parked: &[Parked], timeout: Duration) {
+    let request = ParkedRequest::new();
+    for p in parked {
+        p.waiting_on.watch(&request);
+    }
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         if parked
@@ -175,9 +180,9 @@ async fn wait_for_high_watermark(broker: &Broker, parked: &[Parked], timeout: Du
         {
             return;
         }
-        if tokio::time::timeout_at(deadline, version.changed())
+        if tokio::time::timeout_at(deadline, request.woken())
             .await
-            .map_or(true, |r| r.is_err())
+            .is_err()
         {
             return;
         }
