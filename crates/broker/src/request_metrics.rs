@@ -1,12 +1,13 @@
 //! Request metrics (prometheus-client families, read by the node's `/metrics`): requests
 //! per API, produce and fetch errors per Kafka error code, bytes and records produced per
 //! topic, bytes fetched by consumers per topic, and request time split the way Kafka's
-//! TotalTimeMs is — `local` (the handler's own work), `remote` (waiting for the followers
-//! on an acks=all produce, or for data on a long-polling fetch), `send` (writing the
-//! response) and `total`. A connection answers one request at a time, in order, so
-//! Kafka's request-queue time is not there: a pipelined request waits in the socket.
+//! TotalTimeMs is ([`RequestTimes`]): `request_queue` (read, waiting for its turn on the
+//! connection), `local` (the handler's own work), `remote` (waiting for the followers on an
+//! acks=all produce, or for data on a long-polling fetch), `response_queue` (answered,
+//! waiting for the connection's earlier answers), `send` (writing the response) and
+//! `total`.
 //!
-//! Invariant: `local + remote + send == total` for every request (each measured once).
+//! Invariant: the five parts add up to `total` for every request (each measured once).
 
 use std::cell::Cell;
 use std::time::Duration;
@@ -28,7 +29,8 @@ pub struct RequestMetrics {
     pub requests: Family<Labels, Counter>,
     /// `request_errors_total{request, error}`: per partition for Produce and Fetch.
     pub errors: Family<Labels, Counter>,
-    /// `request_time_ms{request, stage}`, stage = local | remote | send | total.
+    /// `request_time_ms{request, stage}`, stage = request_queue | local | remote |
+    /// response_queue | send | total.
     pub time_ms: Family<Labels, Histogram, fn() -> Histogram>,
     /// `topic_bytes_in_total{topic}`: record-set bytes appended by producers.
     pub bytes_in: Family<Labels, Counter>,
@@ -58,20 +60,44 @@ fn label(pairs: &[(&str, &str)]) -> Labels {
         .collect()
 }
 
+/// One answered request's time, from its frame read to its answer written, in Kafka's
+/// parts (RequestQueueTimeMs, LocalTimeMs, RemoteTimeMs, ResponseQueueTimeMs,
+/// ResponseSendTimeMs); they add up to [`RequestTimes::total`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestTimes {
+    /// Read, waiting for its turn: a produce for a free pipeline slot, any other request
+    /// for every earlier answer of its connection to be written.
+    pub request_queue: Duration,
+    /// The handler's own work (a produce: validating and appending).
+    pub local: Duration,
+    /// Waiting on others: the followers (acks=all), or data (a long-polling fetch).
+    pub remote: Duration,
+    /// Answered, waiting for the connection's earlier answers to be written.
+    pub response_queue: Duration,
+    /// Writing the answer.
+    pub send: Duration,
+}
+
+impl RequestTimes {
+    pub fn total(&self) -> Duration {
+        self.request_queue + self.local + self.remote + self.response_queue + self.send
+    }
+}
+
 impl RequestMetrics {
-    /// Records one answered request: `handled` from its frame to the handler's answer,
-    /// `send` writing the answer.
-    pub fn record(&self, request: &str, handled: Duration, remote: Duration, send: Duration) {
+    /// Records one answered request.
+    pub fn record(&self, request: &str, times: &RequestTimes) {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        let remote = remote.min(handled);
         self.requests
             .get_or_create(&label(&[("request", request)]))
             .inc();
         for (stage, d) in [
-            ("local", handled - remote),
-            ("remote", remote),
-            ("send", send),
-            ("total", handled + send),
+            ("request_queue", times.request_queue),
+            ("local", times.local),
+            ("remote", times.remote),
+            ("response_queue", times.response_queue),
+            ("send", times.send),
+            ("total", times.total()),
         ] {
             self.time_ms
                 .get_or_create(&label(&[("request", request), ("stage", stage)]))
@@ -143,9 +169,13 @@ mod tests {
         let m = RequestMetrics::default();
         m.record(
             "Produce",
-            Duration::from_millis(10),
-            Duration::from_millis(7),
-            Duration::from_millis(1),
+            &RequestTimes {
+                request_queue: Duration::from_millis(2),
+                local: Duration::from_millis(3),
+                remote: Duration::from_millis(7),
+                response_queue: Duration::from_millis(4),
+                send: Duration::from_millis(1),
+            },
         );
         m.error("Produce", 6);
         m.produced("t", 100, 3);
@@ -164,7 +194,15 @@ mod tests {
             "{out}"
         );
         assert!(
-            out.contains(r#"request_time_ms_sum{request="Produce",stage="total"} 11"#),
+            out.contains(r#"request_time_ms_sum{request="Produce",stage="request_queue"} 2"#),
+            "{out}"
+        );
+        assert!(
+            out.contains(r#"request_time_ms_sum{request="Produce",stage="response_queue"} 4"#),
+            "{out}"
+        );
+        assert!(
+            out.contains(r#"request_time_ms_sum{request="Produce",stage="total"} 17"#),
             "{out}"
         );
         assert!(

@@ -26,4 +26,4 @@ pub use fetch_response::encode_fetch_response;
 pub use frame::{read_frame, FrameError};
 pub use pipelined_connection::{PipelinedConnection, SendError};
 pub use request::{parse_request, RequestError, RequestFrame};
-pub use response::{Chunk, ChunkWriter, FileChunk, WriteStats};
+pub use response::{Chunk, ChunkWriter, FileChunk, ResponseStream, WriteStats};

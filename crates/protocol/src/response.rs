@@ -15,8 +15,27 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::ResponseHeader;
 use kafka_protocol::protocol::Encodable;
-use tokio::io::{AsyncWriteExt, Interest};
+use tokio::io::{AsyncWrite, AsyncWriteExt, Interest};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
+
+/// Where a [`ChunkWriter`] writes: a TCP stream, or its write half (the other half reading
+/// requests meanwhile). Bytes go through `AsyncWrite`, file regions by sendfile on the socket.
+pub trait ResponseStream: AsyncWrite + Unpin {
+    fn socket(&self) -> &TcpStream;
+}
+
+impl ResponseStream for TcpStream {
+    fn socket(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl ResponseStream for OwnedWriteHalf {
+    fn socket(&self) -> &TcpStream {
+        self.as_ref()
+    }
+}
 
 /// A byte range of an open file.
 #[derive(Debug, Clone)]
@@ -101,14 +120,16 @@ impl ChunkWriter {
     /// Writes `chunks` in order to `stream`.
     pub async fn write(
         &mut self,
-        stream: &mut TcpStream,
+        stream: &mut impl ResponseStream,
         chunks: &[Chunk],
         stats: &WriteStats,
     ) -> std::io::Result<()> {
         for chunk in chunks {
             match chunk {
                 Chunk::Bytes(b) => stream.write_all(b).await?,
-                Chunk::File(f) if self.use_sendfile => sendfile_all(stream, f, stats).await?,
+                Chunk::File(f) if self.use_sendfile => {
+                    sendfile_all(stream.socket(), f, stats).await?
+                }
                 Chunk::File(f) => {
                     if self.copy_buffer.is_empty() {
                         self.copy_buffer = vec![0u8; COPY_BUFFER_BYTES];

@@ -17,6 +17,7 @@ mod metadata;
 mod offset_for_leader_epoch;
 mod offsets;
 mod produce;
+pub(crate) use produce::append as append_produce;
 
 use bytes::Bytes;
 use kafka_protocol::messages::ApiKey;

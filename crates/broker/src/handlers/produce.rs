@@ -49,14 +49,36 @@ impl Parked {
 }
 
 pub async fn handle(request: &RequestFrame, broker: &Broker) -> Result<Answer, ConnectionError> {
+    append(request, broker)?.answer(request, broker).await
+}
+
+/// A produce request after its first stage: every partition's record set appended (or
+/// refused), the answers that wait for the high watermark parked.
+pub struct Appended {
+    response: ProduceResponse,
+    parked: Vec<Parked>,
+    acks: i16,
+    timeout: Duration,
+}
+
+/// The first stage of a produce (Redpanda's "dispatched"): appends each partition's record
+/// set, at once and without waiting for anything, so that a connection's produce requests
+/// are appended in the order they arrive (see `connection`). An acks=0 request that fails
+/// is an error: the connection closes.
+pub fn append(request: &RequestFrame, broker: &Broker) -> Result<Appended, ConnectionError> {
     let body: ProduceRequest = decode(request)?;
     let acks = body.acks;
+    let timeout = Duration::from_millis(body.timeout_ms.max(0) as u64);
     if !matches!(acks, -1..=1) {
         if acks == 0 {
             return Err(ConnectionError::AcksZeroFailed(ec::INVALID_REQUIRED_ACKS));
         }
-        let response = error_response(&body, ec::INVALID_REQUIRED_ACKS);
-        return respond(request, &response);
+        return Ok(Appended {
+            response: error_response(&body, ec::INVALID_REQUIRED_ACKS),
+            parked: Vec::new(),
+            acks,
+            timeout,
+        });
     }
     let mut response = ProduceResponse::default();
     let mut parked: Vec<Parked> = Vec::new();
@@ -67,7 +89,7 @@ pub async fn handle(request: &RequestFrame, broker: &Broker) -> Result<Answer, C
         for data in &topic.partition_data {
             let tp = TopicPartition::new(name.clone(), data.index);
             let mut answer = PartitionProduceResponse::default().with_index(data.index);
-            match append(broker, &tp, data.records.as_deref(), acks) {
+            match append_partition(broker, &tp, data.records.as_deref(), acks) {
                 Ok((partition, result)) => {
                     if !result.duplicate {
                         let bytes = data.records.as_ref().map_or(0, |r| r.len() as u64);
@@ -103,14 +125,37 @@ pub async fn handle(request: &RequestFrame, broker: &Broker) -> Result<Answer, C
                 .with_partition_responses(partitions),
         );
     }
-    if acks == 0 {
-        return match first_error {
-            Some(code) => Err(ConnectionError::AcksZeroFailed(code)),
-            None => Ok(None),
-        };
+    if let (0, Some(code)) = (acks, first_error) {
+        return Err(ConnectionError::AcksZeroFailed(code));
     }
-    if !parked.is_empty() {
-        let timeout = Duration::from_millis(body.timeout_ms.max(0) as u64);
+    Ok(Appended {
+        response,
+        parked,
+        acks,
+        timeout,
+    })
+}
+
+impl Appended {
+    /// The second stage: waits for the high watermark to pass every parked answer (acks=all,
+    /// up to the request's timeout), then encodes the response (none for acks=0).
+    pub async fn answer(
+        self,
+        request: &RequestFrame,
+        broker: &Broker,
+    ) -> Result<Answer, ConnectionError> {
+        let Appended {
+            mut response,
+            parked,
+            acks,
+            timeout,
+        } = self;
+        if acks == 0 {
+            return Ok(None);
+        }
+        if parked.is_empty() {
+            return respond(request, &response);
+        }
         let waiting = std::time::Instant::now();
         wait_for_high_watermark(&parked, timeout).await;
         crate::request_metrics::add_remote_wait(waiting.elapsed());
@@ -131,13 +176,13 @@ pub async fn handle(request: &RequestFrame, broker: &Broker) -> Result<Answer, C
             answer.base_offset = -1;
             answer.error_message = Some(str_bytes(message));
         }
+        respond(request, &response)
     }
-    respond(request, &response)
 }
 
 type ProduceError = (i16, Option<String>);
 
-fn append(
+fn append_partition(
     broker: &Broker,
     tp: &TopicPartition,
     records: Option<&[u8]>,
