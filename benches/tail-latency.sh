@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Tail latency (issue 18): Sluice against a memory-only broker, the same client and the same
+# settings, rounds alternating, in one run.
+#   Sluice: three nodes (deploy/local-cluster.sh, release build), a fresh topic per run
+#           with 6 partitions, RF=3, min.insync.replicas=2.
+#   peer:   Tansu 0.6 (a Kafka-compatible broker in Rust), one node, memory storage (no
+#           disk, no replication), the same 6 partitions.
+# Per round and side:
+#   latency:    librdkafka's rdkafka_performance, 100 B records, acks=all, linger.ms=1,
+#               RATE records/s for SECONDS s, per-message delivery latency (-l);
+#               prints p50 / p99 / p99.9 / max;
+#   throughput: 1,000,000 x 100 B, acks=all, linger.ms=5, 1 MB batches; records/s.
+# Usage: benches/tail-latency.sh [ROUNDS] [RATE] [SECONDS]   (default 5 200000 5)
+# The peer: `cargo install tansu --version 0.6.0 --locked --features dynostore,libsql`
+# (about 13 minutes here), found on PATH or as $TANSU. Without it only Sluice runs.
+# SLUICE_BENCH_KEEP=1 keeps the cluster's directory (node logs, /metrics scrapes).
+# Uses the cluster's fixed ports 19092/29092/39092 (+1 for the controllers, 19644... for
+# /metrics) and 49092 for the peer.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-5}
+rate=${2:-200000}
+seconds=${3:-5}
+perf=.kafka-clients/bin/rdkafka_performance
+[ -x "$perf" ] || bash scripts/install-kafka-clients.sh --perf >/dev/null
+cargo build --release -q -p sluice
+tansu=${TANSU:-$(command -v tansu || true)}
+SLUICE_CLUSTER_DIR=$(mktemp -d /tmp/sluice-tail-bench.XXXXXX)
+export SLUICE_CLUSTER_DIR
+peer_pid=
+cleanup() {
+  [ -n "$peer_pid" ] && kill -9 "$peer_pid" 2>/dev/null || true
+  deploy/local-cluster.sh down >/dev/null 2>&1 || true
+  if [ -n "${SLUICE_BENCH_KEEP:-}" ]; then echo "kept $SLUICE_CLUSTER_DIR"; else rm -rf "$SLUICE_CLUSTER_DIR"; fi
+}
+trap cleanup EXIT
+deploy/local-cluster.sh up >/dev/null
+sluice_b=127.0.0.1:19092,127.0.0.1:29092,127.0.0.1:39092
+peer_b=127.0.0.1:49092
+sluice=./target/release/sluice
+lat=$SLUICE_CLUSTER_DIR/latency.txt
+out=$SLUICE_CLUSTER_DIR/perf.out
+
+if [ -n "$tansu" ]; then
+  "$tansu" broker --storage-engine memory://tansu/ \
+    --listener-url tcp://127.0.0.1:49092 --advertised-listener-url tcp://127.0.0.1:49092 \
+    >"$SLUICE_CLUSTER_DIR/tansu.log" 2>&1 &
+  peer_pid=$!
+  for _ in $(seq 100); do
+    $sluice topic list -b $peer_b --timeout 1s >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+else
+  echo "no tansu on PATH (nor \$TANSU): Sluice alone"
+fi
+
+n=0
+topic() { # side: a fresh topic, its name on stdout
+  n=$((n + 1))
+  local name="lat-$1-$n"
+  if [ "$1" = sluice ]; then
+    $sluice topic create "$name" -p 6 -r 3 -c min.insync.replicas=2 -b $sluice_b >/dev/null
+  else
+    $sluice topic create "$name" -p 6 -r 1 -b $peer_b >/dev/null
+  fi
+  echo "$name"
+}
+bootstrap() { if [ "$1" = sluice ]; then echo $sluice_b; else echo $peer_b; fi; }
+
+# p50 p99 p99.9 max (ms) of the per-message latencies (µs) in $lat
+percentiles() {
+  sort -n "$lat" | awk '{a[NR]=$1} END{printf "%.2f %.2f %.2f %.2f %d", a[int(NR*0.5)]/1000,
+    a[int(NR*0.99)]/1000, a[int(NR*0.999)]/1000, a[NR]/1000, NR}'
+}
+latency() { # side -> "p50 p99 p99.9 max count"
+  local t
+  t=$(topic "$1")
+  rm -f "$lat"
+  "$perf" -P -t "$t" -b "$(bootstrap "$1")" -s 100 -c $((rate * seconds)) -r "$rate" -a -1 \
+    -l -A "$lat" -q -X linger.ms=1 >"$out" 2>&1 || { cat "$out"; exit 1; }
+  percentiles
+}
+throughput() { # side -> records/s
+  local t
+  t=$(topic "$1")
+  "$perf" -P -t "$t" -b "$(bootstrap "$1")" -s 100 -c 1000000 -a -1 -q \
+    -X linger.ms=5 -X batch.size=1000000 >"$out" 2>&1 || { cat "$out"; exit 1; }
+  grep -oE '[0-9]+ msgs/s' "$out" | tail -1 | cut -d' ' -f1
+}
+# Sluice's request stages for Produce (ms), summed over the nodes and every request so far
+stages() {
+  local port
+  for port in 19644 29644 39644; do
+    curl -s "http://127.0.0.1:$port/metrics" 2>/dev/null || true
+  done | grep '^sluice_request_time_ms_sum{request="Produce",stage=' |
+    sed -E 's/.*stage="([a-z_]+)"\} (.*)/\1 \2/' |
+    awk '{s[$1] += $2} END {printf "request_queue %.0f, local %.0f, remote %.0f, response_queue %.0f, send %.0f, total %.0f",
+      s["request_queue"], s["local"], s["remote"], s["response_queue"], s["send"], s["total"]}'
+}
+
+sides=(sluice)
+[ -n "$tansu" ] && sides+=(peer)
+echo "rounds $rounds, latency at $rate records/s for $seconds s (acks=all, linger.ms=1, 100 B), throughput 1M x 100 B (linger.ms=5)"
+printf "%-6s %-6s %9s %9s %9s %9s %12s\n" round side p50_ms p99_ms p99.9_ms max_ms records/s
+for round in $(seq "$rounds"); do
+  order=("${sides[@]}")
+  # alternate which side goes first
+  if [ $((round % 2)) -eq 0 ] && [ ${#sides[@]} -eq 2 ]; then order=(peer sluice); fi
+  for side in "${order[@]}"; do
+    read -r p50 p99 p999 max count <<<"$(latency "$side")"
+    rps=$(throughput "$side")
+    printf "%-6s %-6s %9s %9s %9s %9s %12s\n" "$round" "$side" "$p50" "$p99" "$p999" "$max" "$rps"
+  done
+done
+echo "Sluice produce stages, ms summed over every request of the run: $(stages)"
