@@ -87,15 +87,27 @@ throughput() { # side -> records/s
     -X linger.ms=5 -X batch.size=1000000 >"$out" 2>&1 || { cat "$out"; exit 1; }
   grep -oE '[0-9]+ msgs/s' "$out" | tail -1 | cut -d' ' -f1
 }
-# Sluice's request stages for Produce (ms), summed over the nodes and every request so far
+# Sluice's request stages for Produce, over every request of the run and all three nodes:
+# time in each stage (ms, summed) and how many requests spent over 25.6 / 102.4 ms in it
+# (the histogram's bucket bounds)
 stages() {
   local port
   for port in 19644 29644 39644; do
     curl -s "http://127.0.0.1:$port/metrics" 2>/dev/null || true
-  done | grep '^sluice_request_time_ms_sum{request="Produce",stage=' |
-    sed -E 's/.*stage="([a-z_]+)"\} (.*)/\1 \2/' |
-    awk '{s[$1] += $2} END {printf "request_queue %.0f, local %.0f, remote %.0f, response_queue %.0f, send %.0f, total %.0f",
-      s["request_queue"], s["local"], s["remote"], s["response_queue"], s["send"], s["total"]}'
+  done | grep -E '^sluice_request_time_ms_(sum|count|bucket)\{.*request="Produce"' |
+    awk '{
+      stage = $0; sub(/.*stage="/, "", stage); sub(/".*/, "", stage)
+      v = $NF
+      if ($0 ~ /^sluice_request_time_ms_sum/) sum[stage] += v
+      else if ($0 ~ /^sluice_request_time_ms_count/) n[stage] += v
+      else if ($0 ~ /le="25.6"/) le25[stage] += v
+      else if ($0 ~ /le="102.4"/) le102[stage] += v
+    } END {
+      split("request_queue local remote response_queue send total", order, " ")
+      for (i = 1; i <= 6; i++) { s = order[i]
+        printf "  %-15s %10.0f ms, %6d requests, over 25.6 ms: %5d, over 102.4 ms: %5d\n",
+          s, sum[s], n[s], n[s] - le25[s], n[s] - le102[s] }
+    }'
 }
 
 sides=(sluice)
@@ -112,4 +124,5 @@ for round in $(seq "$rounds"); do
     printf "%-6s %-6s %9s %9s %9s %9s %12s\n" "$round" "$side" "$p50" "$p99" "$p999" "$max" "$rps"
   done
 done
-echo "Sluice produce stages, ms summed over every request of the run: $(stages)"
+echo "Sluice Produce request stages (all rounds, all nodes):"
+stages

@@ -14,10 +14,18 @@
 //!
 //! A partition the leader refuses (not leading it, a log it cannot open, an epoch not yet
 //! known: in Fetch or OffsetForLeaderEpoch) or whose records cannot be appended is left
-//! out of the fetches for `RETRY`, alone: the others keep fetching at full speed (as Kafka delays only the failing
-//! partition). One that keeps failing is logged at WARN once, and again when it recovers.
+//! out of the fetches for a while, alone: the others keep fetching at full speed (as Kafka
+//! delays only the failing partition). The wait starts at 25 ms — a new partition's leader
+//! is usually only a moment behind in the metadata — and doubles up to `RETRY`. One that
+//! keeps failing is logged at WARN once, and again when it recovers.
+//!
+//! A partition added to a fetcher (a new topic, a new leader) is fetched at once: the
+//! fetch long-polling on the others (up to `replica.fetch.wait.max.ms`) is abandoned with
+//! its connection, instead of holding the new partition's acks=all writes back until it
+//! returns.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -34,6 +42,7 @@ use sluice_log::LogError;
 use sluice_metadata::error_code as ec;
 use sluice_protocol::{ClientConnection, ClientError};
 use sluice_record::{now_ms, LeaderEpoch, Offset, TopicPartition};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::partition::{Partition, PartitionError};
@@ -47,7 +56,10 @@ const REPLICA_FETCH_WAIT_MAX_MS: i32 = 500;
 /// `replica.fetch.max.bytes` (per partition) and `replica.fetch.response.max.bytes`.
 const REPLICA_FETCH_MAX_BYTES: i32 = 1024 * 1024;
 const REPLICA_FETCH_RESPONSE_MAX_BYTES: i32 = 10 * 1024 * 1024;
+/// The longest a failed partition waits before it is fetched again.
 const RETRY: Duration = Duration::from_millis(200);
+/// Its first wait (then doubled, up to `RETRY`).
+const FIRST_RETRY: Duration = Duration::from_millis(25);
 /// Failures in a row (about a second of them) before a partition is logged at WARN.
 const FAILURES_BEFORE_WARN: u32 = 5;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -69,9 +81,28 @@ struct Followed {
 
 type FollowedSet = Arc<Mutex<BTreeMap<TopicPartition, Followed>>>;
 
+/// Tells a fetcher that partitions were added (or moved to a new leader epoch).
+#[derive(Default)]
+struct Added {
+    generation: AtomicU64,
+    notify: Notify,
+}
+
+impl Added {
+    fn bump(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.notify.notify_one();
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+}
+
 struct Fetcher {
     address: String,
     partitions: FollowedSet,
+    added: Arc<Added>,
     task: JoinHandle<()>,
 }
 
@@ -111,14 +142,17 @@ impl ReplicaFetchers {
         }
         let fetcher = fetchers.entry(leader).or_insert_with(|| {
             let partitions: FollowedSet = Arc::new(Mutex::new(BTreeMap::new()));
+            let added = Arc::new(Added::default());
             let task = tokio::spawn(run(
                 self.broker_id,
                 address.to_string(),
                 Arc::clone(&partitions),
+                Arc::clone(&added),
             ));
             Fetcher {
                 address: address.to_string(),
                 partitions,
+                added,
                 task,
             }
         });
@@ -139,6 +173,8 @@ impl ReplicaFetchers {
                     failures: 0,
                 },
             );
+            drop(partitions);
+            fetcher.added.bump();
         }
     }
 
@@ -166,9 +202,10 @@ fn topic_name(topic: &str) -> TopicName {
     TopicName(StrBytes::from_string(topic.to_string()))
 }
 
-async fn run(broker_id: i32, address: String, partitions: FollowedSet) {
+async fn run(broker_id: i32, address: String, partitions: FollowedSet, added: Arc<Added>) {
     let mut connection: Option<ClientConnection> = None;
     loop {
+        let generation = added.generation();
         let now = tokio::time::Instant::now();
         let (followed, waiting): (Vec<_>, Vec<_>) = lock(&partitions)
             .iter()
@@ -177,7 +214,11 @@ async fn run(broker_id: i32, address: String, partitions: FollowedSet) {
         if followed.is_empty() {
             // every partition waits out a failure (or there is none): until the first is due
             let due = waiting.iter().filter_map(|(_, f)| f.retry_at).min();
-            tokio::time::sleep_until(due.unwrap_or(now + Duration::from_millis(50))).await;
+            let _ = tokio::time::timeout_at(
+                due.unwrap_or(now + Duration::from_millis(50)),
+                added.notify.notified(),
+            )
+            .await;
             continue;
         }
         // nothing can be appended to an offline log directory: wait for it to come back
@@ -204,15 +245,23 @@ async fn run(broker_id: i32, address: String, partitions: FollowedSet) {
                 followed.iter().filter(|(_, f)| !f.truncated).collect();
             if !untruncated.is_empty() && truncate(c, broker_id, &untruncated, &partitions).await? {
                 // KIP-279: ask again at once, with the epochs latest after the truncation
-                return Ok(());
+                return Ok(Fetched::Done);
             }
-            fetch(c, broker_id, &followed, &partitions).await
+            fetch(c, broker_id, &followed, &partitions, (&added, generation)).await
         }
         .await;
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "replica fetcher: reconnecting");
-            connection = None;
-            tokio::time::sleep(RETRY).await;
+        match result {
+            Ok(Fetched::Done) => {}
+            Ok(Fetched::Abandoned) => {
+                // a partition was added: its first fetch goes out now, on a new connection
+                // (the old one still owes the abandoned answer)
+                connection = None;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "replica fetcher: reconnecting");
+                connection = None;
+                tokio::time::sleep(RETRY).await;
+            }
         }
     }
 }
@@ -226,14 +275,21 @@ fn failed(
     error: &dyn std::fmt::Display,
 ) {
     if let Some(f) = lock(partitions).get_mut(tp) {
-        f.retry_at = Some(tokio::time::Instant::now() + RETRY);
         f.failures = f.failures.saturating_add(1);
+        f.retry_at = Some(tokio::time::Instant::now() + retry_after(f.failures));
         if f.failures == FAILURES_BEFORE_WARN {
             tracing::warn!(partition = %tp, source, error = %error, failures = f.failures, "replica fetch keeps failing for this partition: retrying it every 200 ms, the others fetch on");
         } else {
             tracing::debug!(partition = %tp, source, error = %error, "replica fetch failed for this partition");
         }
     }
+}
+
+/// How long a partition that failed `failures` times in a row waits: 25 ms, doubling, at
+/// most `RETRY`.
+fn retry_after(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(8);
+    (FIRST_RETRY * (1u32 << doublings)).min(RETRY)
 }
 
 /// `tp` was fetched (its failures, if any, are over).
@@ -404,12 +460,23 @@ fn truncation_step(
     TruncationStep::Done(Offset(leader_end).min(local_epoch_end).min(local_end))
 }
 
+/// How a fetch round ended.
+enum Fetched {
+    Done,
+    /// Partitions were added while it waited for the answer: abandoned (with its
+    /// connection), so they are fetched at once.
+    Abandoned,
+}
+
+/// One fetch of every partition in `followed`. `added`: the fetcher's signal, and its
+/// generation when `followed` was taken.
 async fn fetch(
     c: &mut ClientConnection,
     broker_id: i32,
     followed: &[(TopicPartition, Followed)],
     partitions: &FollowedSet,
-) -> Result<(), ClientError> {
+    added: (&Added, u64),
+) -> Result<Fetched, ClientError> {
     let mut topics: BTreeMap<&str, Vec<FetchPartition>> = BTreeMap::new();
     // what each fetched partition asked from, for reading the response
     let mut sent: HashMap<&TopicPartition, (&Followed, Offset)> = HashMap::new();
@@ -436,7 +503,7 @@ async fn fetch(
     }
     if topics.is_empty() {
         tokio::time::sleep(RETRY).await;
-        return Ok(());
+        return Ok(Fetched::Done);
     }
     let request = FetchRequest::default()
         .with_replica_id(BrokerId(broker_id))
@@ -454,7 +521,20 @@ async fn fetch(
                 })
                 .collect(),
         );
-    let response: FetchResponse = c.send(ApiKey::Fetch, FETCH_VERSION, &request, true).await?;
+    let address = c.address().to_string();
+    let send = c.send::<_, FetchResponse>(ApiKey::Fetch, FETCH_VERSION, &request, true);
+    tokio::pin!(send);
+    let (signal, generation) = added;
+    let response = loop {
+        tokio::select! {
+            response = &mut send => break response?,
+            _ = signal.notify.notified() => {
+                if signal.generation() != generation {
+                    return Ok(Fetched::Abandoned);
+                }
+            }
+        }
+    };
     for topic in &response.responses {
         for p in &topic.partitions {
             let tp = TopicPartition::new(topic.topic.0.to_string(), p.partition_index);
@@ -473,13 +553,13 @@ async fn fetch(
                         appended = f.partition.append_as_follower(valid, leader_hw, now_ms());
                         if let Some(damage) = damage {
                             if first_report(partitions, &tp, damage.offset.0) {
-                                tracing::error!(partition = %tp, offset = damage.offset.0, source = c.address(), error = %damage.error, "the leader sent a corrupt batch: kept every batch before it, not taking it");
+                                tracing::error!(partition = %tp, offset = damage.offset.0, source = %address, error = %damage.error, "the leader sent a corrupt batch: kept every batch before it, not taking it");
                             }
                             if let Err(e) = &appended {
                                 tracing::warn!(partition = %tp, error = %e, "follower append failed");
                                 mark(partitions, &tp, f.leader_epoch, false);
                             }
-                            failed(partitions, &tp, c.address(), &damage.error);
+                            failed(partitions, &tp, &address, &damage.error);
                             continue;
                         }
                     }
@@ -490,7 +570,7 @@ async fn fetch(
                         Err(e) => {
                             tracing::warn!(partition = %tp, error = %e, "follower append failed");
                             mark(partitions, &tp, f.leader_epoch, false);
-                            failed(partitions, &tp, c.address(), &e);
+                            failed(partitions, &tp, &address, &e);
                         }
                     }
                 }
@@ -500,14 +580,14 @@ async fn fetch(
                     let start = Offset(p.log_start_offset);
                     if let Err(e) = f.partition.truncate_fully_and_start_at(start) {
                         tracing::warn!(partition = %tp, error = %e, "restarting the log at the leader's log start failed");
-                        failed(partitions, &tp, c.address(), &e);
+                        failed(partitions, &tp, &address, &e);
                     }
                 }
                 ec::OFFSET_OUT_OF_RANGE => {
                     // our end is past the leader's: find the divergence again
                     tracing::warn!(partition = %tp, %fetch_offset, "fetch offset out of range on the leader");
                     mark(partitions, &tp, f.leader_epoch, false);
-                    failed(partitions, &tp, c.address(), &"OFFSET_OUT_OF_RANGE");
+                    failed(partitions, &tp, &address, &"OFFSET_OUT_OF_RANGE");
                 }
                 code => {
                     // not the leader (yet/any more), fenced epoch, a log it cannot open:
@@ -515,14 +595,14 @@ async fn fetch(
                     failed(
                         partitions,
                         &tp,
-                        c.address(),
+                        &address,
                         &format_args!("Fetch error {code}"),
                     );
                 }
             }
         }
     }
-    Ok(())
+    Ok(Fetched::Done)
 }
 
 #[cfg(test)]
@@ -535,6 +615,13 @@ mod tests {
             (LeaderEpoch(local.0), Offset(local.1)),
             Offset(local_end),
         )
+    }
+
+    #[test]
+    fn a_failed_partition_waits_25_ms_doubling_up_to_200() {
+        let waits: Vec<u64> = (1..=6).map(|n| retry_after(n).as_millis() as u64).collect();
+        assert_eq!(waits, vec![25, 50, 100, 200, 200, 200]);
+        assert_eq!(retry_after(u32::MAX), RETRY);
     }
 
     #[test]
