@@ -49,6 +49,14 @@ impl Broker {
             .with_image(|image| self.replicas.sync(image, caught_up));
     }
 
+    /// [`Self::sync_partitions`] for the request path: skipped while another sync runs
+    /// (see [`ReplicaManager::sync_unless_busy`]).
+    pub fn sync_partitions_unless_busy(&self) {
+        let caught_up = self.metadata.caught_up();
+        self.metadata
+            .with_image(|image| self.replicas.sync_unless_busy(image, caught_up));
+    }
+
     /// Waits (up to `timeout`) until `f` holds for the local image, then syncs partitions.
     pub async fn wait_for_image(
         &self,

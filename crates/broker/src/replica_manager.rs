@@ -139,7 +139,30 @@ impl ReplicaManager {
     /// Brings local partitions in line with `image`. `caught_up`: the image is known to be
     /// current (the controller unfenced this broker), so partitions missing from it may go.
     pub fn sync(&self, image: &MetadataImage, caught_up: bool) {
-        let mut synced = self.synced.lock().unwrap_or_else(|p| p.into_inner());
+        let synced = self.synced.lock().unwrap_or_else(|p| p.into_inner());
+        self.sync_locked(synced, image, caught_up);
+    }
+
+    /// [`Self::sync`], unless a sync is running (then it returns at once: the broker's
+    /// metadata task syncs every change, so nothing is missed). For request handlers: a
+    /// sync creating logs fsyncs, and a handler must not hold a runtime thread waiting
+    /// for it.
+    pub fn sync_unless_busy(&self, image: &MetadataImage, caught_up: bool) {
+        match self.synced.try_lock() {
+            Ok(synced) => self.sync_locked(synced, image, caught_up),
+            Err(std::sync::TryLockError::Poisoned(p)) => {
+                self.sync_locked(p.into_inner(), image, caught_up)
+            }
+            Err(std::sync::TryLockError::WouldBlock) => {}
+        }
+    }
+
+    fn sync_locked(
+        &self,
+        mut synced: std::sync::MutexGuard<'_, (u64, bool)>,
+        image: &MetadataImage,
+        caught_up: bool,
+    ) {
         // nothing new: the same image, and the same knowledge of whether it is current
         if image.applied_index() <= synced.0 && caught_up == synced.1 {
             return;

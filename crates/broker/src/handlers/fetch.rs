@@ -53,7 +53,7 @@ pub async fn handle(request: &RequestFrame, broker: &Broker) -> Result<Answer, C
         FetchIsolation::HighWatermark
     };
 
-    broker.sync_partitions();
+    broker.sync_partitions_unless_busy();
     // names of topics asked by id (v13+)
     let names: Vec<Option<String>> = broker.with_image(|image| {
         body.topics

@@ -25,7 +25,7 @@ const LATEST_TIERED: i64 = -5;
 
 pub async fn handle(request: &RequestFrame, broker: &Broker) -> Result<Answer, ConnectionError> {
     let body: ListOffsetsRequest = decode(request)?;
-    broker.sync_partitions();
+    broker.sync_partitions_unless_busy();
     let mut response = ListOffsetsResponse::default();
     for topic in &body.topics {
         let name = topic.name.0.to_string();

@@ -26,7 +26,7 @@ const OPERATIONS_OMITTED: i32 = i32::MIN;
 
 pub async fn handle(request: &RequestFrame, broker: &Broker) -> Result<Answer, ConnectionError> {
     let body: MetadataRequest = decode(request)?;
-    broker.sync_partitions();
+    broker.sync_partitions_unless_busy();
     // v0: an empty list means every topic; v1+: null means every topic
     let requested: Option<Vec<(Option<String>, uuid::Uuid)>> = match &body.topics {
         None => None,

@@ -16,7 +16,7 @@ use crate::connection::ConnectionError;
 
 pub async fn handle(request: &RequestFrame, broker: &Broker) -> Result<Answer, ConnectionError> {
     let body: OffsetForLeaderEpochRequest = decode(request)?;
-    broker.sync_partitions();
+    broker.sync_partitions_unless_busy();
     let mut response = OffsetForLeaderEpochResponse::default();
     for topic in &body.topics {
         let name = topic.topic.0.to_string();
