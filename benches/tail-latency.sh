@@ -24,6 +24,10 @@ seconds=${3:-5}
 perf=.kafka-clients/bin/rdkafka_performance
 [ -x "$perf" ] || bash scripts/install-kafka-clients.sh --perf >/dev/null
 cargo build --release -q -p sluice
+# the client library: the librdkafka the build compiles from source for `sluice verify`
+# (2.x; Debian's 2.0.2 fails Tansu's ApiVersions answer), for both sides
+rdkafka_dir=$(dirname "$(ls -t target/release/build/rdkafka-sys-*/out/src/librdkafka.so.1 | head -1)")
+export LD_LIBRARY_PATH=$PWD/$rdkafka_dir
 tansu=${TANSU:-$(command -v tansu || true)}
 SLUICE_CLUSTER_DIR=$(mktemp -d /tmp/sluice-tail-bench.XXXXXX)
 export SLUICE_CLUSTER_DIR
@@ -112,6 +116,7 @@ stages() {
 
 sides=(sluice)
 [ -n "$tansu" ] && sides+=(peer)
+"$perf" -h 2>&1 | grep -m1 "librdkafka version" || true
 echo "rounds $rounds, latency at $rate records/s for $seconds s (acks=all, linger.ms=1, 100 B), throughput 1M x 100 B (linger.ms=5)"
 printf "%-6s %-6s %9s %9s %9s %9s %12s\n" round side p50_ms p99_ms p99.9_ms max_ms records/s
 for round in $(seq "$rounds"); do

@@ -77,6 +77,28 @@ struct Answered {
     _slots: OwnedSemaphorePermit,
 }
 
+impl Answered {
+    /// Completed now: `handled` is the handler's answer and its remote wait.
+    fn now(
+        api_key: ApiKey,
+        handled: (Result<handlers::Answer, ConnectionError>, Duration),
+        received: Instant,
+        started: Instant,
+        slots: OwnedSemaphorePermit,
+    ) -> Self {
+        let (answer, remote) = handled;
+        Answered {
+            api_key,
+            answer,
+            received,
+            started,
+            completed: Instant::now(),
+            remote,
+            _slots: slots,
+        }
+    }
+}
+
 type Pending<'a> = Pin<Box<dyn Future<Output = Answered> + Send + 'a>>;
 
 pub async fn serve_connection(
@@ -130,17 +152,8 @@ async fn read_requests<'a>(
                 let started = Instant::now();
                 let appended = handlers::append_produce(&request, broker)?;
                 Box::pin(async move {
-                    let (answer, remote) =
-                        with_remote_wait(appended.answer(&request, broker)).await;
-                    Answered {
-                        api_key,
-                        answer,
-                        received,
-                        started,
-                        completed: Instant::now(),
-                        remote,
-                        _slots: slot,
-                    }
+                    let handled = with_remote_wait(appended.answer(&request, broker)).await;
+                    Answered::now(api_key, handled, received, started, slot)
                 })
             }
             None => {
@@ -150,18 +163,9 @@ async fn read_requests<'a>(
                     .await
                     .expect("the semaphore is never closed");
                 let started = Instant::now();
-                let (answer, remote) = with_remote_wait(handle(&request, context)).await;
-                let failed = answer.is_err();
-                let answered = Answered {
-                    api_key,
-                    answer,
-                    received,
-                    started,
-                    completed: Instant::now(),
-                    remote,
-                    _slots: all,
-                };
-                if failed {
+                let handled = with_remote_wait(handle(&request, context)).await;
+                let answered = Answered::now(api_key, handled, received, started, all);
+                if answered.answer.is_err() {
                     // the error ends the connection once the answers before it are out
                     let _ = pending.send(Box::pin(std::future::ready(answered)));
                     return Ok(());
