@@ -13,7 +13,9 @@
 # Usage: benches/tail-latency.sh [ROUNDS] [RATE] [SECONDS]   (default 5 200000 5)
 # The peer: `cargo install tansu --version 0.6.0 --locked --features dynostore,libsql`
 # (about 13 minutes here), found on PATH or as $TANSU. Without it only Sluice runs.
-# SLUICE_BENCH_KEEP=1 keeps the cluster's directory (node logs, /metrics scrapes).
+# Each Sluice run gets a fresh cluster. SLUICE_BASELINE_BIN=path adds a third side: the
+# same Sluice runs with that binary (an older build), for before/after in one run.
+# SLUICE_BENCH_KEEP=1 keeps the working directory (node logs).
 # Uses the cluster's fixed ports 19092/29092/39092 (+1 for the controllers, 19644... for
 # /metrics) and 49092 for the peer.
 set -euo pipefail
@@ -29,47 +31,62 @@ cargo build --release -q -p sluice
 rdkafka_dir=$(dirname "$(ls -t target/release/build/rdkafka-sys-*/out/src/librdkafka.so.1 | head -1)")
 export LD_LIBRARY_PATH=$PWD/$rdkafka_dir
 tansu=${TANSU:-$(command -v tansu || true)}
-SLUICE_CLUSTER_DIR=$(mktemp -d /tmp/sluice-tail-bench.XXXXXX)
-export SLUICE_CLUSTER_DIR
+work=$(mktemp -d /tmp/sluice-tail-bench.XXXXXX)
 peer_pid=
+running= # the Sluice side whose cluster runs
+stop_cluster() {
+  if [ -n "$running" ]; then
+    SLUICE_CLUSTER_DIR=$work/$running deploy/local-cluster.sh down >/dev/null 2>&1 || true
+  fi
+  running=
+}
+# a fresh three-node cluster of side $1's binary (sluice: this build; baseline:
+# $SLUICE_BASELINE_BIN)
+start_cluster() {
+  stop_cluster
+  rm -rf "${work:?}/$1"
+  local bin=$PWD/target/release/sluice
+  [ "$1" = baseline ] && bin=$SLUICE_BASELINE_BIN
+  SLUICE_CLUSTER_DIR=$work/$1 SLUICE_BIN=$bin deploy/local-cluster.sh up >/dev/null
+  running=$1
+}
 cleanup() {
   [ -n "$peer_pid" ] && kill -9 "$peer_pid" 2>/dev/null || true
-  deploy/local-cluster.sh down >/dev/null 2>&1 || true
-  if [ -n "${SLUICE_BENCH_KEEP:-}" ]; then echo "kept $SLUICE_CLUSTER_DIR"; else rm -rf "$SLUICE_CLUSTER_DIR"; fi
+  stop_cluster
+  if [ -n "${SLUICE_BENCH_KEEP:-}" ]; then echo "kept $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
-deploy/local-cluster.sh up >/dev/null
 sluice_b=127.0.0.1:19092,127.0.0.1:29092,127.0.0.1:39092
 peer_b=127.0.0.1:49092
 sluice=./target/release/sluice
-lat=$SLUICE_CLUSTER_DIR/latency.txt
-out=$SLUICE_CLUSTER_DIR/perf.out
+lat=$work/latency.txt
+out=$work/perf.out
 
 if [ -n "$tansu" ]; then
   "$tansu" broker --storage-engine memory://tansu/ \
     --listener-url tcp://127.0.0.1:49092 --advertised-listener-url tcp://127.0.0.1:49092 \
-    >"$SLUICE_CLUSTER_DIR/tansu.log" 2>&1 &
+    >"$work/tansu.log" 2>&1 &
   peer_pid=$!
   for _ in $(seq 100); do
     $sluice topic list -b $peer_b --timeout 1s >/dev/null 2>&1 && break
     sleep 0.1
   done
 else
-  echo "no tansu on PATH (nor \$TANSU): Sluice alone"
+  echo "no tansu on PATH (nor \$TANSU): no memory broker side"
 fi
 
 n=0
 topic() { # side: a fresh topic, its name on stdout
   n=$((n + 1))
   local name="lat-$1-$n"
-  if [ "$1" = sluice ]; then
-    $sluice topic create "$name" -p 6 -r 3 -c min.insync.replicas=2 -b $sluice_b >/dev/null
-  else
+  if [ "$1" = peer ]; then
     $sluice topic create "$name" -p 6 -r 1 -b $peer_b >/dev/null
+  else
+    $sluice topic create "$name" -p 6 -r 3 -c min.insync.replicas=2 -b $sluice_b >/dev/null
   fi
   echo "$name"
 }
-bootstrap() { if [ "$1" = sluice ]; then echo $sluice_b; else echo $peer_b; fi; }
+bootstrap() { if [ "$1" = peer ]; then echo $peer_b; else echo $sluice_b; fi; }
 
 # p50 p99 p99.9 max (ms) of the per-message latencies (µs) in $lat
 percentiles() {
@@ -115,19 +132,29 @@ stages() {
 }
 
 sides=(sluice)
+[ -n "${SLUICE_BASELINE_BIN:-}" ] && sides+=(baseline)
 [ -n "$tansu" ] && sides+=(peer)
 "$perf" -h 2>&1 | grep -m1 "librdkafka version" || true
-echo "rounds $rounds, latency at $rate records/s for $seconds s (acks=all, linger.ms=1, 100 B), throughput 1M x 100 B (linger.ms=5)"
-printf "%-6s %-6s %9s %9s %9s %9s %12s\n" round side p50_ms p99_ms p99.9_ms max_ms records/s
+echo "rounds $rounds, latency at $rate records/s for $seconds s (acks=all, linger.ms=1, 100 B), throughput 1M x 100 B (linger.ms=5); sides: ${sides[*]}"
+printf "%-6s %-9s %9s %9s %9s %9s %12s\n" round side p50_ms p99_ms p99.9_ms max_ms records/s
+stage_lines=
 for round in $(seq "$rounds"); do
   order=("${sides[@]}")
   # alternate which side goes first
-  if [ $((round % 2)) -eq 0 ] && [ ${#sides[@]} -eq 2 ]; then order=(peer sluice); fi
+  if [ $((round % 2)) -eq 0 ]; then
+    order=()
+    for ((i = ${#sides[@]} - 1; i >= 0; i--)); do order+=("${sides[$i]}"); done
+  fi
   for side in "${order[@]}"; do
+    [ "$side" != peer ] && start_cluster "$side"
     read -r p50 p99 p999 max count <<<"$(latency "$side")"
+    if [ "$side" != peer ]; then
+      stage_lines+="round $round $side (latency run):"$'\n'"$(stages)"$'\n'
+    fi
     rps=$(throughput "$side")
-    printf "%-6s %-6s %9s %9s %9s %9s %12s\n" "$round" "$side" "$p50" "$p99" "$p999" "$max" "$rps"
+    [ "$side" != peer ] && stop_cluster
+    printf "%-6s %-9s %9s %9s %9s %9s %12s\n" "$round" "$side" "$p50" "$p99" "$p999" "$max" "$rps"
   done
 done
-echo "Sluice Produce request stages (all rounds, all nodes):"
-stages
+echo "Produce request stages on the three nodes, per latency run:"
+printf "%s" "$stage_lines"

@@ -189,8 +189,9 @@ impl LogSegment {
     }
 
     /// Rebuilds the indexes from the log file, checking every batch (length, magic, CRC32C,
-    /// ascending offsets). Cuts the file at the first bad batch; says how many bytes went
-    /// and whether any of them was data (not only the zeros of preallocated space).
+    /// dense offsets: each batch starts where the one before ended, the first at the
+    /// segment's base). Cuts the file at the first bad batch; says how many bytes went and
+    /// whether any of them was data (not only the zeros of preallocated space).
     pub fn recover(&mut self) -> Result<Recovered> {
         self.offset_index.make_writable(self.index_size_max_bytes)?;
         self.time_index.make_writable(self.index_size_max_bytes)?;
@@ -219,11 +220,14 @@ impl LogSegment {
                     }
                 };
                 let h = batch.header();
-                if h.base_offset < self.next_offset
+                // the base offset is outside the CRC: one that does not follow the batch
+                // before (a flipped bit) would move the log end, and a follower would then
+                // skip the offsets between
+                if h.base_offset != self.next_offset
                     || h.last_offset().0 - self.base_offset.0 > i64::from(u32::MAX)
                 {
                     cut_data = true;
-                    tracing::warn!(path = %self.log.path().display(), position = valid_end, "truncating log tail: offsets do not ascend");
+                    tracing::warn!(path = %self.log.path().display(), position = valid_end, base_offset = h.base_offset.0, expected = self.next_offset.0, "truncating log tail: a batch does not start where the one before it ended");
                     break;
                 }
                 if self.offset_index.is_full() {
