@@ -49,6 +49,9 @@ start_cluster() {
   [ "$1" = baseline ] && bin=$SLUICE_BASELINE_BIN
   SLUICE_CLUSTER_DIR=$work/$1 SLUICE_BIN=$bin deploy/local-cluster.sh up >/dev/null
   running=$1
+  # settled, as a cluster a user produces to is: `up` returns once every partition is
+  # led, a moment before each broker holds its controller lease
+  sleep 3
 }
 cleanup() {
   [ -n "$peer_pid" ] && kill -9 "$peer_pid" 2>/dev/null || true
@@ -59,7 +62,6 @@ trap cleanup EXIT
 sluice_b=127.0.0.1:19092,127.0.0.1:29092,127.0.0.1:39092
 peer_b=127.0.0.1:49092
 sluice=./target/release/sluice
-lat=$work/latency.txt
 out=$work/perf.out
 
 if [ -n "$tansu" ]; then
@@ -75,10 +77,8 @@ else
   echo "no tansu on PATH (nor \$TANSU): no memory broker side"
 fi
 
-n=0
-topic() { # side: a fresh topic, its name on stdout
-  n=$((n + 1))
-  local name="lat-$1-$n"
+topic() { # side name: a fresh topic, its name on stdout
+  local name="$2-$1"
   if [ "$1" = peer ]; then
     $sluice topic create "$name" -p 6 -r 1 -b $peer_b >/dev/null
   else
@@ -88,22 +88,22 @@ topic() { # side: a fresh topic, its name on stdout
 }
 bootstrap() { if [ "$1" = peer ]; then echo $peer_b; else echo $sluice_b; fi; }
 
-# p50 p99 p99.9 max (ms) of the per-message latencies (µs) in $lat
+# p50 p99 p99.9 max (ms) of the per-message latencies (µs) in $lat (in delivery order)
 percentiles() {
   sort -n "$lat" | awk '{a[NR]=$1} END{printf "%.2f %.2f %.2f %.2f %d", a[int(NR*0.5)]/1000,
     a[int(NR*0.99)]/1000, a[int(NR*0.999)]/1000, a[NR]/1000, NR}'
 }
-latency() { # side -> "p50 p99 p99.9 max count"
+latency() { # side round -> "p50 p99 p99.9 max count"
   local t
-  t=$(topic "$1")
-  rm -f "$lat"
+  t=$(topic "$1" "latency-$2")
+  lat=$work/latency-$1-$2.txt
   "$perf" -P -t "$t" -b "$(bootstrap "$1")" -s 100 -c $((rate * seconds)) -r "$rate" -a -1 \
     -l -A "$lat" -q -X linger.ms=1 >"$out" 2>&1 || { cat "$out"; exit 1; }
   percentiles
 }
-throughput() { # side -> records/s
+throughput() { # side round -> records/s
   local t
-  t=$(topic "$1")
+  t=$(topic "$1" "throughput-$2")
   "$perf" -P -t "$t" -b "$(bootstrap "$1")" -s 100 -c 1000000 -a -1 -q \
     -X linger.ms=5 -X batch.size=1000000 >"$out" 2>&1 || { cat "$out"; exit 1; }
   grep -oE '[0-9]+ msgs/s' "$out" | tail -1 | cut -d' ' -f1
@@ -147,11 +147,11 @@ for round in $(seq "$rounds"); do
   fi
   for side in "${order[@]}"; do
     [ "$side" != peer ] && start_cluster "$side"
-    read -r p50 p99 p999 max count <<<"$(latency "$side")"
+    read -r p50 p99 p999 max count <<<"$(latency "$side" "$round")"
     if [ "$side" != peer ]; then
       stage_lines+="round $round $side (latency run):"$'\n'"$(stages)"$'\n'
     fi
-    rps=$(throughput "$side")
+    rps=$(throughput "$side" "$round")
     [ "$side" != peer ] && stop_cluster
     printf "%-6s %-9s %9s %9s %9s %9s %12s\n" "$round" "$side" "$p50" "$p99" "$p999" "$max" "$rps"
   done
