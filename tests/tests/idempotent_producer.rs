@@ -24,7 +24,9 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use sluice_record::{BatchBuilder, BatchHeader, Compression};
 use sluice_system_tests::process_cluster::WAIT;
-use sluice_system_tests::progress::{read_acks, read_progress, wait_progress};
+use sluice_system_tests::progress::{
+    assert_acknowledged_were_read, read_acks, read_progress, wait_progress,
+};
 use sluice_system_tests::{
     check, client_script, kafka_request, kcat_read_all, python, run, run_to_end, Layout,
     ProcessCluster,
@@ -210,13 +212,7 @@ fn assert_exactly_once_in_order(read: &[(i32, i64, String)], acks: &[(i32, i64, 
         duplicated.is_empty(),
         "records stored twice: {duplicated:?}"
     );
-    for (p, o, v) in acks {
-        assert_eq!(
-            at.get(&(*p, *o)).copied(),
-            Some(v.as_str()),
-            "acknowledged record {v} at {p}/{o}"
-        );
-    }
+    assert_acknowledged_were_read(acks, read);
 }
 
 #[test]

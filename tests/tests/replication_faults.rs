@@ -21,7 +21,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use sluice_system_tests::progress::{read_acks, read_progress, wait_progress};
+use sluice_system_tests::progress::{
+    assert_acknowledged_were_read, read_acks, read_progress, wait_progress,
+};
 use sluice_system_tests::{
     check, client_script, kcat_produce, kcat_read_all, python, run_to_end, Layout, ProcessCluster,
 };
@@ -116,13 +118,7 @@ fn every_acknowledged_record_survives_kill_9_of_each_partition_leader() {
         );
         *seen.entry(v.as_str()).or_default() += 1;
     }
-    for (p, o, v) in &acks {
-        assert_eq!(
-            at.get(&(*p, *o)).copied(),
-            Some(v.as_str()),
-            "acknowledged record {v} at {p}/{o}"
-        );
-    }
+    assert_acknowledged_were_read(&acks, &read);
     let duplicated: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).take(5).collect();
     assert!(
         duplicated.is_empty(),
