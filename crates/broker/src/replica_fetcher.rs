@@ -243,10 +243,16 @@ async fn run(broker_id: i32, address: String, partitions: FollowedSet, added: Ar
         let result = async {
             let untruncated: Vec<&(TopicPartition, Followed)> =
                 followed.iter().filter(|(_, f)| !f.truncated).collect();
-            if !untruncated.is_empty() && truncate(c, broker_id, &untruncated, &partitions).await? {
+            if untruncated.is_empty() {
+                return fetch(c, broker_id, &followed, &partitions, (&added, generation)).await;
+            }
+            if truncate(c, broker_id, &untruncated, &partitions).await? {
                 // KIP-279: ask again at once, with the epochs latest after the truncation
                 return Ok(Fetched::Done);
             }
+            // what the truncation step just settled is fetched in this same round (a new
+            // partition used to wait out a whole RETRY when nothing else was followed)
+            let followed = with_current_truncation(&followed, &partitions);
             fetch(c, broker_id, &followed, &partitions, (&added, generation)).await
         }
         .await;
@@ -283,6 +289,25 @@ fn failed(
             tracing::debug!(partition = %tp, source, error = %error, "replica fetch failed for this partition");
         }
     }
+}
+
+/// `followed`, each partition's `truncated` read again from the shared set (the truncation
+/// step marks them there).
+fn with_current_truncation(
+    followed: &[(TopicPartition, Followed)],
+    partitions: &FollowedSet,
+) -> Vec<(TopicPartition, Followed)> {
+    let shared = lock(partitions);
+    followed
+        .iter()
+        .map(|(tp, f)| {
+            let mut f = f.clone();
+            f.truncated = shared
+                .get(tp)
+                .is_some_and(|now| now.leader_epoch == f.leader_epoch && now.truncated);
+            (tp.clone(), f)
+        })
+        .collect()
 }
 
 /// How long a partition that failed `failures` times in a row waits: 25 ms, doubling, at
