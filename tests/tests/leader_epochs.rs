@@ -5,6 +5,8 @@
 //! epoch fell back to its checkpointed high watermark, truncating records the leader had —
 //! 2,692 acknowledged ones in one fault run.
 
+use std::time::Duration;
+
 use kafka_protocol::messages::offset_for_leader_epoch_request::{
     OffsetForLeaderPartition, OffsetForLeaderTopic,
 };
@@ -88,8 +90,11 @@ fn a_new_leader_answers_for_epochs_it_never_wrote_and_followers_keep_what_it_has
     let b = rows[0].leader;
     let c = (1..=3).find(|id| *id != a && *id != b).unwrap();
     assert_eq!(leader_and_epoch(&cluster.bootstrap_of(b), topic), (b, 1));
-    // epoch 1 writes reach b only
+    // epoch 1 writes reach b only: c paused, and its fetch parked at b answered (empty,
+    // into c's socket) before they come — a paused process's socket still takes a
+    // response, so a fetch parked at b when c stopped would carry them to c
     cluster.pause(c);
+    std::thread::sleep(Duration::from_millis(1500)); // > replica.fetch.wait.max.ms (500)
     check(
         &kcat_produce(&cluster.bootstrap_of(b), topic, "1", &lines("one", 10)),
         "kcat acks=1 to b",
