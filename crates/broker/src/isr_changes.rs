@@ -93,7 +93,9 @@ async fn alter(broker: &Broker, changes: Vec<(Arc<Partition>, IsrChange)>) {
         match result.error_code as i16 {
             ec::NONE => match &result.state {
                 Some(state) => {
-                    let before = partition.state().isr;
+                    // against the ISR it was proposed against: the metadata stream may
+                    // have brought the committed ISR to the partition already
+                    let before = &change.isr;
                     let signals = broker.replicas.signals();
                     if state.isr.iter().any(|b| !before.contains(b)) {
                         signals.isr_expands.fetch_add(1, Ordering::Relaxed);

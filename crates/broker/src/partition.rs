@@ -182,6 +182,8 @@ pub struct IsrChange {
     pub topic_partition: TopicPartition,
     pub leader_epoch: i32,
     pub partition_epoch: i32,
+    /// The ISR the change was proposed against.
+    pub isr: Vec<i32>,
     pub new_isr: Vec<i32>,
 }
 
@@ -396,6 +398,7 @@ impl Partition {
                 topic_partition: self.topic_partition.clone(),
                 leader_epoch: state.leader_epoch,
                 partition_epoch: state.partition_epoch,
+                isr: state.isr.clone(),
                 new_isr,
             });
         }
@@ -435,6 +438,7 @@ impl Partition {
             topic_partition: self.topic_partition.clone(),
             leader_epoch: state.leader_epoch,
             partition_epoch: state.partition_epoch,
+            isr: state.isr.clone(),
             new_isr,
         })
     }
