@@ -55,11 +55,17 @@ fn an_interrupted_demo_stops_its_nodes_and_removes_its_directory() {
         child: Command::new(sluice_bin())
             .args(["demo", "--rate", "100", "--phase", "30s"])
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("run sluice demo"),
     };
     let lines = sluice_system_tests::stdout_lines(&mut demo.child);
+    let mut stderr = demo.child.stderr.take().expect("stderr is piped");
+    let errors = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
     let first = lines
         .recv_timeout(Duration::from_secs(30))
         .expect("the demo's first line");
@@ -67,9 +73,14 @@ fn an_interrupted_demo_stops_its_nodes_and_removes_its_directory() {
     let deadline = Instant::now() + Duration::from_secs(90);
     // producing: the cluster is up
     loop {
-        let line = lines
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("the demo starts producing");
+        let Ok(line) = lines.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        else {
+            let _ = demo.child.kill();
+            panic!(
+                "the demo did not start producing; it said: {}",
+                errors.join().unwrap_or_default()
+            );
+        };
         if line.contains("acknowledged") {
             break;
         }

@@ -77,22 +77,15 @@ impl DemoCluster {
             .prefix("sluice-demo-")
             .tempdir()
             .context("creating the demo's directory")?;
-        let ports = free_ports(6)?;
-        Ok(DemoCluster {
+        let mut cluster = DemoCluster {
             exe,
             dir,
-            kafka_ports: NODES
-                .iter()
-                .copied()
-                .zip(ports[..3].iter().copied())
-                .collect(),
-            controller_ports: NODES
-                .iter()
-                .copied()
-                .zip(ports[3..].iter().copied())
-                .collect(),
+            kafka_ports: HashMap::new(),
+            controller_ports: HashMap::new(),
             nodes: HashMap::new(),
-        })
+        };
+        cluster.pick_ports()?;
+        Ok(cluster)
     }
 
     fn path(&self) -> &Path {
@@ -171,37 +164,129 @@ impl DemoCluster {
         Ok(ready_rx)
     }
 
-    fn wait_ready(&self, id: i32, ready: &mpsc::Receiver<()>) -> Result<()> {
-        ready
-            .recv_timeout(Duration::from_secs(60))
-            .with_context(|| {
-                format!(
-                    "node {id} was not ready within 60 s (its log: {})",
-                    self.path().join(format!("node-{id}.log")).display()
-                )
-            })
+    fn log_path(&self, id: i32) -> PathBuf {
+        self.path().join(format!("node-{id}.log"))
+    }
+
+    fn wait_ready(&self, id: i32, ready: &mpsc::Receiver<()>) -> Result<(), NotReady> {
+        match ready.recv_timeout(Duration::from_secs(60)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(NotReady::Late(format!(
+                "node {id} was not ready within 60 s (its log: {})",
+                self.log_path(id).display()
+            ))),
+            // its stdout closed: the process ended; its log says why
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let log = std::fs::read_to_string(self.log_path(id)).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                Err(NotReady::Exited {
+                    port_taken: log.contains("Address already in use"),
+                    message: format!("node {id} stopped while starting:\n{}", tail.join("\n")),
+                })
+            }
+        }
     }
 
     /// Starts every node at once (a node is ready only once a quorum is up), then waits
-    /// for each.
+    /// for each. The ports were free when picked but are bound only now, by the nodes: if
+    /// something else took one meanwhile, starts again on new ports (three tries).
     fn start_all(&mut self) -> Result<()> {
-        let mut ready = Vec::new();
-        for id in NODES {
-            ready.push((id, self.spawn(id)?));
+        for attempt in 1.. {
+            let mut ready = Vec::new();
+            for id in NODES {
+                ready.push((id, self.spawn(id)?));
+            }
+            let outcome = ready
+                .iter()
+                .try_for_each(|(id, rx)| self.wait_ready(*id, rx));
+            match outcome {
+                Ok(()) => return Ok(()),
+                Err(NotReady::Exited {
+                    port_taken: true, ..
+                }) if attempt < 3 => {
+                    self.nodes.clear();
+                    self.pick_ports()?;
+                }
+                Err(other) => bail!(other.into_message()),
+            }
         }
-        for (id, rx) in &ready {
-            self.wait_ready(*id, rx)?;
-        }
+        unreachable!("the loop returns")
+    }
+
+    fn pick_ports(&mut self) -> Result<()> {
+        let ports = free_ports(6)?;
+        self.kafka_ports = NODES
+            .iter()
+            .copied()
+            .zip(ports[..3].iter().copied())
+            .collect();
+        self.controller_ports = NODES
+            .iter()
+            .copied()
+            .zip(ports[3..].iter().copied())
+            .collect();
         Ok(())
     }
 
     fn restart(&mut self, id: i32) -> Result<()> {
         let ready = self.spawn(id)?;
         self.wait_ready(id, &ready)
+            .map_err(|e| anyhow::anyhow!(e.into_message()))
     }
 
     fn kill(&mut self, id: i32) {
         self.nodes.remove(&id);
+    }
+}
+
+/// Why a node did not say `ready`.
+enum NotReady {
+    /// Its process ended; `port_taken` when it could not bind a port.
+    Exited {
+        port_taken: bool,
+        message: String,
+    },
+    Late(String),
+}
+
+impl NotReady {
+    fn into_message(self) -> String {
+        match self {
+            NotReady::Exited { message, .. } | NotReady::Late(message) => message,
+        }
+    }
+}
+
+/// Creates the demo topic. Nodes that just started can still be settling (a controller
+/// election, a broker fenced for a late heartbeat on a busy machine), so a refusal is
+/// tried again for up to 30 s; a topic a timed-out earlier try made is as good.
+async fn create_topic(bootstrap: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let error = match crate::topic_admin::create(
+            bootstrap,
+            TOPIC,
+            3,
+            3,
+            &["min.insync.replicas=2".to_string()],
+        )
+        .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
+        };
+        let exists = error
+            .downcast_ref::<crate::topic_admin::CreateTopicError>()
+            .is_some_and(|e| e.code == sluice_metadata::error_code::TOPIC_ALREADY_EXISTS);
+        if exists {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(error);
+        }
+        tracing::debug!("creating the demo topic, trying again: {error:#}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
@@ -342,14 +427,7 @@ async fn demo(cluster: &mut DemoCluster, options: &DemoOptions) -> Result<()> {
     cluster.start_all()?;
     let bootstrap = cluster.bootstrap();
     println!("  bootstrap: {bootstrap}");
-    crate::topic_admin::create(
-        &bootstrap,
-        TOPIC,
-        3,
-        3,
-        &["min.insync.replicas=2".to_string()],
-    )
-    .await?;
+    create_topic(&bootstrap).await?;
     wait_for(
         "every partition of the topic has a leader",
         Duration::from_secs(30),

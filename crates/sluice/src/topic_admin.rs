@@ -59,14 +59,38 @@ pub async fn create(
         .first()
         .context("empty CreateTopics response")?;
     if result.error_code != 0 {
-        let message = result.error_message.as_deref().unwrap_or("");
-        bail!(
-            "creating topic {name}: {} {message}",
-            error_name(result.error_code)
-        );
+        return Err(CreateTopicError {
+            topic: name.to_string(),
+            code: result.error_code,
+            message: result.error_message.as_deref().unwrap_or("").to_string(),
+        }
+        .into());
     }
     Ok(format!("Created topic {name}."))
 }
+
+/// The error a CreateTopics answer named for the topic, kept typed so that a caller can
+/// tell "already exists" or a retriable error from the rest.
+#[derive(Debug)]
+pub struct CreateTopicError {
+    pub topic: String,
+    pub code: i16,
+    pub message: String,
+}
+
+impl std::fmt::Display for CreateTopicError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "creating topic {}: {} {}",
+            self.topic,
+            error_name(self.code),
+            self.message
+        )
+    }
+}
+
+impl std::error::Error for CreateTopicError {}
 
 pub async fn delete(bootstrap: &str, name: &str) -> Result<String> {
     let mut cluster = Cluster::connect(bootstrap).await?;
