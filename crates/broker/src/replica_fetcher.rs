@@ -15,9 +15,11 @@
 //! A partition the leader refuses (not leading it, a log it cannot open, an epoch not yet
 //! known: in Fetch or OffsetForLeaderEpoch) or whose records cannot be appended is left
 //! out of the fetches for a while, alone: the others keep fetching at full speed (as Kafka
-//! delays only the failing partition). The wait starts at 25 ms — a new partition's leader
-//! is usually only a moment behind in the metadata — and doubles up to `RETRY`. One that
-//! keeps failing is logged at WARN once, and again when it recovers.
+//! delays only the failing partition). The wait starts at 5 ms — a new partition's leader
+//! is usually only a moment behind in the metadata — and doubles up to `RETRY`; the long
+//! poll on the others ends when the first waiting partition is due, so its wait is not
+//! stretched to `replica.fetch.wait.max.ms`. One that keeps failing is logged at WARN
+//! once, and again when it recovers.
 //!
 //! A partition added to a fetcher (a new topic, a new leader) is fetched at once: the
 //! fetch long-polling on the others (up to `replica.fetch.wait.max.ms`) is abandoned with
@@ -59,9 +61,9 @@ const REPLICA_FETCH_RESPONSE_MAX_BYTES: i32 = 10 * 1024 * 1024;
 /// The longest a failed partition waits before it is fetched again.
 const RETRY: Duration = Duration::from_millis(200);
 /// Its first wait (then doubled, up to `RETRY`).
-const FIRST_RETRY: Duration = Duration::from_millis(25);
+const FIRST_RETRY: Duration = Duration::from_millis(5);
 /// Failures in a row (about a second of them) before a partition is logged at WARN.
-const FAILURES_BEFORE_WARN: u32 = 5;
+const FAILURES_BEFORE_WARN: u32 = 9;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
@@ -240,11 +242,22 @@ async fn run(broker_id: i32, address: String, partitions: FollowedSet, added: Ar
                 }
             }
         };
+        // the partitions waiting out a failure are fetched again once the first is due:
+        // the long poll on the others must not outlast that
+        let due = waiting.iter().filter_map(|(_, f)| f.retry_at).min();
         let result = async {
             let untruncated: Vec<&(TopicPartition, Followed)> =
                 followed.iter().filter(|(_, f)| !f.truncated).collect();
             if untruncated.is_empty() {
-                return fetch(c, broker_id, &followed, &partitions, (&added, generation)).await;
+                return fetch(
+                    c,
+                    broker_id,
+                    &followed,
+                    &partitions,
+                    (&added, generation),
+                    due,
+                )
+                .await;
             }
             if truncate(c, broker_id, &untruncated, &partitions).await? {
                 // KIP-279: ask again at once, with the epochs latest after the truncation
@@ -253,7 +266,15 @@ async fn run(broker_id: i32, address: String, partitions: FollowedSet, added: Ar
             // what the truncation step just settled is fetched in this same round (a new
             // partition used to wait out a whole RETRY when nothing else was followed)
             let followed = with_current_truncation(&followed, &partitions);
-            fetch(c, broker_id, &followed, &partitions, (&added, generation)).await
+            fetch(
+                c,
+                broker_id,
+                &followed,
+                &partitions,
+                (&added, generation),
+                due,
+            )
+            .await
         }
         .await;
         match result {
@@ -485,6 +506,15 @@ fn truncation_step(
     TruncationStep::Done(Offset(leader_end).min(local_epoch_end).min(local_end))
 }
 
+/// How long the leader may hold a fetch: `replica.fetch.wait.max.ms`, or less when a
+/// partition left out after a failure is due before that.
+fn max_wait_ms(due: Option<tokio::time::Instant>, now: tokio::time::Instant) -> i32 {
+    let until_due = due.map_or(i32::MAX, |at| {
+        i32::try_from(at.saturating_duration_since(now).as_millis()).unwrap_or(i32::MAX)
+    });
+    REPLICA_FETCH_WAIT_MAX_MS.min(until_due)
+}
+
 /// How a fetch round ended.
 enum Fetched {
     Done,
@@ -494,13 +524,15 @@ enum Fetched {
 }
 
 /// One fetch of every partition in `followed`. `added`: the fetcher's signal, and its
-/// generation when `followed` was taken.
+/// generation when `followed` was taken. `due`: when the first partition left out (after
+/// a failure) is to be fetched again; the leader holds the fetch no longer than that.
 async fn fetch(
     c: &mut ClientConnection,
     broker_id: i32,
     followed: &[(TopicPartition, Followed)],
     partitions: &FollowedSet,
     added: (&Added, u64),
+    due: Option<tokio::time::Instant>,
 ) -> Result<Fetched, ClientError> {
     let mut topics: BTreeMap<&str, Vec<FetchPartition>> = BTreeMap::new();
     // what each fetched partition asked from, for reading the response
@@ -532,7 +564,7 @@ async fn fetch(
     }
     let request = FetchRequest::default()
         .with_replica_id(BrokerId(broker_id))
-        .with_max_wait_ms(REPLICA_FETCH_WAIT_MAX_MS)
+        .with_max_wait_ms(max_wait_ms(due, tokio::time::Instant::now()))
         .with_min_bytes(1)
         .with_max_bytes(REPLICA_FETCH_RESPONSE_MAX_BYTES)
         .with_session_epoch(-1)
@@ -643,10 +675,25 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_partition_waits_25_ms_doubling_up_to_200() {
-        let waits: Vec<u64> = (1..=6).map(|n| retry_after(n).as_millis() as u64).collect();
-        assert_eq!(waits, vec![25, 50, 100, 200, 200, 200]);
+    fn a_failed_partition_waits_5_ms_doubling_up_to_200() {
+        let waits: Vec<u64> = (1..=8).map(|n| retry_after(n).as_millis() as u64).collect();
+        assert_eq!(waits, vec![5, 10, 20, 40, 80, 160, 200, 200]);
         assert_eq!(retry_after(u32::MAX), RETRY);
+        // logged at WARN after about a second of failures
+        let before_warn: u64 = (1..FAILURES_BEFORE_WARN)
+            .map(|n| retry_after(n).as_millis() as u64)
+            .sum();
+        assert!((700..=1200).contains(&before_warn), "{before_warn}");
+    }
+
+    #[test]
+    fn the_long_poll_ends_when_a_waiting_partition_is_due() {
+        let now = tokio::time::Instant::now();
+        assert_eq!(max_wait_ms(None, now), REPLICA_FETCH_WAIT_MAX_MS);
+        assert_eq!(max_wait_ms(Some(now + Duration::from_millis(40)), now), 40);
+        assert_eq!(max_wait_ms(Some(now + Duration::from_secs(5)), now), 500);
+        // already due: answer at once
+        assert_eq!(max_wait_ms(Some(now), now + Duration::from_millis(3)), 0);
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Checkpoint files, written atomically: write `NAME.tmp`, fsync it, rename over `NAME`,
-//! fsync the directory. A reader sees the old file or the new one, never a mix.
+//! fsync the directory. A reader sees the old file or the new one, never a mix. (The
+//! leader-epoch checkpoint may be written without the fsyncs on the append path, and
+//! made durable later: see `leader_epoch`.)
 //!
 //! Two formats, both Kafka's: offset checkpoints (`recovery-point-offset-checkpoint`,
 //! `replication-offset-checkpoint`) hold "0\n<count>\n<topic> <partition> <offset>\n...";
@@ -18,16 +20,41 @@ const VERSION: &str = "0";
 
 /// Replaces `path` with `contents` atomically and durably.
 pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
+    replace(path, contents, true)
+}
+
+/// Replaces `path` with `contents` atomically; durably only when `sync` (otherwise a
+/// process crash keeps it, the page cache holding it, but a power loss may not:
+/// [`sync_file_and_dir`] makes it durable later).
+fn replace(path: &Path, contents: &[u8], sync: bool) -> Result<()> {
     let tmp = tmp_path(path);
     let mut file = File::create(&tmp).map_err(LogError::io(&tmp))?;
     file.write_all(contents).map_err(LogError::io(&tmp))?;
-    file.sync_all().map_err(LogError::io(&tmp))?;
+    if sync {
+        file.sync_all().map_err(LogError::io(&tmp))?;
+    }
     drop(file);
     fs::rename(&tmp, path).map_err(LogError::io(path))?;
-    if let Some(dir) = path.parent() {
+    if let (true, Some(dir)) = (sync, path.parent()) {
         sync_dir(dir)?;
     }
     Ok(())
+}
+
+/// Makes a file written by [`replace`] without `sync` durable: its data, then the rename
+/// in its directory. A file that is gone (its partition was deleted) needs nothing.
+pub(crate) fn sync_file_and_dir(path: &Path) -> Result<()> {
+    match File::open(path) {
+        Ok(file) => file.sync_all().map_err(LogError::io(path))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(LogError::io(path)(e)),
+    }
+    match path.parent().map(File::open) {
+        Some(Ok(dir)) => dir.sync_all().map_err(LogError::io(path)),
+        Some(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Some(Err(e)) => Err(LogError::io(path)(e)),
+        None => Ok(()),
+    }
 }
 
 pub(crate) fn tmp_path(path: &Path) -> PathBuf {
@@ -125,13 +152,18 @@ impl OffsetCheckpointFile {
     }
 }
 
-/// Writes the leader-epoch checkpoint: (epoch, start offset) pairs in order.
-pub(crate) fn write_epoch_entries(path: &Path, entries: &[(LeaderEpoch, Offset)]) -> Result<()> {
+/// Writes the leader-epoch checkpoint: (epoch, start offset) pairs in order; durably
+/// only when `sync`.
+pub(crate) fn write_epoch_entries(
+    path: &Path,
+    entries: &[(LeaderEpoch, Offset)],
+    sync: bool,
+) -> Result<()> {
     let mut out = format!("{VERSION}\n{}\n", entries.len());
     for (epoch, offset) in entries {
         out.push_str(&format!("{} {}\n", epoch.0, offset.0));
     }
-    write_atomically(path, out.as_bytes())
+    replace(path, out.as_bytes(), sync)
 }
 
 pub(crate) fn read_epoch_entries(path: &Path) -> Result<Vec<(LeaderEpoch, Offset)>> {
@@ -191,7 +223,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("leader-epoch-checkpoint");
         let entries = vec![(LeaderEpoch(0), Offset(0)), (LeaderEpoch(3), Offset(120))];
-        write_epoch_entries(&path, &entries).unwrap();
+        write_epoch_entries(&path, &entries, true).unwrap();
         assert_eq!(read_epoch_entries(&path).unwrap(), entries);
         assert_eq!(fs::read_to_string(&path).unwrap(), "0\n2\n0 0\n3 120\n");
     }

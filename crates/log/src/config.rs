@@ -6,12 +6,15 @@ use crate::LogError;
 /// How the active segment's `.log` file is written. Sealed segments are always plain files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AppendMode {
-    /// `pwrite(2)` of each batch into the page cache.
+    /// `pwrite(2)` of each batch into the page cache. The default, chosen by
+    /// docs/benchmarks.md (tail latency): a write fault on a fresh map reads ahead (zero
+    /// pages) for about 2 ms, at each new segment and every few MiB after, under the
+    /// partition's lock; `pwrite` has no such step.
     Write,
     /// `memcpy` into a shared memory map of the preallocated file, as the seed articles
     /// describe; the file is trimmed to its logical size when the segment rolls or closes.
     Mmap,
-    /// The default, chosen by docs/benchmarks.md: appends smaller than
+    /// Appends smaller than
     /// [`HYBRID_MMAP_MAX_APPEND_BYTES`] are copied into the map (no syscall per batch),
     /// larger ones are written with `pwrite(2)` (no page fault per 4 KiB). Both land in
     /// the same page cache, so readers see one file.
@@ -81,7 +84,7 @@ impl Default for LogConfig {
             flush_interval_messages: None,
             flush_interval_ms: None,
             max_message_bytes: sluice_record::limits::DEFAULT_MESSAGE_MAX_BYTES,
-            append_mode: AppendMode::Hybrid,
+            append_mode: AppendMode::Write,
             producer_id_expiration_ms: 24 * 60 * 60 * 1000,
             producer_id_expiration_check_interval_ms: 10 * 60 * 1000,
         }

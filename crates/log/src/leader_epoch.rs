@@ -3,6 +3,18 @@
 //! Followers use it (through OffsetForLeaderEpoch) to find where their log diverges from
 //! the leader's and truncate only the divergent suffix (KIP-101, KIP-279).
 //!
+//! A new epoch ([`LeaderEpochCache::assign`], on the append path: a partition's first
+//! write after every election, on the leader and on each follower) replaces the file
+//! without fsyncs, as Kafka does since KAFKA-15046: the fsyncs cost milliseconds under
+//! the log's lock, and every broker of a new topic paid them at once. A process crash
+//! keeps the file (the page cache holds it); the log's next flush makes it durable
+//! ([`LeaderEpochCache::take_unsynced`]) together with the records it covers, and a
+//! clean close does too. A power loss can lose an epoch entry only with the unflushed
+//! records of that epoch: such records fail the epoch check (`batch_damage`) and a
+//! follower truncates them (the leader's OffsetForLeaderEpoch answer for the epoch it
+//! still knows ends before them). Truncations stay durable at once (they are rare, and
+//! a truncated epoch must not come back).
+//!
 //! Invariants: epochs strictly ascend; start offsets ascend.
 
 use std::path::{Path, PathBuf};
@@ -32,6 +44,8 @@ pub fn epoch_for_offset(entries: &[EpochEntry], offset: Offset) -> Option<Leader
 pub struct LeaderEpochCache {
     path: PathBuf,
     entries: Vec<EpochEntry>,
+    /// The file holds `entries` but was not fsynced since it last changed.
+    unsynced: bool,
 }
 
 impl LeaderEpochCache {
@@ -55,7 +69,11 @@ impl LeaderEpochCache {
                 reason: "epochs or offsets do not ascend".into(),
             });
         }
-        Ok(LeaderEpochCache { path, entries })
+        Ok(LeaderEpochCache {
+            path,
+            entries,
+            unsynced: false,
+        })
     }
 
     pub fn entries(&self) -> &[EpochEntry] {
@@ -94,7 +112,23 @@ impl LeaderEpochCache {
             epoch,
             start_offset,
         });
-        self.flush()
+        self.write(false)
+    }
+
+    /// The checkpoint's path if it changed since it was last made durable, and from now on
+    /// counted as durable: the caller fsyncs it ([`sync_epoch_checkpoint`]), outside the
+    /// log's lock, and calls [`Self::mark_unsynced`] if that fails.
+    pub fn take_unsynced(&mut self) -> Option<PathBuf> {
+        std::mem::take(&mut self.unsynced).then(|| self.path.clone())
+    }
+
+    pub fn mark_unsynced(&mut self) {
+        self.unsynced = true;
+    }
+
+    /// Whether the checkpoint changed since it was last made durable.
+    pub fn is_unsynced(&self) -> bool {
+        self.unsynced
     }
 
     /// OffsetForLeaderEpoch: the largest epoch at most `requested` and the end offset of
@@ -159,14 +193,25 @@ impl LeaderEpochCache {
         self.flush()
     }
 
-    fn flush(&self) -> Result<()> {
+    fn flush(&mut self) -> Result<()> {
+        self.write(true)
+    }
+
+    fn write(&mut self, sync: bool) -> Result<()> {
         let pairs: Vec<(LeaderEpoch, Offset)> = self
             .entries
             .iter()
             .map(|e| (e.epoch, e.start_offset))
             .collect();
-        write_epoch_entries(&self.path, &pairs)
+        write_epoch_entries(&self.path, &pairs, sync)?;
+        self.unsynced = !sync;
+        Ok(())
     }
+}
+
+/// Makes the checkpoint [`LeaderEpochCache::take_unsynced`] named durable.
+pub fn sync_epoch_checkpoint(path: &Path) -> Result<()> {
+    crate::checkpoint::sync_file_and_dir(path)
 }
 
 #[cfg(test)]
@@ -189,6 +234,33 @@ mod tests {
         let reloaded = LeaderEpochCache::open(dir.path()).unwrap();
         assert_eq!(reloaded.entries(), cache.entries());
         assert_eq!(reloaded.latest_epoch(), Some(LeaderEpoch(5)));
+    }
+
+    #[test]
+    fn a_new_epoch_is_written_at_once_and_made_durable_later() {
+        let (dir, mut cache) = cache_with(&[(1, 0)]);
+        // in the file already (a process crash keeps it), not fsynced yet
+        let reloaded = LeaderEpochCache::open(dir.path()).unwrap();
+        assert_eq!(reloaded.entries(), cache.entries());
+        assert!(!reloaded.is_unsynced());
+        let path = cache.take_unsynced().expect("unsynced after assign");
+        assert_eq!(path, dir.path().join(LEADER_EPOCH_CHECKPOINT));
+        sync_epoch_checkpoint(&path).unwrap();
+        assert!(cache.take_unsynced().is_none(), "taken once");
+        // a failed sync leaves it to the next flush
+        cache.assign(LeaderEpoch(2), Offset(5)).unwrap();
+        assert!(cache.take_unsynced().is_some());
+        cache.mark_unsynced();
+        // a truncation writes durably, covering the earlier change too
+        cache.truncate_from_end(Offset(3)).unwrap();
+        assert!(!cache.is_unsynced());
+        assert_eq!(
+            LeaderEpochCache::open(dir.path()).unwrap().entries(),
+            cache.entries()
+        );
+        // a deleted partition has nothing left to sync
+        std::fs::remove_file(&path).unwrap();
+        sync_epoch_checkpoint(&path).unwrap();
     }
 
     #[test]

@@ -81,6 +81,8 @@ pub struct FlushTask {
     files: Vec<(PathBuf, Arc<File>)>,
     dir: PathBuf,
     snapshots: Vec<Offset>,
+    /// The leader-epoch checkpoint, when it changed since it was last made durable.
+    epoch_checkpoint: Option<PathBuf>,
 }
 
 impl FlushTask {
@@ -89,11 +91,14 @@ impl FlushTask {
         self.up_to
     }
 
-    /// fdatasyncs the segments' files (the pages written through a map too), then the
-    /// snapshots and their directory.
+    /// fdatasyncs the segments' files (the pages written through a map too), the
+    /// leader-epoch checkpoint, then the snapshots and their directory.
     pub fn run(&self) -> Result<()> {
         for (path, file) in &self.files {
             file.sync_data().map_err(LogError::io(path))?;
+        }
+        if let Some(path) = &self.epoch_checkpoint {
+            crate::leader_epoch::sync_epoch_checkpoint(path)?;
         }
         for snapshot in &self.snapshots {
             sync_snapshot(&self.dir, *snapshot)?;
@@ -911,6 +916,7 @@ impl Log {
             files,
             dir: self.dir.clone(),
             snapshots: std::mem::take(&mut self.unsynced_snapshots),
+            epoch_checkpoint: self.leader_epochs.take_unsynced(),
         })
     }
 
@@ -920,6 +926,9 @@ impl Log {
     pub fn finish_flush(&mut self, task: FlushTask, ok: bool) {
         if !ok {
             self.unsynced_snapshots.extend(task.snapshots);
+            if task.epoch_checkpoint.is_some() {
+                self.leader_epochs.mark_unsynced();
+            }
             return;
         }
         if task.truncations == self.truncations {
@@ -985,6 +994,12 @@ impl Log {
             return Ok(());
         }
         self.flush()?;
+        if let Some(path) = self.leader_epochs.take_unsynced() {
+            if let Err(e) = crate::leader_epoch::sync_epoch_checkpoint(&path) {
+                self.leader_epochs.mark_unsynced();
+                return Err(e);
+            }
+        }
         self.active_mut().seal()?;
         self.active().flush()?;
         // a clean restart loads this and replays nothing

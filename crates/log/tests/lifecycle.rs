@@ -517,3 +517,36 @@ fn a_flush_runs_outside_the_lock_and_moves_the_recovery_point_only_once_done() {
         assert!(log.flush_task(log.log_end_offset()).is_none());
     }
 }
+
+#[test]
+fn a_new_epochs_checkpoint_is_made_durable_by_the_next_flush_and_by_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), &LogConfig::default());
+    log.append_as_leader(&mut batch(1, T0, 10, Compression::None), LeaderEpoch(3), T0)
+        .unwrap();
+    // written on the append path without fsyncs: on disk for a reopen, not durable yet
+    assert!(log.leader_epochs().is_unsynced());
+    let task = log
+        .flush_task(log.log_end_offset())
+        .expect("records to flush");
+    task.run().unwrap();
+    log.finish_flush(task, true);
+    assert!(!log.leader_epochs().is_unsynced(), "the flush covered it");
+    // a failed flush leaves it for the next one
+    log.append_as_leader(&mut batch(1, T0, 10, Compression::None), LeaderEpoch(4), T0)
+        .unwrap();
+    let task = log
+        .flush_task(log.log_end_offset())
+        .expect("records to flush");
+    log.finish_flush(task, false);
+    assert!(log.leader_epochs().is_unsynced());
+    // an election's epoch with nothing written after it: close makes it durable
+    log.flush().unwrap();
+    log.assign_epoch_start_offset(LeaderEpoch(5)).unwrap();
+    assert!(log.leader_epochs().is_unsynced());
+    log.close().unwrap();
+    assert!(!log.leader_epochs().is_unsynced());
+    drop(log);
+    let checkpoint = std::fs::read_to_string(dir.path().join("leader-epoch-checkpoint")).unwrap();
+    assert_eq!(checkpoint, "0\n3\n3 0\n4 1\n5 2\n");
+}

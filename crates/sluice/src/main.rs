@@ -209,8 +209,8 @@ enum Command {
         /// `log.segment.bytes`.
         #[arg(long, default_value_t = 1024 * 1024 * 1024)]
         segment_bytes: u64,
-        /// Active segment append mode: hybrid, write or mmap.
-        #[arg(long, default_value = "hybrid")]
+        /// Active segment append mode: write, hybrid or mmap.
+        #[arg(long, default_value = "write")]
         append_mode: String,
     },
 }

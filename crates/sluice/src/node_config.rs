@@ -57,7 +57,7 @@ const KEYS: &[(&str, &str, &str)] = &[
     ("controlled.shutdown.enable", "true", "on SIGTERM, move leadership away before stopping"),
     ("sluice.controlled.shutdown.timeout.ms", "30000", "how long SIGTERM waits for followers to catch up"),
     ("sluice.fetch.sendfile.enable", "true", "serve fetches with sendfile(2) (false: copy through a buffer)"),
-    ("sluice.log.append.mode", "hybrid", "how the active segment is written: `hybrid`, `write` or `mmap`"),
+    ("sluice.log.append.mode", "write", "how the active segment is written: `write`, `hybrid` or `mmap`"),
     ("admin.listener", "", "`host:port` of the HTTP admin listener (/metrics, /healthz, /readyz); off when unset"),
     ("producer.id.expiration.ms", "86400000", "a partition forgets an idempotent producer idle this long"),
     ("producer.id.expiration.check.interval.ms", "600000", "how often idle producers are looked for"),
