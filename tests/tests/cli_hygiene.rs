@@ -138,3 +138,49 @@ fn bench_produce_refuses_bad_flags_in_one_line_before_connecting() {
     assert!(!ok);
     assert!(err.contains("at most 5 with --idempotence"), "{err}");
 }
+
+/// The soft and hard "Max open files" of process `pid`.
+fn open_files_limits(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    (fields[3].to_string(), fields[4].to_string())
+}
+
+#[test]
+fn a_node_raises_its_open_files_limit_to_the_hard_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    // started with a soft limit of 256, as a login shell's default of 1,024 or lower would be
+    let script = format!(
+        "ulimit -S -n 256 && exec {} broker --override node.id=1 \
+         --override controller.quorum.voters=1@127.0.0.1:0 \
+         --override listeners=PLAINTEXT://127.0.0.1:0,CONTROLLER://127.0.0.1:0 \
+         --override log.dirs={}",
+        sluice_bin().display(),
+        dir.path().join("data").display()
+    );
+    let mut node = sluice_system_tests::NodeProcess {
+        child: Command::new("sh")
+            .args(["-c", &script])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start a node"),
+    };
+    let lines = sluice_system_tests::stdout_lines(&mut node.child);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let line = lines
+            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+            .expect("the node says ready");
+        if line == "ready" {
+            break;
+        }
+    }
+    let (soft, hard) = open_files_limits(node.child.id());
+    assert_eq!(soft, hard, "soft limit raised to the hard one");
+    assert_ne!(soft, "256");
+}

@@ -9,6 +9,10 @@
 //! mapping is SIGBUS, which kills the process (seen on a full tmpfs); a reservation that
 //! fails is an `ENOSPC` error the caller sees before anything is written.
 //!
+//! No file descriptor is kept: the map holds the file, and the rare calls that need a
+//! descriptor (resizing, reserving disk, an fsync) open the file by its path for the call
+//! (issue 19: three descriptors per segment stopped a broker at ulimit/3 partitions).
+//!
 //! Invariants: `allocated_bytes <= mapped length`, and only bytes below `allocated_bytes`
 //! are written (it starts at 0 on open: a file left at its preallocated, sparse length by
 //! a crash is reserved again before recovery writes into it); entries past `entries` are
@@ -16,7 +20,6 @@
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use memmap2::MmapMut;
 
@@ -27,7 +30,6 @@ pub(crate) const ALLOCATION_STEP_BYTES: usize = 64 * 1024;
 
 pub(crate) struct IndexFile<const N: usize> {
     path: PathBuf,
-    file: Arc<File>,
     mmap: Option<MmapMut>,
     entries: usize,
     /// Bytes from the start known to be backed by disk blocks.
@@ -39,35 +41,34 @@ impl<const N: usize> IndexFile<N> {
     /// have been trimmed when closed; a file that was not (after a crash) is rebuilt by
     /// recovery. `writable_max_bytes` preallocates room for appends.
     pub fn open(path: &Path, writable_max_bytes: Option<usize>) -> Result<Self> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(LogError::io(path))?;
+        let file = open_file(path, true)?;
         let len = file.metadata().map_err(LogError::io(path))?.len() as usize;
         let mut index = IndexFile {
             path: path.to_path_buf(),
-            file: Arc::new(file),
             mmap: None,
             entries: len / N,
             allocated_bytes: 0,
         };
-        index.remap(writable_max_bytes.map_or(len, |max| (max / N * N).max(index.entries * N)))?;
+        index.remap_with(
+            &file,
+            writable_max_bytes.map_or(len, |max| (max / N * N).max(index.entries * N)),
+        )?;
         Ok(index)
     }
 
     fn remap(&mut self, len: usize) -> Result<()> {
+        let file = open_file(&self.path, false)?;
+        self.remap_with(&file, len)
+    }
+
+    fn remap_with(&mut self, file: &File, len: usize) -> Result<()> {
         self.mmap = None;
-        self.file
-            .set_len(len as u64)
-            .map_err(LogError::io(&self.path))?;
+        file.set_len(len as u64).map_err(LogError::io(&self.path))?;
         self.allocated_bytes = self.allocated_bytes.min(len);
         if len > 0 {
             // SAFETY: the file is owned by this index and not resized while mapped; the
             // only resizes go through this function after dropping the old mapping.
-            let map = unsafe { MmapMut::map_mut(&self.file) }.map_err(LogError::io(&self.path))?;
+            let map = unsafe { MmapMut::map_mut(file) }.map_err(LogError::io(&self.path))?;
             // Index pages are touched one at a time (appends) or by binary search: readahead
             // would fault in megabytes of a mostly empty, preallocated file per append.
             map.advise(memmap2::Advice::Random)
@@ -117,7 +118,8 @@ impl<const N: usize> IndexFile<N> {
             self.allocated_bytes as i64,
             (end - self.allocated_bytes) as i64,
         );
-        nix::fcntl::posix_fallocate(&self.file, offset, len)
+        let file = open_file(&self.path, false)?;
+        nix::fcntl::posix_fallocate(&file, offset, len)
             .map_err(|e| LogError::io(&self.path)(std::io::Error::from(e)))?;
         self.allocated_bytes = end;
         Ok(())
@@ -172,10 +174,9 @@ impl<const N: usize> IndexFile<N> {
         self.remap((max_bytes / N * N).max(self.entries * N))
     }
 
-    /// The file, for an fsync outside the owner's lock: on Linux an fsync of the file
-    /// writes back the pages dirtied through the map too (msync(MS_SYNC) is the same call).
-    pub fn durable_handle(&self) -> (PathBuf, Arc<File>) {
-        (self.path.clone(), Arc::clone(&self.file))
+    /// The file's path, for an fsync outside the owner's lock ([`sync_index_file`]).
+    pub fn durable_path(&self) -> PathBuf {
+        self.path.clone()
     }
 
     pub fn flush(&self) -> Result<()> {
@@ -188,5 +189,27 @@ impl<const N: usize> IndexFile<N> {
     pub fn delete(mut self) -> Result<()> {
         self.mmap = None;
         std::fs::remove_file(&self.path).map_err(LogError::io(&self.path))
+    }
+}
+
+fn open_file(path: &Path, create: bool) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .truncate(false)
+        .open(path)
+        .map_err(LogError::io(path))
+}
+
+/// fdatasyncs the index file at `path` through a descriptor opened for it: on Linux an
+/// fsync writes back every dirty page of the file, those dirtied through a map included
+/// (msync(MS_SYNC) is the same call). A file that is gone (its segment deleted, its
+/// partition removed) needs nothing.
+pub(crate) fn sync_index_file(path: &Path) -> Result<()> {
+    match File::open(path) {
+        Ok(file) => file.sync_data().map_err(LogError::io(path)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(LogError::io(path)(e)),
     }
 }

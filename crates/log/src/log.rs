@@ -79,6 +79,8 @@ pub struct FlushTask {
     up_to: Offset,
     truncations: u64,
     files: Vec<(PathBuf, Arc<File>)>,
+    /// The segments' index files (opened for the fsync: indexes keep no descriptor).
+    index_files: Vec<PathBuf>,
     dir: PathBuf,
     snapshots: Vec<Offset>,
     /// The leader-epoch checkpoint, when it changed since it was last made durable.
@@ -96,6 +98,9 @@ impl FlushTask {
     pub fn run(&self) -> Result<()> {
         for (path, file) in &self.files {
             file.sync_data().map_err(LogError::io(path))?;
+        }
+        for path in &self.index_files {
+            crate::index_file::sync_index_file(path)?;
         }
         if let Some(path) = &self.epoch_checkpoint {
             crate::leader_epoch::sync_epoch_checkpoint(path)?;
@@ -904,16 +909,19 @@ impl Log {
             .range(..=self.recovery_point)
             .next_back()
             .map_or(self.log_start_offset, |(b, _)| *b);
-        let files = self
-            .segments
-            .range(from..offset)
-            .flat_map(|(_, segment)| segment.durable_handles())
-            .collect();
+        let flushed = || {
+            self.segments
+                .range(from..offset)
+                .map(|(_, segment)| segment)
+        };
+        let files = flushed().map(LogSegment::durable_handle).collect();
+        let index_files = flushed().flat_map(LogSegment::index_paths).collect();
         self.unflushed_messages = 0;
         Some(FlushTask {
             up_to: offset,
             truncations: self.truncations,
             files,
+            index_files,
             dir: self.dir.clone(),
             snapshots: std::mem::take(&mut self.unsynced_snapshots),
             epoch_checkpoint: self.leader_epochs.take_unsynced(),

@@ -164,8 +164,8 @@ impl OffsetIndex {
         self.file.make_writable(max_bytes)
     }
 
-    pub(crate) fn durable_handle(&self) -> (std::path::PathBuf, std::sync::Arc<std::fs::File>) {
-        self.file.durable_handle()
+    pub(crate) fn durable_path(&self) -> std::path::PathBuf {
+        self.file.durable_path()
     }
 
     pub fn flush(&self) -> Result<()> {

@@ -470,13 +470,18 @@ impl LogSegment {
         Ok(removed)
     }
 
-    /// The segment's files (log, offset index, time index), for an fsync outside the log's
-    /// lock ([`crate::log::FlushTask`]).
-    pub(crate) fn durable_handles(&self) -> [(PathBuf, Arc<File>); 3] {
+    /// The segment's `.log` file, for an fsync outside the log's lock
+    /// ([`crate::log::FlushTask`]).
+    pub(crate) fn durable_handle(&self) -> (PathBuf, Arc<File>) {
+        (self.log.path().to_path_buf(), self.log.shared_file())
+    }
+
+    /// The index files' paths, for an fsync outside the log's lock (indexes keep no
+    /// descriptor open: see `index_file`).
+    pub(crate) fn index_paths(&self) -> [PathBuf; 2] {
         [
-            (self.log.path().to_path_buf(), self.log.shared_file()),
-            self.offset_index.durable_handle(),
-            self.time_index.durable_handle(),
+            self.offset_index.durable_path(),
+            self.time_index.durable_path(),
         ]
     }
 

@@ -681,7 +681,34 @@ fn append_log(
     Ok(())
 }
 
+/// Raises this process's soft limit on open files to its hard limit, as Kafka's start
+/// scripts expect operators to and as systemd's services get: every partition replica
+/// holds files open, and the soft limit (often 1,024) would stop a broker at a few
+/// hundred partitions. Returns the limit in force.
+fn raise_open_files_limit() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => {
+                tracing::info!(from = soft, to = hard, "raised the open files limit");
+                hard
+            }
+            Err(e) => {
+                tracing::warn!(soft, hard, error = %e, "could not raise the open files limit");
+                soft
+            }
+        },
+        Ok((soft, _)) => soft,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the open files limit");
+            0
+        }
+    }
+}
+
 fn run_node(config: Option<&std::path::Path>, overrides: &[String]) -> Result<()> {
+    let open_files_limit = raise_open_files_limit();
+    tracing::info!(open_files_limit, "open files limit");
     let config = node_config::NodeConfig::load(config, |k| std::env::var(k).ok(), overrides)?;
     let roles = config.roles()?;
     let is_controller = roles.contains(&node_config::Role::Controller);
