@@ -43,10 +43,20 @@ impl Broker {
     }
 
     /// Brings the local partitions up to the local image (cheap when nothing changed).
+    /// It may open or create thousands of logs, or wait for the sync the metadata task
+    /// runs: on a multi-thread runtime the other tasks of this thread move to another one
+    /// meanwhile (`block_in_place`) — a heartbeat stuck behind a request's sync of 500 new
+    /// partitions got its broker fenced.
     pub fn sync_partitions(&self) {
         let caught_up = self.metadata.caught_up();
-        self.metadata
-            .with_image(|image| self.replicas.sync(image, caught_up));
+        let sync = || {
+            self.metadata
+                .with_image(|image| self.replicas.sync(image, caught_up))
+        };
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(sync),
+            _ => sync(),
+        }
     }
 
     /// [`Self::sync_partitions`] for the request path: skipped while another sync runs
