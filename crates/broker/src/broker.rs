@@ -47,12 +47,16 @@ impl Broker {
     /// runs: on a multi-thread runtime the other tasks of this thread move to another one
     /// meanwhile (`block_in_place`) — a heartbeat stuck behind a request's sync of 500 new
     /// partitions got its broker fenced.
+    ///
+    /// The sync works on a copy of the image, taken only when there is something to sync:
+    /// holding the image's lock through a sync of thousands of new logs (seconds on a
+    /// slow file system) blocked the metadata stream's writer, and with it a runtime
+    /// thread, until the brokers lost their controller lease.
     pub fn sync_partitions(&self) {
-        let caught_up = self.metadata.caught_up();
-        let sync = || {
-            self.metadata
-                .with_image(|image| self.replicas.sync(image, caught_up))
+        let Some((image, caught_up)) = self.image_to_sync() else {
+            return;
         };
+        let sync = || self.replicas.sync(&image, caught_up);
         match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
             Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(sync),
             _ => sync(),
@@ -62,9 +66,20 @@ impl Broker {
     /// [`Self::sync_partitions`] for the request path: skipped while another sync runs
     /// (see [`ReplicaManager::sync_unless_busy`]).
     pub fn sync_partitions_unless_busy(&self) {
+        if let Some((image, caught_up)) = self.image_to_sync() {
+            self.replicas.sync_unless_busy(&image, caught_up);
+        }
+    }
+
+    /// A copy of the local image (and whether it is current) when the partitions may
+    /// need a sync to it; None (no copy) when they are up to date with it.
+    fn image_to_sync(&self) -> Option<(MetadataImage, bool)> {
         let caught_up = self.metadata.caught_up();
-        self.metadata
-            .with_image(|image| self.replicas.sync_unless_busy(image, caught_up));
+        self.with_image(|image| {
+            self.replicas
+                .may_need_sync(image.applied_index(), caught_up)
+                .then(|| (image.clone(), caught_up))
+        })
     }
 
     /// Waits (up to `timeout`) until `f` holds for the local image, then syncs partitions.

@@ -143,6 +143,18 @@ impl ReplicaManager {
         self.sync_locked(synced, image, caught_up);
     }
 
+    /// Whether an image at `applied_index` (and `caught_up`) may need a sync: it is newer
+    /// than the last one synced, or a sync is running (then the caller may wait for it).
+    /// Cheap, for callers that copy the image before syncing.
+    pub fn may_need_sync(&self, applied_index: u64, caught_up: bool) -> bool {
+        let newer = |synced: &(u64, bool)| applied_index > synced.0 || caught_up != synced.1;
+        match self.synced.try_lock() {
+            Ok(synced) => newer(&synced),
+            Err(std::sync::TryLockError::Poisoned(p)) => newer(&p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => true,
+        }
+    }
+
     /// [`Self::sync`], unless a sync is running (then it returns at once: the broker's
     /// metadata task syncs every change, so nothing is missed). For request handlers: a
     /// sync creating logs fsyncs, and a handler must not hold a runtime thread waiting
