@@ -707,8 +707,6 @@ fn raise_open_files_limit() -> u64 {
 }
 
 fn run_node(config: Option<&std::path::Path>, overrides: &[String]) -> Result<()> {
-    let open_files_limit = raise_open_files_limit();
-    tracing::info!(open_files_limit, "open files limit");
     let config = node_config::NodeConfig::load(config, |k| std::env::var(k).ok(), overrides)?;
     let roles = config.roles()?;
     let is_controller = roles.contains(&node_config::Role::Controller);
@@ -729,6 +727,9 @@ fn run_node(config: Option<&std::path::Path>, overrides: &[String]) -> Result<()
     } else {
         None
     };
+    // after every setting is checked: a bad config is one line on stderr and nothing else
+    let open_files_limit = raise_open_files_limit();
+    tracing::info!(open_files_limit, "open files limit");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
