@@ -187,6 +187,61 @@ pub(crate) struct Core {
     pub liveness_changed: tokio::sync::Notify,
     /// Becomes true when the node stops: long-lived streams end with it.
     pub stopping: watch::Receiver<bool>,
+    /// Scans of every partition that found nothing to change, by what they depend on
+    /// (see [`ScanMemo`]).
+    pub scans: ScanMemo,
+}
+
+/// What the leader's scans of every partition found nothing to change for. Both scans
+/// are pure functions of the image and their inputs, and at idle neither changes: the
+/// session check's repair pass ran every tick (a quarter of the heartbeat interval) and
+/// the offline-replica check on every heartbeat, each over every partition — an idle
+/// cost growing with the partition count (issue 19).
+#[derive(Default)]
+pub(crate) struct ScanMemo {
+    /// The applied index of the image whose repair pass found nothing.
+    repair_clean_at: Mutex<Option<u64>>,
+    /// Per broker: (applied index, reported offline replicas, whether clearing was
+    /// allowed) of a heartbeat whose offline-replica check found nothing.
+    offline_clean: Mutex<std::collections::HashMap<i32, OfflineScanKey>>,
+}
+
+type OfflineScanKey = (u64, Vec<(Vec<u8>, i32)>, bool);
+
+impl ScanMemo {
+    /// `scan()` unless a scan of the image at `applied_index` found nothing already.
+    pub fn repair<R>(&self, applied_index: u64, scan: impl FnOnce() -> Vec<R>) -> Vec<R> {
+        let mut clean = self
+            .repair_clean_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if *clean == Some(applied_index) {
+            return Vec::new();
+        }
+        let found = scan();
+        *clean = found.is_empty().then_some(applied_index);
+        found
+    }
+
+    /// `scan()` unless the same inputs for `broker_id` found nothing already.
+    pub fn offline_replicas<R>(
+        &self,
+        broker_id: i32,
+        key: OfflineScanKey,
+        scan: impl FnOnce() -> Vec<R>,
+    ) -> Vec<R> {
+        let mut clean = self.offline_clean.lock().unwrap_or_else(|p| p.into_inner());
+        if clean.get(&broker_id) == Some(&key) {
+            return Vec::new();
+        }
+        let found = scan();
+        if found.is_empty() {
+            clean.insert(broker_id, key);
+        } else {
+            clean.remove(&broker_id);
+        }
+        found
+    }
 }
 
 impl Core {
@@ -333,6 +388,7 @@ impl ControllerNode {
             peer_liveness: Mutex::new(FailureDetector::new(config.election_timeout_ms)),
             liveness_changed: tokio::sync::Notify::new(),
             stopping: stop_rx.clone(),
+            scans: ScanMemo::default(),
             config,
             raft: raft.clone(),
             state_machine,
@@ -747,12 +803,14 @@ async fn fence_expired_brokers(core: &Core) -> Result<()> {
     // still leading or in an ISR they can leave, and offline partitions a live ISR member
     // could lead
     let pending = core.state_machine.with_image(|image| {
-        image
-            .brokers()
-            .filter(|b| b.fenced)
-            .map(|b| partition_election::on_broker_fenced(image, b.broker_id, unclean))
-            .find(|records| !records.is_empty())
-            .unwrap_or_else(|| partition_election::on_broker_unfenced(image, unclean))
+        core.scans.repair(image.applied_index(), || {
+            image
+                .brokers()
+                .filter(|b| b.fenced)
+                .map(|b| partition_election::on_broker_fenced(image, b.broker_id, unclean))
+                .find(|records| !records.is_empty())
+                .unwrap_or_else(|| partition_election::on_broker_unfenced(image, unclean))
+        })
     });
     if !pending.is_empty() {
         core.propose(pending).await?;
@@ -860,5 +918,50 @@ mod tests {
         assert_eq!(lost_leader_candidate(&five, 1), Some((4, lease5(3))));
         // one voter alone: nobody to campaign
         assert_eq!(lost_leader_candidate(&config(1..=1), 1), None);
+    }
+
+    #[test]
+    fn a_scan_that_found_nothing_is_not_run_again_for_the_same_inputs() {
+        let memo = ScanMemo::default();
+        let runs = std::cell::Cell::new(0);
+        let scan = |found: Vec<u8>| {
+            runs.set(runs.get() + 1);
+            found
+        };
+        // the repair pass: skipped at the same applied index once it found nothing
+        assert!(memo.repair(7, || scan(vec![])).is_empty());
+        assert!(memo.repair(7, || scan(vec![1])).is_empty());
+        assert_eq!(runs.get(), 1);
+        // a new index scans again; what it finds is not remembered
+        assert_eq!(memo.repair(8, || scan(vec![1])), vec![1]);
+        assert_eq!(memo.repair(8, || scan(vec![1])), vec![1]);
+        assert_eq!(runs.get(), 3);
+        // offline replicas: per broker, by index, report and whether clearing is allowed
+        let key = |index, report: &[i32], may_clear| {
+            let report = report.iter().map(|p| (vec![1u8], *p)).collect();
+            (index, report, may_clear)
+        };
+        assert!(memo
+            .offline_replicas(1, key(7, &[], true), || scan(vec![]))
+            .is_empty());
+        assert!(memo
+            .offline_replicas(1, key(7, &[], true), || scan(vec![9]))
+            .is_empty());
+        assert_eq!(runs.get(), 4);
+        for (broker, k) in [
+            (2, key(7, &[], true)),
+            (1, key(8, &[], true)),
+            (1, key(7, &[0], true)),
+            (1, key(7, &[], false)),
+        ] {
+            assert_eq!(memo.offline_replicas(broker, k, || scan(vec![9])), vec![9]);
+        }
+        assert_eq!(runs.get(), 8);
+        // a change found forgets the broker's clean scan
+        assert_eq!(
+            memo.offline_replicas(1, key(7, &[], true), || scan(vec![])),
+            Vec::<u8>::new()
+        );
+        assert_eq!(runs.get(), 9, "the earlier found change cleared the memo");
     }
 }

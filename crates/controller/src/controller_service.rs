@@ -314,13 +314,16 @@ impl api::controller_server::Controller for ControllerService {
             .collect();
         let unclean = self.core.config.unclean_leader_election_enable;
         let changes = self.core.state_machine.with_image(|image| {
-            crate::partition_election::on_offline_replicas(
-                image,
-                r.broker_id,
-                &reported,
-                !broker.fenced,
-                unclean,
-            )
+            let key = (image.applied_index(), reported.clone(), !broker.fenced);
+            self.core.scans.offline_replicas(r.broker_id, key, || {
+                crate::partition_election::on_offline_replicas(
+                    image,
+                    r.broker_id,
+                    &reported,
+                    !broker.fenced,
+                    unclean,
+                )
+            })
         });
         if !changes.is_empty() {
             tracing::info!(
