@@ -34,7 +34,6 @@ pub fn wait_progress(path: &Path, target: u64, script: &mut Child, log: &Path) {
     }
 }
 
-/// Polls `ok` every 100 ms until it holds; panics naming `what` after [`WAIT`].
 /// Every acknowledged record was read, at its acknowledged offset (or, with an offset
 /// unknown (-1), somewhere in its partition). `read`: (partition, offset, value).
 pub fn assert_acknowledged_were_read(acks: &[(i32, i64, String)], read: &[(i32, i64, String)]) {
@@ -60,6 +59,7 @@ pub fn assert_acknowledged_were_read(acks: &[(i32, i64, String)], read: &[(i32, 
     }
 }
 
+/// Polls `ok` every 100 ms until it holds; panics naming `what` after [`WAIT`].
 pub fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
     while !ok() {

@@ -53,7 +53,7 @@ impl Broker {
     /// slow file system) blocked the metadata stream's writer, and with it a runtime
     /// thread, until the brokers lost their controller lease.
     pub fn sync_partitions(&self) {
-        let Some((image, caught_up)) = self.image_to_sync() else {
+        let Some((image, caught_up)) = self.image_to_sync(true) else {
             return;
         };
         let sync = || self.replicas.sync(&image, caught_up);
@@ -66,18 +66,20 @@ impl Broker {
     /// [`Self::sync_partitions`] for the request path: skipped while another sync runs
     /// (see [`ReplicaManager::sync_unless_busy`]).
     pub fn sync_partitions_unless_busy(&self) {
-        if let Some((image, caught_up)) = self.image_to_sync() {
+        // (no copy while another sync runs: this one would skip it)
+        if let Some((image, caught_up)) = self.image_to_sync(false) {
             self.replicas.sync_unless_busy(&image, caught_up);
         }
     }
 
     /// A copy of the local image (and whether it is current) when the partitions may
-    /// need a sync to it; None (no copy) when they are up to date with it.
-    fn image_to_sync(&self) -> Option<(MetadataImage, bool)> {
+    /// need a sync to it; None (no copy) when they are up to date with it, or when a sync
+    /// runs and not `when_busy`.
+    fn image_to_sync(&self, when_busy: bool) -> Option<(MetadataImage, bool)> {
         let caught_up = self.metadata.caught_up();
         self.with_image(|image| {
             self.replicas
-                .may_need_sync(image.applied_index(), caught_up)
+                .may_need_sync(image.applied_index(), caught_up, when_busy)
                 .then(|| (image.clone(), caught_up))
         })
     }

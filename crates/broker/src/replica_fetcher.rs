@@ -248,33 +248,22 @@ async fn run(broker_id: i32, address: String, partitions: FollowedSet, added: Ar
         let result = async {
             let untruncated: Vec<&(TopicPartition, Followed)> =
                 followed.iter().filter(|(_, f)| !f.truncated).collect();
-            if untruncated.is_empty() {
-                return fetch(
-                    c,
-                    broker_id,
-                    &followed,
-                    &partitions,
-                    (&added, generation),
-                    due,
-                )
-                .await;
-            }
-            if truncate(c, broker_id, &untruncated, &partitions).await? {
-                // KIP-279: ask again at once, with the epochs latest after the truncation
-                return Ok(Fetched::Done);
-            }
-            // what the truncation step just settled is fetched in this same round (a new
-            // partition used to wait out a whole RETRY when nothing else was followed)
-            let followed = with_current_truncation(&followed, &partitions);
-            fetch(
-                c,
-                broker_id,
-                &followed,
-                &partitions,
-                (&added, generation),
-                due,
-            )
-            .await
+            let settled;
+            let to_fetch = if untruncated.is_empty() {
+                &followed
+            } else {
+                if truncate(c, broker_id, &untruncated, &partitions).await? {
+                    // KIP-279: ask again at once, with the epochs latest after the truncation
+                    return Ok(Fetched::Done);
+                }
+                // what the truncation step just settled is fetched in this same round (a
+                // new partition used to wait out a whole RETRY when nothing else was
+                // followed)
+                settled = with_current_truncation(&followed, &partitions);
+                &settled
+            };
+            let signal = (&*added, generation);
+            fetch(c, broker_id, to_fetch, &partitions, signal, due).await
         }
         .await;
         match result {
@@ -331,8 +320,8 @@ fn with_current_truncation(
         .collect()
 }
 
-/// How long a partition that failed `failures` times in a row waits: 25 ms, doubling, at
-/// most `RETRY`.
+/// How long a partition that failed `failures` times in a row waits: `FIRST_RETRY`,
+/// doubling, at most `RETRY`.
 fn retry_after(failures: u32) -> Duration {
     let doublings = failures.saturating_sub(1).min(8);
     (FIRST_RETRY * (1u32 << doublings)).min(RETRY)

@@ -144,14 +144,15 @@ impl ReplicaManager {
     }
 
     /// Whether an image at `applied_index` (and `caught_up`) may need a sync: it is newer
-    /// than the last one synced, or a sync is running (then the caller may wait for it).
-    /// Cheap, for callers that copy the image before syncing.
-    pub fn may_need_sync(&self, applied_index: u64, caught_up: bool) -> bool {
+    /// than the last one synced; `when_busy` while a sync runs (true for a caller that
+    /// waits for it, false for one that would skip it). Cheap, for callers that copy the
+    /// image before syncing.
+    pub fn may_need_sync(&self, applied_index: u64, caught_up: bool, when_busy: bool) -> bool {
         let newer = |synced: &(u64, bool)| applied_index > synced.0 || caught_up != synced.1;
         match self.synced.try_lock() {
             Ok(synced) => newer(&synced),
             Err(std::sync::TryLockError::Poisoned(p)) => newer(&p.into_inner()),
-            Err(std::sync::TryLockError::WouldBlock) => true,
+            Err(std::sync::TryLockError::WouldBlock) => when_busy,
         }
     }
 

@@ -223,18 +223,20 @@ impl ScanMemo {
         found
     }
 
-    /// `scan()` unless the same inputs for `broker_id` found nothing already.
+    /// `scan()` unless the same inputs for `broker_id` found nothing already. The memo is
+    /// not locked while the scan runs: heartbeats of different brokers scan side by side.
     pub fn offline_replicas<R>(
         &self,
         broker_id: i32,
         key: OfflineScanKey,
         scan: impl FnOnce() -> Vec<R>,
     ) -> Vec<R> {
-        let mut clean = self.offline_clean.lock().unwrap_or_else(|p| p.into_inner());
-        if clean.get(&broker_id) == Some(&key) {
+        let lock = || self.offline_clean.lock().unwrap_or_else(|p| p.into_inner());
+        if lock().get(&broker_id) == Some(&key) {
             return Vec::new();
         }
         let found = scan();
+        let mut clean = lock();
         if found.is_empty() {
             clean.insert(broker_id, key);
         } else {

@@ -20,13 +20,13 @@ const VERSION: &str = "0";
 
 /// Replaces `path` with `contents` atomically and durably.
 pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
-    replace(path, contents, true)
+    replace_file(path, contents, true)
 }
 
 /// Replaces `path` with `contents` atomically; durably only when `sync` (otherwise a
 /// process crash keeps it, the page cache holding it, but a power loss may not:
 /// [`sync_file_and_dir`] makes it durable later).
-fn replace(path: &Path, contents: &[u8], sync: bool) -> Result<()> {
+pub(crate) fn replace_file(path: &Path, contents: &[u8], sync: bool) -> Result<()> {
     let tmp = tmp_path(path);
     let mut file = File::create(&tmp).map_err(LogError::io(&tmp))?;
     file.write_all(contents).map_err(LogError::io(&tmp))?;
@@ -41,19 +41,25 @@ fn replace(path: &Path, contents: &[u8], sync: bool) -> Result<()> {
     Ok(())
 }
 
-/// Makes a file written by [`replace`] without `sync` durable: its data, then the rename
-/// in its directory. A file that is gone (its partition was deleted) needs nothing.
+/// Makes a file written by [`replace_file`] without `sync` durable: its data, then the
+/// rename in its directory. A file that is gone (its partition was deleted) needs nothing.
 pub(crate) fn sync_file_and_dir(path: &Path) -> Result<()> {
-    match File::open(path) {
-        Ok(file) => file.sync_all().map_err(LogError::io(path))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(LogError::io(path)(e)),
-    }
-    match path.parent().map(File::open) {
-        Some(Ok(dir)) => dir.sync_all().map_err(LogError::io(path)),
-        Some(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Some(Err(e)) => Err(LogError::io(path)(e)),
+    sync_if_present(path)?;
+    match path.parent() {
+        Some(dir) => sync_if_present(dir),
         None => Ok(()),
+    }
+}
+
+/// fsyncs the file or directory at `path` through a descriptor opened for it (on Linux
+/// that writes back every dirty page of the file, those dirtied through a memory map
+/// included); one that is gone (deleted by retention, truncation or topic deletion
+/// meanwhile) needs nothing.
+pub(crate) fn sync_if_present(path: &Path) -> Result<()> {
+    match File::open(path) {
+        Ok(file) => file.sync_all().map_err(LogError::io(path)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(LogError::io(path)(e)),
     }
 }
 
@@ -163,7 +169,7 @@ pub(crate) fn write_epoch_entries(
     for (epoch, offset) in entries {
         out.push_str(&format!("{} {}\n", epoch.0, offset.0));
     }
-    replace(path, out.as_bytes(), sync)
+    replace_file(path, out.as_bytes(), sync)
 }
 
 pub(crate) fn read_epoch_entries(path: &Path) -> Result<Vec<(LeaderEpoch, Offset)>> {

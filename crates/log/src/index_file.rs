@@ -174,7 +174,9 @@ impl<const N: usize> IndexFile<N> {
         self.remap((max_bytes / N * N).max(self.entries * N))
     }
 
-    /// The file's path, for an fsync outside the owner's lock ([`sync_index_file`]).
+    /// The file's path, for an fsync outside the owner's lock
+    /// (`checkpoint::sync_if_present`: an fsync through another descriptor writes back
+    /// the pages dirtied through the map too).
     pub fn durable_path(&self) -> PathBuf {
         self.path.clone()
     }
@@ -200,16 +202,4 @@ fn open_file(path: &Path, create: bool) -> Result<File> {
         .truncate(false)
         .open(path)
         .map_err(LogError::io(path))
-}
-
-/// fdatasyncs the index file at `path` through a descriptor opened for it: on Linux an
-/// fsync writes back every dirty page of the file, those dirtied through a map included
-/// (msync(MS_SYNC) is the same call). A file that is gone (its segment deleted, its
-/// partition removed) needs nothing.
-pub(crate) fn sync_index_file(path: &Path) -> Result<()> {
-    match File::open(path) {
-        Ok(file) => file.sync_data().map_err(LogError::io(path)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(LogError::io(path)(e)),
-    }
 }

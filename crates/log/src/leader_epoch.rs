@@ -116,7 +116,7 @@ impl LeaderEpochCache {
     }
 
     /// The checkpoint's path if it changed since it was last made durable, and from now on
-    /// counted as durable: the caller fsyncs it ([`sync_epoch_checkpoint`]), outside the
+    /// counted as durable: the caller fsyncs it (`checkpoint::sync_file_and_dir`), outside the
     /// log's lock, and calls [`Self::mark_unsynced`] if that fails.
     pub fn take_unsynced(&mut self) -> Option<PathBuf> {
         std::mem::take(&mut self.unsynced).then(|| self.path.clone())
@@ -209,11 +209,6 @@ impl LeaderEpochCache {
     }
 }
 
-/// Makes the checkpoint [`LeaderEpochCache::take_unsynced`] named durable.
-pub fn sync_epoch_checkpoint(path: &Path) -> Result<()> {
-    crate::checkpoint::sync_file_and_dir(path)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,7 +240,7 @@ mod tests {
         assert!(!reloaded.is_unsynced());
         let path = cache.take_unsynced().expect("unsynced after assign");
         assert_eq!(path, dir.path().join(LEADER_EPOCH_CHECKPOINT));
-        sync_epoch_checkpoint(&path).unwrap();
+        crate::checkpoint::sync_file_and_dir(&path).unwrap();
         assert!(cache.take_unsynced().is_none(), "taken once");
         // a failed sync leaves it to the next flush
         cache.assign(LeaderEpoch(2), Offset(5)).unwrap();
@@ -260,7 +255,7 @@ mod tests {
         );
         // a deleted partition has nothing left to sync
         std::fs::remove_file(&path).unwrap();
-        sync_epoch_checkpoint(&path).unwrap();
+        crate::checkpoint::sync_file_and_dir(&path).unwrap();
     }
 
     #[test]

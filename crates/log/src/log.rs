@@ -100,21 +100,16 @@ impl FlushTask {
             file.sync_data().map_err(LogError::io(path))?;
         }
         for path in &self.index_files {
-            crate::index_file::sync_index_file(path)?;
+            crate::checkpoint::sync_if_present(path)?;
         }
         if let Some(path) = &self.epoch_checkpoint {
-            crate::leader_epoch::sync_epoch_checkpoint(path)?;
+            crate::checkpoint::sync_file_and_dir(path)?;
         }
         for snapshot in &self.snapshots {
             sync_snapshot(&self.dir, *snapshot)?;
         }
         if !self.snapshots.is_empty() {
-            match std::fs::File::open(&self.dir) {
-                Ok(dir) => dir.sync_all().map_err(LogError::io(&self.dir))?,
-                // the partition was deleted meanwhile
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(LogError::io(&self.dir)(e)),
-            }
+            crate::checkpoint::sync_if_present(&self.dir)?;
         }
         Ok(())
     }
@@ -1003,7 +998,7 @@ impl Log {
         }
         self.flush()?;
         if let Some(path) = self.leader_epochs.take_unsynced() {
-            if let Err(e) = crate::leader_epoch::sync_epoch_checkpoint(&path) {
+            if let Err(e) = crate::checkpoint::sync_file_and_dir(&path) {
                 self.leader_epochs.mark_unsynced();
                 return Err(e);
             }

@@ -10,8 +10,6 @@
 //! and rebuilds from an older snapshot or from the log itself.
 
 use std::collections::VecDeque;
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use sluice_record::Offset;
@@ -174,26 +172,13 @@ pub fn write_snapshot(
     state: &ProducerStateManager,
     sync: bool,
 ) -> Result<()> {
-    let path = snapshot_path(dir, offset);
-    if sync {
-        return crate::write_atomically(&path, &encode(state));
-    }
-    let tmp = path.with_extension("snapshot.tmp");
-    let mut file = File::create(&tmp).map_err(LogError::io(&tmp))?;
-    file.write_all(&encode(state)).map_err(LogError::io(&tmp))?;
-    drop(file);
-    std::fs::rename(&tmp, &path).map_err(LogError::io(&path))
+    crate::checkpoint::replace_file(&snapshot_path(dir, offset), &encode(state), sync)
 }
 
 /// fsyncs a snapshot written without `sync` (gone already is fine: a truncation or
 /// retention deleted it).
 pub fn sync_snapshot(dir: &Path, offset: Offset) -> Result<()> {
-    let path = snapshot_path(dir, offset);
-    match File::open(&path) {
-        Ok(f) => f.sync_all().map_err(LogError::io(&path)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(LogError::io(&path)(e)),
-    }
+    crate::checkpoint::sync_if_present(&snapshot_path(dir, offset))
 }
 
 /// Reads and decodes the snapshot for `offset`.

@@ -178,8 +178,8 @@ impl DemoCluster {
             // its stdout closed: the process ended; its log says why
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 let log = std::fs::read_to_string(self.log_path(id)).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(5).collect();
-                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(5)..];
                 Err(NotReady::Exited {
                     port_taken: log.contains("Address already in use"),
                     message: format!("node {id} stopped while starting:\n{}", tail.join("\n")),

@@ -689,10 +689,7 @@ fn raise_open_files_limit() -> u64 {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     match getrlimit(Resource::RLIMIT_NOFILE) {
         Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-            Ok(()) => {
-                tracing::info!(from = soft, to = hard, "raised the open files limit");
-                hard
-            }
+            Ok(()) => hard,
             Err(e) => {
                 tracing::warn!(soft, hard, error = %e, "could not raise the open files limit");
                 soft
