@@ -1,5 +1,5 @@
-//! Real Kafka clients that nobody here wrote — Debian's kcat (librdkafka 2.0.2) and PyPI's
-//! confluent-kafka (a newer librdkafka) — against one `sluice broker` process in its
+//! Real Kafka clients that nobody here wrote — Debian's kcat (librdkafka 2.0.2), PyPI's
+//! confluent-kafka (a newer librdkafka) and kafka-python — against one `sluice broker` process in its
 //! default combined mode (broker + one-voter controller quorum). `scripts/test.sh`
 //! installs the clients (scripts/install-kafka-clients.sh); a missing client fails the
 //! test rather than skipping it.
@@ -456,6 +456,31 @@ fn kafka_python_round_trips_through_its_admin_producer_and_consumer() {
         stdout.contains("broker version detected: (3, 9)"),
         "{stdout}"
     );
+}
+
+/// A consumer assigned to 1,000 partitions, with each client (see many_partitions.py):
+/// kafka-python through an incremental fetch session (which the script checks it was
+/// given), confluent-kafka with full fetches; both read every record once.
+#[test]
+fn consumers_of_1000_partitions_read_everything_with_and_without_fetch_sessions() {
+    let node = Node::start(&[]);
+    for client in ["kafka-python", "confluent"] {
+        let script = client_script("many_partitions.py");
+        let mut command = sluice_system_tests::external(python());
+        let topic = format!("many-{client}");
+        command
+            .arg(script)
+            .args([node.bootstrap.as_str(), client, topic.as_str(), "1000"]);
+        let out = run(command, b"", Duration::from_secs(300));
+        check(&out, "many_partitions.py");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains(&format!(
+                "many partitions ok: 1000 partitions, client {client}"
+            )),
+            "{stdout}"
+        );
+    }
 }
 
 /// Metadata's brokers as (node id, host, port), asked at `address`.

@@ -11,6 +11,7 @@ use sluice_metadata::MetadataImage;
 
 use crate::broker_config::BrokerConfig;
 use crate::controller_client::ControllerClients;
+use crate::fetch_session::FetchSessionCache;
 use crate::group_coordinator::GroupCoordinator;
 use crate::metadata_follower::MetadataFollower;
 use crate::offset_commit_batcher::OffsetCommitBatcher;
@@ -31,6 +32,8 @@ pub struct Broker {
     pub producer_ids: ProducerIdManager,
     /// Requests, errors, bytes and time, for the node's `/metrics`.
     pub metrics: RequestMetrics,
+    /// Fetch sessions (KIP-227).
+    pub fetch_sessions: FetchSessionCache,
 }
 
 impl Broker {

@@ -59,6 +59,9 @@ pub struct BrokerConfig {
     /// `group.min.session.timeout.ms`, `group.max.session.timeout.ms`, `group.max.size`,
     /// `group.initial.rebalance.delay.ms`.
     pub group: GroupConfig,
+    /// `max.incremental.fetch.session.cache.slots`: how many fetch sessions (KIP-227)
+    /// the broker keeps (0: none; every fetch is then a full one).
+    pub fetch_session_cache_slots: usize,
 }
 
 impl BrokerConfig {
@@ -107,6 +110,7 @@ impl BrokerConfig {
             scrub_bytes_per_second: DEFAULT_SCRUB_BYTES_PER_SECOND,
             scrub_interval_ms: 60_000,
             group: GroupConfig::default(),
+            fetch_session_cache_slots: crate::fetch_session::DEFAULT_CACHE_SLOTS,
         }
     }
 }

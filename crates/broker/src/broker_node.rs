@@ -84,6 +84,8 @@ impl BrokerNode {
             controllers.clone(),
             metadata.broker_epoch_handle(),
         );
+        let fetch_sessions =
+            crate::fetch_session::FetchSessionCache::new(config.fetch_session_cache_slots);
         let broker = Arc::new(Broker {
             config,
             metadata,
@@ -92,6 +94,7 @@ impl BrokerNode {
             groups,
             commits,
             producer_ids: Default::default(),
+            fetch_sessions,
             metrics: Default::default(),
         });
         let tasks = vec![

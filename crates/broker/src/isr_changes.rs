@@ -1,5 +1,8 @@
-//! The leader's side of ISR changes: every `replica.lag.time.max.ms / 2`, and as soon as
-//! a follower outside an ISR catches up, each led partition is asked whether its ISR
+//! The leader's side of ISR changes: every `replica.lag.time.max.ms / 2`, as soon as a
+//! follower outside an ISR catches up, when the set of live (unfenced) brokers changes (a
+//! follower that caught up while its broker was still fenced joins once it is not: in a
+//! fetch session nothing else would bring it up again), and a second after a change that
+//! did not go through, each led partition is asked whether its ISR
 //! should shrink (followers out of sync) or grow (caught-up followers that are live and
 //! unfenced), and the changes go to the controller in one AlterPartition, compare-and-set
 //! on the partition epoch. The committed state comes back (and through the
@@ -20,13 +23,21 @@ use crate::partition::{IsrChange, Partition};
 pub async fn run(broker: Arc<Broker>) {
     let lag_ms = broker.config.replica_lag_time_max_ms.max(10);
     let every = Duration::from_millis((lag_ms / 2).max(10) as u64);
+    let mut live = broker.with_image(|image| image.live_broker_ids());
+    let mut all_went_through = true;
     loop {
         // shrinks wait for the periodic check; a follower that caught up joins at once
+        let wait = if all_went_through {
+            every
+        } else {
+            RETRY.min(every)
+        };
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = broker.replicas.isr_change_wanted() => {}
+            _ = live_brokers_change(&broker, &live) => {}
         }
-        let live = broker.with_image(|image| image.live_broker_ids());
+        live = broker.with_image(|image| image.live_broker_ids());
         let changes: Vec<(Arc<Partition>, IsrChange)> = broker
             .replicas
             .partitions()
@@ -36,13 +47,27 @@ pub async fn run(broker: Arc<Broker>) {
                 Some((p, change))
             })
             .collect();
-        if !changes.is_empty() {
-            alter(&broker, changes).await;
+        all_went_through = changes.is_empty() || alter(&broker, changes).await;
+    }
+}
+
+/// How soon ISR changes that did not go through are proposed again.
+const RETRY: Duration = Duration::from_secs(1);
+/// How often the live brokers are compared (a few ids: cheap).
+const LIVE_CHECK: Duration = Duration::from_millis(250);
+
+/// Resolves once the image's live brokers differ from `live`.
+async fn live_brokers_change(broker: &Broker, live: &[i32]) {
+    loop {
+        tokio::time::sleep(LIVE_CHECK).await;
+        if broker.with_image(|image| image.live_broker_ids()) != live {
+            return;
         }
     }
 }
 
-async fn alter(broker: &Broker, changes: Vec<(Arc<Partition>, IsrChange)>) {
+/// Sends `changes` and applies the answers; false if some did not go through.
+async fn alter(broker: &Broker, changes: Vec<(Arc<Partition>, IsrChange)>) -> bool {
     let request = api::AlterPartitionRequest {
         broker_id: broker.broker_id(),
         broker_epoch: broker.metadata.broker_epoch(),
@@ -72,14 +97,15 @@ async fn alter(broker: &Broker, changes: Vec<(Arc<Partition>, IsrChange)>) {
                 "AlterPartition refused for this broker"
             );
             changes.iter().for_each(|(p, _)| p.isr_change_failed());
-            return;
+            return false;
         }
         Err(e) => {
             tracing::warn!(error = %e, "AlterPartition: no controller answered");
             changes.iter().for_each(|(p, _)| p.isr_change_failed());
-            return;
+            return false;
         }
     };
+    let mut all_went_through = true;
     for (partition, change) in &changes {
         let tp = &change.topic_partition;
         let Some(result) = response
@@ -88,6 +114,7 @@ async fn alter(broker: &Broker, changes: Vec<(Arc<Partition>, IsrChange)>) {
             .find(|r| r.topic == tp.topic && r.partition == tp.partition)
         else {
             partition.isr_change_failed();
+            all_went_through = false;
             continue;
         };
         match result.error_code as i16 {
@@ -105,7 +132,10 @@ async fn alter(broker: &Broker, changes: Vec<(Arc<Partition>, IsrChange)>) {
                     }
                     partition.apply_state(state, now_ms())
                 }
-                None => partition.isr_change_failed(),
+                None => {
+                    partition.isr_change_failed();
+                    all_went_through = false;
+                }
             },
             ec::INVALID_UPDATE_VERSION | ec::FENCED_LEADER_EPOCH => {
                 tracing::warn!(partition = %tp, error = %result.error_message, "AlterPartition refused as stale");
@@ -114,7 +144,9 @@ async fn alter(broker: &Broker, changes: Vec<(Arc<Partition>, IsrChange)>) {
             code => {
                 tracing::warn!(partition = %tp, error = code, message = %result.error_message, "AlterPartition refused");
                 partition.isr_change_failed();
+                all_went_through = false;
             }
         }
     }
+    all_went_through
 }

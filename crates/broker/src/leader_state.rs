@@ -8,10 +8,17 @@
 //! `min.insync.replicas`.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Weak;
 
 use sluice_record::Offset;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// When a follower's fetch session (KIP-227) last fetched, in ms. A session's fetch names
+/// only the partitions whose position changed: the others were fetched again, unnamed, at
+/// the position last named.
+pub type SessionClock = AtomicI64;
+
+#[derive(Debug, Clone)]
 struct FollowerState {
     /// None until the follower's first fetch under this leader.
     log_end_offset: Option<Offset>,
@@ -19,6 +26,8 @@ struct FollowerState {
     last_fetch_ms: i64,
     /// The leader's LEO at this follower's previous fetch.
     leader_end_at_last_fetch: Offset,
+    /// The fetch session this partition is in, if its last fetch came through one.
+    session: Option<Weak<SessionClock>>,
 }
 
 #[derive(Debug, Clone)]
@@ -60,6 +69,7 @@ impl LeaderState {
                         last_caught_up_ms: now_ms,
                         last_fetch_ms: now_ms,
                         leader_end_at_last_fetch: leader_end_offset,
+                        session: None,
                     },
                 )
             })
@@ -115,13 +125,16 @@ impl LeaderState {
     /// A follower fetched from `fetch_offset` at `now_ms` while the leader's LEO was
     /// `leader_end_offset`: its LEO is `fetch_offset`. It is caught up if it fetched from
     /// the leader's end, or from at least where the leader's end was at its previous fetch
-    /// (then it was caught up as of that fetch). Returns whether the HW moved.
+    /// (then it was caught up as of that fetch). `session`: the fetch session it came
+    /// through, whose later fetches fetch this partition again at the same position.
+    /// Returns whether the HW moved.
     pub fn on_follower_fetch(
         &mut self,
         follower_id: i32,
         fetch_offset: Offset,
         leader_end_offset: Offset,
         now_ms: i64,
+        session: Option<Weak<SessionClock>>,
     ) -> bool {
         let Some(f) = self.followers.get_mut(&follower_id) else {
             return false; // not a replica of this partition
@@ -134,7 +147,36 @@ impl LeaderState {
         f.log_end_offset = Some(fetch_offset.min(leader_end_offset));
         f.leader_end_at_last_fetch = leader_end_offset;
         f.last_fetch_ms = now_ms;
+        f.session = session;
         self.maybe_advance_high_watermark(leader_end_offset)
+    }
+
+    /// The follower's fetch session no longer holds this partition.
+    pub fn end_follower_session(&mut self, follower_id: i32) {
+        if let Some(f) = self.followers.get_mut(&follower_id) {
+            f.session = None;
+        }
+    }
+
+    /// The leader's log end moves on from `previous_end` at `now_ms`. A follower that was
+    /// at `previous_end` and whose fetch session fetched since (this partition unnamed, at
+    /// that same position) was caught up as of that fetch: Kafka's rule for a fetch at
+    /// the leader's end, applied when it matters instead of at every session fetch (which
+    /// would cost every partition of the session at each one).
+    pub fn on_leader_append(&mut self, previous_end: Offset, now_ms: i64) {
+        for f in self.followers.values_mut() {
+            if f.log_end_offset != Some(previous_end) {
+                continue;
+            }
+            let fetched_ms = f
+                .session
+                .as_ref()
+                .and_then(Weak::upgrade)
+                .map(|clock| clock.load(Ordering::Relaxed));
+            if let Some(at) = fetched_ms {
+                f.last_caught_up_ms = f.last_caught_up_ms.max(at.min(now_ms));
+            }
+        }
     }
 
     /// HW = min LEO over the ISR (the leader's own is `leader_end_offset`); unchanged while
@@ -212,17 +254,17 @@ mod tests {
         let mut s = LeaderState::new(1, &[1, 2, 3], &[1, 2, 3], 1, o(0), o(10), 0);
         // nobody reported yet: no move, even though the leader has 10
         assert!(!s.maybe_advance_high_watermark(o(10)));
-        assert!(!s.on_follower_fetch(2, o(7), o(10), 1));
+        assert!(!s.on_follower_fetch(2, o(7), o(10), 1, None));
         assert_eq!(s.high_watermark(), o(0), "follower 3 has not reported");
-        assert!(s.on_follower_fetch(3, o(4), o(10), 1));
+        assert!(s.on_follower_fetch(3, o(4), o(10), 1, None));
         assert_eq!(s.high_watermark(), o(4));
-        assert!(s.on_follower_fetch(3, o(10), o(10), 2));
+        assert!(s.on_follower_fetch(3, o(10), o(10), 2, None));
         assert_eq!(s.high_watermark(), o(7));
         // a follower that reports less (it truncated) does not pull the HW back
-        assert!(!s.on_follower_fetch(2, o(5), o(10), 3));
+        assert!(!s.on_follower_fetch(2, o(5), o(10), 3, None));
         assert_eq!(s.high_watermark(), o(7));
         // a fetch offset past the leader's end is capped at it
-        s.on_follower_fetch(2, o(99), o(10), 4);
+        s.on_follower_fetch(2, o(99), o(10), 4, None);
         assert_eq!(s.follower_log_end_offset(2), Some(o(10)));
         assert_eq!(s.high_watermark(), o(10));
     }
@@ -235,7 +277,7 @@ mod tests {
         assert_eq!(s.high_watermark(), o(3));
         s.set_isr(&[1, 2]);
         assert!(s.has_min_isr());
-        assert!(s.on_follower_fetch(2, o(10), o(10), 1));
+        assert!(s.on_follower_fetch(2, o(10), o(10), 1, None));
         assert_eq!(s.high_watermark(), o(10));
         // alone again: a single-replica ISR with min 1 moves with the leader, from the
         // moment it leads (a restarted single node shows its whole log)
@@ -249,11 +291,11 @@ mod tests {
     fn a_follower_lagging_longer_than_the_limit_is_out_of_sync() {
         let mut s = LeaderState::new(1, &[1, 2, 3], &[1, 2, 3], 1, o(0), o(0), 0);
         // both fetch at the leader's end at t=100
-        s.on_follower_fetch(2, o(0), o(0), 100);
-        s.on_follower_fetch(3, o(0), o(0), 100);
+        s.on_follower_fetch(2, o(0), o(0), 100, None);
+        s.on_follower_fetch(3, o(0), o(0), 100, None);
         // follower 2 keeps up with a leader that grows to 50
-        s.on_follower_fetch(2, o(20), o(20), 150);
-        s.on_follower_fetch(2, o(40), o(50), 200);
+        s.on_follower_fetch(2, o(20), o(20), 150, None);
+        s.on_follower_fetch(2, o(40), o(50), 200, None);
         // fetching from 40 < 50 at t=200, but the leader was at 20 at its previous fetch:
         // caught up as of t=150. Follower 3 stopped fetching at t=100.
         assert!(
@@ -263,21 +305,21 @@ mod tests {
         assert_eq!(s.out_of_sync(o(50), 100 + 1001, 1000), vec![3]);
         assert_eq!(s.out_of_sync(o(50), 150 + 1001, 1000), vec![2, 3]);
         // a follower at the leader's end is never out of sync, however long ago
-        s.on_follower_fetch(3, o(50), o(50), 300);
+        s.on_follower_fetch(3, o(50), o(50), 300, None);
         assert_eq!(s.out_of_sync(o(50), 100_000, 1000), vec![2]);
     }
 
     #[test]
     fn a_joining_follower_holds_the_high_watermark_back_until_it_has_the_data() {
         let mut s = LeaderState::new(1, &[1, 2], &[1], 1, o(0), o(10), 0);
-        s.on_follower_fetch(2, o(10), o(10), 1);
+        s.on_follower_fetch(2, o(10), o(10), 1, None);
         assert_eq!(s.ready_to_join(), vec![2]);
         s.set_joining(&[2]);
         assert!(s.ready_to_join().is_empty(), "asked once");
         // the leader appends; the joining follower has not fetched it yet
         assert!(!s.maybe_advance_high_watermark(o(15)));
         assert_eq!(s.high_watermark(), o(10));
-        s.on_follower_fetch(2, o(15), o(15), 2);
+        s.on_follower_fetch(2, o(15), o(15), 2, None);
         assert_eq!(s.high_watermark(), o(15));
         s.set_isr(&[1, 2]);
         assert!(s.joining.is_empty());
@@ -287,13 +329,42 @@ mod tests {
     fn a_follower_joins_once_it_reaches_the_high_watermark_and_the_epoch_start() {
         // leader elected at LEO 10 with HW 6; follower 3 is out of the ISR
         let mut s = LeaderState::new(1, &[1, 2, 3], &[1, 2], 1, o(6), o(10), 0);
-        s.on_follower_fetch(3, o(8), o(10), 1);
+        s.on_follower_fetch(3, o(8), o(10), 1, None);
         assert!(s.ready_to_join().is_empty(), "below the epoch start (10)");
-        s.on_follower_fetch(3, o(10), o(12), 2);
+        s.on_follower_fetch(3, o(10), o(12), 2, None);
         assert_eq!(s.ready_to_join(), vec![3]);
         s.set_isr(&[1, 2, 3]);
         assert!(s.ready_to_join().is_empty());
         // a non-replica's fetch changes nothing
-        assert!(!s.on_follower_fetch(9, o(12), o(12), 3));
+        assert!(!s.on_follower_fetch(9, o(12), o(12), 3, None));
+    }
+
+    #[test]
+    fn a_follower_idle_in_its_fetch_session_stays_caught_up_until_the_leader_moves() {
+        use std::sync::Arc;
+        let mut s = LeaderState::new(1, &[1, 2, 3], &[1, 2, 3], 1, o(0), o(10), 0);
+        let session_2 = Arc::new(SessionClock::new(0));
+        let session_3 = Arc::new(SessionClock::new(0));
+        // both name the partition once, at the leader's end, at t=100
+        s.on_follower_fetch(2, o(10), o(10), 100, Some(Arc::downgrade(&session_2)));
+        s.on_follower_fetch(3, o(10), o(10), 100, Some(Arc::downgrade(&session_3)));
+        // then fetch through their sessions without naming it: 2 until t=60_000, while 3
+        // stopped at t=100 (its session is gone)
+        session_2.store(60_000, Ordering::Relaxed);
+        drop(session_3);
+        // the leader appends at t=60_010: 2 was caught up as of its last session fetch,
+        // 3 as of t=100
+        s.on_leader_append(o(10), 60_010);
+        assert_eq!(s.out_of_sync(o(11), 60_020, 30_000), vec![3]);
+        // a session fetch after the append proves nothing: 2 is still at 10
+        session_2.store(95_000, Ordering::Relaxed);
+        s.on_leader_append(o(11), 95_010);
+        assert_eq!(s.out_of_sync(o(12), 95_020, 30_000), vec![2, 3]);
+        // a partition that left the session is not kept in sync by it
+        s.on_follower_fetch(2, o(12), o(12), 95_030, Some(Arc::downgrade(&session_2)));
+        s.end_follower_session(2);
+        session_2.store(200_000, Ordering::Relaxed);
+        s.on_leader_append(o(12), 200_010);
+        assert_eq!(s.out_of_sync(o(13), 200_020, 30_000), vec![2, 3]);
     }
 }

@@ -12,6 +12,7 @@ pub mod broker_node;
 pub mod connection;
 pub mod controller_client;
 pub mod controller_lease;
+pub mod fetch_session;
 pub mod group_coordinator;
 pub mod handlers;
 pub mod isr_changes;

@@ -9,7 +9,7 @@
 //! HW only.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use sluice_log::{LogError, LogReadInfo, ProducerStateError, SharedLog};
 use sluice_metadata::error_code as ec;
@@ -18,9 +18,9 @@ use sluice_record::{LeaderEpoch, Offset, TopicPartition};
 use tokio::sync::{watch, Notify};
 
 use crate::controller_lease::ControllerLease;
-use crate::leader_state::LeaderState;
+use crate::leader_state::{LeaderState, SessionClock};
 use crate::log_dir_health::LogDirHealth;
-use crate::purgatory::{ParkedRequest, WatchList};
+use crate::purgatory::{ParkedRequest, SessionWake, WatchList};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionState {
@@ -357,10 +357,17 @@ impl Partition {
             }
             (_, false) => Self::end_leadership(&mut inner),
         }
+        let mut join_wanted = false;
         if let Some(leader) = &mut inner.leader {
             leader.maybe_advance_high_watermark(leo);
+            // a follower that caught up while a change was in flight: in a fetch session
+            // it may not name this partition again, so it is proposed now
+            join_wanted = !leader.ready_to_join().is_empty();
         }
         drop(inner);
+        if join_wanted {
+            self.signals.isr_change_wanted.notify_one();
+        }
         self.bump();
     }
 
@@ -520,6 +527,11 @@ impl Partition {
         request.watch(&self.watchers);
     }
 
+    /// Retention deleted the log's head: what watches the partition looks again.
+    pub fn log_start_moved(&self) {
+        self.watchers.wake();
+    }
+
     fn bump(&self) {
         self.watchers.wake();
         self.signals
@@ -527,21 +539,52 @@ impl Partition {
             .send_modify(|v| *v = v.wrapping_add(1));
     }
 
+    /// Watched by a fetch session as its partition `slot`, for as long as the session
+    /// lives or until [`Self::unwatch_session`]: each move marks the slot.
+    pub fn watch_session(&self, session: &Arc<SessionWake>, slot: u32) {
+        self.watchers.watch_session(session, slot);
+    }
+
+    /// No longer in that fetch session.
+    pub fn unwatch_session(&self, session: &Arc<SessionWake>, slot: u32) {
+        self.watchers.unwatch_session(session, slot);
+    }
+
     /// A follower's fetch from `fetch_offset` (its log end offset) reached the leader.
     pub fn on_follower_fetch(&self, follower_id: i32, fetch_offset: Offset, now_ms: i64) {
+        self.on_follower_session_fetch(follower_id, fetch_offset, now_ms, None);
+    }
+
+    /// [`Self::on_follower_fetch`], through a fetch session (KIP-227) whose later fetches
+    /// name this partition only when its position changes: `session` tells when the
+    /// session last fetched (see [`LeaderState::on_leader_append`]).
+    pub fn on_follower_session_fetch(
+        &self,
+        follower_id: i32,
+        fetch_offset: Offset,
+        now_ms: i64,
+        session: Option<Weak<SessionClock>>,
+    ) {
         let mut inner = self.inner();
         let pending = inner.isr_change_pending;
         let Ok(leader) = self.leading_mut(&mut inner) else {
             return;
         };
         let leo = sluice_log::lock(&self.log).log_end_offset();
-        let moved = leader.on_follower_fetch(follower_id, fetch_offset, leo, now_ms);
+        let moved = leader.on_follower_fetch(follower_id, fetch_offset, leo, now_ms, session);
         if !pending && leader.can_join(follower_id) {
             self.signals.isr_change_wanted.notify_one();
         }
         drop(inner);
         if moved {
             self.bump();
+        }
+    }
+
+    /// The follower's fetch session no longer holds this partition.
+    pub fn end_follower_session(&self, follower_id: i32) {
+        if let Some(leader) = &mut self.inner().leader {
+            leader.end_follower_session(follower_id);
         }
     }
 
@@ -614,10 +657,16 @@ impl Partition {
         if self.signals.log_dir.is_offline() {
             return Err(PartitionError::LogDirOffline);
         }
-        let (appended, log_start_offset, leo) = {
+        let (appended, log_start_offset, previous_end, leo) = {
             let mut log = sluice_log::lock(&self.log);
+            let previous_end = log.log_end_offset();
             let appended = log.append_as_leader(records, epoch, now_ms);
-            (appended, log.log_start_offset(), log.log_end_offset())
+            (
+                appended,
+                log.log_start_offset(),
+                previous_end,
+                log.log_end_offset(),
+            )
         };
         let counters = &self.signals.producer_counters;
         let info = match self.signals.log_dir.check(appended) {
@@ -653,6 +702,7 @@ impl Partition {
                 record_count: 0,
             });
         }
+        leader.on_leader_append(previous_end, now_ms);
         leader.maybe_advance_high_watermark(leo);
         drop(inner);
         self.bump();

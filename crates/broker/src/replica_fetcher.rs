@@ -21,6 +21,13 @@
 //! stretched to `replica.fetch.wait.max.ms`. One that keeps failing is logged at WARN
 //! once, and again when it recovers.
 //!
+//! Each fetcher keeps a fetch session (KIP-227) with its leader: one full fetch, then
+//! incremental ones naming only the partitions whose position or epoch changed and the
+//! ones it stopped fetching (a failed partition waiting out its delay is forgotten, and
+//! added back when due); the leader answers with the partitions that have something new.
+//! An answer of FETCH_SESSION_ID_NOT_FOUND or INVALID_FETCH_SESSION_EPOCH, a lost
+//! connection or an abandoned fetch starts a new session with a full fetch.
+//!
 //! A partition added to a fetcher (a new topic, a new leader) is fetched at once: the
 //! fetch long-polling on the others (up to `replica.fetch.wait.max.ms`) is abandoned with
 //! its connection, instead of holding the new partition's acks=all writes back until it
@@ -31,7 +38,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic, ForgottenTopic};
 use kafka_protocol::messages::offset_for_leader_epoch_request::{
     OffsetForLeaderPartition, OffsetForLeaderTopic,
 };
@@ -98,6 +105,99 @@ impl Added {
 
     fn generation(&self) -> u64 {
         self.generation.load(Ordering::SeqCst)
+    }
+}
+
+/// What a fetch names of a partition; named again only when it changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Named {
+    fetch_offset: i64,
+    leader_epoch: i32,
+    last_fetched_epoch: i32,
+}
+
+/// The fetcher's side of its fetch session with the leader (Kafka's FetchSessionHandler).
+#[derive(Debug, Default)]
+struct FetchSession {
+    /// 0: none yet.
+    id: i32,
+    /// The next fetch's epoch: 0 is a full fetch that opens a new session (closing `id`).
+    epoch: i32,
+    /// The session's partitions, as last named.
+    named: HashMap<TopicPartition, Named>,
+}
+
+/// The next fetch of a session: what it names and forgets.
+struct SessionFetch<'a> {
+    session_id: i32,
+    epoch: i32,
+    to_name: Vec<&'a TopicPartition>,
+    to_forget: Vec<TopicPartition>,
+}
+
+impl FetchSession {
+    /// The fetch that brings the session to `wanted`.
+    fn next<'a>(&self, wanted: &'a [(TopicPartition, Named)]) -> SessionFetch<'a> {
+        let full = self.epoch == 0;
+        let to_name = wanted
+            .iter()
+            .filter(|(tp, named)| full || self.named.get(tp) != Some(named))
+            .map(|(tp, _)| tp)
+            .collect();
+        let to_forget = if full {
+            Vec::new()
+        } else {
+            let wanted: std::collections::HashSet<&TopicPartition> =
+                wanted.iter().map(|(tp, _)| tp).collect();
+            self.named
+                .keys()
+                .filter(|tp| !wanted.contains(tp))
+                .cloned()
+                .collect()
+        };
+        SessionFetch {
+            session_id: self.id,
+            epoch: self.epoch,
+            to_name,
+            to_forget,
+        }
+    }
+
+    /// The leader answered `fetch` (for `wanted`) with `session_id` and `error_code`.
+    fn answered(&mut self, wanted: &[(TopicPartition, Named)], session_id: i32, error_code: i16) {
+        if error_code != ec::NONE {
+            // unknown session, wrong epoch: start over
+            tracing::debug!(
+                session_id = self.id,
+                error_code,
+                "replica fetcher: fetch session reset"
+            );
+            self.start_over();
+            return;
+        }
+        if self.epoch == 0 {
+            self.id = session_id;
+            // no room for a session on the leader: full fetches, asking again each time
+            self.epoch = if session_id == 0 { 0 } else { 1 };
+        } else {
+            self.epoch = if self.epoch == i32::MAX {
+                1
+            } else {
+                self.epoch + 1
+            };
+        }
+        self.named = if self.id == 0 {
+            HashMap::new()
+        } else {
+            wanted.iter().cloned().collect()
+        };
+    }
+
+    /// Where the session stands is unknown (no answer): the next fetch is a full one,
+    /// closing this session on the leader.
+    fn start_over(&mut self) {
+        self.epoch = 0;
+        self.named.clear();
     }
 }
 
@@ -206,6 +306,7 @@ fn topic_name(topic: &str) -> TopicName {
 
 async fn run(broker_id: i32, address: String, partitions: FollowedSet, added: Arc<Added>) {
     let mut connection: Option<ClientConnection> = None;
+    let mut session = FetchSession::default();
     loop {
         let generation = added.generation();
         let now = tokio::time::Instant::now();
@@ -263,7 +364,16 @@ async fn run(broker_id: i32, address: String, partitions: FollowedSet, added: Ar
                 &settled
             };
             let signal = (&*added, generation);
-            fetch(c, broker_id, to_fetch, &partitions, signal, due).await
+            fetch(
+                c,
+                broker_id,
+                to_fetch,
+                &partitions,
+                &mut session,
+                signal,
+                due,
+            )
+            .await
         }
         .await;
         match result {
@@ -272,10 +382,12 @@ async fn run(broker_id: i32, address: String, partitions: FollowedSet, added: Ar
                 // a partition was added: its first fetch goes out now, on a new connection
                 // (the old one still owes the abandoned answer)
                 connection = None;
+                session.start_over();
             }
             Err(e) => {
                 tracing::debug!(error = %e, "replica fetcher: reconnecting");
                 connection = None;
+                session.start_over();
                 tokio::time::sleep(RETRY).await;
             }
         }
@@ -515,17 +627,19 @@ enum Fetched {
 /// One fetch of every partition in `followed`. `added`: the fetcher's signal, and its
 /// generation when `followed` was taken. `due`: when the first partition left out (after
 /// a failure) is to be fetched again; the leader holds the fetch no longer than that.
+#[allow(clippy::too_many_arguments)]
 async fn fetch(
     c: &mut ClientConnection,
     broker_id: i32,
     followed: &[(TopicPartition, Followed)],
     partitions: &FollowedSet,
+    session: &mut FetchSession,
     added: (&Added, u64),
     due: Option<tokio::time::Instant>,
 ) -> Result<Fetched, ClientError> {
-    let mut topics: BTreeMap<&str, Vec<FetchPartition>> = BTreeMap::new();
-    // what each fetched partition asked from, for reading the response
-    let mut sent: HashMap<&TopicPartition, (&Followed, Offset)> = HashMap::new();
+    // what each fetched partition asks from, for the request and for reading the response
+    let mut fetching: HashMap<&TopicPartition, (&Followed, Offset, i32)> = HashMap::new();
+    let mut wanted: Vec<(TopicPartition, Named)> = Vec::new();
     for (tp, f) in followed
         .iter()
         .filter(|(_, f)| f.truncated && !f.partition.damaged_in_isr())
@@ -536,32 +650,64 @@ async fn fetch(
             continue;
         }
         let (leo, epoch) = f.partition.fetch_position();
-        sent.insert(tp, (f, leo));
+        let last_fetched_epoch = epoch.map_or(-1, |e| e.0);
+        fetching.insert(tp, (f, leo, last_fetched_epoch));
+        let named = Named {
+            fetch_offset: leo.0,
+            leader_epoch: f.leader_epoch,
+            last_fetched_epoch,
+        };
+        wanted.push((tp.clone(), named));
+    }
+    if wanted.is_empty() {
+        tokio::time::sleep(RETRY).await;
+        return Ok(Fetched::Done);
+    }
+    let next = session.next(&wanted);
+    let mut topics: BTreeMap<&str, Vec<FetchPartition>> = BTreeMap::new();
+    for tp in &next.to_name {
+        let Some(&(f, leo, last_fetched_epoch)) = fetching.get(tp) else {
+            continue;
+        };
         topics.entry(tp.topic.as_str()).or_default().push(
             FetchPartition::default()
                 .with_partition(tp.partition)
                 .with_current_leader_epoch(f.leader_epoch)
                 .with_fetch_offset(leo.0)
-                .with_last_fetched_epoch(epoch.map_or(-1, |e| e.0))
+                .with_last_fetched_epoch(last_fetched_epoch)
                 .with_log_start_offset(-1)
                 .with_partition_max_bytes(REPLICA_FETCH_MAX_BYTES),
         );
     }
-    if topics.is_empty() {
-        tokio::time::sleep(RETRY).await;
-        return Ok(Fetched::Done);
+    let mut forgotten: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+    for tp in &next.to_forget {
+        forgotten
+            .entry(tp.topic.as_str())
+            .or_default()
+            .push(tp.partition);
     }
     let request = FetchRequest::default()
         .with_replica_id(BrokerId(broker_id))
         .with_max_wait_ms(max_wait_ms(due, tokio::time::Instant::now()))
         .with_min_bytes(1)
         .with_max_bytes(REPLICA_FETCH_RESPONSE_MAX_BYTES)
-        .with_session_epoch(-1)
+        .with_session_id(next.session_id)
+        .with_session_epoch(next.epoch)
         .with_topics(
             topics
                 .into_iter()
                 .map(|(t, p)| {
                     FetchTopic::default()
+                        .with_topic(topic_name(t))
+                        .with_partitions(p)
+                })
+                .collect(),
+        )
+        .with_forgotten_topics_data(
+            forgotten
+                .into_iter()
+                .map(|(t, p)| {
+                    ForgottenTopic::default()
                         .with_topic(topic_name(t))
                         .with_partitions(p)
                 })
@@ -581,10 +727,14 @@ async fn fetch(
             }
         }
     };
+    session.answered(&wanted, response.session_id, response.error_code);
+    if response.error_code != ec::NONE {
+        return Ok(Fetched::Done);
+    }
     for topic in &response.responses {
         for p in &topic.partitions {
             let tp = TopicPartition::new(topic.topic.0.to_string(), p.partition_index);
-            let Some(&(f, fetch_offset)) = sent.get(&tp) else {
+            let Some(&(f, fetch_offset, _)) = fetching.get(&tp) else {
                 continue;
             };
             match p.error_code {
@@ -738,5 +888,52 @@ mod tests {
         // leader held (2,692 acknowledged ones in the fault run)
         assert_eq!(step((-1, -1), (-1, -1), 39853), TruncationStep::Unknown);
         assert_eq!(step((7, -1), (7, 39853), 39853), TruncationStep::Unknown);
+    }
+
+    fn named(offset: i64) -> Named {
+        Named {
+            fetch_offset: offset,
+            leader_epoch: 1,
+            last_fetched_epoch: 1,
+        }
+    }
+
+    #[test]
+    fn a_session_names_what_changed_and_forgets_what_is_no_longer_fetched() {
+        let tp = |p| TopicPartition::new("t", p);
+        let mut session = FetchSession::default();
+        let wanted = vec![(tp(0), named(5)), (tp(1), named(7))];
+        // the first fetch is full and opens a session
+        let next = session.next(&wanted);
+        assert_eq!((next.session_id, next.epoch, next.to_name.len()), (0, 0, 2));
+        session.answered(&wanted, 42, ec::NONE);
+        // nothing changed: nothing named
+        let next = session.next(&wanted);
+        assert_eq!((next.session_id, next.epoch), (42, 1));
+        assert!(next.to_name.is_empty() && next.to_forget.is_empty());
+        session.answered(&wanted, 42, ec::NONE);
+        // partition 0 moved on, 1 waits out a failure, 2 is new
+        let wanted = vec![(tp(0), named(9)), (tp(2), named(0))];
+        let next = session.next(&wanted);
+        assert_eq!(next.epoch, 2);
+        assert_eq!(next.to_name, vec![&tp(0), &tp(2)]);
+        assert_eq!(next.to_forget, vec![tp(1)]);
+        session.answered(&wanted, 42, ec::NONE);
+        // the leader lost the session: a full fetch closes it and opens another
+        session.answered(&wanted, 0, ec::FETCH_SESSION_ID_NOT_FOUND);
+        let next = session.next(&wanted);
+        assert_eq!(
+            (next.session_id, next.epoch, next.to_name.len()),
+            (42, 0, 2)
+        );
+        // a leader without room for a session: full fetches
+        session.answered(&wanted, 0, ec::NONE);
+        let next = session.next(&wanted);
+        assert_eq!((next.session_id, next.epoch, next.to_name.len()), (0, 0, 2));
+        // epochs wrap to 1
+        session.answered(&wanted, 43, ec::NONE);
+        session.epoch = i32::MAX;
+        session.answered(&wanted, 43, ec::NONE);
+        assert_eq!(session.epoch, 1);
     }
 }

@@ -389,7 +389,12 @@ impl ReplicaManager {
         let now = now_ms();
         for (tp, log) in &logs {
             let retention = run_retention.then(|| hws.get(tp).copied());
-            LogManager::tick_log(log, now, retention)?;
+            if LogManager::tick_log(log, now, retention)? {
+                // fetch sessions send a partition again when its log start moved
+                if let Some(partition) = self.partition(tp) {
+                    partition.log_start_moved();
+                }
+            }
         }
         Ok(())
     }

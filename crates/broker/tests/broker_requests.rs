@@ -1,7 +1,7 @@
 //! A broker (in process, with a one-voter controller quorum) driven with raw Kafka requests
 //! over a real socket: produce and fetch round trips, the error codes for bad input (and
 //! that nothing stored changes), the fetch long poll, the sendfile path and its switch,
-//! topic configs, deletion and re-creation.
+//! topic configs, deletion and re-creation, fetch sessions (KIP-227).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -38,6 +38,10 @@ struct TestBroker {
 
 impl TestBroker {
     async fn start(use_sendfile: bool) -> TestBroker {
+        Self::start_with(|config| config.use_sendfile = use_sendfile).await
+    }
+
+    async fn start_with(configure: impl FnOnce(&mut BrokerConfig)) -> TestBroker {
         let controller_dir = tempfile::tempdir().unwrap();
         let data = tempfile::tempdir().unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -53,7 +57,7 @@ impl TestBroker {
         let controller = ControllerNode::start(c, listener).await.unwrap();
         let mut config = BrokerConfig::new(1, data.path().join("data"), vec![address]);
         config.heartbeat_interval_ms = 100;
-        config.use_sendfile = use_sendfile;
+        configure(&mut config);
         config.advertised_endpoints = vec![pb::Endpoint {
             name: "PLAINTEXT".into(),
             host: "127.0.0.1".into(),
@@ -553,5 +557,208 @@ async fn offset_for_leader_epoch_names_where_an_epoch_ends() {
             "asked {asked}"
         );
     }
+    broker.stop().await;
+}
+
+/// A session fetch of `parts` (topic, partition, offset) — full with epoch 0 — forgetting
+/// `forget`, by topic name (v12) or id (v13, `ids` gives them).
+fn session_fetch(
+    session: (i32, i32),
+    parts: &[(&str, i32, i64)],
+    forget: &[(&str, i32)],
+    max_wait_ms: i32,
+) -> FetchRequest {
+    let mut topics: Vec<FetchTopic> = Vec::new();
+    for (topic, partition, offset) in parts {
+        let p = FetchPartition::default()
+            .with_partition(*partition)
+            .with_fetch_offset(*offset)
+            .with_partition_max_bytes(1024 * 1024);
+        match topics.iter_mut().find(|t| t.topic.0.as_str() == *topic) {
+            Some(t) => t.partitions.push(p),
+            None => topics.push(
+                FetchTopic::default()
+                    .with_topic(name(topic))
+                    .with_partitions(vec![p]),
+            ),
+        }
+    }
+    let forgotten = forget
+        .iter()
+        .map(|(topic, partition)| {
+            kafka_protocol::messages::fetch_request::ForgottenTopic::default()
+                .with_topic(name(topic))
+                .with_partitions(vec![*partition])
+        })
+        .collect();
+    FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(max_wait_ms)
+        .with_min_bytes(1)
+        .with_max_bytes(50 * 1024 * 1024)
+        .with_session_id(session.0)
+        .with_session_epoch(session.1)
+        .with_topics(topics)
+        .with_forgotten_topics_data(forgotten)
+}
+
+/// (topic, partition, record bytes) of each partition in a response, in order.
+fn partitions_of(response: &FetchResponse) -> Vec<(String, i32, usize)> {
+    response
+        .responses
+        .iter()
+        .flat_map(|t| {
+            t.partitions.iter().map(|p| {
+                assert_eq!(p.error_code, 0, "{p:?}");
+                (
+                    t.topic.0.to_string(),
+                    p.partition_index,
+                    p.records.as_ref().map_or(0, |r| r.len()),
+                )
+            })
+        })
+        .collect()
+}
+
+const FETCH_SESSION_ID_NOT_FOUND: i16 = 70;
+const INVALID_FETCH_SESSION_EPOCH: i16 = 71;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_session_sends_only_what_changed() {
+    let broker = TestBroker::start(true).await;
+    let mut c = broker.client().await;
+    c.create_topic("s", 3, &[]).await;
+    c.create_topic("late", 1, &[]).await;
+    let first = batch(&[b"one"], Compression::None);
+    assert_eq!(c.produce("s", 0, first.clone(), 1).await, (0, 0));
+    let all = [("s", 0, 0), ("s", 1, 0), ("s", 2, 0)];
+    // a full fetch opens the session and answers for every partition
+    let full: FetchResponse = c
+        .call(ApiKey::Fetch, 12, &session_fetch((0, 0), &all, &[], 0))
+        .await;
+    let id = full.session_id;
+    assert!(id > 0, "a session was opened");
+    assert_eq!(
+        partitions_of(&full),
+        vec![
+            ("s".into(), 0, first.len()),
+            ("s".into(), 1, 0),
+            ("s".into(), 2, 0)
+        ]
+    );
+    // partition 0 moves past its batch; nothing else changed: an empty answer, after the
+    // long poll
+    let next: FetchResponse = c
+        .call(
+            ApiKey::Fetch,
+            12,
+            &session_fetch((id, 1), &[("s", 0, 1)], &[], 200),
+        )
+        .await;
+    assert_eq!((next.error_code, next.session_id), (0, id));
+    assert!(partitions_of(&next).is_empty(), "{next:?}");
+    // a write to partition 2 ends a long poll that names nothing, and only it comes back
+    let mut fetcher = broker.client().await;
+    let waiting = tokio::spawn(async move {
+        let r: FetchResponse = fetcher
+            .call(ApiKey::Fetch, 12, &session_fetch((id, 2), &[], &[], 20_000))
+            .await;
+        r
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = batch(&[b"two", b"three"], Compression::None);
+    assert_eq!(c.produce("s", 2, second.clone(), 1).await, (0, 0));
+    let woken = tokio::time::timeout(Duration::from_secs(15), waiting)
+        .await
+        .expect("woken by the write, not by the 20 s wait")
+        .unwrap();
+    assert_eq!(partitions_of(&woken), vec![("s".into(), 2, second.len())]);
+    // forget partition 1, add another topic's partition: the new one is answered for
+    let next: FetchResponse = c
+        .call(
+            ApiKey::Fetch,
+            12,
+            &session_fetch((id, 3), &[("s", 2, 2), ("late", 0, 0)], &[("s", 1)], 0),
+        )
+        .await;
+    assert_eq!(partitions_of(&next), vec![("late".into(), 0, 0)]);
+    // a write to the forgotten partition is not sent; one to a partition still in the
+    // session is
+    assert_eq!(c.produce("s", 1, first.clone(), 1).await, (0, 0));
+    assert_eq!(c.produce("late", 0, first.clone(), 1).await, (0, 0));
+    let next: FetchResponse = c
+        .call(ApiKey::Fetch, 12, &session_fetch((id, 4), &[], &[], 0))
+        .await;
+    assert_eq!(partitions_of(&next), vec![("late".into(), 0, first.len())]);
+    // the same epoch again, an unknown id: errors, and the session can start over
+    let stale: FetchResponse = c
+        .call(ApiKey::Fetch, 12, &session_fetch((id, 4), &[], &[], 0))
+        .await;
+    assert_eq!(stale.error_code, INVALID_FETCH_SESSION_EPOCH);
+    assert!(stale.responses.is_empty());
+    let unknown: FetchResponse = c
+        .call(ApiKey::Fetch, 12, &session_fetch((id + 1, 1), &[], &[], 0))
+        .await;
+    assert_eq!(unknown.error_code, FETCH_SESSION_ID_NOT_FOUND);
+    let again: FetchResponse = c
+        .call(ApiKey::Fetch, 12, &session_fetch((id, 0), &all, &[], 0))
+        .await;
+    assert!(again.session_id > 0 && again.session_id != id);
+    assert_eq!(partitions_of(&again).len(), 3);
+    // the old id is gone
+    let closed: FetchResponse = c
+        .call(ApiKey::Fetch, 12, &session_fetch((id, 5), &[], &[], 0))
+        .await;
+    assert_eq!(closed.error_code, FETCH_SESSION_ID_NOT_FOUND);
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_session_cache_evicts_the_smaller_session() {
+    let broker = TestBroker::start_with(|config| config.fetch_session_cache_slots = 1).await;
+    let mut c = broker.client().await;
+    c.create_topic("e", 2, &[]).await;
+    let small: FetchResponse = c
+        .call(
+            ApiKey::Fetch,
+            12,
+            &session_fetch((0, 0), &[("e", 0, 0)], &[], 0),
+        )
+        .await;
+    assert!(small.session_id > 0);
+    // no bigger: no room, a full answer without a session
+    let same: FetchResponse = c
+        .call(
+            ApiKey::Fetch,
+            12,
+            &session_fetch((0, 0), &[("e", 1, 0)], &[], 0),
+        )
+        .await;
+    assert_eq!((same.session_id, partitions_of(&same).len()), (0, 1));
+    // bigger: takes the small one's place
+    let big: FetchResponse = c
+        .call(
+            ApiKey::Fetch,
+            12,
+            &session_fetch((0, 0), &[("e", 0, 0), ("e", 1, 0)], &[], 0),
+        )
+        .await;
+    assert!(big.session_id > 0 && big.session_id != small.session_id);
+    let evicted: FetchResponse = c
+        .call(
+            ApiKey::Fetch,
+            12,
+            &session_fetch((small.session_id, 1), &[], &[], 0),
+        )
+        .await;
+    assert_eq!(evicted.error_code, FETCH_SESSION_ID_NOT_FOUND);
+    let kept: FetchResponse = c
+        .call(
+            ApiKey::Fetch,
+            12,
+            &session_fetch((big.session_id, 1), &[], &[], 0),
+        )
+        .await;
+    assert_eq!((kept.error_code, kept.session_id), (0, big.session_id));
     broker.stop().await;
 }

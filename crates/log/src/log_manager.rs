@@ -205,13 +205,18 @@ impl LogManager {
     /// One log's periodic work: the flush policy and sealed-segment flushes, with the
     /// fsyncs outside the log's lock (appends and reads go on meanwhile); producer-id
     /// expiry; and, when `retention` is Some, retention bounded by its offset (e.g. the
-    /// high watermark; None = the log end offset).
-    pub fn tick_log(log: &SharedLog, now_ms: i64, retention: Option<Option<Offset>>) -> Result<()> {
+    /// high watermark; None = the log end offset). Returns whether retention moved the
+    /// log start offset.
+    pub fn tick_log(
+        log: &SharedLog,
+        now_ms: i64,
+        retention: Option<Option<Offset>>,
+    ) -> Result<bool> {
         // a closed log (deleted since the caller listed it) is left alone
         let task = {
             let mut log = lock(log);
             if log.is_closed() {
-                return Ok(());
+                return Ok(false);
             }
             log.tick_flush_task(now_ms)
         };
@@ -222,14 +227,14 @@ impl LogManager {
         }
         let mut log = lock(log);
         if log.is_closed() {
-            return Ok(());
+            return Ok(false);
         }
         log.expire_producers(now_ms);
         if let Some(bound) = retention {
             let bound = bound.unwrap_or(log.log_end_offset());
-            log.delete_retained_segments(now_ms, bound)?;
+            return Ok(log.delete_retained_segments(now_ms, bound)? > 0);
         }
-        Ok(())
+        Ok(false)
     }
 
     pub fn checkpoint_recovery_points(&self) -> Result<()> {

@@ -47,6 +47,7 @@ const KEYS: &[(&str, &str, &str)] = &[
     ("socket.request.max.bytes", "104857600", "largest request accepted"),
     ("log.retention.check.interval.ms", "300000", "how often retention runs"),
     ("replica.lag.time.max.ms", "30000", "a follower not caught up for this long leaves the ISR"),
+    ("max.incremental.fetch.session.cache.slots", "1000", "fetch sessions (KIP-227) the broker keeps (0: none, every fetch a full one)"),
     ("replica.high.watermark.checkpoint.interval.ms", "5000", "how often high watermarks are written to disk"),
     ("log.scrub.bytes.per.second", "8388608", "background CRC scrub rate (0: off)"),
     ("sluice.log.scrub.interval.ms", "60000", "the shortest time between two scrub passes"),
@@ -427,6 +428,7 @@ impl NodeConfig {
         c.delete_topic_enable = self.parse("delete.topic.enable")?;
         c.retention_check_interval_ms = self.parse("log.retention.check.interval.ms")?;
         c.replica_lag_time_max_ms = self.parse("replica.lag.time.max.ms")?;
+        c.fetch_session_cache_slots = self.parse("max.incremental.fetch.session.cache.slots")?;
         c.high_watermark_checkpoint_interval_ms =
             self.parse("replica.high.watermark.checkpoint.interval.ms")?;
         c.scrub_bytes_per_second = self.parse("log.scrub.bytes.per.second")?;
