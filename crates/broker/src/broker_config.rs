@@ -62,6 +62,9 @@ pub struct BrokerConfig {
     /// `max.incremental.fetch.session.cache.slots`: how many fetch sessions (KIP-227)
     /// the broker keeps (0: none; every fetch is then a full one).
     pub fetch_session_cache_slots: usize,
+    /// `sluice.log.max.open.files` as set (0: automatic, resolved by the binary from the
+    /// open files limit into `log.open_files`).
+    pub log_max_open_files: usize,
 }
 
 impl BrokerConfig {
@@ -111,6 +114,7 @@ impl BrokerConfig {
             scrub_interval_ms: 60_000,
             group: GroupConfig::default(),
             fetch_session_cache_slots: crate::fetch_session::DEFAULT_CACHE_SLOTS,
+            log_max_open_files: 0,
         }
     }
 }

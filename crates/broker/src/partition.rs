@@ -862,8 +862,16 @@ impl Partition {
     }
 
     /// What the scrub checks in this replica's log (see [`sluice_log::Log::scrub_regions`]).
+    /// A segment file that cannot be opened again (the open-file budget closed it) skips
+    /// this pass of the partition; its reads report the error.
     pub fn scrub_regions(&self) -> Vec<sluice_log::ScrubRegion> {
-        sluice_log::lock(&self.log).scrub_regions()
+        match sluice_log::lock(&self.log).scrub_regions() {
+            Ok(regions) => regions,
+            Err(e) => {
+                tracing::warn!(partition = %self.topic_partition, error = %e, "scrub: a segment file could not be opened, skipping this pass");
+                Vec::new()
+            }
+        }
     }
 
     /// The scrub found bytes `[position, position + length)` of a segment valid.

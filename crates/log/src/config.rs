@@ -70,6 +70,9 @@ pub struct LogConfig {
     pub producer_id_expiration_ms: i64,
     /// `producer.id.expiration.check.interval.ms`: how often expiry runs.
     pub producer_id_expiration_check_interval_ms: i64,
+    /// `sluice.log.max.open.files`: the broker-wide budget of open segment files, shared
+    /// by every log (see `open_files`).
+    pub open_files: crate::open_files::OpenFileBudget,
 }
 
 impl Default for LogConfig {
@@ -87,6 +90,7 @@ impl Default for LogConfig {
             append_mode: AppendMode::Write,
             producer_id_expiration_ms: 24 * 60 * 60 * 1000,
             producer_id_expiration_check_interval_ms: 10 * 60 * 1000,
+            open_files: crate::open_files::OpenFileBudget::unlimited(),
         }
     }
 }

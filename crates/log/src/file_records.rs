@@ -3,13 +3,15 @@
 //! Appends go through the page cache, with `pwrite(2)` ([`AppendMode::Write`]), by copying
 //! into a shared memory map of the preallocated file ([`AppendMode::Mmap`]), or by size,
 //! one or the other ([`AppendMode::Hybrid`]).
-//! Reads never copy: they hand out [`FileRegion`]s for `sendfile(2)`.
+//! Reads never copy: they hand out [`FileRegion`]s for `sendfile(2)`. The descriptor is
+//! the open-file budget's (`open_files`): it may be closed while unused and is opened
+//! again by path on the next use.
 //!
 //! Invariant: bytes `[0, size)` are whole, validated batches; in mmap mode the file may be
 //! longer than `size` (preallocated zeros) until it is sealed; `allocated_bytes` is at
 //! least the file's length while the file is writable.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use memmap2::{MmapMut, MmapOptions};
 use sluice_record::{BatchHeader, BATCH_HEADER_BYTES};
 
 use crate::config::{AppendMode, HYBRID_MMAP_MAX_APPEND_BYTES};
+use crate::open_files::{OpenFileBudget, SegmentFile};
 use crate::{LogError, Result};
 
 /// A byte range of a segment file: what a fetch sends with `sendfile(2)`. It holds the file
@@ -59,7 +62,7 @@ impl FileRegion {
 
 pub(crate) struct FileRecords {
     path: PathBuf,
-    file: Arc<File>,
+    file: Arc<SegmentFile>,
     size: u64,
     mode: AppendMode,
     /// Mmap mode while writable: the map of the preallocated file.
@@ -107,7 +110,7 @@ impl HeaderScan<'_> {
             }
             self.buf.resize(len, 0);
             self.records
-                .file
+                .file()?
                 .read_exact_at(&mut self.buf, self.position)
                 .map_err(LogError::io(&self.records.path))?;
             self.buf_start = self.position;
@@ -140,18 +143,17 @@ impl FileRecords {
         mode: AppendMode,
         preallocate_bytes: u64,
         writable: bool,
+        budget: &OpenFileBudget,
     ) -> Result<Self> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(LogError::io(path))?;
-        let size = file.metadata().map_err(LogError::io(path))?.len();
+        let file = budget.open(path).map_err(LogError::io(path))?;
+        let size = file
+            .get()
+            .and_then(|f| f.metadata())
+            .map_err(LogError::io(path))?
+            .len();
         Ok(FileRecords {
             path: path.to_path_buf(),
-            file: Arc::new(file),
+            file,
             size,
             mode,
             map: None,
@@ -166,9 +168,20 @@ impl FileRecords {
         &self.path
     }
 
-    /// The open file, for an fsync outside the owner's lock.
-    pub fn shared_file(&self) -> Arc<File> {
-        Arc::clone(&self.file)
+    /// The open file (opened again if the budget closed it), for reads and for an fsync
+    /// outside the owner's lock.
+    pub fn file(&self) -> Result<Arc<File>> {
+        self.file.get().map_err(LogError::io(&self.path))
+    }
+
+    /// Whether the open-file budget holds its descriptor now.
+    pub fn is_open(&self) -> bool {
+        self.file.is_open()
+    }
+
+    /// The open file if the budget holds its descriptor now (never opens it).
+    pub fn file_if_open(&self) -> Option<Arc<File>> {
+        self.file.get_if_open()
     }
 
     pub fn size(&self) -> u64 {
@@ -191,7 +204,7 @@ impl FileRecords {
         };
         match through_map {
             false => {
-                self.file
+                self.file()?
                     .write_all_at(bytes, position)
                     .map_err(LogError::io(&self.path))?;
                 self.allocated_bytes = self.allocated_bytes.max(end);
@@ -217,12 +230,9 @@ impl FileRecords {
             // SAFETY: the file belongs to this segment. Only `[0, allocated_bytes)` of the
             // map is ever touched, and the file is never shrunk below that while mapped
             // (`truncate_to` and `seal` drop the map first). Readers use pread/sendfile.
-            let map = unsafe {
-                MmapOptions::new()
-                    .len(map_len as usize)
-                    .map_mut(&*self.file)
-            }
-            .map_err(LogError::io(&self.path))?;
+            let file = self.file()?;
+            let map = unsafe { MmapOptions::new().len(map_len as usize).map_mut(&*file) }
+                .map_err(LogError::io(&self.path))?;
             self.map = Some(map);
         }
         if end > self.allocated_bytes {
@@ -231,7 +241,7 @@ impl FileRecords {
                 .max(end)
                 .min(map_len);
             let len = (target - self.allocated_bytes) as i64;
-            nix::fcntl::posix_fallocate(&*self.file, self.allocated_bytes as i64, len)
+            nix::fcntl::posix_fallocate(&*self.file()?, self.allocated_bytes as i64, len)
                 .map_err(|errno| LogError::io(&self.path)(std::io::Error::from(errno)))?;
             self.allocated_bytes = target;
         }
@@ -266,13 +276,13 @@ impl FileRecords {
         }
     }
 
-    pub fn region(&self, position: u64, length: u64) -> FileRegion {
+    pub fn region(&self, position: u64, length: u64) -> Result<FileRegion> {
         debug_assert!(position + length <= self.size);
-        FileRegion {
-            file: Arc::clone(&self.file),
+        Ok(FileRegion {
+            file: self.file()?,
             position,
             length,
-        }
+        })
     }
 
     /// Maps the whole file read-only for a recovery scan (None when empty).
@@ -282,14 +292,15 @@ impl FileRecords {
         }
         // SAFETY: recovery runs before the log serves anything; nothing resizes the file
         // while this map lives.
-        let map = unsafe { memmap2::Mmap::map(&*self.file) }.map_err(LogError::io(&self.path))?;
+        let map =
+            unsafe { memmap2::Mmap::map(&*self.file()?) }.map_err(LogError::io(&self.path))?;
         Ok(Some(map))
     }
 
     /// The on-disk length, which in mmap mode may exceed the logical size.
     pub fn file_len(&self) -> Result<u64> {
         Ok(self
-            .file
+            .file()?
             .metadata()
             .map_err(LogError::io(&self.path))?
             .len())
@@ -299,7 +310,9 @@ impl FileRecords {
     pub fn truncate_to(&mut self, size: u64) -> Result<()> {
         assert!(size <= self.file_len()?, "truncate beyond the file end");
         self.map = None;
-        self.file.set_len(size).map_err(LogError::io(&self.path))?;
+        self.file()?
+            .set_len(size)
+            .map_err(LogError::io(&self.path))?;
         self.size = size;
         self.allocated_bytes = size;
         self.populated_bytes = 0;
@@ -317,13 +330,13 @@ impl FileRecords {
             map.flush_range(0, self.size as usize)
                 .map_err(LogError::io(&self.path))?;
         }
-        self.file.sync_data().map_err(LogError::io(&self.path))
+        self.file()?.sync_data().map_err(LogError::io(&self.path))
     }
 
     /// No more appends: drops the map and trims preallocated space.
     pub fn seal(&mut self) -> Result<()> {
         if self.map.take().is_some() || self.file_len()? != self.size {
-            self.file
+            self.file()?
                 .set_len(self.size)
                 .map_err(LogError::io(&self.path))?;
         }
@@ -351,7 +364,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("00000000000000000000.log");
         let segment_bytes = 3 * MMAP_ALLOCATE_CHUNK_BYTES;
-        let mut records = FileRecords::open(&path, AppendMode::Mmap, segment_bytes, true).unwrap();
+        let mut records = FileRecords::open(
+            &path,
+            AppendMode::Mmap,
+            segment_bytes,
+            true,
+            &OpenFileBudget::unlimited(),
+        )
+        .unwrap();
         let mut model = Vec::new();
         let append = |records: &mut FileRecords, model: &mut Vec<u8>, len: usize| {
             let bytes: Vec<u8> = (0..len).map(|i| (model.len() + i) as u8 ^ 0x5a).collect();
@@ -373,7 +393,11 @@ mod tests {
         for _ in 0..40 {
             append(&mut records, &mut model, 12_345);
         }
-        let read = records.region(0, records.size()).read_to_vec().unwrap();
+        let read = records
+            .region(0, records.size())
+            .unwrap()
+            .read_to_vec()
+            .unwrap();
         assert!(read == model, "read back differs from what was appended");
     }
 }

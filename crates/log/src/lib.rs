@@ -28,6 +28,7 @@ mod leader_epoch;
 mod log;
 mod log_manager;
 mod offset_index;
+mod open_files;
 mod producer_snapshot;
 mod producer_state;
 mod segment;
@@ -46,6 +47,7 @@ pub use log_manager::{
     RECOVERY_POINT_CHECKPOINT, REPLICATION_OFFSET_CHECKPOINT,
 };
 pub use offset_index::{OffsetIndex, OffsetPosition};
+pub use open_files::OpenFileBudget;
 pub use producer_snapshot::{list_snapshots, snapshot_path, SNAPSHOT_SUFFIX};
 pub use producer_state::{
     increment_sequence, BatchMetadata, ProducerBatch, ProducerCheck, ProducerEntry,

@@ -78,7 +78,8 @@ pub struct LogReadInfo {
 pub struct FlushTask {
     up_to: Offset,
     truncations: u64,
-    files: Vec<(PathBuf, Arc<File>)>,
+    /// The segments' `.log` files, with their descriptor when it was open.
+    files: Vec<(PathBuf, Option<Arc<File>>)>,
     /// The segments' index files (opened for the fsync: indexes keep no descriptor).
     index_files: Vec<PathBuf>,
     dir: PathBuf,
@@ -97,7 +98,10 @@ impl FlushTask {
     /// leader-epoch checkpoint, then the snapshots and their directory.
     pub fn run(&self) -> Result<()> {
         for (path, file) in &self.files {
-            file.sync_data().map_err(LogError::io(path))?;
+            match file {
+                Some(file) => file.sync_data().map_err(LogError::io(path))?,
+                None => crate::checkpoint::sync_if_present(path)?,
+            }
         }
         for path in &self.index_files {
             crate::checkpoint::sync_if_present(path)?;
@@ -705,21 +709,21 @@ impl Log {
 
     /// What a scrub pass over this log checks: every sealed segment whole (bytes rot after
     /// they were checked too), and the bytes of the active one loaded unchecked.
-    pub fn scrub_regions(&self) -> Vec<ScrubRegion> {
+    pub fn scrub_regions(&self) -> Result<Vec<ScrubRegion>> {
         let active = self.active().base_offset();
         let mut regions = Vec::new();
         for (&base, segment) in &self.segments {
             if base != active {
                 regions.push(ScrubRegion {
                     segment_base: base,
-                    region: segment.whole_region(),
+                    region: segment.whole_region()?,
                     first_offset_at_most: base,
                     truncations: self.truncations,
                     leader_epochs: self.leader_epochs.entries().to_vec(),
                 });
                 continue;
             }
-            for region in segment.unchecked_regions() {
+            for region in segment.unchecked_regions()? {
                 regions.push(ScrubRegion {
                     segment_base: base,
                     // mid-segment, the first batch starts before the segment's end
@@ -734,7 +738,7 @@ impl Log {
                 });
             }
         }
-        regions
+        Ok(regions)
     }
 
     /// ListOffsets by timestamp: the first record whose timestamp is at least `timestamp`,

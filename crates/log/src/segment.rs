@@ -120,6 +120,7 @@ impl LogSegment {
             config.append_mode,
             config.segment_bytes,
             writable,
+            &config.open_files,
         )?;
         Ok(LogSegment {
             base_offset,
@@ -364,12 +365,14 @@ impl LogSegment {
         let Some((start_pos, first)) = self.translate_offset(start_offset)? else {
             return Ok(None);
         };
-        let empty = |next_offset| SegmentRead {
-            region: self.log.region(start_pos, 0),
-            next_offset,
+        let empty = |next_offset| -> Result<SegmentRead> {
+            Ok(SegmentRead {
+                region: self.log.region(start_pos, 0)?,
+                next_offset,
+            })
         };
         if first.last_offset() >= max_offset {
-            return Ok(Some(empty(start_offset)));
+            return Ok(Some(empty(start_offset)?));
         }
         // Jump over batches that the index proves fit both limits.
         let by_bytes = self
@@ -399,10 +402,10 @@ impl LogSegment {
             next_offset = self.next_offset;
         }
         if end == start_pos {
-            return Ok(Some(empty(start_offset)));
+            return Ok(Some(empty(start_offset)?));
         }
         Ok(Some(SegmentRead {
-            region: self.log.region(start_pos, end - start_pos),
+            region: self.log.region(start_pos, end - start_pos)?,
             next_offset,
         }))
     }
@@ -449,8 +452,7 @@ impl LogSegment {
 
     fn log_file_read(&self, buf: &mut [u8], position: u64) -> Result<()> {
         self.log
-            .region(position, buf.len() as u64)
-            .file()
+            .file()?
             .read_exact_at(buf, position)
             .map_err(LogError::io(self.log.path()))
     }
@@ -472,8 +474,10 @@ impl LogSegment {
 
     /// The segment's `.log` file, for an fsync outside the log's lock
     /// ([`crate::log::FlushTask`]).
-    pub(crate) fn durable_handle(&self) -> (PathBuf, Arc<File>) {
-        (self.log.path().to_path_buf(), self.log.shared_file())
+    /// (None when the open-file budget closed it: it is then opened by path to be synced,
+    /// outside the lock.)
+    pub(crate) fn durable_handle(&self) -> (PathBuf, Option<Arc<File>>) {
+        (self.log.path().to_path_buf(), self.log.file_if_open())
     }
 
     /// The index files' paths, for an fsync outside the log's lock (indexes keep no
@@ -571,7 +575,7 @@ impl LogSegment {
     }
 
     /// The unchecked ranges, as regions (the scrub).
-    pub fn unchecked_regions(&self) -> Vec<FileRegion> {
+    pub fn unchecked_regions(&self) -> Result<Vec<FileRegion>> {
         self.unchecked
             .ranges()
             .iter()
@@ -580,7 +584,12 @@ impl LogSegment {
     }
 
     /// Every byte of the segment as a region (tools, replica comparison in tests).
-    pub fn whole_region(&self) -> FileRegion {
+    pub fn whole_region(&self) -> Result<FileRegion> {
         self.log.region(0, self.log.size())
+    }
+
+    /// Whether the open-file budget holds the `.log` file's descriptor now.
+    pub fn log_file_is_open(&self) -> bool {
+        self.log.is_open()
     }
 }

@@ -81,7 +81,7 @@ fn leader_appends_assign_offsets_stamp_epochs_and_report_positions() {
         // the segments' files, back to back, are exactly the appended bytes
         let mut all = Vec::new();
         for s in log.segments() {
-            all.extend(s.whole_region().read_to_vec().unwrap());
+            all.extend(s.whole_region().unwrap().read_to_vec().unwrap());
         }
         assert!(all == model.bytes(), "{mode:?} segment files");
         assert_log_matches(&log, &model);

@@ -81,7 +81,7 @@ fn the_scrub_covers_sealed_segments_whole_and_the_unchecked_part_of_the_active_o
         .map(|s| (s.base_offset(), s.size_bytes()))
         .collect();
     assert!(segments.len() > 2);
-    let regions = log.scrub_regions();
+    let regions = log.scrub_regions().unwrap();
     assert_eq!(regions.len(), segments.len());
     for (r, (base, size)) in regions.iter().zip(&segments) {
         assert_eq!(
@@ -95,7 +95,7 @@ fn the_scrub_covers_sealed_segments_whole_and_the_unchecked_part_of_the_active_o
         log.mark_checked(r.segment_base, 0, check.valid_bytes);
     }
     // checked: the active segment drops out; sealed ones are read again every pass
-    let regions = log.scrub_regions();
+    let regions = log.scrub_regions().unwrap();
     assert_eq!(regions.len(), segments.len() - 1);
     assert!(regions
         .iter()
@@ -106,7 +106,7 @@ fn the_scrub_covers_sealed_segments_whole_and_the_unchecked_part_of_the_active_o
 fn a_check_stops_at_the_first_damaged_batch_wherever_chunks_end() {
     let dir = tempfile::tempdir().unwrap();
     let log = reopened(dir.path(), 6);
-    let region = log.segments().next().unwrap().whole_region();
+    let region = log.segments().next().unwrap().whole_region().unwrap();
     let batch_bytes = region.length / 6;
     for chunk in [
         1,

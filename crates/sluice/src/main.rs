@@ -685,6 +685,17 @@ fn append_log(
 /// scripts expect operators to and as systemd's services get: every partition replica
 /// holds files open, and the soft limit (often 1,024) would stop a broker at a few
 /// hundred partitions. Returns the limit in force.
+/// `sluice.log.max.open.files`: as set, or (0) half the open files limit — the rest is
+/// for connections, index files opened to be resized or synced, checkpoints — at most
+/// 4096 (a reopen costs one open(2); a partition being written never needs one).
+fn segment_files_budget(setting: usize, open_files_limit: u64) -> usize {
+    if setting > 0 {
+        return setting;
+    }
+    let half = usize::try_from(open_files_limit / 2).unwrap_or(usize::MAX);
+    half.clamp(64, 4096)
+}
+
 fn raise_open_files_limit() -> u64 {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     match getrlimit(Resource::RLIMIT_NOFILE) {
@@ -726,6 +737,11 @@ fn run_node(config: Option<&std::path::Path>, overrides: &[String]) -> Result<()
     };
     // after every setting is checked: a bad config is one line on stderr and nothing else
     let open_files_limit = raise_open_files_limit();
+    let broker = broker.map(|(binds, mut broker_config)| {
+        let max_open = segment_files_budget(broker_config.log_max_open_files, open_files_limit);
+        broker_config.log.open_files = sluice_log::OpenFileBudget::new(max_open);
+        (binds, broker_config)
+    });
     tracing::info!(open_files_limit, "open files limit");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
