@@ -269,6 +269,11 @@ impl Partition {
     }
 
     /// The state from the image this replica last applied (leader, epochs, replicas, ISR).
+    /// Whether this broker is in the partition's ISR (as its image has it).
+    pub fn in_isr(&self) -> bool {
+        self.inner().state.isr.contains(&self.broker_id)
+    }
+
     pub fn state(&self) -> PartitionState {
         self.inner().state.clone()
     }

@@ -108,12 +108,16 @@ impl Added {
     }
 }
 
-/// What a fetch names of a partition; named again only when it changes.
+/// What a fetch names of a partition; named again only when it changes, or at every
+/// fetch while this replica is out of the ISR (`outside_isr`): the leader then hears its
+/// position at each fetch, as without a session, and a join it could not propose at one
+/// (a change in flight, this broker still fenced) is proposed at the next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Named {
     fetch_offset: i64,
     leader_epoch: i32,
     last_fetched_epoch: i32,
+    outside_isr: bool,
 }
 
 /// The fetcher's side of its fetch session with the leader (Kafka's FetchSessionHandler).
@@ -141,7 +145,7 @@ impl FetchSession {
         let full = self.epoch == 0;
         let to_name = wanted
             .iter()
-            .filter(|(tp, named)| full || self.named.get(tp) != Some(named))
+            .filter(|(tp, named)| full || named.outside_isr || self.named.get(tp) != Some(named))
             .map(|(tp, _)| tp)
             .collect();
         let to_forget = if full {
@@ -656,6 +660,7 @@ async fn fetch(
             fetch_offset: leo.0,
             leader_epoch: f.leader_epoch,
             last_fetched_epoch,
+            outside_isr: !f.partition.in_isr(),
         };
         wanted.push((tp.clone(), named));
     }
@@ -895,6 +900,7 @@ mod tests {
             fetch_offset: offset,
             leader_epoch: 1,
             last_fetched_epoch: 1,
+            outside_isr: false,
         }
     }
 
@@ -918,6 +924,13 @@ mod tests {
         assert_eq!(next.epoch, 2);
         assert_eq!(next.to_name, vec![&tp(0), &tp(2)]);
         assert_eq!(next.to_forget, vec![tp(1)]);
+        session.answered(&wanted, 42, ec::NONE);
+        // a partition out of the ISR is named at every fetch
+        let mut outside = wanted.clone();
+        outside[1].1.outside_isr = true;
+        session.answered(&outside, 42, ec::NONE);
+        let next = session.next(&outside);
+        assert_eq!(next.to_name, vec![&tp(2)]);
         session.answered(&wanted, 42, ec::NONE);
         // the leader lost the session: a full fetch closes it and opens another
         session.answered(&wanted, 0, ec::FETCH_SESSION_ID_NOT_FOUND);

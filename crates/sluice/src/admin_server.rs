@@ -253,6 +253,33 @@ fn broker_metrics(registry: &mut Registry, broker: &Broker) {
         "1 while the controllers have this broker fenced",
         i64::from(broker.metadata.is_fenced()),
     );
+    let (sessions, session_partitions) = broker.fetch_sessions.size();
+    gauge(
+        registry,
+        "broker_fetch_sessions",
+        "incremental fetch sessions cached (Kafka's NumIncrementalFetchSessions)",
+        sessions as i64,
+    );
+    gauge(
+        registry,
+        "broker_fetch_session_partitions",
+        "partitions in the cached fetch sessions (Kafka's NumIncrementalFetchPartitionsCached)",
+        session_partitions as i64,
+    );
+    let open_files = &broker.config.log.open_files;
+    gauge(
+        registry,
+        "broker_log_open_segment_files",
+        "segment files open now (sluice.log.max.open.files bounds them)",
+        open_files.open_now() as i64,
+    );
+    let (reopens, _) = open_files.reopens_and_evictions();
+    counter(
+        registry,
+        "broker_log_segment_file_reopens",
+        "segment files opened again after the open-file budget closed them",
+        reopens,
+    );
     let log_dir = &broker.config.log_dir;
     gauge(
         registry,
