@@ -8,7 +8,12 @@
 #   clean restart of node 2 until every partition is back at a full ISR;
 #   kill -9 of node 3 until every partition has a live leader (failover);
 #   produce throughput to one topic of PER_TOPIC partitions, every other partition
-#   existing beside it (`sluice bench produce`, acks=all, 100 B records).
+#   existing beside it (`sluice bench produce`, acks=all, 100 B records);
+#   produce throughput spread over every topic in turn (1 KiB batches: about ten records
+#   each, so the records reach nearly every partition).
+# Node settings pass through deploy/local-cluster.sh, e.g.
+# SLUICE_NODE_OVERRIDES="max.incremental.fetch.session.cache.slots=0" (no fetch sessions:
+# every fetch a full one, as before KIP-227) or "sluice.log.max.open.files=N".
 # Usage: benches/partitions-at-scale.sh [PARTITIONS] [PER_TOPIC]   (default 50000 1000)
 # Uses the local cluster's fixed ports (19092/29092/39092, 19644...). SLUICE_BENCH_KEEP=1
 # keeps the cluster's directory (node logs).
@@ -62,6 +67,13 @@ for n in 1 2 3; do
   echo "node $n: open fds $(find "/proc/$pid/fd" -mindepth 1 | wc -l), RSS $(($(awk '/VmRSS/{print $2}' "/proc/$pid/status") / 1024)) MB"
 done
 
+# the controllers' metadata snapshots (size, and what building the last one took)
+for n in 1 2 3; do
+  snap=$(find "$dir/node-$n" -name metadata-snapshot | head -1)
+  built=$(grep "built metadata snapshot" "$dir/node-$n/sluice.log" | tail -1 | grep -o "bytes=[0-9]* elapsed_ms=[0-9]*" || true)
+  echo "node $n metadata snapshot: $( [ -n "$snap" ] && stat -c %s "$snap" || echo none) bytes on disk; last built: ${built:-none yet}"
+done
+
 hz=$(getconf CLK_TCK)
 declare -A before
 for n in 1 2 3; do before[$n]=$(cpu_ticks "$(node_pid "$n")"); done
@@ -87,3 +99,10 @@ echo "node 3 started again, back in every ISR: $(wait_status " offline 0 under-r
 echo "produce to scale-1 ($per_topic partitions, acks=all, 100 B, 1M records):"
 "$sluice" bench produce --topic scale-1 --num-records 1000000 --record-size 100 \
   --throughput=-1 --acks=-1 -b "$b" | tail -1
+echo "produce spread over all $topics topics ($partitions partitions, acks=all, 100 B, 1M records, 1 KiB batches):"
+"$sluice" bench produce --topic "$(seq -f 'scale-%g' -s, 1 "$topics")" --num-records 1000000 \
+  --record-size 100 --batch-size 1024 --throughput=-1 --acks=-1 -b "$b" | tail -1
+for n in 1 2 3; do
+  pid=$(node_pid "$n")
+  echo "node $n after the produce runs: open fds $(find "/proc/$pid/fd" -mindepth 1 | wc -l), RSS $(($(awk '/VmRSS/{print $2}' "/proc/$pid/status") / 1024)) MB"
+done

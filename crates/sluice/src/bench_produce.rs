@@ -23,6 +23,8 @@ use sluice_record::Compression;
 /// `sluice bench produce`'s flags (kafka-producer-perf-test's, plus the producer's).
 #[derive(clap::Args)]
 pub struct ProduceArgs {
+    /// A topic, or several separated by commas: records go to each in turn (a load
+    /// spread over many topics' partitions).
     #[arg(long)]
     topic: String,
     #[arg(long, default_value_t = 1_000_000)]
@@ -257,13 +259,19 @@ pub async fn produce(bootstrap: &str, bench: ProduceBench) -> Result<String> {
     if bench.producers == 0 || bench.num_records == 0 {
         bail!("--producers and --num-records must be at least 1");
     }
-    create_topic(
-        bootstrap,
-        &bench.topic,
-        bench.partitions,
-        bench.replication_factor,
-    )
-    .await?;
+    let topics: Vec<String> = bench
+        .topic
+        .split(',')
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+        .collect();
+    if topics.is_empty() {
+        bail!("--topic names no topic");
+    }
+    for topic in &topics {
+        create_topic(bootstrap, topic, bench.partitions, bench.replication_factor).await?;
+    }
+    let topics = Arc::new(topics);
     let payload: Vec<u8> = {
         use rand::Rng;
         let mut rng = rand::rng();
@@ -294,9 +302,9 @@ pub async fn produce(bootstrap: &str, bench: ProduceBench) -> Result<String> {
             },
             ..ProducerConfig::default()
         };
-        let (topic, payload, progress) = (bench.topic.clone(), payload.clone(), progress.clone());
+        let (topics, payload, progress) = (topics.clone(), payload.clone(), progress.clone());
         tasks.spawn(
-            async move { run_producer(config, topic, payload, count, rate, progress).await },
+            async move { run_producer(config, topics, payload, count, rate, progress).await },
         );
     }
     let reporter = tokio::spawn(report_progress(
@@ -324,7 +332,7 @@ pub async fn produce(bootstrap: &str, bench: ProduceBench) -> Result<String> {
 
 async fn run_producer(
     config: ProducerConfig,
-    topic: String,
+    topics: Arc<Vec<String>>,
     payload: Arc<Vec<u8>>,
     count: u64,
     rate: Option<f64>,
@@ -384,7 +392,7 @@ async fn run_producer(
         let at = origin.elapsed().as_micros() as u64;
         let id = producer
             .send(ProducerRecord {
-                topic: &topic,
+                topic: &topics[i as usize % topics.len()],
                 value: Some(&payload),
                 ..ProducerRecord::default()
             })
