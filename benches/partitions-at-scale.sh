@@ -56,7 +56,9 @@ echo "open files limit of node 1: $(awk '/Max open files/{print $4}' "/proc/$(no
 
 started=$(now)
 for t in $(seq "$topics"); do
-  "$sluice" topic create "scale-$t" -p "$per_topic" -r 3 -b "$b" >/dev/null
+  # (an answer that came too late is retried by the CLI: the topic may exist by then)
+  out=$("$sluice" topic create "scale-$t" -p "$per_topic" -r 3 -b "$b" 2>&1) \
+    || grep -q TOPIC_ALREADY_EXISTS <<<"$out" || { echo "$out" >&2; exit 1; }
 done
 echo "create: $(since "$started") s for $partitions partitions"
 echo "every partition led with a full ISR: $(wait_status " offline 0 under-replicated 0 offline-replicas 0" 600 "$started") s after the first create"

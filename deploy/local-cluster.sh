@@ -120,6 +120,8 @@ stop_nodes() {
       if ((SECONDS >= deadline)); then
         echo "node $n did not stop in ${DOWN_TIMEOUT_S}s: kill -9" >&2
         kill -KILL "$pid" 2>/dev/null || true
+        # gone before anything is started on its ports
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
         break
       fi
       sleep 0.1

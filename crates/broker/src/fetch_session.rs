@@ -17,7 +17,12 @@
 //! is full, a new session takes the place of the least valuable one if that one was not
 //! used for `EVICTION_MS` (Kafka's `min.incremental.fetch.session.eviction.ms`), or if the
 //! new one is worth more: a follower's over a consumer's, then more partitions over fewer
-//! (Kafka's rule). Otherwise the fetch is answered without a session (id 0).
+//! (Kafka's rule). Otherwise the fetch is answered without a session (id 0). A follower
+//! broker fetches from this one through one session at a time: its new session replaces
+//! its previous one. (A fetcher that abandons a full fetch in flight never learns the id
+//! it opened: without this, every abandoned fetch of a follower adding partitions left a
+//! session of every partition behind — a thousand of them, two million partitions
+//! watched, within minutes of creating 10,000 partitions.)
 //!
 //! Invariants: a session's partitions are each in one slot, named by `by_key`; a slot's
 //! partition is watched (on the partition object the slot last read) while it is in the
@@ -310,7 +315,19 @@ impl CacheEntry {
 
 struct CacheInner {
     sessions: HashMap<i32, CacheEntry>,
+    /// Each follower's session.
+    by_follower: HashMap<i32, i32>,
     next_id: i32,
+}
+
+impl CacheInner {
+    fn remove(&mut self, id: i32) {
+        if let Some(entry) = self.sessions.remove(&id) {
+            if entry.follower {
+                self.by_follower.retain(|_, session| *session != id);
+            }
+        }
+    }
 }
 
 /// The broker's fetch sessions.
@@ -329,6 +346,7 @@ impl FetchSessionCache {
             max_sessions,
             inner: Mutex::new(CacheInner {
                 sessions: HashMap::new(),
+                by_follower: HashMap::new(),
                 next_id: (seed as i32).max(1),
             }),
         }
@@ -352,7 +370,7 @@ impl FetchSessionCache {
         match session_epoch {
             -1 | 0 => {
                 if session_id != 0 {
-                    self.lock().sessions.remove(&session_id);
+                    self.lock().remove(session_id);
                 }
                 let cached = if session_epoch == 0 {
                     self.create(follower, partitions, now_ms)
@@ -402,6 +420,9 @@ impl FetchSessionCache {
             return None;
         }
         let mut inner = self.lock();
+        if let Some(previous) = follower.and_then(|f| inner.by_follower.remove(&f)) {
+            inner.remove(previous);
+        }
         if inner.sessions.len() >= self.max_sessions {
             let new_worth = (follower.is_some(), partitions);
             let victim = inner
@@ -416,13 +437,16 @@ impl FetchSessionCache {
                     )
                 })
                 .map(|(id, _)| *id)?;
-            inner.sessions.remove(&victim);
+            inner.remove(victim);
         }
         let mut id = inner.next_id;
         while id == 0 || inner.sessions.contains_key(&id) {
             id = id.checked_add(1).unwrap_or(1);
         }
         inner.next_id = id.checked_add(1).unwrap_or(1);
+        if let Some(f) = follower {
+            inner.by_follower.insert(f, id);
+        }
         let session = Arc::new(Mutex::new(FetchSession::new(id, follower)));
         inner.sessions.insert(
             id,
@@ -540,6 +564,19 @@ mod tests {
                 .err(),
             Some(ec::FETCH_SESSION_ID_NOT_FOUND)
         );
+        // a follower's new session replaces its previous one
+        let cache_3 = FetchSessionCache::new(10);
+        let first = lock(&cache_3.open(0, 0, Some(3), 1, 0).unwrap().session).id();
+        let second = lock(&cache_3.open(0, 0, Some(3), 1, 0).unwrap().session).id();
+        let other = lock(&cache_3.open(0, 0, Some(4), 1, 0).unwrap().session).id();
+        assert_ne!(first, second);
+        assert_eq!(cache_3.size().0, 2);
+        assert_eq!(
+            cache_3.open(first, 1, Some(3), 0, 1).err(),
+            Some(ec::FETCH_SESSION_ID_NOT_FOUND)
+        );
+        assert!(cache_3.open(second, 1, Some(3), 0, 1).is_ok());
+        assert!(cache_3.open(other, 1, Some(4), 0, 1).is_ok());
         // no sessions at all with 0 slots
         let none = FetchSessionCache::new(0);
         assert_eq!(lock(&none.open(0, 0, None, 1, 0).unwrap().session).id(), 0);
