@@ -65,6 +65,10 @@ pub struct BrokerConfig {
     /// `sluice.log.max.open.files` as set (0: automatic, resolved by the binary from the
     /// open files limit into `log.open_files`).
     pub log_max_open_files: usize,
+    /// `sluice.replica.fetch.sessions.enable`: followers fetch through fetch sessions
+    /// (KIP-227). Off by default until the instability seen with them at 10,000
+    /// partitions is understood (docs/benchmarks.md).
+    pub replica_fetch_sessions: bool,
 }
 
 impl BrokerConfig {
@@ -115,6 +119,7 @@ impl BrokerConfig {
             group: GroupConfig::default(),
             fetch_session_cache_slots: crate::fetch_session::DEFAULT_CACHE_SLOTS,
             log_max_open_files: 0,
+            replica_fetch_sessions: false,
         }
     }
 }

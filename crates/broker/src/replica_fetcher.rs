@@ -21,7 +21,9 @@
 //! stretched to `replica.fetch.wait.max.ms`. One that keeps failing is logged at WARN
 //! once, and again when it recovers.
 //!
-//! Each fetcher keeps a fetch session (KIP-227) with its leader: one full fetch, then
+//! With `sluice.replica.fetch.sessions.enable` (off by default: see docs/benchmarks.md,
+//! issue 19 — at 10,000 partitions the session runs were unstable and the cause is not
+//! found yet) each fetcher keeps a fetch session (KIP-227) with its leader: one full fetch, then
 //! incremental ones naming only the partitions whose position or epoch changed and the
 //! ones it stopped fetching (a failed partition waiting out its delay is forgotten, and
 //! added back when due); the leader answers with the partitions that have something new.
@@ -123,6 +125,8 @@ struct Named {
 /// The fetcher's side of its fetch session with the leader (Kafka's FetchSessionHandler).
 #[derive(Debug, Default)]
 struct FetchSession {
+    /// Sessions are used (else every fetch is a full one without a session).
+    enabled: bool,
     /// 0: none yet.
     id: i32,
     /// The next fetch's epoch: 0 is a full fetch that opens a new session (closing `id`).
@@ -142,6 +146,14 @@ struct SessionFetch<'a> {
 impl FetchSession {
     /// The fetch that brings the session to `wanted`.
     fn next<'a>(&self, wanted: &'a [(TopicPartition, Named)]) -> SessionFetch<'a> {
+        if !self.enabled {
+            return SessionFetch {
+                session_id: 0,
+                epoch: -1,
+                to_name: wanted.iter().map(|(tp, _)| tp).collect(),
+                to_forget: Vec::new(),
+            };
+        }
         let full = self.epoch == 0;
         let to_name = wanted
             .iter()
@@ -169,6 +181,9 @@ impl FetchSession {
 
     /// The leader answered `fetch` (for `wanted`) with `session_id` and `error_code`.
     fn answered(&mut self, wanted: &[(TopicPartition, Named)], session_id: i32, error_code: i16) {
+        if !self.enabled {
+            return;
+        }
         if error_code != ec::NONE {
             // unknown session, wrong epoch: start over
             tracing::debug!(
@@ -215,6 +230,8 @@ struct Fetcher {
 /// Every fetcher of this broker, by source broker id.
 pub struct ReplicaFetchers {
     broker_id: i32,
+    /// `sluice.replica.fetch.sessions.enable`.
+    sessions: bool,
     fetchers: Mutex<HashMap<i32, Fetcher>>,
 }
 
@@ -223,9 +240,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl ReplicaFetchers {
-    pub fn new(broker_id: i32) -> Self {
+    pub fn new(broker_id: i32, sessions: bool) -> Self {
         ReplicaFetchers {
             broker_id,
+            sessions,
             fetchers: Mutex::new(HashMap::new()),
         }
     }
@@ -251,6 +269,7 @@ impl ReplicaFetchers {
             let added = Arc::new(Added::default());
             let task = tokio::spawn(run(
                 self.broker_id,
+                self.sessions,
                 address.to_string(),
                 Arc::clone(&partitions),
                 Arc::clone(&added),
@@ -308,9 +327,18 @@ fn topic_name(topic: &str) -> TopicName {
     TopicName(StrBytes::from_string(topic.to_string()))
 }
 
-async fn run(broker_id: i32, address: String, partitions: FollowedSet, added: Arc<Added>) {
+async fn run(
+    broker_id: i32,
+    sessions: bool,
+    address: String,
+    partitions: FollowedSet,
+    added: Arc<Added>,
+) {
     let mut connection: Option<ClientConnection> = None;
-    let mut session = FetchSession::default();
+    let mut session = FetchSession {
+        enabled: sessions,
+        ..FetchSession::default()
+    };
     loop {
         let generation = added.generation();
         let now = tokio::time::Instant::now();
@@ -907,7 +935,19 @@ mod tests {
     #[test]
     fn a_session_names_what_changed_and_forgets_what_is_no_longer_fetched() {
         let tp = |p| TopicPartition::new("t", p);
-        let mut session = FetchSession::default();
+        // off: every fetch full, without a session
+        let mut off = FetchSession::default();
+        let some = vec![(tp(0), named(5))];
+        off.answered(&some, 42, ec::NONE);
+        let next = off.next(&some);
+        assert_eq!(
+            (next.session_id, next.epoch, next.to_name.len()),
+            (0, -1, 1)
+        );
+        let mut session = FetchSession {
+            enabled: true,
+            ..FetchSession::default()
+        };
         let wanted = vec![(tp(0), named(5)), (tp(1), named(7))];
         // the first fetch is full and opens a session
         let next = session.next(&wanted);

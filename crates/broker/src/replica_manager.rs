@@ -72,7 +72,7 @@ impl ReplicaManager {
             synced: Mutex::new((0, false)),
             signals: Arc::new(PartitionSignals::default()),
             offline_replicas: Arc::new(OfflineReplicas::default()),
-            fetchers: ReplicaFetchers::new(config.broker_id),
+            fetchers: ReplicaFetchers::new(config.broker_id, config.replica_fetch_sessions),
             config,
         })
     }

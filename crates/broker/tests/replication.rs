@@ -328,6 +328,19 @@ async fn followers_replicate_and_acks_all_waits_for_the_isr() {
     cluster.stop().await;
 }
 
+/// The same with followers fetching through fetch sessions (KIP-227,
+/// `sluice.replica.fetch.sessions.enable`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn followers_in_fetch_sessions_replicate_and_acks_all_waits_for_the_isr() {
+    let cluster = Cluster::start_with(3, 60_000, |c| c.replica_fetch_sessions = true).await;
+    let leader = create_replicated(&cluster, "replicated").await;
+    produce_all(&cluster, leader, "replicated", 0..20).await;
+    // acks=all answered ⇒ every ISR member had each batch; the logs are identical
+    let tp = TopicPartition::new("replicated", 0);
+    cluster.assert_logs_match(leader, &tp, Offset(200)).await;
+    cluster.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stopped_follower_leaves_the_isr_and_rejoins_once_caught_up() {
     // the controller fences silent brokers only after a minute: the ISR shrink seen here

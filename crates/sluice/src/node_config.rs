@@ -58,6 +58,7 @@ const KEYS: &[(&str, &str, &str)] = &[
     ("controlled.shutdown.enable", "true", "on SIGTERM, move leadership away before stopping"),
     ("sluice.controlled.shutdown.timeout.ms", "30000", "how long SIGTERM waits for followers to catch up"),
     ("sluice.fetch.sendfile.enable", "true", "serve fetches with sendfile(2) (false: copy through a buffer)"),
+    ("sluice.replica.fetch.sessions.enable", "false", "followers fetch through incremental fetch sessions (KIP-227; experimental, see docs/benchmarks.md)"),
     ("sluice.log.max.open.files", "0", "segment files kept open at once across every log, the least recently used closed and reopened on use (0: half the open files limit, at most 4096)"),
     ("sluice.log.append.mode", "write", "how the active segment is written: `write`, `hybrid` or `mmap`"),
     ("admin.listener", "", "`host:port` of the HTTP admin listener (/metrics, /healthz, /readyz); off when unset"),
@@ -431,6 +432,7 @@ impl NodeConfig {
         c.replica_lag_time_max_ms = self.parse("replica.lag.time.max.ms")?;
         c.fetch_session_cache_slots = self.parse("max.incremental.fetch.session.cache.slots")?;
         c.log_max_open_files = self.parse("sluice.log.max.open.files")?;
+        c.replica_fetch_sessions = self.parse("sluice.replica.fetch.sessions.enable")?;
         c.high_watermark_checkpoint_interval_ms =
             self.parse("replica.high.watermark.checkpoint.interval.ms")?;
         c.scrub_bytes_per_second = self.parse("log.scrub.bytes.per.second")?;
