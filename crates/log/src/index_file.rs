@@ -18,7 +18,7 @@
 //! a crash is reserved again before recovery writes into it); entries past `entries` are
 //! garbage.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::MmapMut;
@@ -195,11 +195,5 @@ impl<const N: usize> IndexFile<N> {
 }
 
 fn open_file(path: &Path, create: bool) -> Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(create)
-        .truncate(false)
-        .open(path)
-        .map_err(LogError::io(path))
+    crate::open_files::open_read_write(path, create).map_err(LogError::io(path))
 }

@@ -154,7 +154,8 @@ impl OpenFileBudget {
     }
 }
 
-fn open_read_write(path: &Path, create: bool) -> std::io::Result<File> {
+/// Opens a log file for reading and writing, never truncating it (segments and indexes).
+pub(crate) fn open_read_write(path: &Path, create: bool) -> std::io::Result<File> {
     OpenOptions::new()
         .read(true)
         .write(true)
