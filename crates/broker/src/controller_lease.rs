@@ -123,6 +123,11 @@ impl ControllerLease {
         self.lock_pending().is_some()
     }
 
+    /// The metadata index an offer waits for this broker's image to apply, if one does.
+    pub fn pending_index(&self) -> Option<u64> {
+        self.lock_pending().map(|(_, _, index)| index)
+    }
+
     fn lock_pending(&self) -> std::sync::MutexGuard<'_, Option<(Instant, Duration, u64)>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }

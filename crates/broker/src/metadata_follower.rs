@@ -8,8 +8,9 @@
 //!
 //! Any controller will do: on an error the follower moves to the next one in the list, and
 //! so it does when a controller stops answering though its connection stays open (a
-//! paused process): a metadata stream silent past `WATCH_STALL_TIMEOUT` (the controller
-//! sends a keep-alive every `WATCH_KEEPALIVE`), a heartbeat unanswered past 1 s.
+//! paused process): a caught-up metadata stream silent past `WATCH_STALL_TIMEOUT` (the
+//! controller sends a keep-alive every `WATCH_KEEPALIVE`; one still catching up gets
+//! longer, see `catch_up_timeout`), a heartbeat unanswered past 1 s.
 //! Invariant: the local image's `applied_index` only grows; an event at or below it (a
 //! replay after reconnecting) is skipped.
 
@@ -72,6 +73,10 @@ const RETRY: Duration = Duration::from_millis(100);
 /// A heartbeat (or registration) not answered by then goes to the next controller: a
 /// paused controller never answers, and its connection stays open.
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a registration may take: a restarted broker's registration also fences its
+/// old incarnation, one change per partition it held, which at tens of thousands of
+/// partitions takes longer to commit than a heartbeat (each retry proposed it again).
+const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long heartbeats stay off a controller that did not answer them, though answers
 /// forwarded by another controller name it as the active one.
 const REDIRECT_HOLD_OFF: Duration = Duration::from_secs(10);
@@ -235,6 +240,8 @@ async fn watch_loop(
         return;
     }
     let mut next = 0usize;
+    // streams in a row that stalled before catching up (see `catch_up_timeout`)
+    let mut catch_up_stalls = 0u32;
     // controllers tried in a row without getting an event: pause once all were tried, so
     // the broker moves to the next controller at once when its stream breaks
     let mut fruitless = 0usize;
@@ -264,21 +271,36 @@ async fn watch_loop(
             }
         };
         fruitless += 1;
+        // a keep-alive came on this stream: the controller had sent everything before it
+        let mut caught_up = false;
         // until the stream ends, fails or stalls: then the next controller
         loop {
-            let event = match tokio::time::timeout(WATCH_STALL_TIMEOUT, stream.message()).await {
+            let stall_timeout = if caught_up {
+                WATCH_STALL_TIMEOUT
+            } else {
+                catch_up_timeout(catch_up_stalls)
+            };
+            let event = match tokio::time::timeout(stall_timeout, stream.message()).await {
                 Ok(Ok(Some(event))) => event,
                 Ok(_) => break,
                 Err(_) => {
+                    if !caught_up {
+                        catch_up_stalls = catch_up_stalls.saturating_add(1);
+                    }
                     tracing::warn!(
                         controller = (next - 1) % clients.len(),
-                        stalled_ms = WATCH_STALL_TIMEOUT.as_millis() as u64,
+                        stalled_ms = stall_timeout.as_millis() as u64,
+                        caught_up,
                         "metadata stream stalled (controller paused or hung): moving to the next controller"
                     );
                     break;
                 }
             };
             fruitless = 0;
+            if matches!(event.event, Some(api::metadata_event::Event::KeepAlive(_))) {
+                caught_up = true;
+                catch_up_stalls = 0;
+            }
             let partitions = may_concern_partitions(&event);
             let applied = {
                 let mut image = image.write().unwrap_or_else(|p| p.into_inner());
@@ -291,6 +313,18 @@ async fn watch_loop(
             applied_tx.send_replace(applied);
         }
     }
+}
+
+/// How long a metadata stream that has not caught up yet may stay silent: its events
+/// can be large (the whole image, or the fencing of a broker: one change per partition
+/// it held) and a broker just started is busy opening its logs, so it gets longer than a
+/// caught-up one, and longer again after each such stall in a row (reconnecting resends
+/// the same catch-up: at 12,000 partitions a fixed 500 ms kept a restarted cluster
+/// reconnecting for minutes). A keep-alive shows the stream caught up; from then on a
+/// silence of `WATCH_STALL_TIMEOUT` means a paused or hung controller.
+fn catch_up_timeout(stalls_in_a_row: u32) -> Duration {
+    const FIRST: Duration = Duration::from_secs(2);
+    FIRST * 2u32.pow(stalls_in_a_row.min(3))
 }
 
 /// Whether `event` may change what this broker's partitions should be: anything but
@@ -405,7 +439,7 @@ async fn heartbeat_loop(
         if broker_epoch.load(Ordering::Acquire) < 0 {
             let mut client = clients[target.index].clone();
             let registered = tokio::time::timeout(
-                HEARTBEAT_TIMEOUT,
+                REGISTRATION_TIMEOUT,
                 client.register_broker(api::RegisterBrokerRequest {
                     broker_id: config.broker_id,
                     incarnation_id: config.incarnation_id.clone(),
@@ -427,6 +461,12 @@ async fn heartbeat_loop(
                         epoch = r.get_ref().broker_epoch,
                         "registered"
                     );
+                }
+                Ok(r) if r.get_ref().error_code == i32::from(ec::REQUEST_TIMED_OUT) => {
+                    // an earlier attempt of this process is still being committed
+                    tracing::debug!(error = %r.get_ref().error_message, "registration: retrying");
+                    tokio::time::sleep(interval).await;
+                    continue;
                 }
                 Ok(r) => {
                     tracing::warn!(error = %r.get_ref().error_message, "registration refused");
@@ -580,7 +620,15 @@ async fn heartbeat_loop(
                     "controller lease held: acting on the leaderships the metadata gives"
                 );
             } else {
-                tracing::warn!(broker_id = config.broker_id, "controller lease lost (fenced, or no controller answered in time): acting as leader of nothing until a controller answers");
+                // why: no answer for a while, or an answer waiting for this image
+                let last_answer_sent_ms_ago = newest_answer.map(|t| t.elapsed().as_millis() as u64);
+                tracing::warn!(
+                    broker_id = config.broker_id,
+                    last_answer_sent_ms_ago,
+                    waits_for_metadata_index = controller_lease.pending_index(),
+                    applied_index = *applied.borrow(),
+                    "controller lease lost (fenced, or no controller answered in time): acting as leader of nothing until a controller answers"
+                );
             }
             lease_held = held;
         }

@@ -109,6 +109,12 @@ pub struct ControllerConfig {
     pub default_replication_factor: i32,
     /// Committed entries between metadata snapshots.
     pub metadata_snapshot_entries: u64,
+    /// `metadata.log.max.record.bytes.between.snapshots` (Kafka: 20 MiB): a snapshot is
+    /// also taken once the Raft log grew this much since the last one, and the log is then
+    /// purged up to it. Entries differ in size by orders of magnitude (a heartbeat's change
+    /// against the fencing of a broker with 10,000 partitions: megabytes), so a count alone
+    /// let 157 MB of log pile up at 12,000 partitions, all replayed at every restart. 0: off.
+    pub metadata_snapshot_bytes: u64,
     /// Raft log entries a purge removes at least (openraft's `purge_batch_size`).
     pub metadata_purge_batch_entries: u64,
     /// `offsets.retention.minutes` (Kafka: 7 days), in ms.
@@ -138,6 +144,7 @@ impl ControllerConfig {
             num_partitions: 1,
             default_replication_factor: 1,
             metadata_snapshot_entries: 10_000,
+            metadata_snapshot_bytes: 20 * 1024 * 1024,
             metadata_purge_batch_entries: 256,
             offsets_retention_ms: 7 * 24 * 60 * 60 * 1000,
             offsets_retention_check_interval_ms: 600_000,
@@ -190,6 +197,11 @@ pub(crate) struct Core {
     /// Scans of every partition that found nothing to change, by what they depend on
     /// (see [`ScanMemo`]).
     pub scans: ScanMemo,
+    /// Registrations of a new incarnation being committed, as (broker id, incarnation
+    /// id): a retry of one meanwhile must not propose the fencing a second time (at
+    /// 10,000 partitions each copy is a megabyte of metadata, and a retry storm of them
+    /// kept a restarted cluster from converging).
+    pub registrations_in_flight: Mutex<std::collections::HashSet<(i32, String)>>,
 }
 
 /// What the leader's scans of every partition found nothing to change for. Both scans
@@ -249,6 +261,14 @@ impl ScanMemo {
 impl Core {
     pub fn lock_failure_detector(&self) -> std::sync::MutexGuard<'_, FailureDetector<i32>> {
         self.failure_detector
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn lock_registrations_in_flight(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashSet<(i32, String)>> {
+        self.registrations_in_flight
             .lock()
             .unwrap_or_else(|p| p.into_inner())
     }
@@ -391,6 +411,7 @@ impl ControllerNode {
             liveness_changed: tokio::sync::Notify::new(),
             stopping: stop_rx.clone(),
             scans: ScanMemo::default(),
+            registrations_in_flight: Mutex::default(),
             config,
             raft: raft.clone(),
             state_machine,
@@ -458,6 +479,10 @@ impl ControllerNode {
             }));
         }
 
+        tasks.push(tokio::spawn(snapshot_by_bytes(
+            Arc::clone(&core),
+            stop_rx.clone(),
+        )));
         tasks.push(tokio::spawn(leader_loop(Arc::clone(&core), stop_rx)));
         // every voter holds an Alive stream to every other voter: its end tells them this
         // process is gone
@@ -537,6 +562,58 @@ impl ControllerNode {
         for t in self.tasks {
             t.abort();
             let _ = t.await;
+        }
+    }
+}
+
+/// Snapshots once the Raft log grew by `metadata_snapshot_bytes` since the last snapshot
+/// (openraft's policy counts entries only), then purges the log up to that snapshot once it
+/// is on disk. Every voter does it on its own log, as with the count policy.
+async fn snapshot_by_bytes(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
+    let limit = core.config.metadata_snapshot_bytes;
+    if limit == 0 {
+        return;
+    }
+    let mut persisted = core.state_machine.subscribe_persisted_snapshot();
+    // the counter when the last snapshot was taken or asked for
+    let mut baseline = 0u64;
+    // a snapshot asked for, not on disk yet: the index persisted before it was asked, and
+    // when (openraft builds none when nothing was applied since the last one)
+    let mut asked: Option<(u64, tokio::time::Instant)> = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            changed = persisted.changed() => if changed.is_err() { return },
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let index = *persisted.borrow_and_update();
+        if let Some((before, at)) = asked {
+            if at.elapsed() > Duration::from_secs(60) {
+                asked = None;
+            } else if index > before {
+                asked = None;
+                // the snapshot is on disk: what it covers is replayed no more
+                if let Err(e) = core.raft.trigger().purge_log(index).await {
+                    tracing::warn!(error = %e, "purging the metadata log after a snapshot failed");
+                }
+            }
+            continue;
+        }
+        let written = core.log_store.written_bytes();
+        if written.saturating_sub(baseline) < limit {
+            continue;
+        }
+        tracing::info!(
+            grown_bytes = written.saturating_sub(baseline),
+            "metadata log grew past metadata.log.max.record.bytes.between.snapshots: taking a snapshot"
+        );
+        baseline = written;
+        asked = Some((index, tokio::time::Instant::now()));
+        if let Err(e) = core.raft.trigger().snapshot().await {
+            tracing::warn!(error = %e, "asking for a metadata snapshot failed");
+            asked = None;
         }
     }
 }

@@ -217,12 +217,34 @@ impl api::controller_server::Controller for ControllerService {
                 .broker(r.broker_id)
                 .is_some_and(|b| b.incarnation_id != r.incarnation_id)
         });
-        let records = if new_incarnation {
-            self.core.fencing(record, r.broker_id)
+        let outcomes = if new_incarnation {
+            let key = (r.broker_id, r.incarnation_id.clone());
+            let first = self.core.lock_registrations_in_flight().insert(key.clone());
+            if !first {
+                // the same process asked again before the first answer came: that one
+                // fences the old incarnation; this one retries once it has committed
+                return Ok(Response::new(api::RegisterBrokerResponse {
+                    error_code: i32::from(ec::REQUEST_TIMED_OUT),
+                    error_message: "a registration of this incarnation is being committed: retry"
+                        .into(),
+                    broker_epoch: -1,
+                }));
+            }
+            let records = self.core.fencing(record, r.broker_id);
+            // committed to the end even when the caller gives up waiting (the entry is
+            // proposed either way): only then may a retry propose again
+            let core = Arc::clone(&self.core);
+            tokio::spawn(async move {
+                let outcomes = core.propose(records).await;
+                core.lock_registrations_in_flight().remove(&key);
+                outcomes
+            })
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(status)?
         } else {
-            vec![record]
+            self.core.propose(vec![record]).await.map_err(status)?
         };
-        let outcomes = self.core.propose(records).await.map_err(status)?;
         let epoch = self
             .core
             .state_machine

@@ -59,6 +59,9 @@ pub struct RaftLogStore {
     writer: Arc<Writer>,
     /// The index of the state machine's snapshot on disk, when wired (see `purge`).
     persisted_snapshot: Option<tokio::sync::watch::Receiver<u64>>,
+    /// Bytes of entries written since this store opened, plus what its segments held then
+    /// (see [`RaftLogStore::written_bytes`]).
+    written_bytes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// How long `purge` waits for the snapshot covering it to reach disk.
@@ -452,6 +455,7 @@ impl RaftLogStore {
             committed_file: None,
         };
         inner.drop_purged_segments()?;
+        let held_bytes: u64 = inner.segments.values().map(|s| s.len).sum();
         let (sender, ops) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("raft-log-writer".into())
@@ -463,7 +467,17 @@ impl RaftLogStore {
                 thread: Some(thread),
             }),
             persisted_snapshot: None,
+            written_bytes: Arc::new(std::sync::atomic::AtomicU64::new(held_bytes)),
         })
+    }
+
+    /// A counter of the log's bytes that only grows: the segments' bytes when the store
+    /// opened, plus every entry written since. What it grew by since a snapshot is about
+    /// what a restart would replay (the controller snapshots by it, see
+    /// `ControllerConfig::metadata_snapshot_bytes`).
+    pub fn written_bytes(&self) -> u64 {
+        self.written_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Purges wait until the snapshot covering them is on disk: openraft purges the log
@@ -708,6 +722,8 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
             });
         }
         segment.len += bytes.len() as u64;
+        self.written_bytes
+            .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let file = Arc::clone(&segment.file);
         // readable at once (openraft replicates them while they reach the disk); the
         // callback says when they are durable

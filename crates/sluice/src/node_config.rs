@@ -27,6 +27,7 @@ const KEYS: &[(&str, &str, &str)] = &[
     ("metadata.log.dir", "", "where the controller keeps the Raft log, in `__cluster_metadata-0` under it (default: `log.dirs`)"),
     ("cluster.id", "sluice-cluster", "the cluster id clients see"),
     ("broker.session.timeout.ms", "9000", "a broker silent this long is fenced: its leaderships move"),
+    ("metadata.log.max.record.bytes.between.snapshots", "20971520", "the controller snapshots its metadata once its Raft log grew this much since the last snapshot (0: by entry count only)"),
     ("broker.heartbeat.interval.ms", "2000", "how often a broker heartbeats to the controllers"),
     ("controller.quorum.election.timeout.ms", "1000", "about how long a controller waits for the quorum leader before it campaigns"),
     ("unclean.leader.election.enable", "false", "elect a replica outside the ISR when no ISR member is live (loses records)"),
@@ -570,6 +571,8 @@ impl NodeConfig {
         let mut c = ControllerConfig::new(node_id, voters, self.metadata_dir()?);
         c.cluster_id = self.get("cluster.id")?.to_string();
         c.broker_session_timeout_ms = self.parse("broker.session.timeout.ms")?;
+        c.metadata_snapshot_bytes =
+            self.parse("metadata.log.max.record.bytes.between.snapshots")?;
         c.broker_heartbeat_interval_ms = self.parse("broker.heartbeat.interval.ms")?;
         c.election_timeout_ms = self.parse("controller.quorum.election.timeout.ms")?;
         c.raft_heartbeat_interval_ms = (c.election_timeout_ms / 5).max(10);
