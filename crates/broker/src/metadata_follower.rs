@@ -700,3 +700,15 @@ struct HeartbeatAnswer {
     sent_at: std::time::Instant,
     answer: Result<api::BrokerHeartbeatResponse, tonic::Status>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_catching_up_gets_2_s_doubling_to_16_s_a_caught_up_one_500_ms() {
+        let waits: Vec<u64> = (0..6).map(|n| catch_up_timeout(n).as_secs()).collect();
+        assert_eq!(waits, vec![2, 4, 8, 16, 16, 16]);
+        assert!(WATCH_STALL_TIMEOUT < catch_up_timeout(0));
+    }
+}

@@ -575,7 +575,9 @@ async fn snapshot_by_bytes(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
         return;
     }
     let mut persisted = core.state_machine.subscribe_persisted_snapshot();
-    // the counter when the last snapshot was taken or asked for
+    // the counter when a snapshot was last asked for here (0 at start, so a log that
+    // came back from disk over the limit is snapshotted soon); a snapshot taken by the
+    // entry count does not move it, so the next one by bytes may come early, never late
     let mut baseline = 0u64;
     // a snapshot asked for, not on disk yet: the index persisted before it was asked, and
     // when (openraft builds none when nothing was applied since the last one)

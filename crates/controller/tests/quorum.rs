@@ -22,6 +22,8 @@ struct Cluster {
     nodes: BTreeMap<u64, ControllerNode>,
     session_timeout_ms: u64,
     purge_batch_entries: u64,
+    /// Snapshot by the log's bytes only (the entry count policy out of reach), when set.
+    snapshot_bytes: Option<u64>,
 }
 
 fn config(id: u64, cluster: &Cluster) -> ControllerConfig {
@@ -41,6 +43,10 @@ fn config(id: u64, cluster: &Cluster) -> ControllerConfig {
     c.broker_heartbeat_interval_ms = 100;
     c.metadata_snapshot_entries = 5;
     c.metadata_purge_batch_entries = cluster.purge_batch_entries;
+    if let Some(bytes) = cluster.snapshot_bytes {
+        c.metadata_snapshot_entries = 1_000_000;
+        c.metadata_snapshot_bytes = bytes;
+    }
     c
 }
 
@@ -60,6 +66,16 @@ impl Cluster {
         running: &[u64],
         purge_batch_entries: u64,
     ) -> Cluster {
+        Self::start_full(session_timeout_ms, running, purge_batch_entries, None).await
+    }
+
+    /// [`Self::start_with`], snapshotting by `snapshot_bytes` of log when set.
+    async fn start_full(
+        session_timeout_ms: u64,
+        running: &[u64],
+        purge_batch_entries: u64,
+        snapshot_bytes: Option<u64>,
+    ) -> Cluster {
         let mut listeners = BTreeMap::new();
         for id in 1..=3u64 {
             listeners.insert(
@@ -76,6 +92,7 @@ impl Cluster {
             nodes: BTreeMap::new(),
             session_timeout_ms,
             purge_batch_entries,
+            snapshot_bytes,
         };
         for (id, listener) in listeners.into_iter().filter(|(id, _)| running.contains(id)) {
             let node = ControllerNode::start(config(id, &cluster), listener)
@@ -994,6 +1011,39 @@ async fn a_follower_keeps_its_log_until_the_snapshot_it_installs_is_on_disk() {
     let images = cluster.converged_images(leader).await;
     assert!(images.iter().all(|i| i.topic("after-4").is_some()));
     assert!(index_in(&dir, "metadata-snapshot", "/meta/last_log_id/index") > 0);
+    heartbeats.abort();
+    cluster.shutdown().await;
+}
+
+/// Entries differ in size by orders of magnitude (a topic of many partitions, the fencing
+/// of a broker leading thousands), so a snapshot policy counting entries let the log grow
+/// without bound in bytes, every byte replayed at a restart. With the count out of reach,
+/// a log grown past `metadata_snapshot_bytes` is snapshotted and purged on every voter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_grown_past_its_byte_limit_is_snapshotted_and_purged() {
+    let cluster = Cluster::start_full(60_000, &[1, 2, 3], 1, Some(64 * 1024)).await;
+    let leader = cluster.leader().await;
+    let (_, heartbeats) = broker(&cluster, leader, 1).await;
+    wait_until("the broker unfenced", || {
+        cluster.nodes[&leader].image().live_broker_ids() == vec![1]
+    })
+    .await;
+    let mut client = cluster.client(leader).await;
+    // each entry tens of KB: a few of them pass the limit, far below the entry count
+    for i in 0..6 {
+        let r = create_topic(&mut client, &format!("wide-{i}"), 300, 1).await;
+        assert_eq!(r.error_code, 0, "{}", r.error_message);
+    }
+    cluster.converged_images(leader).await;
+    for dir in &cluster.dirs {
+        let dir = dir.path().to_path_buf();
+        wait_until("a snapshot on disk and the log purged up to it", || {
+            let snapshot = index_in(&dir, "metadata-snapshot", "/meta/last_log_id/index");
+            let purged = index_in(&dir, "raft-purged", "/index");
+            snapshot > 0 && purged > 0 && purged <= snapshot
+        })
+        .await;
+    }
     heartbeats.abort();
     cluster.shutdown().await;
 }
